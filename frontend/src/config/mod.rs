@@ -1,0 +1,403 @@
+//! Sysctl-style configuration: `key = value` lines, `#` comments.
+//!
+//! [`KEYS`] is the single source of truth: every key's name, type, default,
+//! whether it can change at run time and its one-line doc are written once,
+//! in the `config_keys!` table below. Parsing, `-o key=value` overrides,
+//! `tlsfront sysctl -a` and the reference page `docs/config.md` are all
+//! derived from it.
+
+mod values;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+pub use values::{
+    ConfigValue, ControlSocket, Duration, List, LogLevel, OptPath, Protocols, Size, Steering,
+    Upstream, WorkerCount,
+};
+
+/// Description of one configuration key, as listed by `sysctl -a` and in
+/// `docs/config.md`.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyInfo {
+    /// Dotted key name, e.g. `net.listen`.
+    pub name: &'static str,
+    /// Human description of the accepted values.
+    pub kind: &'static str,
+    /// Default, in the same syntax a config file uses.
+    pub default: &'static str,
+    /// Whether the key can be changed on a running process.
+    pub runtime: bool,
+    /// One-line documentation.
+    pub doc: &'static str,
+}
+
+/// Why a configuration could not be used. Every variant names where the
+/// problem is (file and line, or the `-o` argument) and which key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A line of a file names a key whose value is wrong, or no such key.
+    #[error("{}:{line}: key '{key}': {reason}", path.display())]
+    Key {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+    /// A line of a file that is not `key = value`.
+    #[error("{}:{line}: expected `key = value`, found {text:?}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+    /// A `-o key=value` override with a bad key or value.
+    #[error("-o {arg}: key '{key}': {reason}")]
+    Override {
+        arg: String,
+        key: String,
+        reason: String,
+    },
+    /// A `-o` argument that is not `key=value`.
+    #[error("-o {arg}: expected key=value")]
+    OverrideSyntax { arg: String },
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Keys that are each valid but do not fit together.
+    #[error("key '{key}': {reason}")]
+    Inconsistent { key: String, reason: String },
+}
+
+/// An extra certificate chosen by SNI: `tls.sni.<name>.cert` / `.key`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SniCert {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// Keys of the form `tls.sni.<name>.cert|key`; documented beside [`KEYS`].
+pub const SNI_KEYS: &[KeyInfo] = &[
+    KeyInfo {
+        name: "tls.sni.<name>.cert",
+        kind: "path",
+        default: "",
+        runtime: false,
+        doc: "Certificate chain (PEM) served to clients that ask for server name <name>.",
+    },
+    KeyInfo {
+        name: "tls.sni.<name>.key",
+        kind: "path",
+        default: "",
+        runtime: false,
+        doc: "Private key (PEM) for tls.sni.<name>.cert.",
+    },
+];
+
+macro_rules! config_keys {
+    ($( $field:ident : $ty:ty = $default:literal, $key:literal, runtime = $rt:literal, $doc:literal; )*) => {
+        /// The effective configuration: one typed field per key of [`KEYS`],
+        /// plus the per-name SNI certificates.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $( #[doc = $doc] pub $field: $ty, )*
+            /// Certificates by server name (`tls.sni.<name>.cert|key`).
+            pub sni: BTreeMap<String, SniCert>,
+        }
+
+        /// Every fixed key, in the order `sysctl -a` prints them.
+        pub const KEYS: &[KeyInfo] = &[
+            $( KeyInfo {
+                name: $key,
+                kind: <$ty as ConfigValue>::KIND,
+                default: $default,
+                runtime: $rt,
+                doc: $doc,
+            }, )*
+        ];
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config {
+                    // The defaults are literals of this table; the test
+                    // `every_default_parses` proves each one parses.
+                    $( $field: <$ty as ConfigValue>::parse($default)
+                        .expect(concat!("built-in default of ", $key)), )*
+                    sni: BTreeMap::new(),
+                }
+            }
+        }
+
+        impl Config {
+            fn set_fixed(&mut self, key: &str, raw: &str) -> Option<Result<(), String>> {
+                match key {
+                    $( $key => Some(<$ty as ConfigValue>::parse(raw).map(|v| self.$field = v)), )*
+                    _ => None,
+                }
+            }
+
+            fn get_fixed(&self, key: &str) -> Option<String> {
+                match key {
+                    $( $key => Some(self.$field.render()), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+config_keys! {
+    listen: std::net::SocketAddr = "127.0.0.1:8443", "net.listen", runtime = false,
+        "Address and port the TLS listeners bind (every worker binds it with SO_REUSEPORT).";
+    backlog: u32 = "1024", "net.backlog", runtime = false,
+        "Listen backlog of each worker's socket.";
+    steering: Steering = "none", "net.steering", runtime = false,
+        "How connections reach workers: none = the kernel's SO_REUSEPORT hash.";
+    workers: WorkerCount = "auto", "worker.count", runtime = false,
+        "Number of workers (threads, one io_uring each); auto = one per online CPU.";
+    pin_cpus: bool = "1", "worker.pin_cpus", runtime = false,
+        "Pin worker n to the n-th online CPU (1) or let the scheduler move them (0).";
+    cert: OptPath = "", "tls.cert", runtime = false,
+        "Default certificate chain (PEM); empty = a self-signed certificate for localhost made at start.";
+    key: OptPath = "", "tls.key", runtime = false,
+        "Private key (PEM: PKCS#8, PKCS#1 or SEC1; ECDSA, RSA or Ed25519) of tls.cert.";
+    alpn: List = "", "tls.alpn", runtime = false,
+        "ALPN protocols offered, in preference order, comma-separated (e.g. h2,http/1.1); empty = no ALPN.";
+    protocols: Protocols = "1.2,1.3", "tls.protocols", runtime = false,
+        "TLS versions accepted, comma-separated, from 1.2 and 1.3.";
+    upstream: Upstream = "builtin", "upstream.addr", runtime = false,
+        "Where plaintext goes: IP:PORT, or builtin = a tiny HTTP responder inside tlsfront on a loopback port.";
+    connect_timeout: Duration = "5s", "upstream.connect_timeout", runtime = false,
+        "How long to wait for the upstream to accept before closing the client.";
+    buffer_size: Size = "64k", "proxy.buffer_size", runtime = false,
+        "Bytes buffered per connection and direction before reading from that side pauses (backpressure).";
+    control_socket: ControlSocket = "auto", "control.socket", runtime = false,
+        "Unix socket (mode 0600) for stats and sysctl queries; auto = /dev/shm/tlsfront-<port>.sock.";
+    log_level: LogLevel = "info", "log.level", runtime = false,
+        "Log verbosity on stderr: error, warn, info, debug or trace.";
+}
+
+impl Config {
+    /// Sets `key` from its textual value. `Err` carries the reason, without
+    /// the location (the caller knows the file and line or the `-o`).
+    pub fn set(&mut self, key: &str, raw: &str) -> Result<(), String> {
+        if let Some(result) = self.set_fixed(key, raw) {
+            return result;
+        }
+        if let Some((name, which)) = sni_key(key) {
+            let path = OptPath::parse(raw)?;
+            let entry = self.sni.entry(name.to_ascii_lowercase()).or_default();
+            match which {
+                SniPart::Cert => entry.cert = path.0,
+                SniPart::Key => entry.key = path.0,
+            }
+            return Ok(());
+        }
+        Err("unknown key (see `tlsfront sysctl -a` or docs/config.md)".to_string())
+    }
+
+    /// The current value of `key`, rendered as a config file would write it.
+    pub fn get(&self, key: &str) -> Option<String> {
+        if let Some(v) = self.get_fixed(key) {
+            return Some(v);
+        }
+        let (name, which) = sni_key(key)?;
+        let entry = self.sni.get(&name.to_ascii_lowercase())?;
+        let path = match which {
+            SniPart::Cert => entry.cert.clone(),
+            SniPart::Key => entry.key.clone(),
+        };
+        Some(OptPath(path).render())
+    }
+
+    /// Every key with its value, `sysctl -a` order: fixed keys, then SNI.
+    pub fn entries(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = KEYS
+            .iter()
+            .filter_map(|k| self.get(k.name).map(|v| (k.name.to_string(), v)))
+            .collect();
+        for (name, sni) in &self.sni {
+            out.push((
+                format!("tls.sni.{name}.cert"),
+                OptPath(sni.cert.clone()).render(),
+            ));
+            out.push((
+                format!("tls.sni.{name}.key"),
+                OptPath(sni.key.clone()).render(),
+            ));
+        }
+        out
+    }
+
+    /// Applies a config file's text on top of `self`.
+    pub fn apply_text(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (index, raw_line) in text.lines().enumerate() {
+            let line = index + 1;
+            let content = raw_line.split('#').next().unwrap_or("").trim();
+            if content.is_empty() {
+                continue;
+            }
+            let Some((key, value)) = content.split_once('=') else {
+                return Err(ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    line,
+                    text: raw_line.trim().to_string(),
+                });
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let located = |reason: String| ConfigError::Key {
+                path: path.to_path_buf(),
+                line,
+                key: key.to_string(),
+                reason,
+            };
+            if key.is_empty() {
+                return Err(ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    line,
+                    text: raw_line.trim().to_string(),
+                });
+            }
+            if let Some(first) = seen.insert(key.to_string(), line) {
+                return Err(located(format!("set twice (first on line {first})")));
+            }
+            self.set(key, value).map_err(located)?;
+        }
+        Ok(())
+    }
+
+    /// Reads and applies a config file.
+    pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.apply_text(path, &text)
+    }
+
+    /// Applies one `-o key=value` argument.
+    pub fn apply_override(&mut self, arg: &str) -> Result<(), ConfigError> {
+        let Some((key, value)) = arg.split_once('=') else {
+            return Err(ConfigError::OverrideSyntax {
+                arg: arg.to_string(),
+            });
+        };
+        let key = key.trim();
+        self.set(key, value.trim())
+            .map_err(|reason| ConfigError::Override {
+                arg: arg.to_string(),
+                key: key.to_string(),
+                reason,
+            })
+    }
+
+    /// Defaults, then the file (if any), then the overrides in order; then
+    /// the checks that involve several keys.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        if let Some(path) = file {
+            config.apply_file(path)?;
+        }
+        for arg in overrides {
+            config.apply_override(arg)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that involve more than one key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: &str| {
+            Err(ConfigError::Inconsistent {
+                key: key.to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        match (&self.cert.0, &self.key.0) {
+            (Some(_), None) => return bad("tls.key", "tls.cert is set but tls.key is not"),
+            (None, Some(_)) => return bad("tls.cert", "tls.key is set but tls.cert is not"),
+            _ => {}
+        }
+        for (name, sni) in &self.sni {
+            if sni.cert.is_none() || sni.key.is_none() {
+                let key = format!("tls.sni.{name}");
+                return bad(&key, "needs both .cert and .key");
+            }
+        }
+        Ok(())
+    }
+
+    /// The control socket path this configuration resolves to.
+    pub fn control_socket_path(&self) -> PathBuf {
+        match &self.control_socket {
+            ControlSocket::Auto => {
+                PathBuf::from(format!("/dev/shm/tlsfront-{}.sock", self.listen.port()))
+            }
+            ControlSocket::Path(p) => p.clone(),
+        }
+    }
+}
+
+enum SniPart {
+    Cert,
+    Key,
+}
+
+/// Splits `tls.sni.<name>.cert|key` into the name and the part.
+fn sni_key(key: &str) -> Option<(&str, SniPart)> {
+    let rest = key.strip_prefix("tls.sni.")?;
+    let (name, part) = if let Some(n) = rest.strip_suffix(".cert") {
+        (n, SniPart::Cert)
+    } else {
+        (rest.strip_suffix(".key")?, SniPart::Key)
+    };
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*');
+    valid.then_some((name, part))
+}
+
+/// The reference page `docs/config.md`, generated from [`KEYS`].
+pub fn reference_markdown() -> String {
+    let mut out = String::new();
+    out.push_str("# tlsfront configuration reference\n\n");
+    out.push_str(
+        "Generated from the key table in `frontend/src/config/mod.rs`; do not edit by hand \
+         (regenerate with `TLSFRONT_UPDATE_DOCS=1 cargo test -p tlsfront config_reference`).\n\n",
+    );
+    out.push_str(
+        "A config file has one `key = value` per line; `#` starts a comment. The same keys \
+         are accepted on the command line as `-o key=value` (applied after the file, in order). \
+         Sizes take a unit `k`, `m` or `g` (powers of 1024); durations are seconds, or take a \
+         unit `s`, `m` or `h`; booleans are `0` or `1`. An unknown key, a bad value or a bad \
+         unit stops the process with the file, line and key named. A key set twice in one file \
+         is an error.\n\n",
+    );
+    out.push_str("| key | type | default | run time | description |\n");
+    out.push_str("|---|---|---|---|---|\n");
+    for k in KEYS.iter().chain(SNI_KEYS) {
+        let default = if k.default.is_empty() {
+            "(empty)".to_string()
+        } else {
+            format!("`{}`", k.default)
+        };
+        let rt = if k.runtime { "yes" } else { "restart" };
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} | {} |",
+            k.name, k.kind, default, rt, k.doc
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

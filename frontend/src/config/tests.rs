@@ -1,0 +1,137 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    let mut c = Config::default();
+    c.apply_text(Path::new("test.conf"), text)?;
+    c.validate()?;
+    Ok(c)
+}
+
+#[test]
+fn every_default_parses_and_renders_back() {
+    let c = Config::default();
+    for k in KEYS {
+        let shown = c.get(k.name).expect("every key has a value");
+        let mut again = Config::default();
+        again
+            .set(k.name, &shown)
+            .unwrap_or_else(|e| panic!("{} = {shown}: {e}", k.name));
+        assert_eq!(again.get(k.name).as_deref(), Some(shown.as_str()), "{}", k.name);
+    }
+}
+
+#[test]
+fn keys_are_unique_and_documented() {
+    let mut names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), KEYS.len());
+    assert!(KEYS.iter().all(|k| !k.doc.is_empty()));
+}
+
+#[test]
+fn comments_blank_lines_and_units_are_understood() {
+    let c = parse(
+        "# a comment\n\nnet.listen = 127.0.0.1:9443  # trailing\nproxy.buffer_size = 2m\n\
+         upstream.connect_timeout = 2m\nworker.count = 3\nworker.pin_cpus = 0\n",
+    )
+    .expect("valid config");
+    assert_eq!(c.listen.port(), 9443);
+    assert_eq!(c.buffer_size, Size(2 << 20));
+    assert_eq!(c.connect_timeout.0.as_secs(), 120);
+    assert_eq!(c.workers, WorkerCount::Fixed(3));
+    assert!(!c.pin_cpus);
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let err = parse("net.listen = 127.0.0.1:1\n\ncache.sizee = 64m\n").expect_err("must fail");
+    let msg = err.to_string();
+    assert!(msg.starts_with("test.conf:3: key 'cache.sizee': unknown key"), "{msg}");
+}
+
+#[test]
+fn bad_unit_names_the_key() {
+    let msg = parse("proxy.buffer_size = 64q\n").expect_err("bad unit").to_string();
+    assert!(msg.contains("test.conf:1: key 'proxy.buffer_size'"), "{msg}");
+    assert!(msg.contains("64q"), "{msg}");
+}
+
+#[test]
+fn bad_value_names_the_key() {
+    let msg = parse("worker.count = lots\n").expect_err("bad value").to_string();
+    assert!(msg.contains("test.conf:1: key 'worker.count'"), "{msg}");
+}
+
+#[test]
+fn line_without_equals_is_a_syntax_error_with_its_line() {
+    let msg = parse("\nnet.listen 127.0.0.1:1\n").expect_err("no =").to_string();
+    assert!(msg.starts_with("test.conf:2: expected `key = value`"), "{msg}");
+}
+
+#[test]
+fn a_key_set_twice_is_refused() {
+    let msg = parse("worker.count = 1\nworker.count = 2\n")
+        .expect_err("duplicate")
+        .to_string();
+    assert!(msg.contains("test.conf:2: key 'worker.count': set twice (first on line 1)"), "{msg}");
+}
+
+#[test]
+fn overrides_apply_after_the_file_and_name_the_argument() {
+    let mut c = Config::default();
+    c.apply_override("worker.count=2").expect("valid override");
+    assert_eq!(c.workers, WorkerCount::Fixed(2));
+    let msg = c.apply_override("net.listen=nowhere").expect_err("bad").to_string();
+    assert!(msg.starts_with("-o net.listen=nowhere: key 'net.listen':"), "{msg}");
+    assert!(matches!(
+        c.apply_override("justakey"),
+        Err(ConfigError::OverrideSyntax { .. })
+    ));
+}
+
+#[test]
+fn sni_keys_collect_per_name_and_need_both_parts() {
+    let c = parse("tls.sni.A.example.cert = /a.pem\ntls.sni.a.example.key = /a.key\n")
+        .expect("valid sni");
+    let a = c.sni.get("a.example").expect("name lower-cased");
+    assert_eq!(a.cert.as_deref(), Some(Path::new("/a.pem")));
+    assert_eq!(a.key.as_deref(), Some(Path::new("/a.key")));
+    let msg = parse("tls.sni.b.example.cert = /b.pem\n").expect_err("no key").to_string();
+    assert!(msg.contains("tls.sni.b.example"), "{msg}");
+}
+
+#[test]
+fn cert_without_key_is_refused() {
+    let msg = parse("tls.cert = /c.pem\n").expect_err("no key").to_string();
+    assert!(msg.contains("tls.key"), "{msg}");
+}
+
+#[test]
+fn protocols_refuse_old_versions() {
+    let msg = parse("tls.protocols = 1.1,1.2\n").expect_err("1.1").to_string();
+    assert!(msg.contains("tls.protocols") && msg.contains("1.1"), "{msg}");
+}
+
+#[test]
+fn size_renders_in_the_largest_exact_unit() {
+    assert_eq!(Size(64 << 10).render(), "64k");
+    assert_eq!(Size(3 << 30).render(), "3g");
+    assert_eq!(Size(1000).render(), "1000");
+}
+
+/// `docs/config.md` is generated from the key table; this fails when it is
+/// stale. `TLSFRONT_UPDATE_DOCS=1` rewrites it.
+#[test]
+fn config_reference_page_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.md");
+    let expected = reference_markdown();
+    if std::env::var_os("TLSFRONT_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &expected).expect("write docs/config.md");
+    }
+    let actual = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        actual == expected,
+        "docs/config.md is stale: run TLSFRONT_UPDATE_DOCS=1 cargo test -p tlsfront config_reference"
+    );
+}

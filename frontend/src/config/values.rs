@@ -1,0 +1,369 @@
+//! The value types of configuration keys: how each parses and prints.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// A type a configuration key can hold.
+pub trait ConfigValue: Sized {
+    /// What the reference page says the key accepts.
+    const KIND: &'static str;
+    /// Parses the text after `=`; `Err` says what was expected.
+    fn parse(raw: &str) -> Result<Self, String>;
+    /// Prints the value so that `parse(render())` gives it back.
+    fn render(&self) -> String;
+}
+
+impl ConfigValue for SocketAddr {
+    const KIND: &'static str = "IP:PORT";
+    fn parse(raw: &str) -> Result<Self, String> {
+        raw.parse()
+            .map_err(|_| format!("{raw:?} is not an IP:PORT address (e.g. 0.0.0.0:443 or [::]:443)"))
+    }
+    fn render(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl ConfigValue for u32 {
+    const KIND: &'static str = "integer";
+    fn parse(raw: &str) -> Result<Self, String> {
+        raw.parse()
+            .map_err(|_| format!("{raw:?} is not a whole number from 0 to {}", u32::MAX))
+    }
+    fn render(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl ConfigValue for bool {
+    const KIND: &'static str = "0 | 1";
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "0" => Ok(false),
+            "1" => Ok(true),
+            _ => Err(format!("{raw:?} is not a boolean: use 0 or 1")),
+        }
+    }
+    fn render(&self) -> String {
+        if *self { "1" } else { "0" }.to_string()
+    }
+}
+
+/// A byte count with an optional unit `k`, `m` or `g` (powers of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl ConfigValue for Size {
+    const KIND: &'static str = "size (bytes, k, m, g)";
+    fn parse(raw: &str) -> Result<Self, String> {
+        let lower = raw.to_ascii_lowercase();
+        let (digits, shift) = match lower.as_bytes().last() {
+            Some(b'k') => (&lower[..lower.len() - 1], 10),
+            Some(b'm') => (&lower[..lower.len() - 1], 20),
+            Some(b'g') => (&lower[..lower.len() - 1], 30),
+            Some(c) if c.is_ascii_digit() => (&lower[..], 0),
+            _ => {
+                return Err(format!(
+                    "{raw:?} is not a size: a number with an optional unit k, m or g"
+                ))
+            }
+        };
+        let n: u64 = digits.trim().parse().map_err(|_| {
+            format!("{raw:?} is not a size: a number with an optional unit k, m or g")
+        })?;
+        n.checked_mul(1u64 << shift)
+            .map(Size)
+            .ok_or_else(|| format!("{raw:?} is too large"))
+    }
+    fn render(&self) -> String {
+        let n = self.0;
+        for (unit, shift) in [("g", 30), ("m", 20), ("k", 10)] {
+            if n != 0 && n % (1u64 << shift) == 0 {
+                return format!("{}{unit}", n >> shift);
+            }
+        }
+        n.to_string()
+    }
+}
+
+/// A duration in whole seconds: a bare number, or a unit `s`, `m` or `h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duration(pub std::time::Duration);
+
+impl ConfigValue for Duration {
+    const KIND: &'static str = "duration (seconds, s, m, h)";
+    fn parse(raw: &str) -> Result<Self, String> {
+        let lower = raw.to_ascii_lowercase();
+        let (digits, mult) = match lower.as_bytes().last() {
+            Some(b's') => (&lower[..lower.len() - 1], 1),
+            Some(b'm') => (&lower[..lower.len() - 1], 60),
+            Some(b'h') => (&lower[..lower.len() - 1], 3600),
+            Some(c) if c.is_ascii_digit() => (&lower[..], 1),
+            _ => {
+                return Err(format!(
+                    "{raw:?} is not a duration: seconds, or a number with a unit s, m or h"
+                ))
+            }
+        };
+        let n: u64 = digits.trim().parse().map_err(|_| {
+            format!("{raw:?} is not a duration: seconds, or a number with a unit s, m or h")
+        })?;
+        n.checked_mul(mult)
+            .map(|s| Duration(std::time::Duration::from_secs(s)))
+            .ok_or_else(|| format!("{raw:?} is too long"))
+    }
+    fn render(&self) -> String {
+        format!("{}s", self.0.as_secs())
+    }
+}
+
+/// A path, or nothing when the value is empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OptPath(pub Option<PathBuf>);
+
+impl ConfigValue for OptPath {
+    const KIND: &'static str = "path";
+    fn parse(raw: &str) -> Result<Self, String> {
+        Ok(OptPath((!raw.is_empty()).then(|| PathBuf::from(raw))))
+    }
+    fn render(&self) -> String {
+        self.0
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// A comma-separated list of non-empty words.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct List(pub Vec<String>);
+
+impl ConfigValue for List {
+    const KIND: &'static str = "comma-separated list";
+    fn parse(raw: &str) -> Result<Self, String> {
+        if raw.trim().is_empty() {
+            return Ok(List(Vec::new()));
+        }
+        let items: Vec<String> = raw.split(',').map(|s| s.trim().to_string()).collect();
+        if items.iter().any(|s| s.is_empty() || s.len() > 255) {
+            return Err(format!(
+                "{raw:?} has an empty or over-long (> 255 bytes) entry"
+            ));
+        }
+        Ok(List(items))
+    }
+    fn render(&self) -> String {
+        self.0.join(",")
+    }
+}
+
+/// The TLS versions to accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protocols {
+    /// TLS 1.2 accepted.
+    pub tls12: bool,
+    /// TLS 1.3 accepted.
+    pub tls13: bool,
+}
+
+impl ConfigValue for Protocols {
+    const KIND: &'static str = "1.2 and/or 1.3, comma-separated";
+    fn parse(raw: &str) -> Result<Self, String> {
+        let mut p = Protocols {
+            tls12: false,
+            tls13: false,
+        };
+        for item in raw.split(',').map(str::trim) {
+            match item {
+                "1.2" => p.tls12 = true,
+                "1.3" => p.tls13 = true,
+                other => {
+                    return Err(format!(
+                        "{other:?} is not a TLS version tlsfront accepts: use 1.2 and/or 1.3"
+                    ))
+                }
+            }
+        }
+        Ok(p)
+    }
+    fn render(&self) -> String {
+        match (self.tls12, self.tls13) {
+            (true, true) => "1.2,1.3",
+            (true, false) => "1.2",
+            (false, true) => "1.3",
+            (false, false) => "",
+        }
+        .to_string()
+    }
+}
+
+/// `worker.count`: one per online CPU, or a fixed number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerCount {
+    /// One worker per online CPU.
+    Auto,
+    /// Exactly this many (at least 1).
+    Fixed(usize),
+}
+
+impl WorkerCount {
+    /// The number of workers on this machine.
+    pub fn resolve(self) -> usize {
+        match self {
+            WorkerCount::Auto => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            WorkerCount::Fixed(n) => n,
+        }
+    }
+}
+
+impl ConfigValue for WorkerCount {
+    const KIND: &'static str = "auto | 1..1024";
+    fn parse(raw: &str) -> Result<Self, String> {
+        if raw == "auto" {
+            return Ok(WorkerCount::Auto);
+        }
+        match raw.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(WorkerCount::Fixed(n)),
+            _ => Err(format!("{raw:?} is not auto or a number from 1 to 1024")),
+        }
+    }
+    fn render(&self) -> String {
+        match self {
+            WorkerCount::Auto => "auto".to_string(),
+            WorkerCount::Fixed(n) => n.to_string(),
+        }
+    }
+}
+
+/// `net.steering`: how a connection reaches its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steering {
+    /// Plain kernel SO_REUSEPORT hashing over the workers' listeners.
+    None,
+}
+
+impl ConfigValue for Steering {
+    const KIND: &'static str = "none";
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "none" => Ok(Steering::None),
+            _ => Err(format!(
+                "{raw:?} is not a steering mode this build has: none (kernel SO_REUSEPORT hash)"
+            )),
+        }
+    }
+    fn render(&self) -> String {
+        match self {
+            Steering::None => "none".to_string(),
+        }
+    }
+}
+
+/// `upstream.addr`: the built-in responder or a TCP address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// tlsfront's own tiny HTTP responder on a loopback port.
+    Builtin,
+    /// A TCP upstream.
+    Addr(SocketAddr),
+}
+
+impl ConfigValue for Upstream {
+    const KIND: &'static str = "builtin | IP:PORT";
+    fn parse(raw: &str) -> Result<Self, String> {
+        if raw == "builtin" {
+            return Ok(Upstream::Builtin);
+        }
+        raw.parse()
+            .map(Upstream::Addr)
+            .map_err(|_| format!("{raw:?} is not builtin or an IP:PORT address"))
+    }
+    fn render(&self) -> String {
+        match self {
+            Upstream::Builtin => "builtin".to_string(),
+            Upstream::Addr(a) => a.to_string(),
+        }
+    }
+}
+
+/// `control.socket`: derived from the port, or an explicit path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlSocket {
+    /// `/dev/shm/tlsfront-<port>.sock`.
+    Auto,
+    /// This path.
+    Path(PathBuf),
+}
+
+impl ConfigValue for ControlSocket {
+    const KIND: &'static str = "auto | path";
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "auto" => Ok(ControlSocket::Auto),
+            "" => Err("empty: use auto or a path".to_string()),
+            p => Ok(ControlSocket::Path(PathBuf::from(p))),
+        }
+    }
+    fn render(&self) -> String {
+        match self {
+            ControlSocket::Auto => "auto".to_string(),
+            ControlSocket::Path(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// `log.level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Only errors.
+    Error,
+    /// Errors and warnings (failed connections).
+    Warn,
+    /// Start-up and lifecycle.
+    Info,
+    /// Per-connection detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+const LEVELS: [(&str, LogLevel); 5] = [
+    ("error", LogLevel::Error),
+    ("warn", LogLevel::Warn),
+    ("info", LogLevel::Info),
+    ("debug", LogLevel::Debug),
+    ("trace", LogLevel::Trace),
+];
+
+impl LogLevel {
+    /// The `tracing` level.
+    pub fn as_tracing(self) -> tracing::Level {
+        match self {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
+}
+
+impl ConfigValue for LogLevel {
+    const KIND: &'static str = "error | warn | info | debug | trace";
+    fn parse(raw: &str) -> Result<Self, String> {
+        LEVELS
+            .iter()
+            .find(|(name, _)| *name == raw)
+            .map(|(_, l)| *l)
+            .ok_or_else(|| format!("{raw:?} is not one of error, warn, info, debug, trace"))
+    }
+    fn render(&self) -> String {
+        LEVELS
+            .iter()
+            .find(|(_, l)| l == self)
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,15 @@
+//! tlsfront: a TLS termination frontend for Linux edge hosts.
+//!
+//! Each connection lives on one per-core io_uring worker ([`worker`]); TLS
+//! is rustls ([`tls`]); the protocol logic is a sans-IO relay ([`proxy`]);
+//! configuration is sysctl-style ([`config`]); the running process answers
+//! on a unix control socket ([`control`]) with the counters of [`metrics`].
+//! The architecture is described in `DESIGN.md` of the project.
+
+pub mod config;
+pub mod control;
+pub mod metrics;
+pub mod proxy;
+pub mod tls;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,170 @@
+//! The rustls server configuration: certificates, SNI, ALPN, versions.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::Config;
+
+/// Why the TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{what} {}: {reason}", path.display())]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The key does not belong to the certificate, or rustls refused it.
+    #[error("certificate {} with key {}: {source}", cert.display(), key.display())]
+    KeyPair {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    /// The self-signed certificate could not be made.
+    #[error("generating the self-signed certificate: {0}")]
+    SelfSigned(String),
+    /// rustls refused the protocol versions or the provider.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Where the default certificate came from, for the start-up summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    /// `tls.cert` / `tls.key`.
+    Files(PathBuf),
+    /// Generated at start for `localhost`; never written to disk.
+    SelfSigned,
+}
+
+/// The crypto provider every part of tlsfront uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Picks the certificate by SNI; unknown or absent names get the default.
+#[derive(Debug)]
+pub struct CertResolver {
+    default: Arc<CertifiedKey>,
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl CertResolver {
+    /// A resolver serving `default` unless the SNI name is in `by_name`
+    /// (lower-case names).
+    pub fn new(default: Arc<CertifiedKey>, by_name: HashMap<String, Arc<CertifiedKey>>) -> Self {
+        CertResolver { default, by_name }
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello
+            .server_name()
+            .and_then(|name| self.by_name.get(&name.to_ascii_lowercase()))
+            .unwrap_or(&self.default);
+        Some(Arc::clone(chosen))
+    }
+}
+
+/// Loads a certificate chain and its key from PEM files.
+pub fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| pem_error("certificate", cert, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error("certificate", cert, e))?;
+    if chain.is_empty() {
+        return Err(TlsError::Pem {
+            what: "certificate",
+            path: cert.to_path_buf(),
+            reason: "no CERTIFICATE block found".to_string(),
+        });
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error("key", key, e))?;
+    CertifiedKey::from_der(chain, private, provider).map_err(|source| TlsError::KeyPair {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        source,
+    })
+}
+
+fn pem_error(what: &'static str, path: &Path, e: rustls_pki_types::pem::Error) -> TlsError {
+    let reason = match e {
+        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
+        rustls_pki_types::pem::Error::NoItemsFound => "no PEM block of the expected kind".into(),
+        other => format!("{other:?}"),
+    };
+    TlsError::Pem {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// A certificate for `localhost`, `127.0.0.1` and `::1`, made in memory.
+pub fn self_signed(provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let made =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+    let key = PrivateKeyDer::try_from(made.signing_key.serialize_der())
+        .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+    CertifiedKey::from_der(vec![made.cert.der().clone()], key, provider)
+        .map_err(|e| TlsError::SelfSigned(e.to_string()))
+}
+
+/// Builds the rustls server configuration shared by every worker.
+pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, CertSource), TlsError> {
+    let provider = provider();
+    let (default, source) = match (&config.cert.0, &config.key.0) {
+        (Some(cert), Some(key)) => (
+            load_certified_key(cert, key, &provider)?,
+            CertSource::Files(cert.clone()),
+        ),
+        _ => (self_signed(&provider)?, CertSource::SelfSigned),
+    };
+    let mut by_name = HashMap::new();
+    for (name, sni) in &config.sni {
+        if let (Some(cert), Some(key)) = (&sni.cert, &sni.key) {
+            by_name.insert(
+                name.clone(),
+                Arc::new(load_certified_key(cert, key, &provider)?),
+            );
+        }
+    }
+    let resolver = CertResolver {
+        default: Arc::new(default),
+        by_name,
+    };
+
+    let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
+    if config.protocols.tls13 {
+        versions.push(&rustls::version::TLS13);
+    }
+    if config.protocols.tls12 {
+        versions.push(&rustls::version::TLS12);
+    }
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    server.alpn_protocols = config.alpn.0.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok((Arc::new(server), source))
+}

@@ -1,0 +1,529 @@
+//! Per-core workers: one thread per worker, pinned to its CPU, with its own
+//! tokio-uring runtime (its own io_uring) and its own SO_REUSEPORT listener.
+//! A connection is accepted, handshaken and proxied entirely on one worker.
+//!
+//! This is the only code that touches sockets; what to read and write is
+//! decided by the sans-IO [`Relay`].
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rustls::{ServerConfig, ServerConnection};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::Notify;
+use tokio_uring::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::metrics::{Stats, WorkerStats};
+use crate::proxy::Relay;
+
+/// Bytes asked for per socket read. Large enough that a 16 KiB TLS record
+/// arrives in one read; small enough to keep per-connection memory low.
+const READ_SIZE: usize = 32 * 1024;
+
+/// Why the workers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Creating, configuring or binding a listener failed.
+    #[error("cannot listen on {addr}: {what}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        what: &'static str,
+        source: io::Error,
+    },
+    /// The worker thread could not be started.
+    #[error("cannot start worker {index}: {source}")]
+    Spawn { index: usize, source: io::Error },
+    /// A worker stopped before it was ready.
+    #[error("worker {index} failed to start: {reason}")]
+    Start { index: usize, reason: String },
+}
+
+/// What every connection of one worker needs.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// The rustls configuration shared by all workers.
+    pub tls: Arc<ServerConfig>,
+    /// Where plaintext goes.
+    pub upstream: SocketAddr,
+    /// How long an upstream connect may take.
+    pub connect_timeout: Duration,
+    /// `proxy.buffer_size`: bytes buffered per connection and direction.
+    pub buffer_size: usize,
+}
+
+/// One listening socket per worker, all bound to `addr` with SO_REUSEPORT so
+/// that the kernel spreads connections over them.
+pub fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+    backlog: u32,
+) -> Result<Vec<std::net::TcpListener>, WorkerError> {
+    let err = |what: &'static str| move |source| WorkerError::Listen { addr, what, source };
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(err("socket"))?;
+        socket.set_reuse_address(true).map_err(err("SO_REUSEADDR"))?;
+        socket.set_reuse_port(true).map_err(err("SO_REUSEPORT"))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true).map_err(err("IPV6_V6ONLY"))?;
+        }
+        socket.bind(&addr.into()).map_err(err("bind"))?;
+        socket
+            .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
+            .map_err(err("listen"))?;
+        listeners.push(socket.into());
+    }
+    Ok(listeners)
+}
+
+/// The CPU each worker is pinned to (`None`: not pinned), worker n on the
+/// n-th CPU this process may run on.
+pub fn plan_cpus(count: usize, pin: bool) -> Vec<Option<usize>> {
+    let cores = if pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    (0..count)
+        .map(|i| (!cores.is_empty()).then(|| cores[i % cores.len()].id))
+        .collect()
+}
+
+/// Starts one worker thread per listener and waits until each accepts.
+pub fn start(
+    listeners: Vec<std::net::TcpListener>,
+    settings: WorkerSettings,
+    stats: Arc<Stats>,
+) -> Result<Vec<JoinHandle<()>>, WorkerError> {
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
+    let mut handles = Vec::with_capacity(listeners.len());
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let settings = settings.clone();
+        let stats = Arc::clone(&stats);
+        let ready = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("tlsfront-w{index}"))
+            .spawn(move || run_worker(index, listener, settings, stats, ready))
+            .map_err(|source| WorkerError::Spawn { index, source })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..handles.len() {
+        match ready_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((index, Err(reason))) => return Err(WorkerError::Start { index, reason }),
+            Err(_) => {
+                return Err(WorkerError::Start {
+                    index: handles.len(),
+                    reason: "a worker thread ended before it was ready".into(),
+                })
+            }
+        }
+    }
+    Ok(handles)
+}
+
+struct Worker {
+    index: usize,
+    settings: WorkerSettings,
+    stats: Arc<Stats>,
+}
+
+impl Worker {
+    fn counters(&self) -> &WorkerStats {
+        &self.stats.workers[self.index].1
+    }
+}
+
+fn run_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    settings: WorkerSettings,
+    stats: Arc<Stats>,
+    ready: mpsc::Sender<(usize, Result<(), String>)>,
+) {
+    if let Some(cpu) = stats.workers[index].0 {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            warn!(worker = index, cpu, "could not pin the worker to its CPU");
+        }
+    }
+    let worker = Rc::new(Worker {
+        index,
+        settings,
+        stats,
+    });
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tokio_uring::start(async move {
+            let listener = TcpListener::from_std(listener);
+            // The receiver only goes away when start-up failed elsewhere.
+            let _ = ready.send((index, Ok(())));
+            accept_loop(listener, worker).await;
+        })
+    }));
+    if outcome.is_err() {
+        tracing::error!(worker = index, "worker stopped after a panic");
+    }
+}
+
+async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                WorkerStats::inc(&worker.counters().accepted);
+                let worker = Rc::clone(&worker);
+                tokio_uring::spawn(async move { serve(stream, peer, worker).await });
+            }
+            Err(e) => {
+                warn!(worker = worker.index, "accept failed: {e}");
+                // Out of descriptors or memory: retrying at once would spin;
+                // connections already open keep being served meanwhile.
+                if matches!(e.raw_os_error(), Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM))
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// errno values accept(2) reports for resource exhaustion.
+mod libc_errno {
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const ENOBUFS: i32 = 105;
+    pub const ENOMEM: i32 = 12;
+}
+
+/// Keeps the `active` gauge right however a connection ends.
+struct ActiveGuard<'a>(&'a WorkerStats);
+
+impl<'a> ActiveGuard<'a> {
+    fn new(stats: &'a WorkerStats) -> Self {
+        WorkerStats::inc(&stats.active);
+        ActiveGuard(stats)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        WorkerStats::dec(&self.0.active);
+    }
+}
+
+async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
+    let stats = worker.counters();
+    let _active = ActiveGuard::new(stats);
+    // Handshake flights are small writes; Nagle would delay them.
+    let _ = client.set_nodelay(true);
+    let tls = match ServerConnection::new(Arc::clone(&worker.settings.tls)) {
+        Ok(tls) => tls,
+        Err(e) => {
+            warn!(worker = worker.index, %peer, "cannot create TLS session: {e}");
+            return;
+        }
+    };
+    let mut relay = Relay::new(tls, worker.settings.buffer_size);
+    if let Err(reason) = handshake(&client, &mut relay).await {
+        WorkerStats::inc(&stats.handshake_errors);
+        info!(worker = worker.index, %peer, "handshake failed: {reason}");
+        return;
+    }
+    WorkerStats::inc(&stats.handshakes);
+    debug!(
+        worker = worker.index,
+        %peer,
+        version = ?relay.tls().protocol_version(),
+        sni = relay.tls().server_name().unwrap_or("-"),
+        "handshake done"
+    );
+
+    let upstream_addr = worker.settings.upstream;
+    let connect = tokio::time::timeout(
+        worker.settings.connect_timeout,
+        TcpStream::connect(upstream_addr),
+    )
+    .await;
+    let upstream = match connect {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(e)) => {
+            WorkerStats::inc(&stats.upstream_errors);
+            warn!(worker = worker.index, %peer, "upstream {upstream_addr}: {e}; closing the client");
+            close_client(&client, &mut relay).await;
+            return;
+        }
+        Err(_) => {
+            WorkerStats::inc(&stats.upstream_errors);
+            warn!(
+                worker = worker.index,
+                %peer,
+                "upstream {upstream_addr}: no answer within {:?}; closing the client",
+                worker.settings.connect_timeout
+            );
+            close_client(&client, &mut relay).await;
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let conn = Connection {
+        client,
+        upstream,
+        relay: RefCell::new(relay),
+        failed: Cell::new(false),
+        closing: RefCell::new(None),
+        wake_client_reader: Notify::new(),
+        wake_client_writer: Notify::new(),
+        wake_upstream_reader: Notify::new(),
+        wake_upstream_writer: Notify::new(),
+        stats,
+        peer,
+        worker: worker.index,
+    };
+    // The four directions run as one task: none of them is ever dropped
+    // mid-operation (a dropped io_uring read could lose the bytes it read).
+    tokio::join!(
+        conn.client_reader(),
+        conn.client_writer(),
+        conn.upstream_reader(),
+        conn.upstream_writer()
+    );
+}
+
+/// Reads from the client until the handshake is complete, writing each
+/// flight as rustls produces it. Any plaintext that arrived with the last
+/// flight stays queued in the relay for the upstream.
+async fn handshake(client: &TcpStream, relay: &mut Relay) -> Result<(), String> {
+    let mut buf = vec![0u8; READ_SIZE];
+    let mut out = Vec::new();
+    loop {
+        relay.client_output(&mut out).map_err(|e| e.to_string())?;
+        if !out.is_empty() {
+            let (res, b) = client.write_all(out).await;
+            out = b;
+            out.clear();
+            res.map_err(|e| format!("writing to the client: {e}"))?;
+        }
+        if !relay.is_handshaking() {
+            return Ok(());
+        }
+        let (res, b) = client.read(buf).await;
+        buf = b;
+        let n = res.map_err(|e| format!("reading from the client: {e}"))?;
+        if n == 0 {
+            return Err("the client closed the connection during the handshake".into());
+        }
+        if let Err(e) = relay.receive_from_client(&buf[..n]) {
+            // Send the alert rustls queued, so the client learns why.
+            if relay.client_output(&mut out).is_ok() && !out.is_empty() {
+                let _ = client.write_all(out).await;
+            }
+            return Err(e.to_string());
+        }
+    }
+}
+
+/// Ends a client whose upstream could not be reached: close_notify, FIN.
+async fn close_client(client: &TcpStream, relay: &mut Relay) {
+    relay.upstream_closed();
+    let mut out = Vec::new();
+    if relay.client_output(&mut out).is_ok() && !out.is_empty() {
+        let _ = client.write_all(out).await;
+    }
+    let _ = client.shutdown(Shutdown::Write);
+}
+
+/// A connection after its handshake: four loops, one per socket and
+/// direction, sharing the relay. Each loop waits on its own `Notify`, which
+/// keeps a permit when nobody waits, so a wake-up is never lost between a
+/// check and the wait.
+struct Connection<'a> {
+    client: TcpStream,
+    upstream: TcpStream,
+    relay: RefCell<Relay>,
+    failed: Cell<bool>,
+    closing: RefCell<Option<String>>,
+    wake_client_reader: Notify,
+    wake_client_writer: Notify,
+    wake_upstream_reader: Notify,
+    wake_upstream_writer: Notify,
+    stats: &'a WorkerStats,
+    peer: SocketAddr,
+    worker: usize,
+}
+
+impl Connection<'_> {
+    /// Ends the connection at once: shutting both sockets down completes
+    /// any read still pending on them, so every loop sees `failed` and
+    /// returns.
+    fn fail(&self, why: &str) {
+        if self.failed.replace(true) {
+            return;
+        }
+        info!(worker = self.worker, peer = %self.peer, "connection closed: {why}");
+        let _ = self.client.shutdown(Shutdown::Both);
+        let _ = self.upstream.shutdown(Shutdown::Both);
+        self.wake_client_reader.notify_one();
+        self.wake_client_writer.notify_one();
+        self.wake_upstream_reader.notify_one();
+        self.wake_upstream_writer.notify_one();
+    }
+
+    async fn client_reader(&self) {
+        let mut buf = vec![0u8; READ_SIZE];
+        while !self.failed.get() {
+            let (wants, done) = {
+                let relay = self.relay.borrow();
+                (relay.wants_client_read(), relay.client_done())
+            };
+            if done {
+                return;
+            }
+            if !wants {
+                self.wake_client_reader.notified().await;
+                continue;
+            }
+            let (res, b) = self.client.read(buf).await;
+            buf = b;
+            if self.failed.get() {
+                return;
+            }
+            let outcome = match res {
+                Ok(0) => self.relay.borrow_mut().client_closed(),
+                Ok(n) => self.relay.borrow_mut().receive_from_client(&buf[..n]),
+                Err(e) => {
+                    self.fail(&format!("reading from the client: {e}"));
+                    return;
+                }
+            };
+            if let Err(e) = outcome {
+                // The writer flushes the alert rustls queued, then fails
+                // the connection with this reason.
+                self.closing.replace(Some(e.to_string()));
+                self.wake_client_writer.notify_one();
+                return;
+            }
+            self.wake_upstream_writer.notify_one();
+            self.wake_client_writer.notify_one();
+        }
+    }
+
+    async fn upstream_writer(&self) {
+        let mut out = Vec::new();
+        while !self.failed.get() {
+            let done = {
+                let mut relay = self.relay.borrow_mut();
+                relay.take_upstream_bytes(&mut out);
+                relay.client_done()
+            };
+            if out.is_empty() {
+                if done {
+                    // Half-close: the upstream sees EOF, its replies still flow.
+                    let _ = self.upstream.shutdown(Shutdown::Write);
+                    return;
+                }
+                self.wake_upstream_writer.notified().await;
+                continue;
+            }
+            self.wake_client_reader.notify_one();
+            let n = out.len() as u64;
+            let (res, b) = self.upstream.write_all(out).await;
+            out = b;
+            out.clear();
+            if let Err(e) = res {
+                WorkerStats::inc(&self.stats.upstream_errors);
+                self.fail(&format!("writing to the upstream: {e}"));
+                return;
+            }
+            WorkerStats::add(&self.stats.bytes_client_to_upstream, n);
+        }
+    }
+
+    async fn upstream_reader(&self) {
+        let mut buf = vec![0u8; READ_SIZE];
+        while !self.failed.get() {
+            let (res, b) = self.upstream.read(buf).await;
+            buf = b;
+            if self.failed.get() {
+                return;
+            }
+            let n = match res {
+                Ok(0) => {
+                    self.relay.borrow_mut().upstream_closed();
+                    self.wake_client_writer.notify_one();
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    WorkerStats::inc(&self.stats.upstream_errors);
+                    self.fail(&format!("reading from the upstream: {e}"));
+                    return;
+                }
+            };
+            let mut sent = 0;
+            while sent < n {
+                if self.failed.get() {
+                    return;
+                }
+                let took = self.relay.borrow_mut().send_to_client(&buf[sent..n]);
+                match took {
+                    // The buffer towards the client is full: backpressure.
+                    Ok(0) => self.wake_upstream_reader.notified().await,
+                    Ok(k) => {
+                        sent += k;
+                        self.wake_client_writer.notify_one();
+                    }
+                    Err(e) => {
+                        self.fail(&format!("encrypting for the client: {e}"));
+                        return;
+                    }
+                }
+            }
+            WorkerStats::add(&self.stats.bytes_upstream_to_client, n as u64);
+        }
+    }
+
+    async fn client_writer(&self) {
+        let mut out = Vec::new();
+        loop {
+            let (output, upstream_done) = {
+                let mut relay = self.relay.borrow_mut();
+                (relay.client_output(&mut out), relay.upstream_done())
+            };
+            if let Err(e) = output {
+                self.fail(&format!("TLS output: {e}"));
+                return;
+            }
+            if out.is_empty() {
+                if self.failed.get() {
+                    return;
+                }
+                if let Some(why) = self.closing.borrow_mut().take() {
+                    self.fail(&why);
+                    return;
+                }
+                if upstream_done {
+                    // close_notify has been written; now the TCP FIN.
+                    let _ = self.client.shutdown(Shutdown::Write);
+                    return;
+                }
+                self.wake_client_writer.notified().await;
+                continue;
+            }
+            let (res, b) = self.client.write_all(out).await;
+            out = b;
+            out.clear();
+            if let Err(e) = res {
+                self.fail(&format!("writing to the client: {e}"));
+                return;
+            }
+            self.wake_upstream_reader.notify_one();
+        }
+    }
+}
