@@ -143,8 +143,9 @@ fn main() {
     if !status.success() {
         panic!(
             "building the eBPF programs ({EBPF_PACKAGE} in {}) failed ({status}); \
-             the cargo/rustc output is above. Needs the rustup toolchain `{}` with \
-             rust-src and bpf-linker 0.13.0 (scripts/setup.sh installs both); \
+             see the cargo/rustc output above: a compile error in the eBPF \
+             crate, or a missing prerequisite: the rustup toolchain `{}` with \
+             rust-src, bpf-linker 0.13.0 (scripts/setup.sh installs both). \
              {SKIP_VAR}=1 builds without eBPF.",
             ebpf_dir.display(),
             toolchain_name(),

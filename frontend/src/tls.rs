@@ -168,3 +168,55 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, CertSource),
     server.alpn_protocols = config.alpn.0.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok((Arc::new(server), source))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes a certificate and key of `alg` as PEM files.
+    fn write_pair(dir: &Path, alg: &'static rcgen::SignatureAlgorithm) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate_for(alg).expect("key generation");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("self-signed");
+        let name = format!("{:?}", alg).replace(|c: char| !c.is_ascii_alphanumeric(), "");
+        let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        std::fs::write(&c, cert.pem()).expect("write cert");
+        std::fs::write(&k, key.serialize_pem()).expect("write key");
+        (c, k)
+    }
+
+    #[test]
+    fn loads_ecdsa_rsa_and_ed25519_pem_pairs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_RSA_SHA256,
+            &rcgen::PKCS_ED25519,
+        ] {
+            let (cert, key) = write_pair(dir.path(), alg);
+            load_certified_key(&cert, &key, &provider())
+                .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused_naming_both_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, _) = write_pair(dir.path(), &rcgen::PKCS_ECDSA_P256_SHA256);
+        let (_, other_key) = write_pair(dir.path(), &rcgen::PKCS_ED25519);
+        let msg = load_certified_key(&cert, &other_key, &provider())
+            .expect_err("mismatched key")
+            .to_string();
+        assert!(msg.contains(&*cert.to_string_lossy()) && msg.contains(&*other_key.to_string_lossy()), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_certificate_file_is_named() {
+        let msg = load_certified_key(Path::new("/nonexistent/c.pem"), Path::new("/k"), &provider())
+            .expect_err("missing")
+            .to_string();
+        assert!(msg.contains("/nonexistent/c.pem"), "{msg}");
+    }
+}
