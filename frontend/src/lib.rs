@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod metrics;
 pub mod proxy;
+pub mod session_cache;
 pub mod tls;
 pub mod upstream;
 pub mod worker;

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tlsfront::config::{Config, ConfigValue, Upstream, KEYS};
-use tlsfront::metrics::{render_table, Stats};
+use tlsfront::metrics::{render_table, PerWorkerCounters, Stats};
+use tlsfront::session_cache::{Opened, SessionCache};
 use tlsfront::tls::CertSource;
 use tlsfront::{control, tls, upstream, worker};
 
@@ -152,17 +153,46 @@ fn run(config: Config) -> Result<(), String> {
         .with_ansi(false)
         .init();
 
-    let (server_config, cert_source) = tls::server_config(&config).map_err(|e| e.to_string())?;
+    let count = config.workers.resolve();
+    let cache = if config.cache_enabled {
+        let path = config.cache_path();
+        let (cache, opened) = SessionCache::open(
+            &path,
+            config.cache_size.0,
+            config.cache_timeout.0.as_secs(),
+            count,
+        )
+        .map_err(|e| e.to_string())?;
+        match &opened {
+            Opened::Reused => {
+                tracing::info!("session cache {}: reusing its sessions", path.display())
+            }
+            Opened::Created => tracing::info!("session cache {}: created", path.display()),
+            Opened::Rebuilt(why) => tracing::warn!(
+                "session cache {}: rebuilt, its sessions are lost: {why}",
+                path.display()
+            ),
+        }
+        Some((Arc::new(cache), opened))
+    } else {
+        None
+    };
+    let sessions = cache.as_ref().map(|(c, _)| Arc::clone(c));
+    let (server_config, cert_source) =
+        tls::server_config(&config, sessions.clone()).map_err(|e| e.to_string())?;
     let upstream_addr = match config.upstream {
         Upstream::Addr(addr) => addr,
         Upstream::Builtin => upstream::start_builtin()
             .map_err(|e| format!("starting the built-in upstream on 127.0.0.1: {e}"))?,
     };
-    let count = config.workers.resolve();
-    let listeners = worker::bind_listeners(config.listen, count, config.backlog)
-        .map_err(|e| e.to_string())?;
+    let listeners =
+        worker::bind_listeners(config.listen, count, config.backlog).map_err(|e| e.to_string())?;
     let cpus = worker::plan_cpus(count, config.pin_cpus);
-    let stats = Arc::new(Stats::new(&cpus));
+    let sources: Vec<Arc<dyn PerWorkerCounters>> = sessions
+        .iter()
+        .map(|c| Arc::clone(c) as Arc<dyn PerWorkerCounters>)
+        .collect();
+    let stats = Arc::new(Stats::new(&cpus, sources));
     let socket = config.control_socket_path();
     control::serve(&socket, Arc::clone(&stats), config.clone()).map_err(|e| e.to_string())?;
 
@@ -172,9 +202,31 @@ fn run(config: Config) -> Result<(), String> {
         connect_timeout: config.connect_timeout.0,
         buffer_size: usize::try_from(config.buffer_size.0).unwrap_or(usize::MAX),
     };
-    let handles = worker::start(listeners, settings, Arc::clone(&stats)).map_err(|e| e.to_string())?;
+    let handles =
+        worker::start(listeners, settings, Arc::clone(&stats)).map_err(|e| e.to_string())?;
 
-    print_summary(&config, &cpus, &cert_source, upstream_addr, &socket);
+    let cache_line = match &cache {
+        Some((c, opened)) => format!(
+            "{} ({} sessions, {}s; {})",
+            c.path().display(),
+            c.capacity(),
+            config.cache_timeout.0.as_secs(),
+            match opened {
+                Opened::Reused => "sessions kept from before",
+                Opened::Created => "new",
+                Opened::Rebuilt(_) => "rebuilt",
+            }
+        ),
+        None => "off".to_string(),
+    };
+    print_summary(
+        &config,
+        &cpus,
+        &cert_source,
+        upstream_addr,
+        &socket,
+        &cache_line,
+    );
     for handle in handles {
         if handle.join().is_err() {
             return Err("a worker thread panicked".into());
@@ -189,6 +241,7 @@ fn print_summary(
     cert: &CertSource,
     upstream_addr: std::net::SocketAddr,
     socket: &std::path::Path,
+    cache: &str,
 ) {
     let addr = config.listen;
     let versions = config.protocols.render().replace(',', ", ");
@@ -221,6 +274,7 @@ fn print_summary(
   steering       {steering} (kernel SO_REUSEPORT hash over the workers' listeners)
   certificate    {cert}
   upstream       {upstream}
+  session cache  {cache}
   control socket {socket}  (tlsfront stats -o control.socket={socket})
   {keys} keys in effect: tlsfront sysctl -a
 try:

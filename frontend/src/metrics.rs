@@ -4,7 +4,30 @@
 //! counters are plain relaxed atomics: a reader wants a recent value, not an
 //! ordering with any other memory.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+thread_local! {
+    static CURRENT_WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Marks the calling thread as worker `index`, so that components called
+/// from inside rustls (the session cache) count per worker.
+pub fn set_current_worker(index: usize) {
+    CURRENT_WORKER.with(|w| w.set(Some(index)));
+}
+
+/// The worker index of the calling thread, if it is a worker.
+pub fn current_worker() -> Option<usize> {
+    CURRENT_WORKER.with(Cell::get)
+}
+
+/// A component with counters kept per worker (e.g. the session cache).
+pub trait PerWorkerCounters: Send + Sync {
+    /// Named counters of worker `worker`.
+    fn worker_counters(&self, worker: usize) -> Vec<(&'static str, u64)>;
+}
 
 macro_rules! counters {
     ($( $field:ident : $doc:literal ),* $(,)?) => {
@@ -44,6 +67,8 @@ macro_rules! counters {
 counters! {
     accepted: "Connections accepted.",
     handshakes: "TLS handshakes completed.",
+    resumed_tls12: "TLS 1.2 handshakes that resumed a session.",
+    resumed_tls13: "TLS 1.3 handshakes that resumed a session (PSK).",
     handshake_errors: "Connections closed before or during the handshake (bad TLS, timeouts, resets).",
     active: "Connections open now.",
     upstream_errors: "Upstream connects that failed or timed out, and upstream resets.",
@@ -68,38 +93,43 @@ impl WorkerStats {
     }
 }
 
-/// Counters of every worker, with the CPU each is pinned to.
-#[derive(Debug)]
+/// Counters of every worker, with the CPU each is pinned to, and of the
+/// components that count per worker.
 pub struct Stats {
     /// One entry per worker, by worker index.
     pub workers: Vec<(Option<usize>, WorkerStats)>,
+    sources: Vec<Arc<dyn PerWorkerCounters>>,
 }
 
 impl Stats {
-    /// Counters for `cpus.len()` workers.
-    pub fn new(cpus: &[Option<usize>]) -> Stats {
+    /// Counters for `cpus.len()` workers, plus those of `sources`.
+    pub fn new(cpus: &[Option<usize>], sources: Vec<Arc<dyn PerWorkerCounters>>) -> Stats {
         Stats {
             workers: cpus.iter().map(|c| (*c, WorkerStats::default())).collect(),
+            sources,
         }
     }
 
     /// JSON: `{"workers":[{"worker":0,"cpu":0,...}],"total":{...}}`.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut total = Snapshot::default();
+        let mut total: std::collections::BTreeMap<&'static str, u64> = Default::default();
         let mut workers = Vec::with_capacity(self.workers.len());
         for (index, (cpu, stats)) in self.workers.iter().enumerate() {
-            let snap = stats.snapshot();
-            total.add(&snap);
             let mut obj = serde_json::Map::new();
             obj.insert("worker".into(), index.into());
             obj.insert("cpu".into(), (*cpu).into());
-            for (name, value) in snap.fields() {
+            let fields = stats
+                .snapshot()
+                .fields()
+                .into_iter()
+                .chain(self.sources.iter().flat_map(|s| s.worker_counters(index)));
+            for (name, value) in fields {
+                *total.entry(name).or_default() += value;
                 obj.insert(name.into(), value.into());
             }
             workers.push(serde_json::Value::Object(obj));
         }
         let total: serde_json::Map<String, serde_json::Value> = total
-            .fields()
             .into_iter()
             .map(|(n, v)| (n.to_string(), v.into()))
             .collect();

@@ -78,7 +78,9 @@ impl Relay {
     pub fn client_closed(&mut self) -> Result<(), RelayError> {
         if !self.client_done {
             // An empty read tells rustls the transport ended.
-            self.tls.read_tls(&mut &[][..]).map_err(RelayError::Buffer)?;
+            self.tls
+                .read_tls(&mut &[][..])
+                .map_err(RelayError::Buffer)?;
             self.tls.process_new_packets()?;
             self.drain_plaintext()?;
             self.client_done = true;

@@ -12,6 +12,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::Config;
+use crate::session_cache::SessionCache;
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -122,8 +123,8 @@ pub fn self_signed(provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> 
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
-    let made =
-        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
     let key = PrivateKeyDer::try_from(made.signing_key.serialize_der())
         .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
     CertifiedKey::from_der(vec![made.cert.der().clone()], key, provider)
@@ -131,7 +132,14 @@ pub fn self_signed(provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> 
 }
 
 /// Builds the rustls server configuration shared by every worker.
-pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, CertSource), TlsError> {
+///
+/// `sessions` is where TLS 1.2 session IDs and TLS 1.3 stateful tickets are
+/// kept (the shared [`SessionCache`]); `None` turns server-side session
+/// storage off.
+pub fn server_config(
+    config: &Config,
+    sessions: Option<Arc<SessionCache>>,
+) -> Result<(Arc<ServerConfig>, CertSource), TlsError> {
     let provider = provider();
     let (default, source) = match (&config.cert.0, &config.key.0) {
         (Some(cert), Some(key)) => (
@@ -165,7 +173,16 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, CertSource),
         .with_protocol_versions(&versions)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    server.alpn_protocols = config.alpn.0.iter().map(|p| p.as_bytes().to_vec()).collect();
+    server.alpn_protocols = config
+        .alpn
+        .0
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+    server.session_storage = match sessions {
+        Some(cache) => cache,
+        None => Arc::new(rustls::server::NoServerSessionStorage {}),
+    };
     Ok((Arc::new(server), source))
 }
 
@@ -181,7 +198,10 @@ mod tests {
             .self_signed(&key)
             .expect("self-signed");
         let name = format!("{:?}", alg).replace(|c: char| !c.is_ascii_alphanumeric(), "");
-        let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
         std::fs::write(&c, cert.pem()).expect("write cert");
         std::fs::write(&k, key.serialize_pem()).expect("write key");
         (c, k)
@@ -196,8 +216,7 @@ mod tests {
             &rcgen::PKCS_ED25519,
         ] {
             let (cert, key) = write_pair(dir.path(), alg);
-            load_certified_key(&cert, &key, &provider())
-                .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            load_certified_key(&cert, &key, &provider()).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
         }
     }
 
@@ -209,14 +228,21 @@ mod tests {
         let msg = load_certified_key(&cert, &other_key, &provider())
             .expect_err("mismatched key")
             .to_string();
-        assert!(msg.contains(&*cert.to_string_lossy()) && msg.contains(&*other_key.to_string_lossy()), "{msg}");
+        assert!(
+            msg.contains(&*cert.to_string_lossy()) && msg.contains(&*other_key.to_string_lossy()),
+            "{msg}"
+        );
     }
 
     #[test]
     fn a_missing_certificate_file_is_named() {
-        let msg = load_certified_key(Path::new("/nonexistent/c.pem"), Path::new("/k"), &provider())
-            .expect_err("missing")
-            .to_string();
+        let msg = load_certified_key(
+            Path::new("/nonexistent/c.pem"),
+            Path::new("/k"),
+            &provider(),
+        )
+        .expect_err("missing")
+        .to_string();
         assert!(msg.contains("/nonexistent/c.pem"), "{msg}");
     }
 }

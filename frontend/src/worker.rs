@@ -70,7 +70,9 @@ pub fn bind_listeners(
     for _ in 0..count {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(err("socket"))?;
-        socket.set_reuse_address(true).map_err(err("SO_REUSEADDR"))?;
+        socket
+            .set_reuse_address(true)
+            .map_err(err("SO_REUSEADDR"))?;
         socket.set_reuse_port(true).map_err(err("SO_REUSEPORT"))?;
         if addr.is_ipv6() {
             socket.set_only_v6(true).map_err(err("IPV6_V6ONLY"))?;
@@ -150,6 +152,7 @@ fn run_worker(
     stats: Arc<Stats>,
     ready: mpsc::Sender<(usize, Result<(), String>)>,
 ) {
+    crate::metrics::set_current_worker(index);
     if let Some(cpu) = stats.workers[index].0 {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
             warn!(worker = index, cpu, "could not pin the worker to its CPU");
@@ -185,8 +188,15 @@ async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
                 warn!(worker = worker.index, "accept failed: {e}");
                 // Out of descriptors or memory: retrying at once would spin;
                 // connections already open keep being served meanwhile.
-                if matches!(e.raw_os_error(), Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM))
-                {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(
+                        libc_errno::EMFILE
+                            | libc_errno::ENFILE
+                            | libc_errno::ENOBUFS
+                            | libc_errno::ENOMEM
+                    )
+                ) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -237,6 +247,12 @@ async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
         return;
     }
     WorkerStats::inc(&stats.handshakes);
+    if relay.tls().handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        match relay.tls().protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => WorkerStats::inc(&stats.resumed_tls13),
+            _ => WorkerStats::inc(&stats.resumed_tls12),
+        }
+    }
     debug!(
         worker = worker.index,
         %peer,

@@ -13,8 +13,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 pub use values::{
-    ConfigValue, ControlSocket, Duration, List, LogLevel, OptPath, Protocols, Size, Steering,
-    Upstream, WorkerCount,
+    AutoPath, ConfigValue, Duration, List, LogLevel, OptPath, Protocols, Size, Steering, Upstream,
+    WorkerCount,
 };
 
 /// Description of one configuration key, as listed by `sysctl -a` and in
@@ -177,7 +177,15 @@ config_keys! {
         "How long to wait for the upstream to accept before closing the client.";
     buffer_size: Size = "64k", "proxy.buffer_size", runtime = false,
         "Bytes buffered per connection and direction before reading from that side pauses (backpressure).";
-    control_socket: ControlSocket = "auto", "control.socket", runtime = false,
+    cache_enabled: bool = "1", "cache.enabled", runtime = false,
+        "Keep TLS 1.2 session IDs and TLS 1.3 stateful tickets in the shared session cache (0 = no server-side sessions).";
+    cache_path: AutoPath = "auto", "cache.path", runtime = false,
+        "The shared cache file (mode 0600, best on tmpfs); auto = /dev/shm/tlsfront-<port>.cache.";
+    cache_size: Size = "64m", "cache.size", runtime = false,
+        "Size of the cache file; fixed, it never grows (512 bytes per session).";
+    cache_timeout: Duration = "300s", "cache.timeout_secs", runtime = false,
+        "How long a cached session can be resumed (like nginx's ssl_session_timeout).";
+    control_socket: AutoPath = "auto", "control.socket", runtime = false,
         "Unix socket (mode 0600) for stats and sysctl queries; auto = /dev/shm/tlsfront-<port>.sock.";
     log_level: LogLevel = "info", "log.level", runtime = false,
         "Log verbosity on stderr: error, warn, info, debug or trace.";
@@ -336,12 +344,14 @@ impl Config {
 
     /// The control socket path this configuration resolves to.
     pub fn control_socket_path(&self) -> PathBuf {
-        match &self.control_socket {
-            ControlSocket::Auto => {
-                PathBuf::from(format!("/dev/shm/tlsfront-{}.sock", self.listen.port()))
-            }
-            ControlSocket::Path(p) => p.clone(),
-        }
+        self.control_socket
+            .resolve(|| format!("/dev/shm/tlsfront-{}.sock", self.listen.port()))
+    }
+
+    /// The session cache file this configuration resolves to.
+    pub fn cache_path(&self) -> PathBuf {
+        self.cache_path
+            .resolve(|| format!("/dev/shm/tlsfront-{}.cache", self.listen.port()))
     }
 }
 

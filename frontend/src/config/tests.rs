@@ -16,7 +16,12 @@ fn every_default_parses_and_renders_back() {
         again
             .set(k.name, &shown)
             .unwrap_or_else(|e| panic!("{} = {shown}: {e}", k.name));
-        assert_eq!(again.get(k.name).as_deref(), Some(shown.as_str()), "{}", k.name);
+        assert_eq!(
+            again.get(k.name).as_deref(),
+            Some(shown.as_str()),
+            "{}",
+            k.name
+        );
     }
 }
 
@@ -47,26 +52,41 @@ fn comments_blank_lines_and_units_are_understood() {
 fn unknown_key_names_file_line_and_key() {
     let err = parse("net.listen = 127.0.0.1:1\n\ncache.sizee = 64m\n").expect_err("must fail");
     let msg = err.to_string();
-    assert!(msg.starts_with("test.conf:3: key 'cache.sizee': unknown key"), "{msg}");
+    assert!(
+        msg.starts_with("test.conf:3: key 'cache.sizee': unknown key"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn bad_unit_names_the_key() {
-    let msg = parse("proxy.buffer_size = 64q\n").expect_err("bad unit").to_string();
-    assert!(msg.contains("test.conf:1: key 'proxy.buffer_size'"), "{msg}");
+    let msg = parse("proxy.buffer_size = 64q\n")
+        .expect_err("bad unit")
+        .to_string();
+    assert!(
+        msg.contains("test.conf:1: key 'proxy.buffer_size'"),
+        "{msg}"
+    );
     assert!(msg.contains("64q"), "{msg}");
 }
 
 #[test]
 fn bad_value_names_the_key() {
-    let msg = parse("worker.count = lots\n").expect_err("bad value").to_string();
+    let msg = parse("worker.count = lots\n")
+        .expect_err("bad value")
+        .to_string();
     assert!(msg.contains("test.conf:1: key 'worker.count'"), "{msg}");
 }
 
 #[test]
 fn line_without_equals_is_a_syntax_error_with_its_line() {
-    let msg = parse("\nnet.listen 127.0.0.1:1\n").expect_err("no =").to_string();
-    assert!(msg.starts_with("test.conf:2: expected `key = value`"), "{msg}");
+    let msg = parse("\nnet.listen 127.0.0.1:1\n")
+        .expect_err("no =")
+        .to_string();
+    assert!(
+        msg.starts_with("test.conf:2: expected `key = value`"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -74,7 +94,10 @@ fn a_key_set_twice_is_refused() {
     let msg = parse("worker.count = 1\nworker.count = 2\n")
         .expect_err("duplicate")
         .to_string();
-    assert!(msg.contains("test.conf:2: key 'worker.count': set twice (first on line 1)"), "{msg}");
+    assert!(
+        msg.contains("test.conf:2: key 'worker.count': set twice (first on line 1)"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -82,8 +105,14 @@ fn overrides_apply_after_the_file_and_name_the_argument() {
     let mut c = Config::default();
     c.apply_override("worker.count=2").expect("valid override");
     assert_eq!(c.workers, WorkerCount::Fixed(2));
-    let msg = c.apply_override("net.listen=nowhere").expect_err("bad").to_string();
-    assert!(msg.starts_with("-o net.listen=nowhere: key 'net.listen':"), "{msg}");
+    let msg = c
+        .apply_override("net.listen=nowhere")
+        .expect_err("bad")
+        .to_string();
+    assert!(
+        msg.starts_with("-o net.listen=nowhere: key 'net.listen':"),
+        "{msg}"
+    );
     assert!(matches!(
         c.apply_override("justakey"),
         Err(ConfigError::OverrideSyntax { .. })
@@ -97,20 +126,29 @@ fn sni_keys_collect_per_name_and_need_both_parts() {
     let a = c.sni.get("a.example").expect("name lower-cased");
     assert_eq!(a.cert.as_deref(), Some(Path::new("/a.pem")));
     assert_eq!(a.key.as_deref(), Some(Path::new("/a.key")));
-    let msg = parse("tls.sni.b.example.cert = /b.pem\n").expect_err("no key").to_string();
+    let msg = parse("tls.sni.b.example.cert = /b.pem\n")
+        .expect_err("no key")
+        .to_string();
     assert!(msg.contains("tls.sni.b.example"), "{msg}");
 }
 
 #[test]
 fn cert_without_key_is_refused() {
-    let msg = parse("tls.cert = /c.pem\n").expect_err("no key").to_string();
+    let msg = parse("tls.cert = /c.pem\n")
+        .expect_err("no key")
+        .to_string();
     assert!(msg.contains("tls.key"), "{msg}");
 }
 
 #[test]
 fn protocols_refuse_old_versions() {
-    let msg = parse("tls.protocols = 1.1,1.2\n").expect_err("1.1").to_string();
-    assert!(msg.contains("tls.protocols") && msg.contains("1.1"), "{msg}");
+    let msg = parse("tls.protocols = 1.1,1.2\n")
+        .expect_err("1.1")
+        .to_string();
+    assert!(
+        msg.contains("tls.protocols") && msg.contains("1.1"),
+        "{msg}"
+    );
 }
 
 #[test]

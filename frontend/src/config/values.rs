@@ -16,8 +16,9 @@ pub trait ConfigValue: Sized {
 impl ConfigValue for SocketAddr {
     const KIND: &'static str = "IP:PORT";
     fn parse(raw: &str) -> Result<Self, String> {
-        raw.parse()
-            .map_err(|_| format!("{raw:?} is not an IP:PORT address (e.g. 0.0.0.0:443 or [::]:443)"))
+        raw.parse().map_err(|_| {
+            format!("{raw:?} is not an IP:PORT address (e.g. 0.0.0.0:443 or [::]:443)")
+        })
     }
     fn render(&self) -> String {
         self.to_string()
@@ -288,28 +289,38 @@ impl ConfigValue for Upstream {
     }
 }
 
-/// `control.socket`: derived from the port, or an explicit path.
+/// A path derived from other keys (`auto`), or an explicit one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ControlSocket {
-    /// `/dev/shm/tlsfront-<port>.sock`.
+pub enum AutoPath {
+    /// Derived, e.g. from the listening port.
     Auto,
     /// This path.
     Path(PathBuf),
 }
 
-impl ConfigValue for ControlSocket {
+impl AutoPath {
+    /// The explicit path, or the one `auto` derives.
+    pub fn resolve(&self, auto: impl FnOnce() -> String) -> PathBuf {
+        match self {
+            AutoPath::Auto => PathBuf::from(auto()),
+            AutoPath::Path(p) => p.clone(),
+        }
+    }
+}
+
+impl ConfigValue for AutoPath {
     const KIND: &'static str = "auto | path";
     fn parse(raw: &str) -> Result<Self, String> {
         match raw {
-            "auto" => Ok(ControlSocket::Auto),
+            "auto" => Ok(AutoPath::Auto),
             "" => Err("empty: use auto or a path".to_string()),
-            p => Ok(ControlSocket::Path(PathBuf::from(p))),
+            p => Ok(AutoPath::Path(PathBuf::from(p))),
         }
     }
     fn render(&self) -> String {
         match self {
-            ControlSocket::Auto => "auto".to_string(),
-            ControlSocket::Path(p) => p.display().to_string(),
+            AutoPath::Auto => "auto".to_string(),
+            AutoPath::Path(p) => p.display().to_string(),
         }
     }
 }

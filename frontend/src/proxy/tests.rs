@@ -52,7 +52,9 @@ fn pump(client: &mut ClientConnection, relay: &mut Relay) {
         if relay.wants_client_read() && client.wants_write() {
             let mut buf = Vec::new();
             client.write_tls(&mut buf).expect("client write_tls");
-            relay.receive_from_client(&buf).expect("relay accepts client bytes");
+            relay
+                .receive_from_client(&buf)
+                .expect("relay accepts client bytes");
             progressed = true;
         }
         let mut out = Vec::new();
@@ -61,7 +63,9 @@ fn pump(client: &mut ClientConnection, relay: &mut Relay) {
             let mut slice = &out[..];
             while !slice.is_empty() {
                 client.read_tls(&mut slice).expect("client read_tls");
-                client.process_new_packets().expect("client accepts server bytes");
+                client
+                    .process_new_packets()
+                    .expect("client accepts server bytes");
             }
             progressed = true;
         }
@@ -123,7 +127,11 @@ fn reading_from_the_client_pauses_when_the_upstream_lags() {
     assert!(!relay.wants_client_read());
     let mut got = Vec::new();
     relay.take_upstream_bytes(&mut got);
-    assert!(got.len() >= LIMIT && got.len() < LIMIT + 32 * 1024, "{}", got.len());
+    assert!(
+        got.len() >= LIMIT && got.len() < LIMIT + 32 * 1024,
+        "{}",
+        got.len()
+    );
     assert!(relay.wants_client_read());
 }
 

@@ -1,0 +1,166 @@
+//! The byte layout of the cache file, and the hash used in it.
+//!
+//! ```text
+//! offset 0        header: HEADER_WORDS u64 words (see `H_*`), rest of the
+//!                 first 4 KiB reserved
+//! offset 4096     set 0: WAYS slots of SLOT_BYTES
+//!                 set 1 ...
+//! ```
+//!
+//! A slot is `SLOT_WORDS` little-endian u64 words, each only ever accessed
+//! atomically:
+//!
+//! | word | meaning |
+//! |---|---|
+//! | `S_SEQ` | seqlock sequence: even = stable, odd = being written |
+//! | `S_HASH` | hash of the key; 0 = empty slot |
+//! | `S_EXPIRY` | unix seconds after which the entry is dead |
+//! | `S_LENS` | key length (bits 0..16), value length (bits 16..32) |
+//! | `S_CHECK` | hash of lengths, expiry, key and value |
+//! | `S_CLAIMED` | unix seconds when the current writer claimed the slot |
+//! | `S_DATA..` | key bytes then value bytes |
+
+/// `"TLSFCACH"`, little-endian.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"TLSFCACH");
+/// Bumped whenever anything in this file changes meaning.
+pub const VERSION: u64 = 1;
+/// The header occupies the first page.
+pub const HEADER_BYTES: usize = 4096;
+/// Bytes per slot: 64 words.
+pub const SLOT_BYTES: usize = 512;
+/// Words per slot.
+pub const SLOT_WORDS: usize = SLOT_BYTES / 8;
+/// Slots per set: one set is one 4 KiB page.
+pub const WAYS: usize = 8;
+
+/// Header word indexes.
+pub const H_MAGIC: usize = 0;
+/// Layout version.
+pub const H_VERSION: usize = 1;
+/// Header size in bytes.
+pub const H_HEADER_BYTES: usize = 2;
+/// Slot size in bytes.
+pub const H_SLOT_BYTES: usize = 3;
+/// Slots per set.
+pub const H_WAYS: usize = 4;
+/// Number of sets.
+pub const H_SETS: usize = 5;
+/// Total file length in bytes.
+pub const H_FILE_LEN: usize = 6;
+/// Unix seconds when the file was made.
+pub const H_CREATED: usize = 7;
+/// Random seed of the key hash, chosen when the file is made.
+pub const H_SEED: usize = 8;
+/// Hash of words 0..H_CHECK.
+pub const H_CHECK: usize = 9;
+/// Words of the header that carry meaning.
+pub const HEADER_WORDS: usize = 10;
+
+/// Slot word indexes.
+pub const S_SEQ: usize = 0;
+/// Key hash (0 = empty).
+pub const S_HASH: usize = 1;
+/// Expiry, unix seconds.
+pub const S_EXPIRY: usize = 2;
+/// Key and value lengths.
+pub const S_LENS: usize = 3;
+/// Checksum of the entry.
+pub const S_CHECK: usize = 4;
+/// When the writer holding the slot claimed it.
+pub const S_CLAIMED: usize = 5;
+/// First data word.
+pub const S_DATA: usize = 6;
+/// Bytes for key plus value in one slot.
+pub const DATA_BYTES: usize = (SLOT_WORDS - S_DATA) * 8;
+/// Longest key accepted (rustls uses 32-byte session IDs and ticket IDs).
+pub const MAX_KEY: usize = 64;
+
+/// The file length for `sets` sets.
+pub fn file_len(sets: usize) -> usize {
+    HEADER_BYTES + sets * WAYS * SLOT_BYTES
+}
+
+/// How many sets fit in `size` bytes (0 if not even one).
+pub fn sets_for_size(size: u64) -> usize {
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    size.saturating_sub(HEADER_BYTES) / (WAYS * SLOT_BYTES)
+}
+
+const K1: u64 = 0x9E37_79B9_7F4A_7C15;
+const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+
+fn fmix(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    h ^ (h >> 33)
+}
+
+/// A fast seeded 64-bit hash, word at a time. Not cryptographic: keys are
+/// random session IDs chosen by the server, and the checksum only has to
+/// catch torn or scribbled slots.
+#[derive(Clone, Copy)]
+pub struct Hasher(u64);
+
+impl Hasher {
+    /// A hasher starting from `seed`.
+    pub fn new(seed: u64) -> Hasher {
+        Hasher(seed ^ K2)
+    }
+
+    /// Mixes one word in.
+    pub fn word(self, w: u64) -> Hasher {
+        Hasher((self.0 ^ w).wrapping_mul(K1).rotate_left(31))
+    }
+
+    /// Mixes bytes in (with their length, so that trailing zeros count).
+    pub fn bytes(mut self, bytes: &[u8]) -> Hasher {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self = self.word(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self = self.word(u64::from_le_bytes(w));
+        }
+        self.word(bytes.len() as u64)
+    }
+
+    /// The hash.
+    pub fn finish(self) -> u64 {
+        fmix(self.0)
+    }
+}
+
+/// Hash of a key under the file's seed; never 0 (0 marks an empty slot).
+pub fn key_hash(seed: u64, key: &[u8]) -> u64 {
+    Hasher::new(seed).bytes(key).finish() | 1
+}
+
+/// Checksum of a slot's contents.
+pub fn entry_check(lens: u64, expiry: u64, key: &[u8], value: &[u8]) -> u64 {
+    Hasher::new(lens)
+        .word(expiry)
+        .bytes(key)
+        .bytes(value)
+        .finish()
+}
+
+/// Packs the lengths word.
+pub fn pack_lens(key_len: usize, value_len: usize) -> u64 {
+    (key_len as u64) | ((value_len as u64) << 16)
+}
+
+/// Unpacks the lengths word; `None` if they cannot fit a slot (a torn or
+/// hostile slot).
+pub fn unpack_lens(lens: u64) -> Option<(usize, usize)> {
+    let key_len = (lens & 0xFFFF) as usize;
+    let value_len = ((lens >> 16) & 0xFFFF) as usize;
+    let fits = lens >> 32 == 0 && key_len <= MAX_KEY && key_len + value_len <= DATA_BYTES;
+    fits.then_some((key_len, value_len))
+}

@@ -1,0 +1,443 @@
+//! The shared session cache: one file, mapped by every worker of every
+//! tlsfront process on the box, surviving restarts.
+//!
+//! Set-associative: a key's hash picks a set of [`WAYS`] slots (one 4 KiB
+//! page). Each slot is a seqlock: readers take no lock and retry when the
+//! sequence moved under them; a writer claims a slot with one
+//! compare-and-swap on the sequence. A checksum over each entry is the last
+//! line of defence: a torn, half-written (writer killed) or hostile slot is
+//! a miss, never a wrong value. Every length read from the file is checked
+//! before use, so no content of the file can cause an out-of-bounds access.
+//!
+//! [`SessionCache`] implements rustls's `StoresServerSessions`: TLS 1.2
+//! session IDs go through `put`/`get`, and TLS 1.3 stateful tickets through
+//! `put`/`take`, where `take` is one CAS on the slot's sequence, so a ticket
+//! is redeemed at most once on the whole box.
+
+mod file;
+pub mod layout;
+
+use std::hint::spin_loop;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+
+pub use file::{CacheError, Opened};
+use layout::*;
+
+use crate::metrics::{self, PerWorkerCounters};
+
+/// Reads of one slot retried after a concurrent write before giving up
+/// (a miss). Writes take well under a microsecond, so a few suffice.
+const READ_RETRIES: usize = 8;
+/// A slot left odd this long (seconds) belongs to a writer that died; it
+/// may be taken over.
+const STALE_CLAIM_SECS: u64 = 2;
+
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+macro_rules! cache_counters {
+    ($( $field:ident : $doc:literal ),* $(,)?) => {
+        /// Counters of the cache as used by one worker.
+        #[derive(Debug, Default)]
+        pub struct CacheCounters {
+            $( #[doc = $doc] pub $field: AtomicU64, )*
+        }
+
+        impl CacheCounters {
+            fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![ $( (concat!("cache_", stringify!($field)), self.$field.load(Ordering::Relaxed)), )* ]
+            }
+        }
+    };
+}
+
+cache_counters! {
+    lookups: "get and take calls.",
+    hits: "Lookups that returned a session.",
+    misses: "Lookups that found nothing usable (absent, expired, torn, corrupt).",
+    inserts: "Sessions stored.",
+    evictions: "Live sessions overwritten because their set was full.",
+    expired: "Expired sessions found by a lookup or replaced by an insert.",
+    oversize: "Sessions refused because key and value do not fit a slot.",
+    torn_retries: "Slot reads retried because a writer changed the slot meanwhile.",
+    corrupt: "Slots whose checksum or lengths did not match (torn by a crash, or scribbled).",
+    contended: "Inserts or takes that lost a race for a slot.",
+}
+
+/// What a validated read of one slot found.
+enum Read {
+    Hit { seq: u64, expiry: u64 },
+    Miss,
+}
+
+/// The shared, lock-free, file-backed session store.
+pub struct SessionCache {
+    region: file::Region,
+    path: PathBuf,
+    sets: usize,
+    seed: u64,
+    timeout_secs: u64,
+    counters: Box<[CacheCounters]>,
+}
+
+impl std::fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCache")
+            .field("path", &self.path)
+            .field("sets", &self.sets)
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
+}
+
+impl SessionCache {
+    /// Opens (or creates, or rebuilds) the cache file at `path` of `size`
+    /// bytes; sessions live `timeout_secs`. `workers` sizes the per-worker
+    /// counters.
+    pub fn open(
+        path: &Path,
+        size: u64,
+        timeout_secs: u64,
+        workers: usize,
+    ) -> Result<(SessionCache, Opened), CacheError> {
+        let mut seed = [0u8; 8];
+        // A seed that cannot be drawn only makes set placement predictable;
+        // keys are random server-chosen IDs, so fall back to the clock.
+        if crate::tls::provider()
+            .secure_random
+            .fill(&mut seed)
+            .is_err()
+        {
+            seed = unix_now().to_le_bytes();
+        }
+        let (region, opened) = file::open(path, size, u64::from_le_bytes(seed))?;
+        let words = region.words();
+        let sets = words[H_SETS].load(Ordering::Acquire) as usize;
+        let seed = words[H_SEED].load(Ordering::Acquire);
+        let cache = SessionCache {
+            region,
+            path: path.to_path_buf(),
+            sets,
+            seed,
+            timeout_secs,
+            counters: (0..=workers).map(|_| CacheCounters::default()).collect(),
+        };
+        Ok((cache, opened))
+    }
+
+    /// The file this cache maps.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many sessions fit.
+    pub fn capacity(&self) -> usize {
+        self.sets * WAYS
+    }
+
+    /// The counters of the calling worker (non-worker threads share the
+    /// last entry).
+    fn counters(&self) -> &CacheCounters {
+        let last = self.counters.len() - 1;
+        let index = metrics::current_worker().map_or(last, |w| w.min(last));
+        &self.counters[index]
+    }
+
+    fn slot(&self, set: usize, way: usize) -> &[AtomicU64] {
+        let start = (HEADER_BYTES + (set * WAYS + way) * SLOT_BYTES) / 8;
+        // In bounds: the file length was checked against `sets` at open.
+        &self.region.words()[start..start + SLOT_WORDS]
+    }
+
+    fn set_of(&self, hash: u64) -> usize {
+        (hash % self.sets as u64) as usize
+    }
+
+    /// Reads one slot consistently: retries while a writer is active or
+    /// the sequence moved, and checks lengths and checksum. On a hit,
+    /// `value` holds the value.
+    fn read_slot(&self, slot: &[AtomicU64], hash: u64, key: &[u8], value: &mut Vec<u8>) -> Read {
+        let counters = self.counters();
+        let mut data = [0u64; SLOT_WORDS - S_DATA];
+        for _ in 0..READ_RETRIES {
+            // Acquire: pairs with the writer's Release publish, so the
+            // words below are at least those of that publication.
+            let seq = slot[S_SEQ].load(Ordering::Acquire);
+            if seq & 1 == 1 {
+                spin_loop();
+                continue;
+            }
+            if slot[S_HASH].load(Ordering::Relaxed) != hash {
+                return Read::Miss;
+            }
+            let expiry = slot[S_EXPIRY].load(Ordering::Relaxed);
+            let lens = slot[S_LENS].load(Ordering::Relaxed);
+            let check = slot[S_CHECK].load(Ordering::Relaxed);
+            let Some((key_len, value_len)) = unpack_lens(lens) else {
+                if slot[S_SEQ].load(Ordering::Acquire) == seq {
+                    counters.corrupt.fetch_add(1, Ordering::Relaxed);
+                    return Read::Miss;
+                }
+                continue;
+            };
+            let words = (key_len + value_len).div_ceil(8);
+            for (dst, src) in data[..words].iter_mut().zip(&slot[S_DATA..]) {
+                *dst = src.load(Ordering::Relaxed);
+            }
+            // Acquire fence: the data loads above cannot move after the
+            // second sequence load, so if a writer's stores were seen the
+            // sequence it made odd before them is seen too.
+            fence(Ordering::Acquire);
+            if slot[S_SEQ].load(Ordering::Relaxed) != seq {
+                counters.torn_retries.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let mut bytes = [0u8; DATA_BYTES];
+            for (chunk, w) in bytes.chunks_exact_mut(8).zip(&data[..words]) {
+                chunk.copy_from_slice(&w.to_le_bytes());
+            }
+            let (k, v) = bytes[..key_len + value_len].split_at(key_len);
+            if k != key {
+                return Read::Miss;
+            }
+            if entry_check(lens, expiry, k, v) != check {
+                counters.corrupt.fetch_add(1, Ordering::Relaxed);
+                return Read::Miss;
+            }
+            value.clear();
+            value.extend_from_slice(v);
+            return Read::Hit { seq, expiry };
+        }
+        Read::Miss
+    }
+
+    /// Finds `key`; with `remove`, also takes it out atomically.
+    fn lookup(&self, key: &[u8], remove: bool) -> Option<Vec<u8>> {
+        let counters = self.counters();
+        counters.lookups.fetch_add(1, Ordering::Relaxed);
+        if key.len() > MAX_KEY {
+            counters.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let hash = key_hash(self.seed, key);
+        let set = self.set_of(hash);
+        let now = unix_now();
+        let mut value = Vec::new();
+        for way in 0..WAYS {
+            let slot = self.slot(set, way);
+            let Read::Hit { seq, expiry } = self.read_slot(slot, hash, key, &mut value) else {
+                continue;
+            };
+            if expiry <= now {
+                counters.expired.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            if remove {
+                // One CAS decides which of several racing takers (threads
+                // or processes) redeems the entry: the winner saw the
+                // sequence unchanged since its validated read.
+                if slot[S_SEQ]
+                    .compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
+                    counters.contended.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                // Release fence: the odd sequence is ordered before the
+                // clearing stores (see `write_slot`).
+                fence(Ordering::Release);
+                slot[S_HASH].store(0, Ordering::Relaxed);
+                slot[S_LENS].store(0, Ordering::Relaxed);
+                slot[S_EXPIRY].store(0, Ordering::Relaxed);
+                slot[S_CHECK].store(0, Ordering::Relaxed);
+                slot[S_SEQ].store(seq + 2, Ordering::Release);
+            }
+            counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(value);
+        }
+        counters.misses.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Looks `key` up without removing it (TLS 1.2 session IDs).
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.lookup(key, false)
+    }
+
+    /// Looks `key` up and removes it; of any number of concurrent takers on
+    /// the whole box, exactly one gets the value (TLS 1.3 single-use
+    /// tickets).
+    pub fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.lookup(key, true)
+    }
+
+    /// Stores `value` under `key` for `cache.timeout_secs`. Refused (false)
+    /// when it does not fit a slot or every slot of its set is being
+    /// written at this instant.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> bool {
+        self.put_with_expiry(key, value, unix_now().saturating_add(self.timeout_secs))
+    }
+
+    /// [`put`](Self::put) with an explicit expiry (unix seconds).
+    pub fn put_with_expiry(&self, key: &[u8], value: &[u8], expiry: u64) -> bool {
+        let counters = self.counters();
+        if key.len() > MAX_KEY || key.len() + value.len() > DATA_BYTES {
+            counters.oversize.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let hash = key_hash(self.seed, key);
+        let set = self.set_of(hash);
+        let now = unix_now();
+        for _ in 0..WAYS {
+            let Some((way, seq, victim)) = self.choose_victim(set, hash, now) else {
+                counters.contended.fetch_add(1, Ordering::Relaxed);
+                spin_loop();
+                continue;
+            };
+            let slot = self.slot(set, way);
+            let claimed = if seq & 1 == 0 { seq + 1 } else { seq + 2 };
+            if slot[S_SEQ]
+                .compare_exchange(seq, claimed, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                counters.contended.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match victim {
+                Victim::Live => counters.evictions.fetch_add(1, Ordering::Relaxed),
+                Victim::Expired => counters.expired.fetch_add(1, Ordering::Relaxed),
+                Victim::Empty | Victim::SameKey => 0,
+            };
+            if self.write_slot(slot, claimed, hash, expiry, key, value, now) {
+                counters.inserts.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            counters.contended.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        false
+    }
+
+    /// Picks the slot to write in `set`: one holding the same key hash,
+    /// else an empty or expired one, else the live one expiring first.
+    /// Slots being written are skipped unless their writer is long dead.
+    fn choose_victim(&self, set: usize, hash: u64, now: u64) -> Option<(usize, u64, Victim)> {
+        // Rank: lower is better. The whole set is scanned so that a key
+        // already present is overwritten, never duplicated in a free slot
+        // (a duplicate would outlive a `take` of the other copy).
+        let mut best: Option<(usize, u64, Victim, u64)> = None;
+        for way in 0..WAYS {
+            let slot = self.slot(set, way);
+            let seq = slot[S_SEQ].load(Ordering::Relaxed);
+            let (kind, rank) = if seq & 1 == 1 {
+                let claimed = slot[S_CLAIMED].load(Ordering::Relaxed);
+                if now.saturating_sub(claimed) < STALE_CLAIM_SECS {
+                    continue;
+                }
+                // A dead writer's slot: free for the taking.
+                (Victim::Empty, 1)
+            } else {
+                let slot_hash = slot[S_HASH].load(Ordering::Relaxed);
+                let expiry = slot[S_EXPIRY].load(Ordering::Relaxed);
+                if slot_hash == hash {
+                    return Some((way, seq, Victim::SameKey));
+                } else if slot_hash == 0 {
+                    (Victim::Empty, 1)
+                } else if expiry <= now {
+                    (Victim::Expired, 2)
+                } else {
+                    // Oldest first: the live entry expiring first.
+                    (Victim::Live, 3 + expiry)
+                }
+            };
+            if best.as_ref().is_none_or(|b| rank < b.3) {
+                best = Some((way, seq, kind, rank));
+            }
+        }
+        best.map(|(way, seq, kind, _)| (way, seq, kind))
+    }
+
+    /// Fills a slot this writer claimed (sequence `claimed`, odd) and
+    /// publishes it. False if another writer took the slot over meanwhile
+    /// (this one stalled past [`STALE_CLAIM_SECS`]); the checksum then
+    /// keeps readers from trusting the mix.
+    #[allow(clippy::too_many_arguments)]
+    fn write_slot(
+        &self,
+        slot: &[AtomicU64],
+        claimed: u64,
+        hash: u64,
+        expiry: u64,
+        key: &[u8],
+        value: &[u8],
+        now: u64,
+    ) -> bool {
+        slot[S_CLAIMED].store(now, Ordering::Relaxed);
+        // Release fence: a reader that sees any store below also sees the
+        // odd sequence stored before this fence, and so retries.
+        fence(Ordering::Release);
+        let lens = pack_lens(key.len(), value.len());
+        slot[S_HASH].store(hash, Ordering::Relaxed);
+        slot[S_EXPIRY].store(expiry, Ordering::Relaxed);
+        slot[S_LENS].store(lens, Ordering::Relaxed);
+        slot[S_CHECK].store(entry_check(lens, expiry, key, value), Ordering::Relaxed);
+        let mut bytes = [0u8; DATA_BYTES];
+        bytes[..key.len()].copy_from_slice(key);
+        bytes[key.len()..key.len() + value.len()].copy_from_slice(value);
+        let words = (key.len() + value.len()).div_ceil(8);
+        for (w, chunk) in slot[S_DATA..].iter().zip(bytes.chunks_exact(8)).take(words) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+        // Release: everything above is visible to a reader whose Acquire
+        // load sees the new even sequence.
+        slot[S_SEQ]
+            .compare_exchange(claimed, claimed + 1, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    SameKey,
+    Empty,
+    Expired,
+    Live,
+}
+
+impl PerWorkerCounters for SessionCache {
+    fn worker_counters(&self, worker: usize) -> Vec<(&'static str, u64)> {
+        self.counters
+            .get(worker)
+            .map(CacheCounters::fields)
+            .unwrap_or_default()
+    }
+}
+
+impl rustls::server::StoresServerSessions for SessionCache {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        SessionCache::put(self, &key, &value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        SessionCache::get(self, key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        SessionCache::take(self, key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;

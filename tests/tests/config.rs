@@ -1,0 +1,236 @@
+//! Configuration: errors name the file, line and key (or the -o override), and
+//! `tlsfront sysctl` lists every key.
+
+use std::process::Command;
+use tlsfront_tests::*;
+
+/// `tlsfront run -c FILE` (with a private port and control socket, in case it
+/// starts anyway) with the given extra overrides.
+fn run_with(config: Option<&std::path::Path>, overrides: &[&str], dir: &TempDir) -> CmdOutput {
+    let mut cmd = Command::new(bin());
+    cmd.arg("run");
+    if let Some(c) = config {
+        cmd.arg("-c").arg(c);
+    }
+    cmd.arg("-o")
+        .arg(format!("net.listen=127.0.0.1:{}", free_port()))
+        .arg("-o")
+        .arg(format!(
+            "control.socket={}",
+            dir.path().join("control.sock").display()
+        ));
+    for o in overrides {
+        cmd.arg("-o").arg(o);
+    }
+    run_cmd(cmd, b"", CLI_TIMEOUT)
+}
+
+/// A config file `bad.conf` whose third line is `line3`; expects exit code 2 and
+/// `bad.conf:3:` followed by `expect` on stderr.
+fn bad_line_3(line3: &str, expect: &str) -> CmdOutput {
+    let dir = temp_dir();
+    let text = format!("# tlsfront test config\nlog.level = info\n{line3}\nworker.count = 1\n");
+    let path = write_file(dir.path(), "bad.conf", &text);
+    let out = run_with(Some(&path), &[], &dir);
+    assert!(
+        !out.timed_out(),
+        "tlsfront started with a bad config line {line3:?}\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        out.code(),
+        Some(2),
+        "exit code for bad line {line3:?}\n{}",
+        out.describe()
+    );
+    let want = format!("{}:3:{expect}", path.display());
+    assert!(
+        out.stderr.contains(&want),
+        "stderr should contain {want:?} for bad line {line3:?}\n{}",
+        out.describe()
+    );
+    out
+}
+
+#[test]
+fn config_file_unknown_key_is_an_error_naming_file_line_and_key() {
+    let out = bad_line_3("cache.sizee = 64m", " key 'cache.sizee':");
+    assert!(
+        out.stderr.contains("unknown key"),
+        "reason should say 'unknown key'\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn config_file_bad_value_is_an_error_naming_file_line_and_key() {
+    bad_line_3("worker.count = lots", " key 'worker.count':");
+}
+
+#[test]
+fn config_file_bad_unit_is_an_error_naming_file_line_and_key() {
+    bad_line_3("proxy.buffer_size = 64q", " key 'proxy.buffer_size':");
+}
+
+#[test]
+fn config_file_line_without_equals_is_an_error_naming_file_and_line() {
+    bad_line_3("worker.count 2", "");
+}
+
+#[test]
+fn override_bad_value_is_an_error_naming_the_override_and_key() {
+    let dir = temp_dir();
+    let out = run_with(None, &["worker.count=lots"], &dir);
+    assert!(
+        !out.timed_out(),
+        "tlsfront started with -o worker.count=lots\n{}",
+        out.describe()
+    );
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("-o worker.count=lots: key 'worker.count':"),
+        "stderr should name the override\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn override_unknown_key_is_an_error_naming_the_override_and_key() {
+    let dir = temp_dir();
+    let out = run_with(None, &["no.such_key=1"], &dir);
+    assert!(
+        !out.timed_out(),
+        "tlsfront started with -o no.such_key=1\n{}",
+        out.describe()
+    );
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("-o no.such_key=1: key 'no.such_key': unknown key"),
+        "stderr should name the override and say 'unknown key'\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn override_bad_unit_is_an_error_naming_the_override_and_key() {
+    let dir = temp_dir();
+    let out = run_with(None, &["proxy.buffer_size=64q"], &dir);
+    assert!(!out.timed_out(), "{}", out.describe());
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("-o proxy.buffer_size=64q: key 'proxy.buffer_size':"),
+        "{}",
+        out.describe()
+    );
+}
+
+const ALL_KEYS: &[&str] = &[
+    "net.listen",
+    "worker.count",
+    "worker.pin_cpus",
+    "tls.cert",
+    "tls.key",
+    "tls.alpn",
+    "tls.protocols",
+    "upstream.addr",
+    "upstream.connect_timeout",
+    "proxy.buffer_size",
+    "control.socket",
+    "log.level",
+];
+
+fn sysctl_all(args: &[&str]) -> std::collections::HashMap<String, String> {
+    let mut full = vec!["sysctl", "-a"];
+    full.extend_from_slice(args);
+    let out = tlsfront_cmd(&full);
+    assert_eq!(out.code(), Some(0), "tlsfront {full:?}\n{}", out.describe());
+    for line in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            line.contains(" = ") || line.ends_with(" ="),
+            "line is not `key = value`: {line:?}"
+        );
+    }
+    parse_sysctl(&out.stdout)
+}
+
+#[test]
+fn sysctl_lists_every_key_with_its_default() {
+    let keys = sysctl_all(&[]);
+    let missing: Vec<_> = ALL_KEYS
+        .iter()
+        .filter(|k| !keys.contains_key(**k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from sysctl -a: {missing:?}\ngot: {keys:?}"
+    );
+    for (k, v) in [
+        ("net.listen", "127.0.0.1:8443"),
+        ("worker.count", "auto"),
+        ("tls.protocols", "1.2,1.3"),
+        ("upstream.addr", "builtin"),
+        ("log.level", "info"),
+        ("tls.cert", ""),
+        ("tls.alpn", ""),
+    ] {
+        assert_eq!(keys.get(k).map(String::as_str), Some(v), "default of {k}");
+    }
+    let ct = &keys["upstream.connect_timeout"];
+    assert!(
+        ["5", "5s"].contains(&ct.as_str()),
+        "default upstream.connect_timeout = {ct:?}"
+    );
+    let bs = &keys["proxy.buffer_size"];
+    assert!(
+        ["64k", "65536", "64K"].contains(&bs.as_str()),
+        "default proxy.buffer_size = {bs:?}"
+    );
+}
+
+#[test]
+fn sysctl_override_changes_the_printed_value() {
+    let keys = sysctl_all(&["-o", "worker.count=3"]);
+    assert_eq!(keys.get("worker.count").map(String::as_str), Some("3"));
+    assert_eq!(
+        keys.get("upstream.addr").map(String::as_str),
+        Some("builtin"),
+        "other keys keep defaults"
+    );
+}
+
+#[test]
+fn sysctl_reads_the_config_file_and_overrides_win() {
+    let dir = temp_dir();
+    let path = write_file(
+        dir.path(),
+        "good.conf",
+        "# comment\nworker.count = 2   # trailing comment\n\nupstream.addr = 127.0.0.1:9\ntls.alpn = h2,http/1.1\n",
+    );
+    let p = path.to_str().unwrap();
+    let keys = sysctl_all(&["-c", p, "-o", "upstream.addr=127.0.0.1:10"]);
+    assert_eq!(
+        keys.get("worker.count").map(String::as_str),
+        Some("2"),
+        "value from the file"
+    );
+    assert_eq!(
+        keys.get("tls.alpn").map(String::as_str),
+        Some("h2,http/1.1"),
+        "value from the file"
+    );
+    assert_eq!(
+        keys.get("upstream.addr").map(String::as_str),
+        Some("127.0.0.1:10"),
+        "-o wins over the file"
+    );
+}
+
+#[test]
+fn sysctl_single_key_prints_key_and_value() {
+    let out = tlsfront_cmd(&["sysctl", "-o", "worker.count=3", "worker.count"]);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert_eq!(out.stdout.trim(), "worker.count = 3", "{}", out.describe());
+}

@@ -1,0 +1,174 @@
+//! Certificate selection by SNI, ALPN negotiation and protocol versions.
+
+use tlsfront_tests::*;
+
+struct SniSetup {
+    pki: Pki,
+    a: Leaf,
+    b: Leaf,
+    default: Leaf,
+    fe: Frontend,
+    _dir: TempDir,
+}
+
+fn sni_setup() -> SniSetup {
+    let pki = Pki::new();
+    let dir = temp_dir();
+    let default = pki.leaf(&["localhost"]);
+    let a = pki.leaf(&["a.example"]);
+    let b = pki.leaf(&["b.example"]);
+    let (dc, dk) = default.write(dir.path(), "default");
+    let (ac, ak) = a.write(dir.path(), "a");
+    let (bc, bk) = b.write(dir.path(), "b");
+    let fe = Frontend::start(&[
+        ("tls.cert", dc.to_str().unwrap()),
+        ("tls.key", dk.to_str().unwrap()),
+        ("tls.sni.a.example.cert", ac.to_str().unwrap()),
+        ("tls.sni.a.example.key", ak.to_str().unwrap()),
+        ("tls.sni.b.example.cert", bc.to_str().unwrap()),
+        ("tls.sni.b.example.key", bk.to_str().unwrap()),
+    ]);
+    SniSetup {
+        pki,
+        a,
+        b,
+        default,
+        fe,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn sni_name_selects_its_own_certificate() {
+    let s = sni_setup();
+    // Full verification against the CA for the requested name, and the exact leaf.
+    let cfg = ClientSpec::new(s.pki.trust()).build();
+    for (name, leaf) in [("a.example", &s.a), ("b.example", &s.b)] {
+        let c = TlsClient::connect(s.fe.addr(), cfg.clone(), name)
+            .unwrap_or_else(|e| panic!("handshake with SNI {name} failed: {e}\n{}", s.fe.output()));
+        assert!(
+            c.leaf_der().as_ref() == Some(&leaf.der),
+            "SNI {name}: served a different certificate"
+        );
+    }
+}
+
+#[test]
+fn unknown_sni_name_gets_the_default_certificate() {
+    let s = sni_setup();
+    let cfg = ClientSpec::new(Trust::AnyCert).build();
+    let c = TlsClient::connect(s.fe.addr(), cfg, "unknown.example").unwrap_or_else(|e| {
+        panic!(
+            "handshake with SNI unknown.example failed: {e}\n{}",
+            s.fe.output()
+        )
+    });
+    let got = c.leaf_der().expect("server sent no certificate");
+    assert!(
+        got == s.default.der,
+        "unknown.example did not get the default (tls.cert) certificate"
+    );
+    assert!(got != s.a.der && got != s.b.der);
+}
+
+fn alpn_frontend(pki: &Pki, dir: &TempDir) -> Frontend {
+    let (c, k) = pki.leaf(&["localhost"]).write(dir.path(), "localhost");
+    Frontend::start(&[
+        ("tls.cert", c.to_str().unwrap()),
+        ("tls.key", k.to_str().unwrap()),
+        ("tls.alpn", "h2,http/1.1"),
+    ])
+}
+
+#[test]
+fn alpn_picks_http11_when_client_offers_only_http11() {
+    let (pki, dir) = (Pki::new(), temp_dir());
+    let fe = alpn_frontend(&pki, &dir);
+    let c = TlsClient::connect(
+        fe.addr(),
+        ClientSpec::new(pki.trust()).alpn(&["http/1.1"]).build(),
+        "localhost",
+    )
+    .unwrap_or_else(|e| panic!("handshake failed: {e}\n{}", fe.output()));
+    assert_eq!(c.alpn().as_deref(), Some("http/1.1"));
+}
+
+#[test]
+fn alpn_picks_h2_when_client_offers_h2_and_http11() {
+    let (pki, dir) = (Pki::new(), temp_dir());
+    let fe = alpn_frontend(&pki, &dir);
+    let c = TlsClient::connect(
+        fe.addr(),
+        ClientSpec::new(pki.trust())
+            .alpn(&["h2", "http/1.1"])
+            .build(),
+        "localhost",
+    )
+    .unwrap_or_else(|e| panic!("handshake failed: {e}\n{}", fe.output()));
+    assert_eq!(c.alpn().as_deref(), Some("h2"));
+}
+
+#[test]
+fn alpn_is_absent_when_client_offers_none() {
+    let (pki, dir) = (Pki::new(), temp_dir());
+    let fe = alpn_frontend(&pki, &dir);
+    let c = TlsClient::connect(fe.addr(), ClientSpec::new(pki.trust()).build(), "localhost")
+        .unwrap_or_else(|e| panic!("handshake without ALPN failed: {e}\n{}", fe.output()));
+    assert_eq!(c.alpn(), None);
+}
+
+#[test]
+fn default_protocols_negotiate_tls13_and_allow_tls12() {
+    let (pki, dir) = (Pki::new(), temp_dir());
+    let (c, k) = pki.leaf(&["localhost"]).write(dir.path(), "localhost");
+    let fe = Frontend::start(&[
+        ("tls.cert", c.to_str().unwrap()),
+        ("tls.key", k.to_str().unwrap()),
+    ]);
+    for (v, expect) in [
+        (Versions::Both, rustls::ProtocolVersion::TLSv1_3),
+        (Versions::Tls12, rustls::ProtocolVersion::TLSv1_2),
+    ] {
+        let cfg = ClientSpec::new(pki.trust()).versions(v).build();
+        let mut cl = TlsClient::connect(fe.addr(), cfg, "localhost")
+            .unwrap_or_else(|e| panic!("{v:?} handshake failed: {e}\n{}", fe.output()));
+        assert_eq!(cl.version(), Some(expect), "{v:?}");
+        let (resp, end) = cl.request(b"GET / HTTP/1.0\r\n\r\n", IO_TIMEOUT);
+        assert!(
+            is_http_200(&resp),
+            "{v:?}: no HTTP 200 ({end:?}): {}",
+            String::from_utf8_lossy(&resp)
+        );
+    }
+}
+
+#[test]
+fn tls_protocols_13_only_refuses_a_tls12_only_client() {
+    let (pki, dir) = (Pki::new(), temp_dir());
+    let (c, k) = pki.leaf(&["localhost"]).write(dir.path(), "localhost");
+    let fe = Frontend::start(&[
+        ("tls.cert", c.to_str().unwrap()),
+        ("tls.key", k.to_str().unwrap()),
+        ("tls.protocols", "1.3"),
+    ]);
+    let r12 = TlsClient::connect(
+        fe.addr(),
+        ClientSpec::new(pki.trust())
+            .versions(Versions::Tls12)
+            .build(),
+        "localhost",
+    );
+    assert!(
+        r12.is_err(),
+        "a TLS 1.2-only client completed a handshake with tls.protocols = 1.3"
+    );
+    let r13 = TlsClient::connect(
+        fe.addr(),
+        ClientSpec::new(pki.trust())
+            .versions(Versions::Tls13)
+            .build(),
+        "localhost",
+    )
+    .unwrap_or_else(|e| panic!("TLS 1.3 handshake failed: {e}\n{}", fe.output()));
+    assert_eq!(r13.version(), Some(rustls::ProtocolVersion::TLSv1_3));
+}

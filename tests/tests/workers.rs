@@ -1,0 +1,130 @@
+//! Several workers share the listening port; the stats add up.
+
+use std::time::Duration;
+use tlsfront_tests::*;
+
+#[test]
+fn two_workers_both_handshake_and_stats_add_up() {
+    const N: usize = 200;
+    let fe = Frontend::start(&[("worker.count", "2")]);
+    let cfg = ClientSpec::new(Trust::AnyCert).build();
+    let mut handshakes = 0u64;
+    let mut not_200 = Vec::new();
+    let mut failures = Vec::new();
+    for i in 0..N {
+        match TlsClient::connect(fe.addr(), cfg.clone(), "localhost") {
+            Ok(mut c) => {
+                handshakes += 1;
+                let (resp, end) = c.request(b"GET / HTTP/1.0\r\n\r\n", IO_TIMEOUT);
+                if !is_http_200(&resp) {
+                    not_200.push((i, end, String::from_utf8_lossy(&resp).into_owned()));
+                }
+            }
+            Err(e) => failures.push((i, e.to_string())),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {N} handshakes failed, first: {:?}\n{}",
+        failures.len(),
+        failures.first(),
+        fe.output()
+    );
+    assert!(
+        not_200.is_empty(),
+        "{} of {N} requests got no HTTP 200, first: {:?}",
+        not_200.len(),
+        not_200.first()
+    );
+
+    let (stats, ok) = fe.wait_stats(Duration::from_secs(5), |s| s.total.handshakes >= handshakes);
+    assert!(ok, "total.handshakes never reached {handshakes}: {stats:?}");
+    assert_eq!(
+        stats.workers.len(),
+        2,
+        "worker.count = 2 but stats list {} workers: {stats:?}",
+        stats.workers.len()
+    );
+    let per: Vec<u64> = stats.workers.iter().map(|w| w.handshakes).collect();
+    assert_eq!(
+        per.iter().sum::<u64>(),
+        handshakes,
+        "per-worker handshakes {per:?} vs {handshakes} completed"
+    );
+    assert_eq!(
+        stats.total.handshakes, handshakes,
+        "total.handshakes: {stats:?}"
+    );
+    assert!(
+        per.iter().all(|&h| h > 0),
+        "a worker got no connection: {per:?}"
+    );
+}
+
+#[test]
+fn stats_count_relayed_bytes_in_both_directions() {
+    let upstream = Upstream::echo();
+    let fe = Frontend::start(&[("upstream.addr", &upstream.addr_string())]);
+    let mut c = TlsClient::connect(
+        fe.addr(),
+        ClientSpec::new(Trust::AnyCert).build(),
+        "localhost",
+    )
+    .unwrap_or_else(|e| panic!("handshake failed: {e}\n{}", fe.output()));
+    const LEN: u64 = 100_000;
+    let mut src = pattern_source(1, LEN);
+    let mut check = PatternCheck::new(1);
+    let mut sink = |d: &[u8]| check.feed(d);
+    let r = c.pump(
+        &mut src,
+        &mut sink,
+        &PumpOpts {
+            close_notify_after_send: true,
+            tcp_shutdown_after_close_notify: false,
+            recv_until: None,
+            timeout: Duration::from_secs(20),
+        },
+    );
+    assert_eq!(check.received, LEN, "{r:?}\n{}", fe.output());
+    let (stats, ok) = fe.wait_stats(Duration::from_secs(5), |s| {
+        s.total.bytes_client_to_upstream >= LEN
+            && s.total.bytes_upstream_to_client >= LEN
+            && s.total.active == 0
+    });
+    assert!(
+        ok,
+        "stats after relaying {LEN} bytes each way and closing: {stats:?}"
+    );
+    assert_eq!(stats.total.bytes_client_to_upstream, LEN, "{stats:?}");
+    assert_eq!(stats.total.bytes_upstream_to_client, LEN, "{stats:?}");
+    assert_eq!(stats.total.accepted, 1, "{stats:?}");
+    assert_eq!(stats.total.handshakes, 1, "{stats:?}");
+}
+
+#[test]
+fn stats_answers_through_control_socket_override_and_config_file() {
+    let fe = Frontend::start(&[("worker.count", "1")]);
+    let sock = fe.socket.display().to_string();
+    let dir = temp_dir();
+    let conf = write_file(
+        dir.path(),
+        "stats.conf",
+        &format!("control.socket = {sock}\n"),
+    );
+    for args in [
+        vec!["stats", "-o", &format!("control.socket={sock}"), "--json"],
+        vec!["stats", "-c", conf.to_str().unwrap(), "--json"],
+    ] {
+        let out = tlsfront_cmd(&args);
+        assert_eq!(
+            out.code(),
+            Some(0),
+            "tlsfront {args:?}\n{}\n{}",
+            out.describe(),
+            fe.output()
+        );
+        let s = Stats::parse(&out.stdout)
+            .unwrap_or_else(|e| panic!("tlsfront {args:?}: bad JSON ({e}): {}", out.stdout));
+        assert_eq!(s.workers.len(), 1, "worker.count = 1: {s:?}");
+    }
+}
