@@ -11,6 +11,7 @@ pub mod control;
 pub mod metrics;
 pub mod proxy;
 pub mod session_cache;
+pub mod shm;
 pub mod tls;
 pub mod upstream;
 pub mod worker;

@@ -162,7 +162,7 @@ fn run(config: Config) -> Result<(), String> {
             config.cache_timeout.0.as_secs(),
             count,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("session cache {e}"))?;
         match &opened {
             Opened::Reused => {
                 tracing::info!("session cache {}: reusing its sessions", path.display())

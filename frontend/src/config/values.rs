@@ -79,7 +79,7 @@ impl ConfigValue for Size {
     fn render(&self) -> String {
         let n = self.0;
         for (unit, shift) in [("g", 30), ("m", 20), ("k", 10)] {
-            if n != 0 && n % (1u64 << shift) == 0 {
+            if n != 0 && n.is_multiple_of(1u64 << shift) {
                 return format!("{}{unit}", n >> shift);
             }
         }

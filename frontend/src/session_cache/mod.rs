@@ -14,14 +14,17 @@
 //! `put`/`take`, where `take` is one CAS on the slot's sequence, so a ticket
 //! is redeemed at most once on the whole box.
 
-mod file;
 pub mod layout;
 
 use std::hint::spin_loop;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
-pub use file::{CacheError, Opened};
+pub use crate::shm::Opened;
+use crate::shm::{Region, ShmError};
+
+/// Why the cache file cannot be used (it names the file).
+pub type CacheError = ShmError;
 use layout::*;
 
 use crate::metrics::{self, PerWorkerCounters};
@@ -78,7 +81,7 @@ enum Read {
 
 /// The shared, lock-free, file-backed session store.
 pub struct SessionCache {
-    region: file::Region,
+    region: Region,
     path: PathBuf,
     sets: usize,
     seed: u64,
@@ -116,7 +119,22 @@ impl SessionCache {
         {
             seed = unix_now().to_le_bytes();
         }
-        let (region, opened) = file::open(path, size, u64::from_le_bytes(seed))?;
+        let sets = sets_for_size(size);
+        if sets == 0 {
+            return Err(ShmError::TooSmall {
+                path: path.to_path_buf(),
+                size,
+                min: file_len(1),
+            });
+        }
+        let len = file_len(sets);
+        let seed = u64::from_le_bytes(seed);
+        let (region, opened) = crate::shm::open(
+            path,
+            len,
+            |words| check_header(words, sets, len),
+            |words| write_header(words, sets, len, seed),
+        )?;
         let words = region.words();
         let sets = words[H_SETS].load(Ordering::Acquire) as usize;
         let seed = words[H_SEED].load(Ordering::Acquire);
@@ -402,6 +420,55 @@ impl SessionCache {
             .compare_exchange(claimed, claimed + 1, Ordering::Release, Ordering::Relaxed)
             .is_ok()
     }
+}
+
+/// Checks that a file's header describes this geometry.
+fn check_header(words: &[AtomicU64], sets: usize, len: usize) -> Result<(), String> {
+    let word = |i: usize| words[i].load(Ordering::Acquire);
+    let check = header_check(&std::array::from_fn(word));
+    let expect = [
+        (H_MAGIC, MAGIC, "magic"),
+        (H_VERSION, VERSION, "layout version"),
+        (H_HEADER_BYTES, HEADER_BYTES as u64, "header size"),
+        (H_SLOT_BYTES, SLOT_BYTES as u64, "slot size"),
+        (H_WAYS, WAYS as u64, "ways"),
+        (H_SETS, sets as u64, "number of sets"),
+        (H_FILE_LEN, len as u64, "recorded length"),
+        (H_CHECK, check, "header checksum"),
+    ];
+    for (index, wanted, what) in expect {
+        let found = word(index);
+        if found != wanted {
+            return Err(format!("{what} is {found:#x}, expected {wanted:#x}"));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the header of a new file (not yet visible to anyone).
+fn write_header(words: &[AtomicU64], sets: usize, len: usize, seed: u64) {
+    let mut header = [0u64; HEADER_WORDS];
+    header[H_MAGIC] = MAGIC;
+    header[H_VERSION] = VERSION;
+    header[H_HEADER_BYTES] = HEADER_BYTES as u64;
+    header[H_SLOT_BYTES] = SLOT_BYTES as u64;
+    header[H_WAYS] = WAYS as u64;
+    header[H_SETS] = sets as u64;
+    header[H_FILE_LEN] = len as u64;
+    header[H_CREATED] = unix_now();
+    header[H_SEED] = seed;
+    header[H_CHECK] = header_check(&header);
+    for (word, value) in words.iter().zip(header) {
+        word.store(value, Ordering::Relaxed);
+    }
+}
+
+/// Checksum of the header words before `H_CHECK`.
+fn header_check(words: &[u64; HEADER_WORDS]) -> u64 {
+    words[..H_CHECK]
+        .iter()
+        .fold(Hasher::new(0), |h, w| h.word(*w))
+        .finish()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,18 +1,22 @@
-//! Opening, checking, (re)building and mapping the cache file.
+//! Shared-memory files: a file (best on tmpfs) mapped by every worker of
+//! every tlsfront process, seen as an array of `AtomicU64`. The session
+//! cache and the ticket-key ring each keep one.
+//!
+//! Opening checks that the file is safe to trust (a regular file, ours,
+//! not world-writable), then lets its user check the contents; a file whose
+//! contents do not match is rebuilt, never trusted.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use memmap2::MmapMut;
 
-use super::layout::*;
-
 /// Why the cache file cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum CacheError {
+pub enum ShmError {
     /// `cache.size` leaves no room for one set.
     #[error("cache file {}: cache.size of {size} bytes is too small: at least {min} bytes", path.display())]
     TooSmall {
@@ -77,8 +81,8 @@ impl Region {
     }
 }
 
-fn io_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> CacheError + 'a {
-    move |source| CacheError::Io {
+fn io_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> ShmError + 'a {
+    move |source| ShmError::Io {
         path: path.to_path_buf(),
         what,
         source,
@@ -90,23 +94,20 @@ fn effective_uid() -> io::Result<u32> {
     std::fs::metadata("/proc/self").map(|m| m.uid())
 }
 
-/// Opens the cache at `path` for `size` bytes: reuses a valid file of the
-/// same geometry, creates a missing one, rebuilds one that does not match,
-/// and refuses one that is not ours to touch.
+/// Opens the shared file at `path` of exactly `len` bytes: reuses a file
+/// whose contents `check` accepts, creates a missing one, rebuilds one that
+/// does not match (the `Err` of `check` is the reason), and refuses one that
+/// is not ours to touch. `init` writes the contents of a new file.
 ///
 /// Creation and rebuilding happen on a temporary file renamed into place,
 /// under an exclusive lock on `<path>.lock`: a process that still maps the
 /// old file keeps a valid (if orphaned) mapping, never a truncated one.
-pub fn open(path: &Path, size: u64, seed: u64) -> Result<(Region, Opened), CacheError> {
-    let sets = sets_for_size(size);
-    if sets == 0 {
-        return Err(CacheError::TooSmall {
-            path: path.to_path_buf(),
-            size,
-            min: file_len(1),
-        });
-    }
-    let len = file_len(sets);
+pub fn open(
+    path: &Path,
+    len: usize,
+    check: impl Fn(&[AtomicU64]) -> Result<(), String>,
+    init: impl FnOnce(&[AtomicU64]),
+) -> Result<(Region, Opened), ShmError> {
     let lock_path = sibling(path, ".lock");
     let lock = OpenOptions::new()
         .read(true)
@@ -121,32 +122,32 @@ pub fn open(path: &Path, size: u64, seed: u64) -> Result<(Region, Opened), Cache
 
     let outcome = match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            create(path, sets, seed).map(|r| (r, Opened::Created))
+            create(path, len, init).map(|r| (r, Opened::Created))
         }
         Err(e) => Err(io_error(path, "stat")(e)),
         Ok(meta) => {
             if !meta.file_type().is_file() {
-                return Err(CacheError::NotRegular {
+                return Err(ShmError::NotRegular {
                     path: path.to_path_buf(),
                 });
             }
             let me = effective_uid().map_err(io_error(Path::new("/proc/self"), "stat"))?;
             if meta.uid() != me {
-                return Err(CacheError::Owner {
+                return Err(ShmError::Owner {
                     path: path.to_path_buf(),
                     owner: meta.uid(),
                     me,
                 });
             }
             if meta.mode() & 0o002 != 0 {
-                return Err(CacheError::WorldWritable {
+                return Err(ShmError::WorldWritable {
                     path: path.to_path_buf(),
                     mode: meta.mode() & 0o7777,
                 });
             }
-            match reuse(path, len, sets)? {
+            match reuse(path, len, check)? {
                 Ok(region) => Ok((region, Opened::Reused)),
-                Err(reason) => create(path, sets, seed).map(|r| (r, Opened::Rebuilt(reason))),
+                Err(reason) => create(path, len, init).map(|r| (r, Opened::Rebuilt(reason))),
             }
         }
     };
@@ -161,7 +162,7 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn map(path: &Path, file: &File) -> Result<Region, CacheError> {
+fn map(path: &Path, file: &File) -> Result<Region, ShmError> {
     // SAFETY: memmap2 requires that the file not be changed in ways that
     // break Rust's aliasing rules while mapped. The mapping is only ever
     // accessed through atomics (see `Region::words`), so changes by other
@@ -172,9 +173,13 @@ fn map(path: &Path, file: &File) -> Result<Region, CacheError> {
     Ok(Region { map })
 }
 
-/// Maps an existing file if its header matches this geometry; the inner
-/// `Err` is the reason it does not.
-fn reuse(path: &Path, len: usize, sets: usize) -> Result<Result<Region, String>, CacheError> {
+/// Maps an existing file if it has `len` bytes and `check` accepts its
+/// contents; the inner `Err` is the reason it does not.
+fn reuse(
+    path: &Path,
+    len: usize,
+    check: impl Fn(&[AtomicU64]) -> Result<(), String>,
+) -> Result<Result<Region, String>, ShmError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -184,42 +189,14 @@ fn reuse(path: &Path, len: usize, sets: usize) -> Result<Result<Region, String>,
     let actual = file.metadata().map_err(io_error(path, "stat"))?.len();
     if actual != len as u64 {
         return Ok(Err(format!(
-            "its length is {actual} bytes, this geometry needs {len}"
+            "its length is {actual} bytes, this configuration needs {len}"
         )));
     }
     let region = map(path, &file)?;
-    let h = &region.words()[..HEADER_WORDS];
-    let word = |i: usize| h[i].load(Ordering::Acquire);
-    let check = header_check(&std::array::from_fn(|i| word(i)));
-    let expect = [
-        (H_MAGIC, MAGIC, "magic"),
-        (H_VERSION, VERSION, "layout version"),
-        (H_HEADER_BYTES, HEADER_BYTES as u64, "header size"),
-        (H_SLOT_BYTES, SLOT_BYTES as u64, "slot size"),
-        (H_WAYS, WAYS as u64, "ways"),
-        (H_SETS, sets as u64, "number of sets"),
-        (H_FILE_LEN, len as u64, "recorded length"),
-        (H_CHECK, check, "header checksum"),
-    ];
-    for (index, wanted, what) in expect {
-        let found = word(index);
-        if found != wanted {
-            return Ok(Err(format!("{what} is {found:#x}, expected {wanted:#x}")));
-        }
-    }
-    Ok(Ok(region))
+    Ok(check(region.words()).map(|()| region))
 }
 
-/// Checksum of the header words before `H_CHECK`.
-fn header_check(words: &[u64; HEADER_WORDS]) -> u64 {
-    words[..H_CHECK]
-        .iter()
-        .fold(Hasher::new(0), |h, w| h.word(*w))
-        .finish()
-}
-
-fn create(path: &Path, sets: usize, seed: u64) -> Result<Region, CacheError> {
-    let len = file_len(sets);
+fn create(path: &Path, len: usize, init: impl FnOnce(&[AtomicU64])) -> Result<Region, ShmError> {
     let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let file = OpenOptions::new()
@@ -233,22 +210,8 @@ fn create(path: &Path, sets: usize, seed: u64) -> Result<Region, CacheError> {
     file.set_len(len as u64)
         .map_err(io_error(&tmp, "set length"))?;
     let region = map(&tmp, &file)?;
-    let now = super::unix_now();
-    let mut header = [0u64; HEADER_WORDS];
-    header[H_MAGIC] = MAGIC;
-    header[H_VERSION] = VERSION;
-    header[H_HEADER_BYTES] = HEADER_BYTES as u64;
-    header[H_SLOT_BYTES] = SLOT_BYTES as u64;
-    header[H_WAYS] = WAYS as u64;
-    header[H_SETS] = sets as u64;
-    header[H_FILE_LEN] = len as u64;
-    header[H_CREATED] = now;
-    header[H_SEED] = seed;
-    header[H_CHECK] = header_check(&header);
-    for (word, value) in region.words().iter().zip(header) {
-        // Nobody else can see the file before the rename below.
-        word.store(value, Ordering::Relaxed);
-    }
+    // Nobody else can see the file before the rename below.
+    init(region.words());
     region.flush().map_err(io_error(&tmp, "msync"))?;
     std::fs::rename(&tmp, path).map_err(io_error(path, "renaming the new file into place"))?;
     Ok(region)
