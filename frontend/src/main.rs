@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use tlsfront::config::{Config, ConfigValue, Upstream, KEYS};
+use tlsfront::config::{Config, ConfigValue, KeySourceSpec, Tls13Mode, Upstream, KEYS};
 use tlsfront::metrics::{render_table, PerWorkerCounters, Stats};
 use tlsfront::session_cache::{Opened, SessionCache};
+use tlsfront::tickets::{KeySource, TicketKeyRing};
 use tlsfront::tls::CertSource;
 use tlsfront::{control, tls, upstream, worker};
 
@@ -178,8 +179,34 @@ fn run(config: Config) -> Result<(), String> {
         None
     };
     let sessions = cache.as_ref().map(|(c, _)| Arc::clone(c));
+    let ring = if config.tickets_enabled && config.tls13_mode == Tls13Mode::Stateless {
+        let source = match &config.ticket_source {
+            KeySourceSpec::Random => KeySource::Random,
+            KeySourceSpec::File(p) => KeySource::from_file(p).map_err(|e| e.to_string())?,
+        };
+        let path = config.tickets_path();
+        let (ring, opened) = TicketKeyRing::open(
+            &path,
+            config.ticket_keys as usize,
+            config.ticket_rotate.0.as_secs(),
+            source,
+            count,
+        )
+        .map_err(|e| e.to_string())?;
+        if let Opened::Rebuilt(why) = &opened {
+            tracing::warn!(
+                "ticket ring {}: rebuilt, earlier tickets are lost: {why}",
+                path.display()
+            );
+        }
+        Some((Arc::new(ring), opened))
+    } else {
+        None
+    };
+    let tickets = ring.as_ref().map(|(r, _)| Arc::clone(r));
     let (server_config, cert_source) =
-        tls::server_config(&config, sessions.clone()).map_err(|e| e.to_string())?;
+        tls::server_config(&config, sessions.clone(), tickets.clone())
+            .map_err(|e| e.to_string())?;
     let upstream_addr = match config.upstream {
         Upstream::Addr(addr) => addr,
         Upstream::Builtin => upstream::start_builtin()
@@ -188,10 +215,13 @@ fn run(config: Config) -> Result<(), String> {
     let listeners =
         worker::bind_listeners(config.listen, count, config.backlog).map_err(|e| e.to_string())?;
     let cpus = worker::plan_cpus(count, config.pin_cpus);
-    let sources: Vec<Arc<dyn PerWorkerCounters>> = sessions
-        .iter()
-        .map(|c| Arc::clone(c) as Arc<dyn PerWorkerCounters>)
-        .collect();
+    let mut sources: Vec<Arc<dyn PerWorkerCounters>> = Vec::new();
+    if let Some(c) = &sessions {
+        sources.push(Arc::clone(c) as Arc<dyn PerWorkerCounters>);
+    }
+    if let Some(r) = &tickets {
+        sources.push(Arc::clone(r) as Arc<dyn PerWorkerCounters>);
+    }
     let stats = Arc::new(Stats::new(&cpus, sources));
     let socket = config.control_socket_path();
     control::serve(&socket, Arc::clone(&stats), config.clone()).map_err(|e| e.to_string())?;
@@ -219,13 +249,33 @@ fn run(config: Config) -> Result<(), String> {
         ),
         None => "off".to_string(),
     };
+    let tickets_line = match &ring {
+        Some((r, opened)) => format!(
+            "{} keys, rotated every {}s, {}, shared ring {} ({}); ticket lifetime {}s",
+            config.ticket_keys,
+            r.rotate_secs(),
+            config.ticket_source.render(),
+            r.path().display(),
+            match opened {
+                Opened::Reused => "keys kept from before",
+                Opened::Created => "new",
+                Opened::Rebuilt(_) => "rebuilt",
+            },
+            r.lifetime_secs()
+        ),
+        None if config.tls13_mode == Tls13Mode::Stateful => {
+            "off: TLS 1.3 resumes statefully through the session cache, TLS 1.2 by session ID"
+                .to_string()
+        }
+        None => "off".to_string(),
+    };
     print_summary(
         &config,
         &cpus,
         &cert_source,
         upstream_addr,
         &socket,
-        &cache_line,
+        &[("session cache", cache_line), ("tickets", tickets_line)],
     );
     for handle in handles {
         if handle.join().is_err() {
@@ -241,7 +291,7 @@ fn print_summary(
     cert: &CertSource,
     upstream_addr: std::net::SocketAddr,
     socket: &std::path::Path,
-    cache: &str,
+    resumption: &[(&str, String)],
 ) {
     let addr = config.listen;
     let versions = config.protocols.render().replace(',', ", ");
@@ -274,8 +324,7 @@ fn print_summary(
   steering       {steering} (kernel SO_REUSEPORT hash over the workers' listeners)
   certificate    {cert}
   upstream       {upstream}
-  session cache  {cache}
-  control socket {socket}  (tlsfront stats -o control.socket={socket})
+{resumption}  control socket {socket}  (tlsfront stats -o control.socket={socket})
   {keys} keys in effect: tlsfront sysctl -a
 try:
   curl -k https://{host}:{port}/
@@ -287,6 +336,10 @@ tlsfront: ready
         steering = config.steering.render(),
         socket = socket.display(),
         keys = KEYS.len(),
+        resumption = resumption
+            .iter()
+            .map(|(k, v)| format!("  {k:<14} {v}\n"))
+            .collect::<String>(),
     );
     let mut stdout = std::io::stdout().lock();
     // stdout going away (a closed pipe) must not stop the server.

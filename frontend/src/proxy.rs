@@ -33,6 +33,7 @@ pub struct Relay {
     limit: usize,
     client_done: bool,
     upstream_done: bool,
+    early_bytes: u64,
 }
 
 impl Relay {
@@ -46,12 +47,18 @@ impl Relay {
             limit,
             client_done: false,
             upstream_done: false,
+            early_bytes: 0,
         }
     }
 
     /// The rustls connection (negotiated version, ALPN, SNI...).
     pub fn tls(&self) -> &ServerConnection {
         &self.tls
+    }
+
+    /// Bytes of 0-RTT early data accepted on this connection.
+    pub fn early_data_bytes(&self) -> u64 {
+        self.early_bytes
     }
 
     /// Still handshaking: nothing is relayed yet.
@@ -90,6 +97,20 @@ impl Relay {
 
     fn drain_plaintext(&mut self) -> Result<(), RelayError> {
         let mut chunk = [0u8; 4096];
+        // 0-RTT data: rustls hands it out only once it accepted it (a
+        // resumed TLS 1.3 session whose single-use ticket this box had not
+        // redeemed yet); it goes upstream first, in order.
+        while let Some(mut early) = self.tls.early_data() {
+            match early.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.to_upstream.extend_from_slice(&chunk[..n]);
+                    self.early_bytes += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(RelayError::Buffer(e)),
+            }
+        }
         loop {
             match self.tls.reader().read(&mut chunk) {
                 Ok(0) => {

@@ -13,6 +13,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::Config;
 use crate::session_cache::SessionCache;
+use crate::tickets::TicketKeyRing;
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -136,9 +137,11 @@ pub fn self_signed(provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> 
 /// `sessions` is where TLS 1.2 session IDs and TLS 1.3 stateful tickets are
 /// kept (the shared [`SessionCache`]); `None` turns server-side session
 /// storage off.
+/// `tickets` is the ticket-key ring, `None` when no tickets are issued.
 pub fn server_config(
     config: &Config,
     sessions: Option<Arc<SessionCache>>,
+    tickets: Option<Arc<TicketKeyRing>>,
 ) -> Result<(Arc<ServerConfig>, CertSource), TlsError> {
     let provider = provider();
     let (default, source) = match (&config.cert.0, &config.key.0) {
@@ -183,6 +186,12 @@ pub fn server_config(
         Some(cache) => cache,
         None => Arc::new(rustls::server::NoServerSessionStorage {}),
     };
+    if let Some(ring) = tickets {
+        server.ticketer = ring;
+    }
+    server.send_tls13_tickets = config.tls13_tickets as usize;
+    // Validated to fit a u32 by Config::validate.
+    server.max_early_data_size = u32::try_from(config.early_data_max.0).unwrap_or(0);
     Ok((Arc::new(server), source))
 }
 

@@ -13,8 +13,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 pub use values::{
-    AutoPath, ConfigValue, Duration, List, LogLevel, OptPath, Protocols, Size, Steering, Upstream,
-    WorkerCount,
+    AutoPath, ConfigValue, Duration, KeySourceSpec, List, LogLevel, OptPath, Protocols, Size,
+    Steering, Tls13Mode, Upstream, WorkerCount,
 };
 
 /// Description of one configuration key, as listed by `sysctl -a` and in
@@ -185,6 +185,22 @@ config_keys! {
         "Size of the cache file; fixed, it never grows (512 bytes per session).";
     cache_timeout: Duration = "300s", "cache.timeout_secs", runtime = false,
         "How long a cached session can be resumed (like nginx's ssl_session_timeout).";
+    tickets_enabled: bool = "1", "tickets.enabled", runtime = false,
+        "Issue session tickets sealed by the shared ticket-key ring (TLS 1.2 tickets; TLS 1.3 tickets in stateless mode).";
+    tls13_mode: Tls13Mode = "stateless", "tickets.tls13_mode", runtime = false,
+        "TLS 1.3 resumption: stateless = ring-sealed tickets; stateful = ticket IDs in the shared cache, redeemable once box-wide (needed for 0-RTT; rustls then issues no TLS 1.2 tickets, which resume by session ID).";
+    ticket_keys: u32 = "3", "tickets.keys", runtime = false,
+        "Keys in the ring: next, current and previous ones (3 to 16); a ticket lives (keys - 2) x rotate_secs.";
+    ticket_rotate: Duration = "1h", "tickets.rotate_secs", runtime = false,
+        "Ticket-key rotation period; epochs are aligned to unix time so hosts agree.";
+    ticket_source: KeySourceSpec = "random", "tickets.key_source", runtime = false,
+        "random = OS random keys kept in the shared ring file; file:PATH = keys derived (HKDF-SHA256) from a secret of 32+ bytes shared by a fleet.";
+    tickets_path: AutoPath = "auto", "tickets.path", runtime = false,
+        "The shared ticket-key ring file (mode 0600, keep it on tmpfs); auto = /dev/shm/tlsfront-<port>.tickets.";
+    tls13_tickets: u32 = "2", "tls.tls13_tickets", runtime = false,
+        "Tickets sent after each TLS 1.3 handshake.";
+    early_data_max: Size = "0", "tls.early_data_max", runtime = false,
+        "Most 0-RTT bytes accepted per connection; 0 = 0-RTT off. Needs tickets.tls13_mode = stateful (single-use tickets box-wide against replay).";
     control_socket: AutoPath = "auto", "control.socket", runtime = false,
         "Unix socket (mode 0600) for stats and sysctl queries; auto = /dev/shm/tlsfront-<port>.sock.";
     log_level: LogLevel = "info", "log.level", runtime = false,
@@ -333,6 +349,30 @@ impl Config {
             (None, Some(_)) => return bad("tls.cert", "tls.key is set but tls.cert is not"),
             _ => {}
         }
+        if self.early_data_max.0 > 0 {
+            if self.tls13_mode != Tls13Mode::Stateful {
+                return bad(
+                    "tls.early_data_max",
+                    "0-RTT needs tickets.tls13_mode = stateful (single-use tickets stop replays)",
+                );
+            }
+            if self.early_data_max.0 > u64::from(u32::MAX) {
+                return bad("tls.early_data_max", "at most 4g");
+            }
+        }
+        if self.tls13_mode == Tls13Mode::Stateful && !self.cache_enabled {
+            return bad(
+                "tickets.tls13_mode",
+                "stateful keeps TLS 1.3 tickets in the session cache: needs cache.enabled = 1",
+            );
+        }
+        let keys = self.ticket_keys as usize;
+        if !(crate::tickets::MIN_KEYS..=crate::tickets::MAX_KEYS).contains(&keys) {
+            return bad("tickets.keys", "must be from 3 to 16");
+        }
+        if self.ticket_rotate.0.as_secs() == 0 {
+            return bad("tickets.rotate_secs", "must be at least 1s");
+        }
         for (name, sni) in &self.sni {
             if sni.cert.is_none() || sni.key.is_none() {
                 let key = format!("tls.sni.{name}");
@@ -346,6 +386,12 @@ impl Config {
     pub fn control_socket_path(&self) -> PathBuf {
         self.control_socket
             .resolve(|| format!("/dev/shm/tlsfront-{}.sock", self.listen.port()))
+    }
+
+    /// The ticket-key ring file this configuration resolves to.
+    pub fn tickets_path(&self) -> PathBuf {
+        self.tickets_path
+            .resolve(|| format!("/dev/shm/tlsfront-{}.tickets", self.listen.port()))
     }
 
     /// The session cache file this configuration resolves to.

@@ -378,3 +378,58 @@ impl ConfigValue for LogLevel {
             .unwrap_or_default()
     }
 }
+
+/// `tickets.tls13_mode`: how TLS 1.3 resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls13Mode {
+    /// Tickets sealed by the ticket-key ring (no server-side state).
+    Stateless,
+    /// Ticket IDs in the shared session cache, single use box-wide.
+    Stateful,
+}
+
+impl ConfigValue for Tls13Mode {
+    const KIND: &'static str = "stateless | stateful";
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "stateless" => Ok(Tls13Mode::Stateless),
+            "stateful" => Ok(Tls13Mode::Stateful),
+            _ => Err(format!("{raw:?} is not stateless or stateful")),
+        }
+    }
+    fn render(&self) -> String {
+        match self {
+            Tls13Mode::Stateless => "stateless",
+            Tls13Mode::Stateful => "stateful",
+        }
+        .to_string()
+    }
+}
+
+/// `tickets.key_source`: where ticket keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySourceSpec {
+    /// The OS random generator (kept in the shared ring file).
+    Random,
+    /// Derived from the secret in this file (shared by a fleet).
+    File(PathBuf),
+}
+
+impl ConfigValue for KeySourceSpec {
+    const KIND: &'static str = "random | file:PATH";
+    fn parse(raw: &str) -> Result<Self, String> {
+        if raw == "random" {
+            return Ok(KeySourceSpec::Random);
+        }
+        match raw.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(KeySourceSpec::File(PathBuf::from(path))),
+            _ => Err(format!("{raw:?} is not random or file:PATH")),
+        }
+    }
+    fn render(&self) -> String {
+        match self {
+            KeySourceSpec::Random => "random".to_string(),
+            KeySourceSpec::File(p) => format!("file:{}", p.display()),
+        }
+    }
+}

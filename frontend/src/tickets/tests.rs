@@ -1,0 +1,235 @@
+//! The ticket-key ring against its specification.
+
+use std::sync::atomic::AtomicBool;
+
+use super::*;
+
+const PERIOD: u64 = 3600;
+/// The start of the current epoch: rings built "now" are at this epoch, and
+/// tests move time forward from it to control when rotations happen.
+fn t0() -> u64 {
+    unix_now() / PERIOD * PERIOD
+}
+
+fn ring_at(path: &Path, source: KeySource) -> TicketKeyRing {
+    let (ring, _) = TicketKeyRing::open(path, 3, PERIOD, source, 2).expect("open ring");
+    ring
+}
+
+fn secret_file(dir: &Path, name: &str, byte: u8) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, [byte; 48]).expect("write secret");
+    path
+}
+
+#[test]
+fn a_sealed_ticket_opens_and_carries_the_name_of_the_current_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = ring_at(&dir.path().join("r"), KeySource::Random);
+    let ticket = ring.seal_at(t0(), b"session state").expect("seal");
+    assert_eq!(ticket.len(), NAME_LEN + 12 + 13 + 16);
+    assert_eq!(
+        ring.open_at(t0(), &ticket).as_deref(),
+        Some(&b"session state"[..])
+    );
+    assert_eq!(ring.counters().decrypted_current.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_tampered_ticket_is_refused_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = ring_at(&dir.path().join("r"), KeySource::Random);
+    let ticket = ring.seal_at(t0(), b"session state").expect("seal");
+    for i in [0, NAME_LEN, NAME_LEN + 12, ticket.len() - 1] {
+        let mut bad = ticket.clone();
+        bad[i] ^= 0x01;
+        assert_eq!(ring.open_at(t0(), &bad), None, "flipped byte {i}");
+    }
+    assert_eq!(ring.open_at(t0(), &ticket[..20]), None, "short");
+    assert_eq!(ring.open_at(t0(), &[]), None, "empty");
+    assert_eq!(ring.counters().decrypt_failures.load(Ordering::Relaxed), 6);
+}
+
+#[test]
+fn a_ticket_survives_one_rotation_and_dies_when_the_ring_has_turned_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = ring_at(&dir.path().join("r"), KeySource::Random);
+    let ticket = ring.seal_at(t0() + PERIOD - 1, b"s").expect("seal");
+    assert!(
+        ring.open_at(t0() + PERIOD, &ticket).is_some(),
+        "after one rotation"
+    );
+    assert_eq!(
+        ring.counters().decrypted_previous.load(Ordering::Relaxed),
+        1
+    );
+    assert!(
+        ring.open_at(t0() + 2 * PERIOD, &ticket).is_none(),
+        "after the ring turned over"
+    );
+}
+
+#[test]
+fn the_advertised_lifetime_never_outlives_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ring, _) =
+        TicketKeyRing::open(&dir.path().join("r"), 5, PERIOD, KeySource::Random, 1).expect("open");
+    assert_eq!(ring.lifetime_secs(), 3 * PERIOD);
+    // Issued at the last second of its epoch, still open after `lifetime`.
+    let ticket = ring.seal_at(t0() + PERIOD - 1, b"s").expect("seal");
+    assert!(ring
+        .open_at(t0() + PERIOD - 1 + ring.lifetime_secs(), &ticket)
+        .is_some());
+    ring.set_rotate_secs(30 * 24 * 3600);
+    assert_eq!(ring.lifetime_secs(), 7 * 24 * 3600, "RFC 8446 cap");
+}
+
+#[test]
+fn every_process_mapping_the_ring_sees_the_same_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r");
+    let a = ring_at(&path, KeySource::Random);
+    let b = ring_at(&path, KeySource::Random);
+    let ticket = a.seal_at(t0(), b"s").expect("seal");
+    assert!(b.open_at(t0(), &ticket).is_some());
+    // A rotation done by one is seen by the other, and done only once.
+    let later = a.seal_at(t0() + PERIOD, b"s").expect("seal after rotation");
+    assert!(b.open_at(t0() + PERIOD, &later).is_some());
+    let rotations: u64 = [&a, &b]
+        .iter()
+        .flat_map(|r| r.counters.iter())
+        .map(|c| c.rotations.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(
+        rotations, 2,
+        "the first build and one rotation, by one party each"
+    );
+}
+
+#[test]
+fn random_keys_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r");
+    let ticket = ring_at(&path, KeySource::Random)
+        .seal_at(t0(), b"s")
+        .expect("seal");
+    let (ring, opened) =
+        TicketKeyRing::open(&path, 3, PERIOD, KeySource::Random, 1).expect("reopen");
+    assert_eq!(opened, Opened::Reused);
+    assert!(ring.open_at(t0(), &ticket).is_some());
+}
+
+#[test]
+fn hosts_sharing_a_secret_file_accept_each_others_tickets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = secret_file(dir.path(), "secret", 7);
+    let source = || KeySource::from_file(&secret).expect("secret");
+    let a = ring_at(&dir.path().join("host-a"), source());
+    let b = ring_at(&dir.path().join("host-b"), source());
+    let ticket = a.seal_at(t0(), b"s").expect("seal");
+    assert!(b.open_at(t0(), &ticket).is_some(), "same epoch");
+    // Host b's clock one period ahead: the ticket is its previous key's.
+    assert!(b.open_at(t0() + PERIOD, &ticket).is_some(), "clock ahead");
+    // Host b's clock one period behind: the ticket is its next key's.
+    let c = ring_at(&dir.path().join("host-c"), source());
+    assert!(c.open_at(t0() - PERIOD, &ticket).is_some(), "clock behind");
+    assert_eq!(c.counters().decrypted_next.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_different_secret_does_not_open_the_ticket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let one = KeySource::from_file(&secret_file(dir.path(), "one", 1)).expect("secret");
+    let two = KeySource::from_file(&secret_file(dir.path(), "two", 2)).expect("secret");
+    let ticket = ring_at(&dir.path().join("a"), one)
+        .seal_at(t0(), b"s")
+        .expect("seal");
+    assert!(ring_at(&dir.path().join("b"), two)
+        .open_at(t0(), &ticket)
+        .is_none());
+}
+
+#[test]
+fn changing_the_secret_replaces_the_shared_ring() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r");
+    let one = KeySource::from_file(&secret_file(dir.path(), "one", 1)).expect("secret");
+    let two = KeySource::from_file(&secret_file(dir.path(), "two", 2)).expect("secret");
+    let ticket = ring_at(&path, one).seal_at(t0(), b"s").expect("seal");
+    assert!(ring_at(&path, two).open_at(t0(), &ticket).is_none());
+}
+
+#[test]
+fn a_short_secret_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("short");
+    std::fs::write(&path, [1u8; 31]).expect("write");
+    let err = KeySource::from_file(&path)
+        .expect_err("too short")
+        .to_string();
+    assert!(
+        err.contains(&*path.to_string_lossy()) && err.contains("31 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_key_count_below_three_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = TicketKeyRing::open(&dir.path().join("r"), 2, PERIOD, KeySource::Random, 1)
+        .expect_err("two keys");
+    assert!(matches!(err, TicketError::KeyCount(2)));
+}
+
+#[test]
+fn the_secret_is_never_printed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = KeySource::from_file(&secret_file(dir.path(), "s", b'Z')).expect("secret");
+    let ring = ring_at(&dir.path().join("r"), source);
+    let shown = format!("{ring:?}");
+    assert!(
+        !shown.contains("ZZZZ") && !shown.contains("90, 90"),
+        "{shown}"
+    );
+}
+
+/// Threads seal and open at full speed while the epoch turns under them:
+/// not one ticket fails.
+#[test]
+fn a_rotation_under_load_fails_no_ticket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r");
+    let rings: Vec<Arc<TicketKeyRing>> = (0..2)
+        .map(|_| Arc::new(ring_at(&path, KeySource::Random)))
+        .collect();
+    let clock = Arc::new(AtomicU64::new(t0() + PERIOD - 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let (ring, other) = (Arc::clone(&rings[i % 2]), Arc::clone(&rings[(i + 1) % 2]));
+            let (clock, stop) = (Arc::clone(&clock), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let now = clock.load(Ordering::Relaxed);
+                    let ticket = ring.seal_at(now, &n.to_le_bytes()).expect("seal");
+                    let now = clock.load(Ordering::Relaxed);
+                    assert_eq!(other.open_at(now, &ticket), Some(n.to_le_bytes().to_vec()));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for step in 1..=3 {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        clock.store(t0() + PERIOD * step, Ordering::Relaxed);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    stop.store(true, Ordering::Relaxed);
+    let total: u64 = workers
+        .into_iter()
+        .map(|w| w.join().expect("no failure"))
+        .sum();
+    assert!(total > 0);
+}
