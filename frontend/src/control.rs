@@ -3,10 +3,17 @@
 //!
 //! Protocol: the client writes one line, the server answers and closes.
 //! - `stats`: the counters as JSON ([`crate::metrics::Stats::to_json`]);
-//! - `sysctl`: the running configuration, one `key = value` per line.
+//! - `sysctl`: the running configuration, one `key = value` per line;
+//! - `set KEY=VALUE...`: changes live keys on every worker at once;
+//! - `reload`: re-reads the config file and certificates.
+//!
+//! An answer that starts with `error: ` is a refusal, with the reason.
 //!
 //! It runs on its own plain thread so that a slow or stuck client of the
-//! control socket never delays a worker.
+//! control socket never delays a worker. [`Live`] is the running
+//! configuration the workers read: immutable snapshots swapped atomically
+//! (arc-swap), so a change reaches every worker at once and a connection
+//! never sees half of one.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -17,8 +24,17 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use crate::config::Config;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+
+use crate::config::{Change, Config, KeySourceSpec, LogLevel, Upstream, KEYS};
 use crate::metrics::Stats;
+use crate::session_cache::SessionCache;
+use crate::tickets::{KeySource, TicketKeyRing};
 
 /// Why the control socket could not be served or queried.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +66,7 @@ fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> C
 ///
 /// A leftover socket file from a process that died is replaced; one on
 /// which a process still answers is an error.
-pub fn serve(path: &Path, stats: Arc<Stats>, config: Config) -> Result<(), ControlError> {
+pub fn serve(path: &Path, stats: Arc<Stats>, live: Arc<Live>) -> Result<(), ControlError> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(ControlError::InUse {
@@ -67,7 +83,7 @@ pub fn serve(path: &Path, stats: Arc<Stats>, config: Config) -> Result<(), Contr
         .name("tlsfront-control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &stats, &config) {
+                if let Err(e) = answer(stream, &stats, &live) {
                     debug!("control socket {}: {e}", owned.display());
                 }
             }
@@ -76,20 +92,31 @@ pub fn serve(path: &Path, stats: Arc<Stats>, config: Config) -> Result<(), Contr
     Ok(())
 }
 
-fn answer(stream: UnixStream, stats: &Stats, config: &Config) -> io::Result<()> {
+fn answer(stream: UnixStream, stats: &Stats, live: &Live) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(stream.try_clone()?)
         .take(1024)
         .read_line(&mut line)?;
-    let reply = match line.trim() {
+    let line = line.trim();
+    let (command, args) = line.split_once(' ').unwrap_or((line, ""));
+    let reply = match command {
         "stats" => stats.to_json().to_string(),
-        "sysctl" => config
+        "sysctl" => live
+            .config()
             .entries()
             .into_iter()
             .map(|(k, v)| format!("{k} = {v}\n"))
             .collect(),
-        other => format!("error: unknown command {other:?} (stats, sysctl)"),
+        "set" => match live.set(&args.split_whitespace().collect::<Vec<_>>()) {
+            Ok(applied) => applied,
+            Err(e) => format!("error: {e}"),
+        },
+        "reload" => match live.reload() {
+            Ok(summary) => summary,
+            Err(e) => format!("error: {e}"),
+        },
+        other => format!("error: unknown command {other:?} (stats, sysctl, set, reload)"),
     };
     let mut stream = stream;
     stream.write_all(reply.as_bytes())?;
@@ -125,4 +152,187 @@ pub fn query_stats(path: &Path) -> Result<serde_json::Value, ControlError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+/// Applies a new log level to the process's subscriber.
+pub type LogLevelSetter = Box<dyn Fn(LogLevel) + Send + Sync>;
+
+/// The running configuration and what depends on it.
+pub struct Live {
+    config: ArcSwap<Config>,
+    tls: ArcSwap<ServerConfig>,
+    file: Option<PathBuf>,
+    overrides: Vec<String>,
+    cache: Option<Arc<SessionCache>>,
+    ring: Option<Arc<TicketKeyRing>>,
+    builtin: OnceLock<SocketAddr>,
+    set_log_level: LogLevelSetter,
+    draining: AtomicBool,
+}
+
+impl Live {
+    /// The state of a process started from `file` and `overrides`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        tls: Arc<ServerConfig>,
+        file: Option<PathBuf>,
+        overrides: Vec<String>,
+        cache: Option<Arc<SessionCache>>,
+        ring: Option<Arc<TicketKeyRing>>,
+        set_log_level: LogLevelSetter,
+    ) -> Live {
+        Live {
+            config: ArcSwap::from_pointee(config),
+            tls: ArcSwap::new(tls),
+            file,
+            overrides,
+            cache,
+            ring,
+            builtin: OnceLock::new(),
+            set_log_level,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The current configuration snapshot.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The rustls configuration new connections use.
+    pub fn tls(&self) -> Arc<ServerConfig> {
+        self.tls.load_full()
+    }
+
+    /// Where new connections' plaintext goes; starts the built-in
+    /// responder the first time it is needed.
+    pub fn upstream(&self) -> io::Result<SocketAddr> {
+        match self.config.load().upstream {
+            Upstream::Addr(addr) => Ok(addr),
+            Upstream::Builtin => {
+                if let Some(addr) = self.builtin.get() {
+                    return Ok(*addr);
+                }
+                let addr = crate::upstream::start_builtin()?;
+                // Two racing first users may both start one; the loser's
+                // responder simply goes unused.
+                Ok(*self.builtin.get_or_init(|| addr))
+            }
+        }
+    }
+
+    /// True once SIGTERM asked the workers to stop accepting.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the process as draining.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// `sysctl -w`: sets live keys, all or none. Returns the new values.
+    pub fn set(&self, assignments: &[&str]) -> Result<String, String> {
+        if assignments.is_empty() {
+            return Err("nothing to set: give KEY=VALUE".into());
+        }
+        let mut next = (*self.config()).clone();
+        let mut changed = Vec::new();
+        for arg in assignments {
+            let (key, value) = arg
+                .split_once('=')
+                .ok_or_else(|| format!("{arg:?}: expected KEY=VALUE"))?;
+            let info = KEYS
+                .iter()
+                .find(|k| k.name == key)
+                .ok_or_else(|| format!("key '{key}': unknown key"))?;
+            match info.change {
+                Change::Live => {}
+                Change::Reload => {
+                    return Err(format!(
+                        "key '{key}': needs reload (change it in the config file, then `tlsfront reload`)"
+                    ))
+                }
+                Change::Restart => return Err(format!("key '{key}': needs restart")),
+            }
+            next.set(key, value)
+                .map_err(|e| format!("key '{key}': {e}"))?;
+            changed.push(key);
+        }
+        next.validate().map_err(|e| e.to_string())?;
+        self.apply_live(&next);
+        self.config.store(Arc::new(next));
+        let config = self.config();
+        Ok(changed
+            .iter()
+            .map(|k| format!("{k} = {}\n", config.get(k).unwrap_or_default()))
+            .collect())
+    }
+
+    /// Pushes the live keys of `config` into the components that hold
+    /// their own copy.
+    fn apply_live(&self, config: &Config) {
+        (self.set_log_level)(config.log_level);
+        if let Some(ring) = &self.ring {
+            ring.set_rotate_secs(config.ticket_rotate.0.as_secs());
+        }
+        if let Some(cache) = &self.cache {
+            cache.set_timeout_secs(config.cache_timeout.0.as_secs());
+        }
+    }
+
+    /// `reload` / SIGHUP: re-reads the config file (and the `-o` overrides
+    /// given at start), certificates and the ticket secret. An invalid file
+    /// changes nothing. Keys that need a restart keep their running value,
+    /// and the answer says so.
+    pub fn reload(&self) -> Result<String, String> {
+        let mut next = Config::load(self.file.as_deref(), &self.overrides).map_err(|e| {
+            format!("reload refused, still running the previous configuration: {e}")
+        })?;
+        let current = self.config();
+        let mut kept = Vec::new();
+        for info in KEYS.iter().filter(|k| k.change == Change::Restart) {
+            let (old, new) = (current.get(info.name), next.get(info.name));
+            if old != new {
+                kept.push(format!(
+                    "{} (running {}, file says {})",
+                    info.name,
+                    old.clone().unwrap_or_default(),
+                    new.unwrap_or_default()
+                ));
+                if let Some(old) = old {
+                    // The running value came from this very table.
+                    let _ = next.set(info.name, &old);
+                }
+            }
+        }
+        if let (Some(ring), KeySourceSpec::File(path)) = (&self.ring, &next.ticket_source) {
+            let source = KeySource::from_file(path).map_err(|e| {
+                format!("reload refused, still running the previous configuration: {e}")
+            })?;
+            ring.set_source(source);
+        } else if let (Some(ring), KeySourceSpec::Random) = (&self.ring, &next.ticket_source) {
+            if current.ticket_source != KeySourceSpec::Random {
+                ring.set_source(KeySource::Random);
+            }
+        }
+        let (tls, _) = crate::tls::server_config(&next, self.cache.clone(), self.ring.clone())
+            .map_err(|e| {
+                format!("reload refused, still running the previous configuration: {e}")
+            })?;
+        self.apply_live(&next);
+        self.tls.store(tls);
+        self.config.store(Arc::new(next));
+        let mut summary = String::from("reloaded: new connections use the new configuration\n");
+        for k in kept {
+            summary.push_str(&format!("needs restart, kept: {k}\n"));
+        }
+        Ok(summary)
+    }
+}
+
+/// Asks the process behind `path` to set live keys.
+pub fn set_remote(path: &Path, assignments: &[String]) -> Result<String, ControlError> {
+    query(path, &format!("set {}", assignments.join(" ")))
 }

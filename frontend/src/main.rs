@@ -1,4 +1,4 @@
-//! The `tlsfront` command: `run`, `sysctl`, `stats`.
+//! The `tlsfront` command: `run`, `sysctl`, `stats`, `reload`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -6,27 +6,31 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tlsfront::config::{Config, ConfigValue, KeySourceSpec, Tls13Mode, Upstream, KEYS};
+use tlsfront::control::{self, Live, LogLevelSetter};
 use tlsfront::metrics::{render_table, PerWorkerCounters, Stats};
 use tlsfront::session_cache::{Opened, SessionCache};
 use tlsfront::tickets::{KeySource, TicketKeyRing};
 use tlsfront::tls::CertSource;
-use tlsfront::{control, tls, upstream, worker};
+use tlsfront::{tls, worker};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "\
 usage:
-  tlsfront run    [-c FILE] [-o key=value]...   start the frontend
-  tlsfront sysctl -a [-c FILE] [-o key=value]... print every key with its value
-  tlsfront sysctl [-c FILE] [-o key=value]... KEY...  print these keys
-  tlsfront stats  [-c FILE] [-o key=value]... [--socket PATH] [--json]
-                                               counters of the running process
+  tlsfront run    [-c FILE] [-o key=value]...      start the frontend
+  tlsfront sysctl -a [-c FILE] [-o key=value]...   every key with its value
+  tlsfront sysctl [-c FILE] [-o key=value]... KEY...
+  tlsfront sysctl [--socket PATH] -w KEY=VALUE...  change live keys of the running process
+  tlsfront reload [-c FILE] [--socket PATH]        re-read config and certificates (as SIGHUP)
+  tlsfront stats  [-c FILE] [--socket PATH] [--json]  counters of the running process
   tlsfront --version
 
-With no -c, the embedded default runs: 127.0.0.1:8443, a self-signed
-certificate for localhost, and a built-in HTTP responder as upstream.
-Every key is listed by `tlsfront sysctl -a` and in docs/config.md.";
+sysctl reads the running process (its control socket) when --socket is
+given, or when neither -c nor -o is; otherwise it shows what the file and
+overrides say. With no -c, `run` starts the embedded default: 127.0.0.1:8443,
+a self-signed certificate for localhost, a built-in HTTP responder as
+upstream. Every key is listed by `tlsfront sysctl -a` and in docs/config.md.";
 
 /// Exit code for a bad command line or configuration.
 const EXIT_USAGE: u8 = 2;
@@ -36,6 +40,7 @@ struct Args {
     file: Option<PathBuf>,
     overrides: Vec<String>,
     all: bool,
+    write: bool,
     json: bool,
     socket: Option<PathBuf>,
     keys: Vec<String>,
@@ -49,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
         file: None,
         overrides: Vec::new(),
         all: false,
+        write: false,
         json: false,
         socket: None,
         keys: Vec::new(),
@@ -58,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
             "-c" | "--config" => args.file = Some(it.next().ok_or("-c needs a file")?.into()),
             "-o" => args.overrides.push(it.next().ok_or("-o needs key=value")?),
             "-a" | "--all" => args.all = true,
+            "-w" | "--write" => args.write = true,
             "--json" => args.json = true,
             "--socket" => args.socket = Some(it.next().ok_or("--socket needs a path")?.into()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
@@ -95,9 +102,10 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match args.command.as_str() {
-        "run" => run(config),
+        "run" => run(config, &args),
         "sysctl" => sysctl(&config, &args),
         "stats" => stats(&config, &args),
+        "reload" => reload(&config, &args),
         other => {
             eprintln!("tlsfront: unknown command {other:?}\n{USAGE}");
             return ExitCode::from(EXIT_USAGE);
@@ -112,19 +120,54 @@ fn main() -> ExitCode {
     }
 }
 
+fn control_socket(config: &Config, args: &Args) -> PathBuf {
+    args.socket
+        .clone()
+        .unwrap_or_else(|| config.control_socket_path())
+}
+
 fn sysctl(config: &Config, args: &Args) -> Result<(), String> {
+    let socket = control_socket(config, args);
+    if args.write {
+        let reply = control::set_remote(&socket, &args.keys).map_err(|e| e.to_string())?;
+        print!("{reply}");
+        return Ok(());
+    }
+    let offline = args.socket.is_none() && (args.file.is_some() || !args.overrides.is_empty());
+    let live = if offline {
+        None
+    } else {
+        match control::query(&socket, "sysctl") {
+            Ok(text) => Some(text),
+            Err(e) if args.socket.is_some() => return Err(e.to_string()),
+            // No process there: show the defaults.
+            Err(_) => None,
+        }
+    };
+    let entries: Vec<(String, String)> = match live {
+        Some(text) => text
+            .lines()
+            .filter_map(|l| l.split_once(" = "))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        None => config.entries(),
+    };
     let mut out = String::new();
     if args.all {
-        for (k, v) in config.entries() {
+        for (k, v) in &entries {
             out.push_str(&format!("{k} = {v}\n"));
         }
     } else if args.keys.is_empty() {
-        return Err(format!("sysctl needs -a or a key\n{USAGE}"));
+        return Err(format!("sysctl needs -a, -w or a key\n{USAGE}"));
     } else {
         for key in &args.keys {
-            let value = config.get(key).ok_or_else(|| {
-                format!("unknown key '{key}' (see `tlsfront sysctl -a` or docs/config.md)")
-            })?;
+            let value = entries
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+                .ok_or_else(|| {
+                    format!("unknown key '{key}' (see `tlsfront sysctl -a` or docs/config.md)")
+                })?;
             out.push_str(&format!("{key} = {value}\n"));
         }
     }
@@ -133,11 +176,7 @@ fn sysctl(config: &Config, args: &Args) -> Result<(), String> {
 }
 
 fn stats(config: &Config, args: &Args) -> Result<(), String> {
-    let path = args
-        .socket
-        .clone()
-        .unwrap_or_else(|| config.control_socket_path());
-    let json = control::query_stats(&path).map_err(|e| e.to_string())?;
+    let json = control::query_stats(&control_socket(config, args)).map_err(|e| e.to_string())?;
     if args.json {
         println!("{json}");
     } else {
@@ -146,75 +185,120 @@ fn stats(config: &Config, args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn run(config: Config) -> Result<(), String> {
-    let filter = tracing_subscriber::filter::LevelFilter::from_level(config.log_level.as_tracing());
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(filter)
-        .with_ansi(false)
-        .init();
+fn reload(config: &Config, args: &Args) -> Result<(), String> {
+    let reply =
+        control::query(&control_socket(config, args), "reload").map_err(|e| e.to_string())?;
+    print!("{reply}");
+    Ok(())
+}
 
+/// Logging to stderr whose level `sysctl -w log.level=…` can change.
+fn init_logging(config: &Config) -> LogLevelSetter {
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::prelude::*;
+    let level = LevelFilter::from_level(config.log_level.as_tracing());
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(level);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
+        .init();
+    Box::new(move |level| {
+        let _ = handle.modify(|f| *f = LevelFilter::from_level(level.as_tracing()));
+    })
+}
+
+fn open_cache(
+    config: &Config,
+    workers: usize,
+) -> Result<Option<(Arc<SessionCache>, Opened)>, String> {
+    if !config.cache_enabled {
+        return Ok(None);
+    }
+    let path = config.cache_path();
+    let (cache, opened) = SessionCache::open(
+        &path,
+        config.cache_size.0,
+        config.cache_timeout.0.as_secs(),
+        workers,
+    )
+    .map_err(|e| format!("session cache {e}"))?;
+    match &opened {
+        Opened::Reused => tracing::info!("session cache {}: reusing its sessions", path.display()),
+        Opened::Created => tracing::info!("session cache {}: created", path.display()),
+        Opened::Rebuilt(why) => tracing::warn!(
+            "session cache {}: rebuilt, its sessions are lost: {why}",
+            path.display()
+        ),
+    }
+    Ok(Some((Arc::new(cache), opened)))
+}
+
+fn open_ring(
+    config: &Config,
+    workers: usize,
+) -> Result<Option<(Arc<TicketKeyRing>, Opened)>, String> {
+    if !config.tickets_enabled || config.tls13_mode != Tls13Mode::Stateless {
+        return Ok(None);
+    }
+    let source = match &config.ticket_source {
+        KeySourceSpec::Random => KeySource::Random,
+        KeySourceSpec::File(p) => KeySource::from_file(p).map_err(|e| e.to_string())?,
+    };
+    let path = config.tickets_path();
+    let (ring, opened) = TicketKeyRing::open(
+        &path,
+        config.ticket_keys as usize,
+        config.ticket_rotate.0.as_secs(),
+        source,
+        workers,
+    )
+    .map_err(|e| e.to_string())?;
+    if let Opened::Rebuilt(why) = &opened {
+        tracing::warn!(
+            "ticket ring {}: rebuilt, earlier tickets are lost: {why}",
+            path.display()
+        );
+    }
+    Ok(Some((Arc::new(ring), opened)))
+}
+
+fn describe_opened(opened: &Opened, kept: &'static str) -> &'static str {
+    match opened {
+        Opened::Reused => kept,
+        Opened::Created => "new",
+        Opened::Rebuilt(_) => "rebuilt",
+    }
+}
+
+fn run(config: Config, args: &Args) -> Result<(), String> {
+    let set_log_level = init_logging(&config);
     let count = config.workers.resolve();
-    let cache = if config.cache_enabled {
-        let path = config.cache_path();
-        let (cache, opened) = SessionCache::open(
-            &path,
-            config.cache_size.0,
-            config.cache_timeout.0.as_secs(),
-            count,
-        )
-        .map_err(|e| format!("session cache {e}"))?;
-        match &opened {
-            Opened::Reused => {
-                tracing::info!("session cache {}: reusing its sessions", path.display())
-            }
-            Opened::Created => tracing::info!("session cache {}: created", path.display()),
-            Opened::Rebuilt(why) => tracing::warn!(
-                "session cache {}: rebuilt, its sessions are lost: {why}",
-                path.display()
-            ),
-        }
-        Some((Arc::new(cache), opened))
-    } else {
-        None
-    };
+    let cache = open_cache(&config, count)?;
+    let ring = open_ring(&config, count)?;
     let sessions = cache.as_ref().map(|(c, _)| Arc::clone(c));
-    let ring = if config.tickets_enabled && config.tls13_mode == Tls13Mode::Stateless {
-        let source = match &config.ticket_source {
-            KeySourceSpec::Random => KeySource::Random,
-            KeySourceSpec::File(p) => KeySource::from_file(p).map_err(|e| e.to_string())?,
-        };
-        let path = config.tickets_path();
-        let (ring, opened) = TicketKeyRing::open(
-            &path,
-            config.ticket_keys as usize,
-            config.ticket_rotate.0.as_secs(),
-            source,
-            count,
-        )
-        .map_err(|e| e.to_string())?;
-        if let Opened::Rebuilt(why) = &opened {
-            tracing::warn!(
-                "ticket ring {}: rebuilt, earlier tickets are lost: {why}",
-                path.display()
-            );
-        }
-        Some((Arc::new(ring), opened))
-    } else {
-        None
-    };
     let tickets = ring.as_ref().map(|(r, _)| Arc::clone(r));
     let (server_config, cert_source) =
         tls::server_config(&config, sessions.clone(), tickets.clone())
             .map_err(|e| e.to_string())?;
-    let upstream_addr = match config.upstream {
-        Upstream::Addr(addr) => addr,
-        Upstream::Builtin => upstream::start_builtin()
-            .map_err(|e| format!("starting the built-in upstream on 127.0.0.1: {e}"))?,
-    };
+
     let listeners =
         worker::bind_listeners(config.listen, count, config.backlog).map_err(|e| e.to_string())?;
+    // Duplicates of the listening sockets, to shut them down on SIGTERM
+    // while the workers own the originals.
+    let shutters = listeners
+        .iter()
+        .map(|l| l.try_clone().map(socket2::Socket::from))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("duplicating a listening socket: {e}"))?;
     let cpus = worker::plan_cpus(count, config.pin_cpus);
+    let steering = format!(
+        "{} (kernel SO_REUSEPORT hash over the workers' listeners)",
+        config.steering.render()
+    );
     let mut sources: Vec<Arc<dyn PerWorkerCounters>> = Vec::new();
     if let Some(c) = &sessions {
         sources.push(Arc::clone(c) as Arc<dyn PerWorkerCounters>);
@@ -223,17 +307,23 @@ fn run(config: Config) -> Result<(), String> {
         sources.push(Arc::clone(r) as Arc<dyn PerWorkerCounters>);
     }
     let stats = Arc::new(Stats::new(&cpus, sources));
+    let live = Arc::new(Live::new(
+        config.clone(),
+        server_config,
+        args.file.clone(),
+        args.overrides.clone(),
+        sessions,
+        tickets,
+        set_log_level,
+    ));
+    let upstream_addr = live
+        .upstream()
+        .map_err(|e| format!("starting the built-in upstream on 127.0.0.1: {e}"))?;
     let socket = config.control_socket_path();
-    control::serve(&socket, Arc::clone(&stats), config.clone()).map_err(|e| e.to_string())?;
-
-    let settings = worker::WorkerSettings {
-        tls: server_config,
-        upstream: upstream_addr,
-        connect_timeout: config.connect_timeout.0,
-        buffer_size: usize::try_from(config.buffer_size.0).unwrap_or(usize::MAX),
-    };
-    let handles =
-        worker::start(listeners, settings, Arc::clone(&stats)).map_err(|e| e.to_string())?;
+    control::serve(&socket, Arc::clone(&stats), Arc::clone(&live)).map_err(|e| e.to_string())?;
+    handle_signals(Arc::clone(&live), shutters)?;
+    let handles = worker::start(listeners, Arc::clone(&live), Arc::clone(&stats))
+        .map_err(|e| e.to_string())?;
 
     let cache_line = match &cache {
         Some((c, opened)) => format!(
@@ -241,11 +331,7 @@ fn run(config: Config) -> Result<(), String> {
             c.path().display(),
             c.capacity(),
             config.cache_timeout.0.as_secs(),
-            match opened {
-                Opened::Reused => "sessions kept from before",
-                Opened::Created => "new",
-                Opened::Rebuilt(_) => "rebuilt",
-            }
+            describe_opened(opened, "sessions kept from before")
         ),
         None => "off".to_string(),
     };
@@ -256,11 +342,7 @@ fn run(config: Config) -> Result<(), String> {
             r.rotate_secs(),
             config.ticket_source.render(),
             r.path().display(),
-            match opened {
-                Opened::Reused => "keys kept from before",
-                Opened::Created => "new",
-                Opened::Rebuilt(_) => "rebuilt",
-            },
+            describe_opened(opened, "keys kept from before"),
             r.lifetime_secs()
         ),
         None if config.tls13_mode == Tls13Mode::Stateful => {
@@ -275,13 +357,53 @@ fn run(config: Config) -> Result<(), String> {
         &cert_source,
         upstream_addr,
         &socket,
+        &steering,
         &[("session cache", cache_line), ("tickets", tickets_line)],
     );
+    let mut panicked = false;
     for handle in handles {
-        if handle.join().is_err() {
-            return Err("a worker thread panicked".into());
-        }
+        panicked |= handle.join().is_err();
     }
+    let _ = std::fs::remove_file(&socket);
+    if panicked {
+        return Err("a worker thread panicked".into());
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP reloads; SIGTERM and SIGINT drain: the listening sockets are shut
+/// down (pending accepts end, the workers stop accepting) and each worker
+/// waits for its connections up to `worker.drain_secs`.
+fn handle_signals(live: Arc<Live>, listeners: Vec<socket2::Socket>) -> Result<(), String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("tlsfront-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    match live.reload() {
+                        Ok(summary) => tracing::info!("SIGHUP: {}", summary.trim_end()),
+                        Err(e) => tracing::error!("SIGHUP: {e}"),
+                    }
+                    continue;
+                }
+                if live.draining() {
+                    continue;
+                }
+                tracing::info!(
+                    "signal {signal}: draining, no new connections; open ones get up to {:?}",
+                    live.config().drain_secs.0
+                );
+                live.start_draining();
+                for listener in &listeners {
+                    let _ = listener.shutdown(std::net::Shutdown::Read);
+                }
+            }
+        })
+        .map_err(|e| format!("starting the signal thread: {e}"))?;
     Ok(())
 }
 
@@ -291,6 +413,7 @@ fn print_summary(
     cert: &CertSource,
     upstream_addr: std::net::SocketAddr,
     socket: &std::path::Path,
+    steering: &str,
     resumption: &[(&str, String)],
 ) {
     let addr = config.listen;
@@ -321,11 +444,11 @@ fn print_summary(
         "tlsfront {version}
   listening on   {addr} (TLS {versions})
   workers        {count} ({pinning})
-  steering       {steering} (kernel SO_REUSEPORT hash over the workers' listeners)
+  steering       {steering}
   certificate    {cert}
   upstream       {upstream}
-{resumption}  control socket {socket}  (tlsfront stats -o control.socket={socket})
-  {keys} keys in effect: tlsfront sysctl -a
+{resumption}  control socket {socket}
+  {keys} keys: tlsfront sysctl -a --socket {socket}; counters: tlsfront stats --socket {socket}
 try:
   curl -k https://{host}:{port}/
   openssl s_client -connect {host}:{port} -reconnect </dev/null
@@ -333,7 +456,6 @@ tlsfront: ready
 ",
         version = env!("CARGO_PKG_VERSION"),
         count = cpus.len(),
-        steering = config.steering.render(),
         socket = socket.display(),
         keys = KEYS.len(),
         resumption = resumption

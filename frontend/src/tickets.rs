@@ -221,8 +221,8 @@ pub struct TicketKeyRing {
     path: PathBuf,
     keys: usize,
     period: AtomicU64,
-    source: KeySource,
-    fingerprint: u64,
+    source: ArcSwap<KeySource>,
+    fingerprint: AtomicU64,
     decoded: ArcSwap<Decoded>,
     counters: Box<[TicketCounters]>,
 }
@@ -262,8 +262,8 @@ impl TicketKeyRing {
             path: path.to_path_buf(),
             keys,
             period: AtomicU64::new(rotate_secs.max(1)),
-            fingerprint: source.fingerprint(),
-            source,
+            fingerprint: AtomicU64::new(source.fingerprint()),
+            source: ArcSwap::from_pointee(source),
             decoded: ArcSwap::from_pointee(Decoded {
                 seq: u64::MAX,
                 epoch: 0,
@@ -279,6 +279,14 @@ impl TicketKeyRing {
     /// The shared file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Changes where keys come from (a re-read `file:` secret); the shared
+    /// ring is rebuilt from it at the next use.
+    pub fn set_source(&self, source: KeySource) {
+        let fingerprint = source.fingerprint();
+        self.source.store(Arc::new(source));
+        self.fingerprint.store(fingerprint, Ordering::Release);
     }
 
     /// Changes the rotation period; the ring follows at the next use.
@@ -331,7 +339,7 @@ impl TicketKeyRing {
         seq & 1 == 0
             && w[W_EPOCH].load(Ordering::Relaxed) == epoch
             && w[W_PERIOD].load(Ordering::Relaxed) == period
-            && w[W_SOURCE].load(Ordering::Relaxed) == self.fingerprint
+            && w[W_SOURCE].load(Ordering::Relaxed) == self.fingerprint.load(Ordering::Acquire)
             && w[W_RING_CHECK].load(Ordering::Relaxed) == self.ring_check_now()
     }
 
@@ -372,7 +380,7 @@ impl TicketKeyRing {
                 continue;
             }
             let entries = &raw[..self.keys * ENTRY_WORDS];
-            if source != self.fingerprint
+            if source != self.fingerprint.load(Ordering::Acquire)
                 || ring_check_words(period, epoch, source, entries) != check
             {
                 return None;
@@ -414,9 +422,11 @@ impl TicketKeyRing {
         // Release fence: a reader seeing any store below sees the odd
         // sequence too, and retries.
         fence(Ordering::Release);
+        let source = self.source.load_full();
+        let fingerprint = source.fingerprint();
         let old_epoch = w[W_EPOCH].load(Ordering::Relaxed);
         let old_period = w[W_PERIOD].load(Ordering::Relaxed);
-        let same_source = w[W_SOURCE].load(Ordering::Relaxed) == self.fingerprint
+        let same_source = w[W_SOURCE].load(Ordering::Relaxed) == fingerprint
             && w[W_RING_CHECK].load(Ordering::Relaxed) == self.ring_check_now();
         let n = self.keys;
         let old: Vec<u64> = w[W_ENTRIES..W_ENTRIES + n * ENTRY_WORDS]
@@ -438,11 +448,11 @@ impl TicketKeyRing {
         for i in 0..n {
             let entry = &w[W_ENTRIES + i * ENTRY_WORDS..W_ENTRIES + (i + 1) * ENTRY_WORDS];
             let key_epoch = (epoch + 1).wrapping_sub(i as u64);
-            let words: Zeroizing<[u64; ENTRY_WORDS]> = match (&self.source, i.checked_sub(shift)) {
+            let words: Zeroizing<[u64; ENTRY_WORDS]> = match (&*source, i.checked_sub(shift)) {
                 (KeySource::Random, Some(j)) => {
                     Zeroizing::new(std::array::from_fn(|k| old[j * ENTRY_WORDS + k]))
                 }
-                _ => encode_key(&self.source.key_for(key_epoch)),
+                _ => encode_key(&source.key_for(key_epoch)),
             };
             for (dst, v) in entry.iter().zip(words.iter()) {
                 dst.store(*v, Ordering::Relaxed);
@@ -450,7 +460,7 @@ impl TicketKeyRing {
         }
         w[W_PERIOD].store(period, Ordering::Relaxed);
         w[W_EPOCH].store(epoch, Ordering::Relaxed);
-        w[W_SOURCE].store(self.fingerprint, Ordering::Relaxed);
+        w[W_SOURCE].store(fingerprint, Ordering::Relaxed);
         w[W_RING_CHECK].store(self.ring_check_now(), Ordering::Relaxed);
         // Release: everything above is visible to whoever acquires the new
         // even sequence. Fails only if a stale-rotation recovery took over.

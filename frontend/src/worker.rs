@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::ServerConnection;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::Notify;
 use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::control::Live;
 use crate::metrics::{Stats, WorkerStats};
 use crate::proxy::Relay;
 
@@ -43,19 +44,6 @@ pub enum WorkerError {
     /// A worker stopped before it was ready.
     #[error("worker {index} failed to start: {reason}")]
     Start { index: usize, reason: String },
-}
-
-/// What every connection of one worker needs.
-#[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    /// The rustls configuration shared by all workers.
-    pub tls: Arc<ServerConfig>,
-    /// Where plaintext goes.
-    pub upstream: SocketAddr,
-    /// How long an upstream connect may take.
-    pub connect_timeout: Duration,
-    /// `proxy.buffer_size`: bytes buffered per connection and direction.
-    pub buffer_size: usize,
 }
 
 /// One listening socket per worker, all bound to `addr` with SO_REUSEPORT so
@@ -100,20 +88,22 @@ pub fn plan_cpus(count: usize, pin: bool) -> Vec<Option<usize>> {
 }
 
 /// Starts one worker thread per listener and waits until each accepts.
+/// Workers read the running configuration from `live` for every new
+/// connection.
 pub fn start(
     listeners: Vec<std::net::TcpListener>,
-    settings: WorkerSettings,
+    live: Arc<Live>,
     stats: Arc<Stats>,
 ) -> Result<Vec<JoinHandle<()>>, WorkerError> {
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
     let mut handles = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
-        let settings = settings.clone();
+        let live = Arc::clone(&live);
         let stats = Arc::clone(&stats);
         let ready = ready_tx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("tlsfront-w{index}"))
-            .spawn(move || run_worker(index, listener, settings, stats, ready))
+            .spawn(move || run_worker(index, listener, live, stats, ready))
             .map_err(|source| WorkerError::Spawn { index, source })?;
         handles.push(handle);
     }
@@ -135,7 +125,7 @@ pub fn start(
 
 struct Worker {
     index: usize,
-    settings: WorkerSettings,
+    live: Arc<Live>,
     stats: Arc<Stats>,
 }
 
@@ -148,7 +138,7 @@ impl Worker {
 fn run_worker(
     index: usize,
     listener: std::net::TcpListener,
-    settings: WorkerSettings,
+    live: Arc<Live>,
     stats: Arc<Stats>,
     ready: mpsc::Sender<(usize, Result<(), String>)>,
 ) {
@@ -158,17 +148,14 @@ fn run_worker(
             warn!(worker = index, cpu, "could not pin the worker to its CPU");
         }
     }
-    let worker = Rc::new(Worker {
-        index,
-        settings,
-        stats,
-    });
+    let worker = Rc::new(Worker { index, live, stats });
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         tokio_uring::start(async move {
             let listener = TcpListener::from_std(listener);
             // The receiver only goes away when start-up failed elsewhere.
             let _ = ready.send((index, Ok(())));
-            accept_loop(listener, worker).await;
+            accept_loop(&listener, &worker).await;
+            drain(&worker).await;
         })
     }));
     if outcome.is_err() {
@@ -176,12 +163,23 @@ fn run_worker(
     }
 }
 
-async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
+async fn accept_loop(listener: &TcpListener, worker: &Rc<Worker>) {
     loop {
-        match listener.accept().await {
+        let accepted = listener.accept().await;
+        if worker.live.draining() {
+            // SIGTERM shut the listening socket down, which ends the
+            // pending accept; a connection accepted in that instant is
+            // still served.
+            if let Ok((stream, peer)) = accepted {
+                let worker = Rc::clone(worker);
+                tokio_uring::spawn(async move { serve(stream, peer, worker).await });
+            }
+            return;
+        }
+        match accepted {
             Ok((stream, peer)) => {
                 WorkerStats::inc(&worker.counters().accepted);
-                let worker = Rc::clone(&worker);
+                let worker = Rc::clone(worker);
                 tokio_uring::spawn(async move { serve(stream, peer, worker).await });
             }
             Err(e) => {
@@ -202,6 +200,26 @@ async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
             }
         }
     }
+}
+
+/// After accepting stopped: waits for this worker's connections to end, at
+/// most `worker.drain_secs`; whatever is still open then is closed when the
+/// runtime drops its tasks.
+async fn drain(worker: &Worker) {
+    let deadline = tokio::time::Instant::now() + worker.live.config().drain_secs.0;
+    let active = &worker.counters().active;
+    while active.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            warn!(
+                worker = worker.index,
+                open = active.load(std::sync::atomic::Ordering::Relaxed),
+                "drain time over: closing the connections still open"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    info!(worker = worker.index, "drained: no connection left");
 }
 
 /// errno values accept(2) reports for resource exhaustion.
@@ -233,14 +251,18 @@ async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
     let _active = ActiveGuard::new(stats);
     // Handshake flights are small writes; Nagle would delay them.
     let _ = client.set_nodelay(true);
-    let tls = match ServerConnection::new(Arc::clone(&worker.settings.tls)) {
+    // One snapshot for the whole connection: a reload or sysctl -w applies
+    // to connections that start after it.
+    let config = worker.live.config();
+    let tls = match ServerConnection::new(worker.live.tls()) {
         Ok(tls) => tls,
         Err(e) => {
             warn!(worker = worker.index, %peer, "cannot create TLS session: {e}");
             return;
         }
     };
-    let mut relay = Relay::new(tls, worker.settings.buffer_size);
+    let buffer_size = usize::try_from(config.buffer_size.0).unwrap_or(usize::MAX);
+    let mut relay = Relay::new(tls, buffer_size);
     if let Err(reason) = handshake(&client, &mut relay).await {
         WorkerStats::inc(&stats.handshake_errors);
         info!(worker = worker.index, %peer, "handshake failed: {reason}");
@@ -261,12 +283,17 @@ async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
         "handshake done"
     );
 
-    let upstream_addr = worker.settings.upstream;
-    let connect = tokio::time::timeout(
-        worker.settings.connect_timeout,
-        TcpStream::connect(upstream_addr),
-    )
-    .await;
+    let upstream_addr = match worker.live.upstream() {
+        Ok(addr) => addr,
+        Err(e) => {
+            WorkerStats::inc(&stats.upstream_errors);
+            warn!(worker = worker.index, %peer, "cannot start the built-in upstream: {e}");
+            close_client(&client, &mut relay).await;
+            return;
+        }
+    };
+    let connect_timeout = config.connect_timeout.0;
+    let connect = tokio::time::timeout(connect_timeout, TcpStream::connect(upstream_addr)).await;
     let upstream = match connect {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(e)) => {
@@ -280,8 +307,7 @@ async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
             warn!(
                 worker = worker.index,
                 %peer,
-                "upstream {upstream_addr}: no answer within {:?}; closing the client",
-                worker.settings.connect_timeout
+                "upstream {upstream_addr}: no answer within {connect_timeout:?}; closing the client"
             );
             close_client(&client, &mut relay).await;
             return;

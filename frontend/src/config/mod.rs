@@ -27,10 +27,33 @@ pub struct KeyInfo {
     pub kind: &'static str,
     /// Default, in the same syntax a config file uses.
     pub default: &'static str,
-    /// Whether the key can be changed on a running process.
-    pub runtime: bool,
+    /// How a new value reaches a running process.
+    pub change: Change,
     /// One-line documentation.
     pub doc: &'static str,
+}
+
+/// How a key's new value reaches a running process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// `tlsfront sysctl -w` applies it at once, to every worker.
+    Live,
+    /// Edit the file, then `tlsfront reload` (or SIGHUP): new connections
+    /// use it, open ones keep what they had.
+    Reload,
+    /// Only a restart applies it.
+    Restart,
+}
+
+impl Change {
+    /// The word the reference page uses.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Change::Live => "live (sysctl -w)",
+            Change::Reload => "reload",
+            Change::Restart => "restart",
+        }
+    }
 }
 
 /// Why a configuration could not be used. Every variant names where the
@@ -88,20 +111,20 @@ pub const SNI_KEYS: &[KeyInfo] = &[
         name: "tls.sni.<name>.cert",
         kind: "path",
         default: "",
-        runtime: false,
+        change: Change::Reload,
         doc: "Certificate chain (PEM) served to clients that ask for server name <name>.",
     },
     KeyInfo {
         name: "tls.sni.<name>.key",
         kind: "path",
         default: "",
-        runtime: false,
+        change: Change::Reload,
         doc: "Private key (PEM) for tls.sni.<name>.cert.",
     },
 ];
 
 macro_rules! config_keys {
-    ($( $field:ident : $ty:ty = $default:literal, $key:literal, runtime = $rt:literal, $doc:literal; )*) => {
+    ($( $field:ident : $ty:ty = $default:literal, $key:literal, change = $rt:ident, $doc:literal; )*) => {
         /// The effective configuration: one typed field per key of [`KEYS`],
         /// plus the per-name SNI certificates.
         #[derive(Debug, Clone)]
@@ -117,7 +140,7 @@ macro_rules! config_keys {
                 name: $key,
                 kind: <$ty as ConfigValue>::KIND,
                 default: $default,
-                runtime: $rt,
+                change: Change::$rt,
                 doc: $doc,
             }, )*
         ];
@@ -153,57 +176,59 @@ macro_rules! config_keys {
 }
 
 config_keys! {
-    listen: std::net::SocketAddr = "127.0.0.1:8443", "net.listen", runtime = false,
+    listen: std::net::SocketAddr = "127.0.0.1:8443", "net.listen", change = Restart,
         "Address and port the TLS listeners bind (every worker binds it with SO_REUSEPORT).";
-    backlog: u32 = "1024", "net.backlog", runtime = false,
+    backlog: u32 = "1024", "net.backlog", change = Restart,
         "Listen backlog of each worker's socket.";
-    steering: Steering = "none", "net.steering", runtime = false,
+    steering: Steering = "none", "net.steering", change = Restart,
         "How connections reach workers: none = the kernel's SO_REUSEPORT hash.";
-    workers: WorkerCount = "auto", "worker.count", runtime = false,
+    workers: WorkerCount = "auto", "worker.count", change = Restart,
         "Number of workers (threads, one io_uring each); auto = one per online CPU.";
-    pin_cpus: bool = "1", "worker.pin_cpus", runtime = false,
+    drain_secs: Duration = "30s", "worker.drain_secs", change = Live,
+        "On SIGTERM: stop accepting, then wait this long for open connections to finish before closing them.";
+    pin_cpus: bool = "1", "worker.pin_cpus", change = Restart,
         "Pin worker n to the n-th online CPU (1) or let the scheduler move them (0).";
-    cert: OptPath = "", "tls.cert", runtime = false,
+    cert: OptPath = "", "tls.cert", change = Reload,
         "Default certificate chain (PEM); empty = a self-signed certificate for localhost made at start.";
-    key: OptPath = "", "tls.key", runtime = false,
+    key: OptPath = "", "tls.key", change = Reload,
         "Private key (PEM: PKCS#8, PKCS#1 or SEC1; ECDSA, RSA or Ed25519) of tls.cert.";
-    alpn: List = "", "tls.alpn", runtime = false,
+    alpn: List = "", "tls.alpn", change = Reload,
         "ALPN protocols offered, in preference order, comma-separated (e.g. h2,http/1.1); empty = no ALPN.";
-    protocols: Protocols = "1.2,1.3", "tls.protocols", runtime = false,
+    protocols: Protocols = "1.2,1.3", "tls.protocols", change = Reload,
         "TLS versions accepted, comma-separated, from 1.2 and 1.3.";
-    upstream: Upstream = "builtin", "upstream.addr", runtime = false,
+    upstream: Upstream = "builtin", "upstream.addr", change = Live,
         "Where plaintext goes: IP:PORT, or builtin = a tiny HTTP responder inside tlsfront on a loopback port.";
-    connect_timeout: Duration = "5s", "upstream.connect_timeout", runtime = false,
+    connect_timeout: Duration = "5s", "upstream.connect_timeout", change = Live,
         "How long to wait for the upstream to accept before closing the client.";
-    buffer_size: Size = "64k", "proxy.buffer_size", runtime = false,
+    buffer_size: Size = "64k", "proxy.buffer_size", change = Live,
         "Bytes buffered per connection and direction before reading from that side pauses (backpressure).";
-    cache_enabled: bool = "1", "cache.enabled", runtime = false,
+    cache_enabled: bool = "1", "cache.enabled", change = Restart,
         "Keep TLS 1.2 session IDs and TLS 1.3 stateful tickets in the shared session cache (0 = no server-side sessions).";
-    cache_path: AutoPath = "auto", "cache.path", runtime = false,
+    cache_path: AutoPath = "auto", "cache.path", change = Restart,
         "The shared cache file (mode 0600, best on tmpfs); auto = /dev/shm/tlsfront-<port>.cache.";
-    cache_size: Size = "64m", "cache.size", runtime = false,
+    cache_size: Size = "64m", "cache.size", change = Restart,
         "Size of the cache file; fixed, it never grows (512 bytes per session).";
-    cache_timeout: Duration = "300s", "cache.timeout_secs", runtime = false,
+    cache_timeout: Duration = "300s", "cache.timeout_secs", change = Live,
         "How long a cached session can be resumed (like nginx's ssl_session_timeout).";
-    tickets_enabled: bool = "1", "tickets.enabled", runtime = false,
+    tickets_enabled: bool = "1", "tickets.enabled", change = Restart,
         "Issue session tickets sealed by the shared ticket-key ring (TLS 1.2 tickets; TLS 1.3 tickets in stateless mode).";
-    tls13_mode: Tls13Mode = "stateless", "tickets.tls13_mode", runtime = false,
+    tls13_mode: Tls13Mode = "stateless", "tickets.tls13_mode", change = Restart,
         "TLS 1.3 resumption: stateless = ring-sealed tickets; stateful = ticket IDs in the shared cache, redeemable once box-wide (needed for 0-RTT; rustls then issues no TLS 1.2 tickets, which resume by session ID).";
-    ticket_keys: u32 = "3", "tickets.keys", runtime = false,
+    ticket_keys: u32 = "3", "tickets.keys", change = Restart,
         "Keys in the ring: next, current and previous ones (3 to 16); a ticket lives (keys - 2) x rotate_secs.";
-    ticket_rotate: Duration = "1h", "tickets.rotate_secs", runtime = false,
+    ticket_rotate: Duration = "1h", "tickets.rotate_secs", change = Live,
         "Ticket-key rotation period; epochs are aligned to unix time so hosts agree.";
-    ticket_source: KeySourceSpec = "random", "tickets.key_source", runtime = false,
+    ticket_source: KeySourceSpec = "random", "tickets.key_source", change = Reload,
         "random = OS random keys kept in the shared ring file; file:PATH = keys derived (HKDF-SHA256) from a secret of 32+ bytes shared by a fleet.";
-    tickets_path: AutoPath = "auto", "tickets.path", runtime = false,
+    tickets_path: AutoPath = "auto", "tickets.path", change = Restart,
         "The shared ticket-key ring file (mode 0600, keep it on tmpfs); auto = /dev/shm/tlsfront-<port>.tickets.";
-    tls13_tickets: u32 = "2", "tls.tls13_tickets", runtime = false,
+    tls13_tickets: u32 = "2", "tls.tls13_tickets", change = Reload,
         "Tickets sent after each TLS 1.3 handshake.";
-    early_data_max: Size = "0", "tls.early_data_max", runtime = false,
+    early_data_max: Size = "0", "tls.early_data_max", change = Reload,
         "Most 0-RTT bytes accepted per connection; 0 = 0-RTT off. Needs tickets.tls13_mode = stateful (single-use tickets box-wide against replay).";
-    control_socket: AutoPath = "auto", "control.socket", runtime = false,
+    control_socket: AutoPath = "auto", "control.socket", change = Restart,
         "Unix socket (mode 0600) for stats and sysctl queries; auto = /dev/shm/tlsfront-<port>.sock.";
-    log_level: LogLevel = "info", "log.level", runtime = false,
+    log_level: LogLevel = "info", "log.level", change = Live,
         "Log verbosity on stderr: error, warn, info, debug or trace.";
 }
 
@@ -437,7 +462,12 @@ pub fn reference_markdown() -> String {
          unit stops the process with the file, line and key named. A key set twice in one file \
          is an error.\n\n",
     );
-    out.push_str("| key | type | default | run time | description |\n");
+    out.push_str(
+        "Changes take effect `live` (`tlsfront sysctl -w key=value` on the running process, every \
+         worker at once), on `reload` (edit the file, then `tlsfront reload` or SIGHUP: new \
+         connections use it, open ones are untouched), or only on `restart`.\n\n",
+    );
+    out.push_str("| key | type | default | takes effect | description |\n");
     out.push_str("|---|---|---|---|---|\n");
     for k in KEYS.iter().chain(SNI_KEYS) {
         let default = if k.default.is_empty() {
@@ -445,7 +475,7 @@ pub fn reference_markdown() -> String {
         } else {
             format!("`{}`", k.default)
         };
-        let rt = if k.runtime { "yes" } else { "restart" };
+        let rt = k.change.describe();
         let _ = writeln!(
             out,
             "| `{}` | {} | {} | {} | {} |",

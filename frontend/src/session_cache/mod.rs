@@ -85,7 +85,7 @@ pub struct SessionCache {
     path: PathBuf,
     sets: usize,
     seed: u64,
-    timeout_secs: u64,
+    timeout_secs: AtomicU64,
     counters: Box<[CacheCounters]>,
 }
 
@@ -143,10 +143,15 @@ impl SessionCache {
             path: path.to_path_buf(),
             sets,
             seed,
-            timeout_secs,
+            timeout_secs: AtomicU64::new(timeout_secs),
             counters: (0..=workers).map(|_| CacheCounters::default()).collect(),
         };
         Ok((cache, opened))
+    }
+
+    /// Changes how long sessions stored from now on live.
+    pub fn set_timeout_secs(&self, secs: u64) {
+        self.timeout_secs.store(secs, Ordering::Relaxed);
     }
 
     /// The file this cache maps.
@@ -299,7 +304,8 @@ impl SessionCache {
     /// when it does not fit a slot or every slot of its set is being
     /// written at this instant.
     pub fn put(&self, key: &[u8], value: &[u8]) -> bool {
-        self.put_with_expiry(key, value, unix_now().saturating_add(self.timeout_secs))
+        let timeout = self.timeout_secs.load(Ordering::Relaxed);
+        self.put_with_expiry(key, value, unix_now().saturating_add(timeout))
     }
 
     /// [`put`](Self::put) with an explicit expiry (unix seconds).
