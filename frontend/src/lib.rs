@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod session_cache;
 pub mod shm;
+pub mod steering;
 pub mod tickets;
 pub mod tls;
 pub mod upstream;

@@ -322,6 +322,14 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
     let socket = config.control_socket_path();
     control::serve(&socket, Arc::clone(&stats), Arc::clone(&live)).map_err(|e| e.to_string())?;
     handle_signals(Arc::clone(&live), shutters)?;
+    let metrics_line = match config.metrics_listen.0 {
+        Some(addr) => {
+            let bound = tlsfront::metrics::serve_prometheus(addr, Arc::clone(&stats))
+                .map_err(|e| format!("metrics.listen {addr}: {e}"))?;
+            format!("http://{bound}/metrics (Prometheus)")
+        }
+        None => "off (metrics.listen)".to_string(),
+    };
     let handles = worker::start(listeners, Arc::clone(&live), Arc::clone(&stats))
         .map_err(|e| e.to_string())?;
 
@@ -358,7 +366,11 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         upstream_addr,
         &socket,
         &steering,
-        &[("session cache", cache_line), ("tickets", tickets_line)],
+        &[
+            ("session cache", cache_line),
+            ("tickets", tickets_line),
+            ("metrics", metrics_line),
+        ],
     );
     let mut panicked = false;
     for handle in handles {

@@ -23,6 +23,89 @@ pub fn current_worker() -> Option<usize> {
     CURRENT_WORKER.with(Cell::get)
 }
 
+/// What a store saw while rustls processed one flight of a handshake:
+/// together with the protocol version it tells how the handshake resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeHint {
+    /// The session cache returned a session for a TLS 1.2 session ID.
+    CacheGet,
+    /// The session cache redeemed a TLS 1.3 single-use ticket.
+    CacheTake,
+    /// The ticket-key ring opened a ticket.
+    TicketOpened,
+}
+
+thread_local! {
+    static RESUME_HINT: Cell<Option<ResumeHint>> = const { Cell::new(None) };
+}
+
+/// Records what a store just did for the handshake being processed on this
+/// thread (rustls calls the stores synchronously, on the worker's thread).
+pub fn note_resume_hint(hint: ResumeHint) {
+    RESUME_HINT.with(|h| h.set(Some(hint)));
+}
+
+/// Takes the hint left by the stores, if any.
+pub fn take_resume_hint() -> Option<ResumeHint> {
+    RESUME_HINT.with(Cell::take)
+}
+
+/// How a completed handshake got its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumption {
+    /// A full handshake.
+    Full,
+    /// TLS 1.2, session ID found in the shared cache.
+    SessionId,
+    /// TLS 1.2, ticket opened by the ring.
+    Tls12Ticket,
+    /// TLS 1.3 PSK from a ring-sealed ticket.
+    Tls13Ticket,
+    /// TLS 1.3 PSK from a single-use ticket in the shared cache.
+    Tls13Stateful,
+}
+
+impl Resumption {
+    /// The word the access log and metrics use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resumption::Full => "full",
+            Resumption::SessionId => "id",
+            Resumption::Tls12Ticket => "ticket",
+            Resumption::Tls13Ticket => "tls13",
+            Resumption::Tls13Stateful => "tls13-stateful",
+        }
+    }
+}
+
+/// Upper bounds (microseconds) of the handshake-duration histogram buckets;
+/// a last, unbounded bucket follows.
+pub const HANDSHAKE_BUCKETS_US: [u64; 12] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000,
+];
+
+/// A histogram of handshake durations (one worker writes it).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Count per bucket of [`HANDSHAKE_BUCKETS_US`], then the overflow.
+    pub buckets: [AtomicU64; HANDSHAKE_BUCKETS_US.len() + 1],
+    /// Sum of all observations, microseconds.
+    pub sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = HANDSHAKE_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(HANDSHAKE_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
 /// A component with counters kept per worker (e.g. the session cache).
 pub trait PerWorkerCounters: Send + Sync {
     /// Named counters of worker `worker`.
@@ -35,6 +118,8 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct WorkerStats {
             $( #[doc = $doc] pub $field: AtomicU64, )*
+            /// Durations of completed handshakes.
+            pub handshake_duration: Histogram,
         }
 
         /// A point-in-time copy of [`WorkerStats`] (or their sum).
@@ -67,8 +152,15 @@ macro_rules! counters {
 counters! {
     accepted: "Connections accepted.",
     handshakes: "TLS handshakes completed.",
+    full_tls12: "Full TLS 1.2 handshakes.",
+    full_tls13: "Full TLS 1.3 handshakes.",
     resumed_tls12: "TLS 1.2 handshakes that resumed a session.",
     resumed_tls13: "TLS 1.3 handshakes that resumed a session (PSK).",
+    resumed_tls12_id: "TLS 1.2 resumptions by session ID (shared cache).",
+    resumed_tls12_ticket: "TLS 1.2 resumptions by ticket (ticket-key ring).",
+    resumed_tls13_ticket: "TLS 1.3 resumptions with a ring-sealed ticket.",
+    resumed_tls13_stateful: "TLS 1.3 resumptions with a single-use ticket from the shared cache.",
+    early_data_accepted: "Connections whose 0-RTT data was accepted.",
     handshake_errors: "Connections closed before or during the handshake (bad TLS, timeouts, resets).",
     active: "Connections open now.",
     upstream_errors: "Upstream connects that failed or timed out, and upstream resets.",
@@ -77,6 +169,22 @@ counters! {
 }
 
 impl WorkerStats {
+    /// Counts a completed handshake by how it resumed.
+    pub fn count_handshake(&self, how: Resumption, tls13: bool, took: std::time::Duration) {
+        Self::inc(&self.handshakes);
+        self.handshake_duration.observe(took);
+        let (by_version, by_mechanism) = match how {
+            Resumption::Full if tls13 => return Self::inc(&self.full_tls13),
+            Resumption::Full => return Self::inc(&self.full_tls12),
+            Resumption::SessionId => (&self.resumed_tls12, &self.resumed_tls12_id),
+            Resumption::Tls12Ticket => (&self.resumed_tls12, &self.resumed_tls12_ticket),
+            Resumption::Tls13Ticket => (&self.resumed_tls13, &self.resumed_tls13_ticket),
+            Resumption::Tls13Stateful => (&self.resumed_tls13, &self.resumed_tls13_stateful),
+        };
+        Self::inc(by_version);
+        Self::inc(by_mechanism);
+    }
+
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -175,4 +283,165 @@ pub fn render_table(json: &serde_json::Value) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Renders every counter in the Prometheus text exposition format (0.0.4).
+pub fn prometheus_text(stats: &Stats) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP tlsfront_build_info tlsfront version.");
+    let _ = writeln!(out, "# TYPE tlsfront_build_info gauge");
+    let _ = writeln!(
+        out,
+        "tlsfront_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let snaps: Vec<(usize, Snapshot)> = stats
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(i, (_, w))| (i, w.snapshot()))
+        .collect();
+
+    let _ = writeln!(
+        out,
+        "# HELP tlsfront_handshakes_total TLS handshakes by result and version."
+    );
+    let _ = writeln!(out, "# TYPE tlsfront_handshakes_total counter");
+    for (w, s) in &snaps {
+        for (result, version, n) in [
+            ("full", "1.2", s.full_tls12),
+            ("full", "1.3", s.full_tls13),
+            ("resumed", "1.2", s.resumed_tls12),
+            ("resumed", "1.3", s.resumed_tls13),
+            ("error", "unknown", s.handshake_errors),
+        ] {
+            let _ = writeln!(
+                out,
+                "tlsfront_handshakes_total{{result=\"{result}\",version=\"{version}\",worker=\"{w}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tlsfront_resumptions_total Resumed handshakes by mechanism."
+    );
+    let _ = writeln!(out, "# TYPE tlsfront_resumptions_total counter");
+    for (w, s) in &snaps {
+        for (mechanism, n) in [
+            ("tls12_session_id", s.resumed_tls12_id),
+            ("tls12_ticket", s.resumed_tls12_ticket),
+            ("tls13_ticket", s.resumed_tls13_ticket),
+            ("tls13_stateful", s.resumed_tls13_stateful),
+        ] {
+            let _ = writeln!(
+                out,
+                "tlsfront_resumptions_total{{mechanism=\"{mechanism}\",worker=\"{w}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tlsfront_active_connections Connections open now."
+    );
+    let _ = writeln!(out, "# TYPE tlsfront_active_connections gauge");
+    for (w, s) in &snaps {
+        let _ = writeln!(
+            out,
+            "tlsfront_active_connections{{worker=\"{w}\"}} {}",
+            s.active
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tlsfront_handshake_duration_seconds Time from accept to a completed handshake."
+    );
+    let _ = writeln!(out, "# TYPE tlsfront_handshake_duration_seconds histogram");
+    for (w, (_, stats)) in stats.workers.iter().enumerate() {
+        let h = &stats.handshake_duration;
+        let mut cumulative = 0;
+        for (i, bound) in HANDSHAKE_BUCKETS_US.iter().enumerate() {
+            cumulative += h.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "tlsfront_handshake_duration_seconds_bucket{{worker=\"{w}\",le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        cumulative += h.buckets[HANDSHAKE_BUCKETS_US.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "tlsfront_handshake_duration_seconds_bucket{{worker=\"{w}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "tlsfront_handshake_duration_seconds_sum{{worker=\"{w}\"}} {}",
+            h.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "tlsfront_handshake_duration_seconds_count{{worker=\"{w}\"}} {cumulative}"
+        );
+    }
+    // Every other counter, of the workers and of the components (cache,
+    // tickets, steering), one family each.
+    let covered = [
+        "handshakes",
+        "full_tls12",
+        "full_tls13",
+        "resumed_tls12",
+        "resumed_tls13",
+        "resumed_tls12_id",
+        "resumed_tls12_ticket",
+        "resumed_tls13_ticket",
+        "resumed_tls13_stateful",
+        "handshake_errors",
+        "active",
+    ];
+    let mut families: std::collections::BTreeMap<&'static str, Vec<(usize, u64)>> =
+        Default::default();
+    for (w, s) in &snaps {
+        let fields = s
+            .fields()
+            .into_iter()
+            .chain(stats.sources.iter().flat_map(|src| src.worker_counters(*w)));
+        for (name, value) in fields.filter(|(n, _)| !covered.contains(n)) {
+            families.entry(name).or_default().push((*w, value));
+        }
+    }
+    for (name, values) in families {
+        let _ = writeln!(out, "# TYPE tlsfront_{name}_total counter");
+        for (w, v) in values {
+            let _ = writeln!(out, "tlsfront_{name}_total{{worker=\"{w}\"}} {v}");
+        }
+    }
+    out
+}
+
+/// Serves [`prometheus_text`] over HTTP on `addr` (any path), on its own
+/// thread so that a slow scraper never delays a worker.
+pub fn serve_prometheus(
+    addr: std::net::SocketAddr,
+    stats: Arc<Stats>,
+) -> std::io::Result<std::net::SocketAddr> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("tlsfront-metrics".into())
+        .spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head);
+                let body = prometheus_text(&stats);
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        })?;
+    Ok(bound)
 }

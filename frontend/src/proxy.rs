@@ -14,6 +14,8 @@ use std::io::{self, Read, Write};
 
 use rustls::ServerConnection;
 
+use crate::metrics::Resumption;
+
 /// Why a connection cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -34,6 +36,7 @@ pub struct Relay {
     client_done: bool,
     upstream_done: bool,
     early_bytes: u64,
+    hint: Option<crate::metrics::ResumeHint>,
 }
 
 impl Relay {
@@ -48,6 +51,7 @@ impl Relay {
             client_done: false,
             upstream_done: false,
             early_bytes: 0,
+            hint: None,
         }
     }
 
@@ -61,6 +65,22 @@ impl Relay {
         self.early_bytes
     }
 
+    /// How the completed handshake got its session.
+    pub fn resumption(&self) -> Resumption {
+        use crate::metrics::ResumeHint;
+        if self.tls.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+            return Resumption::Full;
+        }
+        match (self.tls.protocol_version(), self.hint) {
+            (Some(rustls::ProtocolVersion::TLSv1_3), Some(ResumeHint::CacheTake)) => {
+                Resumption::Tls13Stateful
+            }
+            (Some(rustls::ProtocolVersion::TLSv1_3), _) => Resumption::Tls13Ticket,
+            (_, Some(ResumeHint::TicketOpened)) => Resumption::Tls12Ticket,
+            _ => Resumption::SessionId,
+        }
+    }
+
     /// Still handshaking: nothing is relayed yet.
     pub fn is_handshaking(&self) -> bool {
         self.tls.is_handshaking()
@@ -70,7 +90,14 @@ impl Relay {
     pub fn receive_from_client(&mut self, mut data: &[u8]) -> Result<(), RelayError> {
         while !data.is_empty() && !self.client_done {
             let n = self.tls.read_tls(&mut data).map_err(RelayError::Buffer)?;
-            self.tls.process_new_packets()?;
+            // rustls calls the session stores synchronously in here, on
+            // this thread: what they note belongs to this connection.
+            let _ = crate::metrics::take_resume_hint();
+            let processed = self.tls.process_new_packets();
+            if let Some(hint) = crate::metrics::take_resume_hint() {
+                self.hint = Some(hint);
+            }
+            processed?;
             self.drain_plaintext()?;
             if n == 0 {
                 // close_notify received: rustls reads nothing after it.

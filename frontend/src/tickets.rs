@@ -523,6 +523,7 @@ impl TicketKeyRing {
                     _ => &counters.decrypted_older,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                metrics::note_resume_hint(metrics::ResumeHint::TicketOpened);
                 Some(plain)
             }
             None => {

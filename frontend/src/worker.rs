@@ -263,23 +263,24 @@ async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
     };
     let buffer_size = usize::try_from(config.buffer_size.0).unwrap_or(usize::MAX);
     let mut relay = Relay::new(tls, buffer_size);
+    let started = std::time::Instant::now();
     if let Err(reason) = handshake(&client, &mut relay).await {
         WorkerStats::inc(&stats.handshake_errors);
         info!(worker = worker.index, %peer, "handshake failed: {reason}");
         return;
     }
-    WorkerStats::inc(&stats.handshakes);
-    if relay.tls().handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-        match relay.tls().protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => WorkerStats::inc(&stats.resumed_tls13),
-            _ => WorkerStats::inc(&stats.resumed_tls12),
-        }
+    let resumption = relay.resumption();
+    let tls13 = relay.tls().protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    stats.count_handshake(resumption, tls13, started.elapsed());
+    if relay.early_data_bytes() > 0 {
+        WorkerStats::inc(&stats.early_data_accepted);
     }
     debug!(
         worker = worker.index,
         %peer,
         version = ?relay.tls().protocol_version(),
         sni = relay.tls().server_name().unwrap_or("-"),
+        resumed = resumption.name(),
         "handshake done"
     );
 
@@ -327,6 +328,8 @@ async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
         stats,
         peer,
         worker: worker.index,
+        bytes_up: Cell::new(0),
+        bytes_down: Cell::new(0),
     };
     // The four directions run as one task: none of them is ever dropped
     // mid-operation (a dropped io_uring read could lose the bytes it read).
@@ -336,6 +339,32 @@ async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
         conn.upstream_reader(),
         conn.upstream_writer()
     );
+    if config.log_access {
+        let relay = conn.relay.borrow();
+        let tls = relay.tls();
+        let alpn = tls.alpn_protocol().map(String::from_utf8_lossy);
+        info!(
+            target: "tlsfront::access",
+            client = %peer,
+            sni = tls.server_name().unwrap_or("-"),
+            alpn = alpn.as_deref().unwrap_or("-"),
+            version = tls_version(tls.protocol_version()),
+            resumed = resumption.name(),
+            bytes_in = conn.bytes_up.get(),
+            bytes_out = conn.bytes_down.get(),
+            ms = started.elapsed().as_millis() as u64,
+            worker = worker.index,
+            "access"
+        );
+    }
+}
+
+fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
+    match v {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "-",
+    }
 }
 
 /// Reads from the client until the handshake is complete, writing each
@@ -398,6 +427,9 @@ struct Connection<'a> {
     stats: &'a WorkerStats,
     peer: SocketAddr,
     worker: usize,
+    /// Plaintext bytes client → upstream and upstream → client.
+    bytes_up: Cell<u64>,
+    bytes_down: Cell<u64>,
 }
 
 impl Connection<'_> {
@@ -484,6 +516,7 @@ impl Connection<'_> {
                 return;
             }
             WorkerStats::add(&self.stats.bytes_client_to_upstream, n);
+            self.bytes_up.set(self.bytes_up.get() + n);
         }
     }
 
@@ -528,6 +561,7 @@ impl Connection<'_> {
                 }
             }
             WorkerStats::add(&self.stats.bytes_upstream_to_client, n as u64);
+            self.bytes_down.set(self.bytes_down.get() + n as u64);
         }
     }
 

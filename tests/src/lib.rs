@@ -29,6 +29,8 @@ pub use rustls;
 pub use rustls::pki_types::CertificateDer;
 pub use tempfile::TempDir;
 
+pub mod cache_value;
+
 /// How long `tlsfront run` may take to print `tlsfront: ready`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a short CLI command (`sysctl`, `stats`, a config error) may take.
@@ -241,8 +243,8 @@ enum StartError {
 
 impl Frontend {
     /// Starts `tlsfront run -o k=v ...` with its own free port (`net.listen`) and
-    /// its own control socket and session cache file in its own temp dir, unless
-    /// `opts` sets them.
+    /// its own control socket, session cache file and ticket-key ring file in its
+    /// own temp dir, unless `opts` sets them.
     /// Waits for `tlsfront: ready` (at most [`READY_TIMEOUT`]).
     pub fn start(opts: &[(&str, &str)]) -> Frontend {
         Self::start_with_config(None, opts)
@@ -287,6 +289,10 @@ impl Frontend {
             // Its own cache file, so that tests never share sessions.
             let c = dir.path().join("session.cache");
             all.push(("cache.path".into(), c.display().to_string()));
+        }
+        if !has("tickets.path") {
+            let t = dir.path().join("tickets.ring");
+            all.push(("tickets.path".into(), t.display().to_string()));
         }
         all.extend(opts.iter().map(|(k, v)| (k.to_string(), v.to_string())));
 
@@ -498,6 +504,9 @@ pub struct Counters {
     pub upstream_errors: u64,
     pub bytes_client_to_upstream: u64,
     pub bytes_upstream_to_client: u64,
+    /// Every unsigned integer field of the JSON object, by name, including
+    /// those without a field above (`resumed_tls12`, `cache_hits`, ...).
+    pub all: std::collections::BTreeMap<String, u64>,
 }
 
 /// Output of `tlsfront stats --json`.
@@ -526,7 +535,23 @@ impl Counters {
             upstream_errors: num("upstream_errors")?,
             bytes_client_to_upstream: num("bytes_client_to_upstream")?,
             bytes_upstream_to_client: num("bytes_upstream_to_client")?,
+            all: obj
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect(),
         })
+    }
+
+    /// The counter `name` (e.g. `resumed_tls12`, `cache_hits`); panics, listing
+    /// the counters present, if the JSON had no such field.
+    pub fn get(&self, name: &str) -> u64 {
+        match self.all.get(name) {
+            Some(v) => *v,
+            None => panic!(
+                "stats have no counter {name:?}; present: {:?}",
+                self.all.keys().collect::<Vec<_>>()
+            ),
+        }
     }
 }
 
@@ -542,6 +567,11 @@ impl Stats {
             .collect::<Result<Vec<_>, _>>()?;
         let total = Counters::from_json(v.get("total").ok_or("missing object \"total\"")?)?;
         Ok(Stats { workers, total })
+    }
+
+    /// Counter `name` of each worker, by worker index (see [`Counters::get`]).
+    pub fn per_worker(&self, name: &str) -> Vec<u64> {
+        self.workers.iter().map(|w| w.get(name)).collect()
     }
 }
 
@@ -1302,6 +1332,59 @@ pub fn https_get(
 ) -> io::Result<(Vec<u8>, End)> {
     let mut c = TlsClient::connect(addr, config, server_name)?;
     Ok(c.request(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", IO_TIMEOUT))
+}
+
+// ---------------------------------------------------------------------------
+// Session resumption
+// ---------------------------------------------------------------------------
+
+/// A client config like [`client_config`] whose sessions (TLS 1.2 session IDs,
+/// TLS 1.3 tickets) are kept across connections in its own
+/// `ClientSessionMemoryCache`: every connection made with it (or a clone of the
+/// `Arc`) offers the last session it got from a server of that name. Build a
+/// new one for a client that remembers nothing.
+pub fn resuming_client_config(spec: &ClientSpec) -> Arc<rustls::ClientConfig> {
+    let mut cfg = (*client_config(spec)).clone();
+    cfg.resumption = rustls::client::Resumption::store(Arc::new(
+        rustls::client::ClientSessionMemoryCache::new(64),
+    ));
+    Arc::new(cfg)
+}
+
+impl TlsClient {
+    /// Did the handshake resume a session (TLS 1.2 session ID or TLS 1.3 PSK)?
+    pub fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+}
+
+/// What one [`visit`] saw.
+#[derive(Debug, Clone)]
+pub struct Visit {
+    /// The handshake resumed a session.
+    pub resumed: bool,
+    pub version: Option<rustls::ProtocolVersion>,
+    /// The response started with an HTTP 200 status line.
+    pub http_200: bool,
+    pub end: End,
+}
+
+/// One connection: handshake, `GET /`, read until the server ends the stream.
+/// Reading to the end also processes the TLS 1.3 tickets the server sends after
+/// the handshake, so a resuming `config` holds them afterwards.
+pub fn visit(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    server_name: &str,
+) -> io::Result<Visit> {
+    let mut c = TlsClient::connect(addr, config, server_name)?;
+    let (resp, end) = c.request(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", IO_TIMEOUT);
+    Ok(Visit {
+        resumed: c.resumed(),
+        version: c.version(),
+        http_200: is_http_200(&resp),
+        end,
+    })
 }
 
 /// True if `resp` starts with an HTTP 200 status line.

@@ -13,9 +13,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 pub use values::{
-    AutoPath, ConfigValue, Duration, KeySourceSpec, List, LogLevel, OptPath, Protocols, Size,
-    Steering, Tls13Mode, Upstream, WorkerCount,
+    AutoPath, ConfigValue, Duration, KeySourceSpec, List, LogLevel, OptAddr, OptPath, Protocols,
+    Size, Steering, Tls13Mode, Upstream, WorkerCount,
 };
+pub use values::{Interface, SteeringFallback, XdpMode};
 
 /// Description of one configuration key, as listed by `sysctl -a` and in
 /// `docs/config.md`.
@@ -181,7 +182,15 @@ config_keys! {
     backlog: u32 = "1024", "net.backlog", change = Restart,
         "Listen backlog of each worker's socket.";
     steering: Steering = "none", "net.steering", change = Restart,
-        "How connections reach workers: none = the kernel's SO_REUSEPORT hash.";
+        "How connections reach workers: none = the kernel's SO_REUSEPORT hash; reuseport = an SK_REUSEPORT program gives each connection to the worker pinned to the CPU that handles its SYN; xdp = an XDP program on net.xdp.interface first moves each connection to a worker's CPU (hash of its addresses and ports, CPUMAP), plus reuseport. Needs CAP_BPF and CAP_NET_ADMIN.";
+    steering_fallback: SteeringFallback = "reuseport", "net.steering.fallback", change = Restart,
+        "When net.steering cannot be set up (no privileges, no kernel support): reuseport = try reuseport, then none; none = use none; fail = stop with an error. The start-up summary says what is in effect.";
+    xdp_interface: Interface = "", "net.xdp.interface", change = Restart,
+        "Interface the XDP program attaches to (net.steering = xdp); the one the clients' packets arrive on.";
+    xdp_mode: XdpMode = "auto", "net.xdp.mode", change = Restart,
+        "XDP attach mode: native (driver), generic (skb, any interface), or auto = native if the driver has it, else generic.";
+    xdp_queue_size: u32 = "2048", "net.xdp.queue_size", change = Restart,
+        "Frames queued per CPU in the CPUMAP between the receiving CPU and a worker's CPU (1 to 16384).";
     workers: WorkerCount = "auto", "worker.count", change = Restart,
         "Number of workers (threads, one io_uring each); auto = one per online CPU.";
     drain_secs: Duration = "30s", "worker.drain_secs", change = Live,
@@ -228,8 +237,12 @@ config_keys! {
         "Most 0-RTT bytes accepted per connection; 0 = 0-RTT off. Needs tickets.tls13_mode = stateful (single-use tickets box-wide against replay).";
     control_socket: AutoPath = "auto", "control.socket", change = Restart,
         "Unix socket (mode 0600) for stats and sysctl queries; auto = /dev/shm/tlsfront-<port>.sock.";
+    metrics_listen: OptAddr = "", "metrics.listen", change = Restart,
+        "Prometheus text endpoint (HTTP, any path), e.g. 127.0.0.1:9143; empty = off.";
     log_level: LogLevel = "info", "log.level", change = Live,
         "Log verbosity on stderr: error, warn, info, debug or trace.";
+    log_access: bool = "0", "log.access", change = Live,
+        "One line per finished connection (info level): client, SNI, ALPN, TLS version, how it resumed (full, id, ticket, tls13, tls13-stateful), bytes each way, duration, worker.";
 }
 
 impl Config {
@@ -390,6 +403,15 @@ impl Config {
                 "tickets.tls13_mode",
                 "stateful keeps TLS 1.3 tickets in the session cache: needs cache.enabled = 1",
             );
+        }
+        if self.steering == Steering::Xdp && self.xdp_interface.0.is_none() {
+            return bad(
+                "net.xdp.interface",
+                "net.steering = xdp needs the interface the clients' packets arrive on",
+            );
+        }
+        if !(1..=16384).contains(&self.xdp_queue_size) {
+            return bad("net.xdp.queue_size", "must be from 1 to 16384");
         }
         let keys = self.ticket_keys as usize;
         if !(crate::tickets::MIN_KEYS..=crate::tickets::MAX_KEYS).contains(&keys) {

@@ -243,22 +243,126 @@ impl ConfigValue for WorkerCount {
 pub enum Steering {
     /// Plain kernel SO_REUSEPORT hashing over the workers' listeners.
     None,
+    /// An SK_REUSEPORT program picks the listener of the worker pinned to
+    /// the CPU that processes the connection's SYN.
+    Reuseport,
+    /// An XDP program on `net.xdp.interface` moves each connection to the
+    /// CPU of a worker (hash of the 4-tuple, CPUMAP), plus `reuseport`.
+    Xdp,
 }
 
 impl ConfigValue for Steering {
-    const KIND: &'static str = "none";
+    const KIND: &'static str = "xdp | reuseport | none";
     fn parse(raw: &str) -> Result<Self, String> {
         match raw {
             "none" => Ok(Steering::None),
+            "reuseport" => Ok(Steering::Reuseport),
+            "xdp" => Ok(Steering::Xdp),
             _ => Err(format!(
-                "{raw:?} is not a steering mode this build has: none (kernel SO_REUSEPORT hash)"
+                "{raw:?} is not a steering mode: xdp, reuseport or none (kernel SO_REUSEPORT hash)"
             )),
         }
     }
     fn render(&self) -> String {
         match self {
-            Steering::None => "none".to_string(),
+            Steering::None => "none",
+            Steering::Reuseport => "reuseport",
+            Steering::Xdp => "xdp",
         }
+        .to_string()
+    }
+}
+
+/// `net.steering.fallback`: what to do when the chosen steering cannot be
+/// set up (no privileges, no kernel support, no eBPF object in this build).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteeringFallback {
+    /// Try `reuseport` (then `none`).
+    Reuseport,
+    /// Use `none`.
+    None,
+    /// Stop with an error.
+    Fail,
+}
+
+impl ConfigValue for SteeringFallback {
+    const KIND: &'static str = "reuseport | none | fail";
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "reuseport" => Ok(SteeringFallback::Reuseport),
+            "none" => Ok(SteeringFallback::None),
+            "fail" => Ok(SteeringFallback::Fail),
+            _ => Err(format!("{raw:?} is not reuseport, none or fail")),
+        }
+    }
+    fn render(&self) -> String {
+        match self {
+            SteeringFallback::Reuseport => "reuseport",
+            SteeringFallback::None => "none",
+            SteeringFallback::Fail => "fail",
+        }
+        .to_string()
+    }
+}
+
+/// `net.xdp.mode`: how the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native (driver) mode if the driver supports it, else generic.
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode only: works on every interface, slower.
+    Generic,
+}
+
+impl ConfigValue for XdpMode {
+    const KIND: &'static str = "auto | native | generic";
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "auto" => Ok(XdpMode::Auto),
+            "native" => Ok(XdpMode::Native),
+            "generic" => Ok(XdpMode::Generic),
+            _ => Err(format!("{raw:?} is not auto, native or generic")),
+        }
+    }
+    fn render(&self) -> String {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+        .to_string()
+    }
+}
+
+/// A network interface name, or none (empty).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Interface(pub Option<String>);
+
+impl ConfigValue for Interface {
+    const KIND: &'static str = "interface name";
+    fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Ok(Interface(None));
+        }
+        // IFNAMSIZ is 16 with the NUL; the kernel refuses '/', ':' and spaces.
+        let valid = raw.len() < 16
+            && raw != "."
+            && raw != ".."
+            && !raw
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
+        if valid {
+            Ok(Interface(Some(raw.to_string())))
+        } else {
+            Err(format!(
+                "{raw:?} is not an interface name (at most 15 characters, no '/', ':' or spaces)"
+            ))
+        }
+    }
+    fn render(&self) -> String {
+        self.0.clone().unwrap_or_default()
     }
 }
 
@@ -431,5 +535,22 @@ impl ConfigValue for KeySourceSpec {
             KeySourceSpec::Random => "random".to_string(),
             KeySourceSpec::File(p) => format!("file:{}", p.display()),
         }
+    }
+}
+
+/// An optional `IP:PORT`; empty = off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OptAddr(pub Option<SocketAddr>);
+
+impl ConfigValue for OptAddr {
+    const KIND: &'static str = "IP:PORT or empty";
+    fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Ok(OptAddr(None));
+        }
+        <SocketAddr as ConfigValue>::parse(raw).map(|a| OptAddr(Some(a)))
+    }
+    fn render(&self) -> String {
+        self.0.map(|a| a.to_string()).unwrap_or_default()
     }
 }

@@ -282,6 +282,11 @@ impl SessionCache {
                 slot[S_SEQ].store(seq + 2, Ordering::Release);
             }
             counters.hits.fetch_add(1, Ordering::Relaxed);
+            metrics::note_resume_hint(if remove {
+                metrics::ResumeHint::CacheTake
+            } else {
+                metrics::ResumeHint::CacheGet
+            });
             return Some(value);
         }
         counters.misses.fetch_add(1, Ordering::Relaxed);
@@ -318,6 +323,7 @@ impl SessionCache {
         let hash = key_hash(self.seed, key);
         let set = self.set_of(hash);
         let now = unix_now();
+        let entry = Entry::new(hash, expiry, key, value);
         for _ in 0..WAYS {
             let Some((way, seq, victim)) = self.choose_victim(set, hash, now) else {
                 counters.contended.fetch_add(1, Ordering::Relaxed);
@@ -338,7 +344,7 @@ impl SessionCache {
                 Victim::Expired => counters.expired.fetch_add(1, Ordering::Relaxed),
                 Victim::Empty | Victim::SameKey => 0,
             };
-            if self.write_slot(slot, claimed, hash, expiry, key, value, now) {
+            if self.write_slot(slot, claimed, &entry, now) {
                 counters.inserts.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
@@ -387,44 +393,64 @@ impl SessionCache {
         best.map(|(way, seq, kind, _)| (way, seq, kind))
     }
 
-    /// Fills a slot this writer claimed (sequence `claimed`, odd) and
-    /// publishes it. False if another writer took the slot over meanwhile
-    /// (this one stalled past [`STALE_CLAIM_SECS`]); the checksum then
-    /// keeps readers from trusting the mix.
-    #[allow(clippy::too_many_arguments)]
-    fn write_slot(
-        &self,
-        slot: &[AtomicU64],
-        claimed: u64,
-        hash: u64,
-        expiry: u64,
-        key: &[u8],
-        value: &[u8],
-        now: u64,
-    ) -> bool {
+    /// Fills a slot this writer claimed (sequence `claimed`, odd) with an
+    /// entry prepared beforehand, and publishes it. False if another writer
+    /// took the slot over meanwhile (this one stalled past
+    /// [`STALE_CLAIM_SECS`]); the checksum then keeps readers from trusting
+    /// the mix.
+    fn write_slot(&self, slot: &[AtomicU64], claimed: u64, entry: &Entry, now: u64) -> bool {
         slot[S_CLAIMED].store(now, Ordering::Relaxed);
         // Release fence: a reader that sees any store below also sees the
         // odd sequence stored before this fence, and so retries.
         fence(Ordering::Release);
-        let lens = pack_lens(key.len(), value.len());
-        slot[S_HASH].store(hash, Ordering::Relaxed);
-        slot[S_EXPIRY].store(expiry, Ordering::Relaxed);
-        slot[S_LENS].store(lens, Ordering::Relaxed);
-        slot[S_CHECK].store(entry_check(lens, expiry, key, value), Ordering::Relaxed);
-        let mut bytes = [0u8; DATA_BYTES];
-        bytes[..key.len()].copy_from_slice(key);
-        bytes[key.len()..key.len() + value.len()].copy_from_slice(value);
-        let words = (key.len() + value.len()).div_ceil(8);
-        for (w, chunk) in slot[S_DATA..].iter().zip(bytes.chunks_exact(8)).take(words) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+        slot[S_HASH].store(entry.hash, Ordering::Relaxed);
+        slot[S_EXPIRY].store(entry.expiry, Ordering::Relaxed);
+        slot[S_LENS].store(entry.lens, Ordering::Relaxed);
+        slot[S_CHECK].store(entry.check, Ordering::Relaxed);
+        for (w, v) in slot[S_DATA..].iter().zip(&entry.data[..entry.words]) {
+            w.store(*v, Ordering::Relaxed);
         }
         // Release: everything above is visible to a reader whose Acquire
         // load sees the new even sequence.
         slot[S_SEQ]
             .compare_exchange(claimed, claimed + 1, Ordering::Release, Ordering::Relaxed)
             .is_ok()
+    }
+}
+
+/// A slot's contents, computed before the slot is claimed so that the
+/// claim is held (and a crash can strand it) for as short a time as
+/// possible.
+struct Entry {
+    hash: u64,
+    expiry: u64,
+    lens: u64,
+    check: u64,
+    data: [u64; SLOT_WORDS - S_DATA],
+    words: usize,
+}
+
+impl Entry {
+    /// `key` and `value` must fit a slot (checked by the caller).
+    fn new(hash: u64, expiry: u64, key: &[u8], value: &[u8]) -> Entry {
+        let lens = pack_lens(key.len(), value.len());
+        let mut bytes = [0u8; DATA_BYTES];
+        bytes[..key.len()].copy_from_slice(key);
+        bytes[key.len()..key.len() + value.len()].copy_from_slice(value);
+        let mut data = [0u64; SLOT_WORDS - S_DATA];
+        for (w, chunk) in data.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            *w = u64::from_le_bytes(b);
+        }
+        Entry {
+            hash,
+            expiry,
+            lens,
+            check: entry_check(lens, expiry, key, value),
+            data,
+            words: (key.len() + value.len()).div_ceil(8),
+        }
     }
 }
 
