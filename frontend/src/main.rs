@@ -295,11 +295,11 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("duplicating a listening socket: {e}"))?;
     let cpus = worker::plan_cpus(count, config.pin_cpus);
-    let steering = format!(
-        "{} (kernel SO_REUSEPORT hash over the workers' listeners)",
-        config.steering.render()
-    );
+    // Kept until run() returns: dropping it removes XDP and SK_REUSEPORT.
+    let steering_handle = tlsfront::steering::setup(&config, &listeners, &cpus)?;
+    let steering = steering_handle.description().to_string();
     let mut sources: Vec<Arc<dyn PerWorkerCounters>> = Vec::new();
+    sources.extend(steering_handle.counters());
     if let Some(c) = &sessions {
         sources.push(Arc::clone(c) as Arc<dyn PerWorkerCounters>);
     }

@@ -130,11 +130,7 @@ impl Drop for Steering {
         if let Err(e) = self.detach_xdp() {
             warn!("steering: {e}");
         }
-        if let Some(map) = self
-            .ebpf
-            .as_mut()
-            .and_then(|e| e.map_mut(names::SOCKETS))
-        {
+        if let Some(map) = self.ebpf.as_mut().and_then(|e| e.map_mut(names::SOCKETS)) {
             if let Ok(mut sockets) = ReusePortSockArray::try_from(map) {
                 for cpu in self.registered.drain(..) {
                     let _ = sockets.clear_index(&cpu);
@@ -410,12 +406,11 @@ fn attach_xdp(
     interface: &str,
     mode: XdpMode,
 ) -> Result<(aya::programs::xdp::XdpLinkId, bool), String> {
-    let native = || program_attach(program, interface, AyaXdpMode::Driver);
     match mode {
-        XdpMode::Native => native().map(|l| (l, true)),
-        XdpMode::Generic => {
-            program_attach(program, interface, AyaXdpMode::Skb).map(|l| (l, false))
+        XdpMode::Native => {
+            program_attach(program, interface, AyaXdpMode::Driver).map(|l| (l, true))
         }
+        XdpMode::Generic => program_attach(program, interface, AyaXdpMode::Skb).map(|l| (l, false)),
         XdpMode::Auto => match program_attach(program, interface, AyaXdpMode::Driver) {
             Ok(link) => {
                 info!("steering: XDP attached to {interface} in native mode");

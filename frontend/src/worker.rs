@@ -315,6 +315,17 @@ async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
         }
     };
     let _ = upstream.set_nodelay(true);
+    if config.proxy_protocol.0 > 0 {
+        let local = local_addr(&client).unwrap_or(config.listen);
+        let header = crate::proxy::proxy_protocol_header(config.proxy_protocol.0, peer, local);
+        let (res, _) = upstream.write_all(header).await;
+        if let Err(e) = res {
+            WorkerStats::inc(&stats.upstream_errors);
+            warn!(worker = worker.index, %peer, "upstream {upstream_addr}: writing the PROXY header: {e}");
+            close_client(&client, &mut relay).await;
+            return;
+        }
+    }
     let conn = Connection {
         client,
         upstream,
@@ -357,6 +368,18 @@ async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
             "access"
         );
     }
+}
+
+/// The address the client connected to (for the PROXY header).
+fn local_addr(stream: &TcpStream) -> Option<SocketAddr> {
+    use nix::sys::socket::{getsockname, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let addr: SockaddrStorage = getsockname(stream.as_raw_fd()).ok()?;
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {

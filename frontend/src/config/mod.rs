@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use values::{
     AutoPath, ConfigValue, Duration, KeySourceSpec, List, LogLevel, OptAddr, OptPath, Protocols,
-    Size, Steering, Tls13Mode, Upstream, WorkerCount,
+    ProxyProtocol, Size, Steering, Tls13Mode, Upstream, WorkerCount,
 };
 pub use values::{Interface, SteeringFallback, XdpMode};
 
@@ -207,6 +207,8 @@ config_keys! {
         "TLS versions accepted, comma-separated, from 1.2 and 1.3.";
     upstream: Upstream = "builtin", "upstream.addr", change = Live,
         "Where plaintext goes: IP:PORT, or builtin = a tiny HTTP responder inside tlsfront on a loopback port.";
+    proxy_protocol: ProxyProtocol = "0", "upstream.proxy_protocol", change = Live,
+        "Send the client's address to the upstream first: 0 = no, 1 = PROXY protocol v1 (text), 2 = v2 (binary).";
     connect_timeout: Duration = "5s", "upstream.connect_timeout", change = Live,
         "How long to wait for the upstream to accept before closing the client.";
     buffer_size: Size = "64k", "proxy.buffer_size", change = Live,

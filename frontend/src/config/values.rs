@@ -554,3 +554,24 @@ impl ConfigValue for OptAddr {
         self.0.map(|a| a.to_string()).unwrap_or_default()
     }
 }
+
+/// `upstream.proxy_protocol`: 0 (off), 1 or 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyProtocol(pub u8);
+
+impl ConfigValue for ProxyProtocol {
+    const KIND: &'static str = "0 | 1 | 2";
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "0" => Ok(ProxyProtocol(0)),
+            "1" => Ok(ProxyProtocol(1)),
+            "2" => Ok(ProxyProtocol(2)),
+            _ => Err(format!(
+                "{raw:?} is not 0 (off), 1 or 2 (PROXY protocol version)"
+            )),
+        }
+    }
+    fn render(&self) -> String {
+        self.0.to_string()
+    }
+}
