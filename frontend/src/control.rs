@@ -40,7 +40,7 @@ use crate::tickets::{KeySource, TicketKeyRing};
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// Another live process already answers on this path.
-    #[error("control socket {}: another tlsfront is running there", path.display())]
+    #[error("control socket {}: another tlsfront is running there (to replace it, start the new one with --takeover, then stop the old one)", path.display())]
     InUse { path: PathBuf },
     /// An I/O error on the socket at `path`.
     #[error("control socket {}: {what}: {source}", path.display())]
@@ -62,22 +62,51 @@ fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> C
     }
 }
 
+/// The bound control socket; on exit, [`ControlSocket::remove`] deletes
+/// the path only if it is still this process's socket (a successor that
+/// took it over keeps its own).
+pub struct ControlSocket {
+    path: PathBuf,
+    inode: u64,
+}
+
+impl ControlSocket {
+    /// Removes the socket file if it is still ours.
+    pub fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Binds the control socket and answers on a background thread.
 ///
 /// A leftover socket file from a process that died is replaced; one on
-/// which a process still answers is an error.
-pub fn serve(path: &Path, stats: Arc<Stats>, live: Arc<Live>) -> Result<(), ControlError> {
+/// which a process still answers is an error, unless `takeover` (a new
+/// process replacing a draining one: the old one keeps its bound socket,
+/// the path now leads to the new one).
+pub fn serve(
+    path: &Path,
+    stats: Arc<Stats>,
+    live: Arc<Live>,
+    takeover: bool,
+) -> Result<ControlSocket, ControlError> {
+    use std::os::unix::fs::MetadataExt;
     if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+        if !takeover && UnixStream::connect(path).is_ok() {
             return Err(ControlError::InUse {
                 path: path.to_path_buf(),
             });
         }
-        std::fs::remove_file(path).map_err(io_err(path, "removing the stale socket"))?;
+        std::fs::remove_file(path).map_err(io_err(path, "removing the previous socket"))?;
     }
     let listener = UnixListener::bind(path).map_err(io_err(path, "bind"))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(io_err(path, "chmod 0600"))?;
+    let inode = std::fs::symlink_metadata(path)
+        .map_err(io_err(path, "stat"))?
+        .ino();
     let owned = path.to_path_buf();
     std::thread::Builder::new()
         .name("tlsfront-control".into())
@@ -89,7 +118,10 @@ pub fn serve(path: &Path, stats: Arc<Stats>, live: Arc<Live>) -> Result<(), Cont
             }
         })
         .map_err(io_err(path, "starting its thread"))?;
-    Ok(())
+    Ok(ControlSocket {
+        path: path.to_path_buf(),
+        inode,
+    })
 }
 
 fn answer(stream: UnixStream, stats: &Stats, live: &Live) -> io::Result<()> {

@@ -18,7 +18,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "\
 usage:
-  tlsfront run    [-c FILE] [-o key=value]...      start the frontend
+  tlsfront run    [-c FILE] [-o key=value]... [--takeover]
+                                                   start the frontend (--takeover: replace a
+                                                   running one on the same control socket)
   tlsfront sysctl -a [-c FILE] [-o key=value]...   every key with its value
   tlsfront sysctl [-c FILE] [-o key=value]... KEY...
   tlsfront sysctl [--socket PATH] -w KEY=VALUE...  change live keys of the running process
@@ -42,6 +44,7 @@ struct Args {
     all: bool,
     write: bool,
     json: bool,
+    takeover: bool,
     socket: Option<PathBuf>,
     keys: Vec<String>,
 }
@@ -56,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
         all: false,
         write: false,
         json: false,
+        takeover: false,
         socket: None,
         keys: Vec::new(),
     };
@@ -66,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
             "-a" | "--all" => args.all = true,
             "-w" | "--write" => args.write = true,
             "--json" => args.json = true,
+            "--takeover" => args.takeover = true,
             "--socket" => args.socket = Some(it.next().ok_or("--socket needs a path")?.into()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             _ => args.keys.push(arg),
@@ -287,6 +292,9 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
 
     let listeners =
         worker::bind_listeners(config.listen, count, config.backlog).map_err(|e| e.to_string())?;
+    if config.migrate_requests {
+        enable_request_migration();
+    }
     // Duplicates of the listening sockets, to shut them down on SIGTERM
     // while the workers own the originals.
     let shutters = listeners
@@ -320,7 +328,13 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         .upstream()
         .map_err(|e| format!("starting the built-in upstream on 127.0.0.1: {e}"))?;
     let socket = config.control_socket_path();
-    control::serve(&socket, Arc::clone(&stats), Arc::clone(&live)).map_err(|e| e.to_string())?;
+    let control_socket = control::serve(
+        &socket,
+        Arc::clone(&stats),
+        Arc::clone(&live),
+        args.takeover,
+    )
+    .map_err(|e| e.to_string())?;
     handle_signals(Arc::clone(&live), shutters)?;
     let metrics_line = match config.metrics_listen.0 {
         Some(addr) => {
@@ -376,12 +390,29 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
     for handle in handles {
         panicked |= handle.join().is_err();
     }
-    let _ = std::fs::remove_file(&socket);
+    control_socket.remove();
     if panicked {
         return Err("a worker thread panicked".into());
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Lets the kernel move connections waiting in a closing listener's queue
+/// to another listener of the same SO_REUSEPORT group (Linux 5.14+), so
+/// that a process draining for an upgrade refuses nothing.
+fn enable_request_migration() {
+    const PATH: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+    match std::fs::read_to_string(PATH) {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => match std::fs::write(PATH, "1") {
+            Ok(()) => tracing::info!("{PATH} set to 1: a draining process hands its queued connections over"),
+            Err(e) => tracing::warn!(
+                "cannot set {PATH} to 1 ({e}): connections queued at a draining process may be reset; set it as root"
+            ),
+        },
+        Err(e) => tracing::warn!("{PATH}: {e}: this kernel cannot migrate queued connections"),
+    }
 }
 
 /// SIGHUP reloads; SIGTERM and SIGINT drain: the listening sockets are shut

@@ -179,6 +179,8 @@ macro_rules! config_keys {
 config_keys! {
     listen: std::net::SocketAddr = "127.0.0.1:8443", "net.listen", change = Restart,
         "Address and port the TLS listeners bind (every worker binds it with SO_REUSEPORT).";
+    migrate_requests: bool = "1", "net.migrate_requests", change = Restart,
+        "Set net.ipv4.tcp_migrate_req = 1 at start (needs root), so connections queued at a draining process move to its successor.";
     backlog: u32 = "1024", "net.backlog", change = Restart,
         "Listen backlog of each worker's socket.";
     steering: Steering = "none", "net.steering", change = Restart,
@@ -506,6 +508,32 @@ pub fn reference_markdown() -> String {
             k.name, k.kind, default, rt, k.doc
         );
     }
+    out
+}
+
+/// `examples/tlsfront.conf`: every key at its default, with its doc as a
+/// comment; generated from [`KEYS`] like the reference page.
+pub fn example_file() -> String {
+    let mut out = String::from(
+        "# tlsfront configuration: every key, at its default value.\n\
+         # Generated from the key table (frontend/src/config/mod.rs); see docs/config.md.\n\
+         # Check a file with: tlsfront sysctl -a -c FILE\n",
+    );
+    let mut section = "";
+    for k in KEYS {
+        let prefix = k.name.split('.').next().unwrap_or("");
+        if prefix != section {
+            section = prefix;
+            let _ = write!(out, "\n# --- {section} ---\n");
+        }
+        let _ = writeln!(out, "# {} [{}; {}]", k.doc, k.kind, k.change.describe());
+        let _ = writeln!(out, "{} = {}", k.name, k.default);
+    }
+    out.push_str(
+        "\n# --- per server name (SNI) certificates ---\n\
+         # tls.sni.api.example.com.cert = /etc/tlsfront/api.example.com.pem\n\
+         # tls.sni.api.example.com.key = /etc/tlsfront/api.example.com.key\n",
+    );
     out
 }
 

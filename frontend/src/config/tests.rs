@@ -173,3 +173,21 @@ fn config_reference_page_is_current() {
         "docs/config.md is stale: run TLSFRONT_UPDATE_DOCS=1 cargo test -p tlsfront config_reference"
     );
 }
+
+/// `examples/tlsfront.conf` lists every key at its default and parses to
+/// exactly the defaults; regenerated with `TLSFRONT_UPDATE_DOCS=1`.
+#[test]
+fn config_reference_example_file_is_current_and_parses_to_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tlsfront.conf");
+    let expected = example_file();
+    if std::env::var_os("TLSFRONT_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &expected).expect("write examples/tlsfront.conf");
+    }
+    let actual = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        actual == expected,
+        "examples/tlsfront.conf is stale: run TLSFRONT_UPDATE_DOCS=1 cargo test -p tlsfront config_reference"
+    );
+    let parsed = parse(&actual).expect("the example parses");
+    assert_eq!(parsed.entries(), Config::default().entries());
+}
