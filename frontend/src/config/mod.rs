@@ -502,10 +502,16 @@ pub fn reference_markdown() -> String {
             format!("`{}`", k.default)
         };
         let rt = k.change.describe();
+        // A `|` inside a cell would end it.
+        let cell = |t: &str| t.replace('|', "\\|");
         let _ = writeln!(
             out,
             "| `{}` | {} | {} | {} | {} |",
-            k.name, k.kind, default, rt, k.doc
+            k.name,
+            cell(k.kind),
+            cell(&default),
+            rt,
+            cell(k.doc)
         );
     }
     out
