@@ -290,6 +290,9 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         tls::server_config(&config, sessions.clone(), tickets.clone())
             .map_err(|e| e.to_string())?;
 
+    if !args.takeover {
+        refuse_if_listening(config.listen)?;
+    }
     let listeners =
         worker::bind_listeners(config.listen, count, config.backlog).map_err(|e| e.to_string())?;
     if config.migrate_requests {
@@ -396,6 +399,27 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SO_REUSEPORT would let a second tlsfront silently share the address with
+/// a running one; only `--takeover` (an upgrade) may do that.
+fn refuse_if_listening(addr: std::net::SocketAddr) -> Result<(), String> {
+    let probe = if addr.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        std::net::SocketAddr::new(loopback, addr.port())
+    } else {
+        addr
+    };
+    match std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(300)) {
+        Ok(_) => Err(format!(
+            "net.listen {addr}: something already listens there; to replace a running tlsfront start the new one with --takeover (see scripts/upgrade.sh)"
+        )),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Lets the kernel move connections waiting in a closing listener's queue

@@ -163,6 +163,8 @@ counters! {
     early_data_accepted: "Connections whose 0-RTT data was accepted.",
     handshake_errors: "Connections closed before or during the handshake (bad TLS, timeouts, resets).",
     active: "Connections open now.",
+    rejected_over_limit: "Connections closed at accept because limits.max_connections was reached.",
+    idle_timeouts: "Connections closed after limits.idle_timeout_secs without traffic.",
     upstream_errors: "Upstream connects that failed or timed out, and upstream resets.",
     bytes_client_to_upstream: "Plaintext bytes relayed from clients to the upstream.",
     bytes_upstream_to_client: "Plaintext bytes relayed from the upstream to clients.",
@@ -410,12 +412,28 @@ pub fn prometheus_text(stats: &Stats) -> String {
         }
     }
     for (name, values) in families {
+        let _ = writeln!(
+            out,
+            "# HELP tlsfront_{name}_total {} (per worker; see tlsfront stats).",
+            counter_help(name)
+        );
         let _ = writeln!(out, "# TYPE tlsfront_{name}_total counter");
         for (w, v) in values {
             let _ = writeln!(out, "tlsfront_{name}_total{{worker=\"{w}\"}} {v}");
         }
     }
     out
+}
+
+/// A one-line description of a counter, from its name.
+fn counter_help(name: &str) -> String {
+    let (component, rest) = match name.split_once('_') {
+        Some(("cache", rest)) => ("session cache", rest),
+        Some(("tickets", rest)) => ("ticket-key ring", rest),
+        Some(("steer", rest)) => ("eBPF steering", rest),
+        _ => ("connections", name),
+    };
+    format!("{component}: {}", rest.replace('_', " "))
 }
 
 /// Serves [`prometheus_text`] over HTTP on `addr` (any path), on its own

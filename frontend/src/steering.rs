@@ -262,14 +262,79 @@ fn setup_ebpf(
         return Err(format!("CPU {too_big} is not a possible CPU"));
     }
 
-    let mut ebpf = EbpfLoader::new()
+    let ebpf = EbpfLoader::new()
         .map_max_entries(names::CPUMAP, possible)
         .map_max_entries(names::SOCKETS, possible)
         .load(EBPF_OBJECT)
         .map_err(|e| format!("loading the eBPF object: {}", explain(&e)))?;
 
+    // From here on `steering` owns the object: when a later step fails,
+    // dropping it undoes the earlier ones (XDP link, SOCKETS entries; a
+    // socket can be in one REUSEPORT_SOCKARRAY only, so the entries must go
+    // before a fallback loads the object again).
+    let mut steering = Steering {
+        active: Active::Reuseport,
+        description: format!("reuseport ({REUSEPORT_TEXT})"),
+        ebpf: Some(ebpf),
+        xdp_link: None,
+        registered: Vec::new(),
+        counters: None,
+    };
+    let ebpf = steering.ebpf.as_mut().expect("set just above");
+    let program: &mut SkReuseport = ebpf
+        .program_mut(names::REUSEPORT_PROGRAM)
+        .ok_or("the eBPF object has no SK_REUSEPORT program")?
+        .try_into()
+        .map_err(|e| explain(&e))?;
+    program
+        .load()
+        .map_err(|e| format!("loading the SK_REUSEPORT program: {}", explain(&e)))?;
+    let stats_map = ebpf
+        .take_map(names::STATS)
+        .ok_or("the eBPF object has no STATS map")?;
+    let stats_map: PerCpuArray<MapData, StatsValue> =
+        PerCpuArray::try_from(stats_map).map_err(|e| explain(&e))?;
+    steering.counters = Some(Arc::new(SteeringCounters {
+        map: Mutex::new(stats_map),
+        cpus: worker_cpus.clone(),
+    }));
+
+    if xdp {
+        let interface = config
+            .xdp_interface
+            .0
+            .clone()
+            .ok_or("net.xdp.interface is not set")?;
+        let ebpf = steering.ebpf.as_mut().expect("set above");
+        setup_xdp_maps(ebpf, config, &worker_cpus)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(names::XDP_PROGRAM)
+            .ok_or("the eBPF object has no XDP program")?
+            .try_into()
+            .map_err(|e| explain(&e))?;
+        program
+            .load()
+            .map_err(|e| format!("loading the XDP program: {}", explain(&e)))?;
+        let (link, native) = attach_xdp(program, &interface, config.xdp_mode)?;
+        steering.xdp_link = Some((link, interface.clone()));
+        steering.active = Active::Xdp { native };
+        steering.description = format!(
+            "xdp ({} on {interface}, CPUMAP queue {}, workers' CPUs {}) + reuseport",
+            if native { "native" } else { "generic" },
+            config.xdp_queue_size,
+            worker_cpus
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
+
     // Listeners: SOCKETS[cpu] = the first worker pinned to that CPU.
-    let mut registered = Vec::new();
+    let Steering {
+        ebpf, registered, ..
+    } = &mut steering;
+    let ebpf = ebpf.as_mut().expect("set above");
     {
         let map = ebpf
             .map_mut(names::SOCKETS)
@@ -292,62 +357,6 @@ fn setup_ebpf(
             registered.push(cpu);
         }
     }
-    let program: &mut SkReuseport = ebpf
-        .program_mut(names::REUSEPORT_PROGRAM)
-        .ok_or("the eBPF object has no SK_REUSEPORT program")?
-        .try_into()
-        .map_err(|e| explain(&e))?;
-    program
-        .load()
-        .map_err(|e| format!("loading the SK_REUSEPORT program: {}", explain(&e)))?;
-    let stats_map = ebpf
-        .take_map(names::STATS)
-        .ok_or("the eBPF object has no STATS map")?;
-    let stats_map: PerCpuArray<MapData, StatsValue> =
-        PerCpuArray::try_from(stats_map).map_err(|e| explain(&e))?;
-    let counters = Arc::new(SteeringCounters {
-        map: Mutex::new(stats_map),
-        cpus: worker_cpus.clone(),
-    });
-
-    let mut steering = Steering {
-        active: Active::Reuseport,
-        description: format!("reuseport ({REUSEPORT_TEXT})"),
-        ebpf: None,
-        xdp_link: None,
-        registered,
-        counters: Some(counters),
-    };
-
-    if xdp {
-        let interface = config
-            .xdp_interface
-            .0
-            .clone()
-            .ok_or("net.xdp.interface is not set")?;
-        setup_xdp_maps(&mut ebpf, config, &worker_cpus)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(names::XDP_PROGRAM)
-            .ok_or("the eBPF object has no XDP program")?
-            .try_into()
-            .map_err(|e| explain(&e))?;
-        program
-            .load()
-            .map_err(|e| format!("loading the XDP program: {}", explain(&e)))?;
-        let (link, native) = attach_xdp(program, &interface, config.xdp_mode)?;
-        steering.active = Active::Xdp { native };
-        steering.description = format!(
-            "xdp ({} on {interface}, CPUMAP queue {}, workers' CPUs {}) + reuseport",
-            if native { "native" } else { "generic" },
-            config.xdp_queue_size,
-            worker_cpus
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        steering.xdp_link = Some((link, interface));
-    }
 
     // Attach SK_REUSEPORT last: until now the kernel's hash was in effect.
     let program: &mut SkReuseport = ebpf
@@ -358,7 +367,6 @@ fn setup_ebpf(
     program
         .attach(&listeners[0])
         .map_err(|e| format!("attaching SK_REUSEPORT to the listeners: {}", explain(&e)))?;
-    steering.ebpf = Some(ebpf);
     info!("steering: {}", steering.description);
     Ok(steering)
 }

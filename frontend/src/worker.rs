@@ -178,7 +178,19 @@ async fn accept_loop(listener: &TcpListener, worker: &Rc<Worker>) {
         }
         match accepted {
             Ok((stream, peer)) => {
-                WorkerStats::inc(&worker.counters().accepted);
+                let counters = worker.counters();
+                WorkerStats::inc(&counters.accepted);
+                let max = worker.live.config().max_connections;
+                if max > 0
+                    && counters.active.load(std::sync::atomic::Ordering::Relaxed) >= u64::from(max)
+                {
+                    // Over the limit: close at once (the client sees a
+                    // reset) rather than let memory grow.
+                    WorkerStats::inc(&counters.rejected_over_limit);
+                    debug!(worker = worker.index, %peer, "limits.max_connections reached: closed");
+                    drop(stream);
+                    continue;
+                }
                 let worker = Rc::clone(worker);
                 tokio_uring::spawn(async move { serve(stream, peer, worker).await });
             }
@@ -264,7 +276,14 @@ async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
     let buffer_size = usize::try_from(config.buffer_size.0).unwrap_or(usize::MAX);
     let mut relay = Relay::new(tls, buffer_size);
     let started = std::time::Instant::now();
-    if let Err(reason) = handshake(&client, &mut relay).await {
+    let limit = config.handshake_timeout.0;
+    let outcome = match tokio::time::timeout(limit, handshake(&client, &mut relay)).await {
+        Ok(outcome) => outcome,
+        // Dropping the handshake cancels its pending read; the connection
+        // is closed right after, so no byte it might have read matters.
+        Err(_) => Err(format!("no complete handshake within {limit:?}")),
+    };
+    if let Err(reason) = outcome {
         WorkerStats::inc(&stats.handshake_errors);
         info!(worker = worker.index, %peer, "handshake failed: {reason}");
         return;
@@ -341,15 +360,23 @@ async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
         worker: worker.index,
         bytes_up: Cell::new(0),
         bytes_down: Cell::new(0),
+        last_activity: Cell::new(std::time::Instant::now()),
+        finished: Cell::new(false),
+        wake_watchdog: Notify::new(),
     };
     // The four directions run as one task: none of them is ever dropped
     // mid-operation (a dropped io_uring read could lose the bytes it read).
-    tokio::join!(
-        conn.client_reader(),
-        conn.client_writer(),
-        conn.upstream_reader(),
-        conn.upstream_writer()
-    );
+    let directions = async {
+        tokio::join!(
+            conn.client_reader(),
+            conn.client_writer(),
+            conn.upstream_reader(),
+            conn.upstream_writer()
+        );
+        conn.finished.set(true);
+        conn.wake_watchdog.notify_one();
+    };
+    tokio::join!(directions, conn.idle_watchdog(config.idle_timeout.0));
     if config.log_access {
         let relay = conn.relay.borrow();
         let tls = relay.tls();
@@ -453,6 +480,11 @@ struct Connection<'a> {
     /// Plaintext bytes client → upstream and upstream → client.
     bytes_up: Cell<u64>,
     bytes_down: Cell<u64>,
+    /// When a byte last moved in either direction.
+    last_activity: Cell<std::time::Instant>,
+    /// All four directions have returned.
+    finished: Cell<bool>,
+    wake_watchdog: Notify,
 }
 
 impl Connection<'_> {
@@ -470,6 +502,31 @@ impl Connection<'_> {
         self.wake_client_writer.notify_one();
         self.wake_upstream_reader.notify_one();
         self.wake_upstream_writer.notify_one();
+    }
+
+    /// Ends the connection when no byte moved either way for `limit`
+    /// (`limits.idle_timeout_secs`); returns when the connection ends.
+    async fn idle_watchdog(&self, limit: Duration) {
+        // Checking once a second (or more often for short limits) keeps the
+        // timer cost per connection negligible; the end of the connection
+        // wakes it at once.
+        let tick = limit
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(10));
+        while !self.finished.get() && !self.failed.get() {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = self.wake_watchdog.notified() => {}
+            }
+            if !self.finished.get() && self.last_activity.get().elapsed() >= limit {
+                WorkerStats::inc(&self.stats.idle_timeouts);
+                self.fail(&format!("idle for {limit:?} (limits.idle_timeout_secs)"));
+            }
+        }
+    }
+
+    fn touch(&self) {
+        self.last_activity.set(std::time::Instant::now());
     }
 
     async fn client_reader(&self) {
@@ -491,6 +548,7 @@ impl Connection<'_> {
             if self.failed.get() {
                 return;
             }
+            self.touch();
             let outcome = match res {
                 Ok(0) => self.relay.borrow_mut().client_closed(),
                 Ok(n) => self.relay.borrow_mut().receive_from_client(&buf[..n]),
@@ -533,6 +591,7 @@ impl Connection<'_> {
             let (res, b) = self.upstream.write_all(out).await;
             out = b;
             out.clear();
+            self.touch();
             if let Err(e) = res {
                 WorkerStats::inc(&self.stats.upstream_errors);
                 self.fail(&format!("writing to the upstream: {e}"));
@@ -551,6 +610,7 @@ impl Connection<'_> {
             if self.failed.get() {
                 return;
             }
+            self.touch();
             let n = match res {
                 Ok(0) => {
                     self.relay.borrow_mut().upstream_closed();
@@ -622,6 +682,7 @@ impl Connection<'_> {
                 self.fail(&format!("writing to the client: {e}"));
                 return;
             }
+            self.touch();
             self.wake_upstream_reader.notify_one();
         }
     }

@@ -113,7 +113,11 @@ impl SteeringStats {
         self.xdp_seen += other.xdp_seen;
         self.xdp_passed += other.xdp_passed;
         self.xdp_parse_errors += other.xdp_parse_errors;
-        for (a, b) in self.xdp_redirected.iter_mut().zip(other.xdp_redirected.iter()) {
+        for (a, b) in self
+            .xdp_redirected
+            .iter_mut()
+            .zip(other.xdp_redirected.iter())
+        {
             *a += *b;
         }
         self.xdp_redirected_other += other.xdp_redirected_other;
@@ -350,8 +354,14 @@ fn fold(a: &[u8; 16]) -> u32 {
 
 #[inline(always)]
 fn round(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]

@@ -175,9 +175,13 @@ fn hash_is_stable_and_spreads() {
 #[test]
 fn stats_add() {
     let mut a = SteeringStats::default();
-    let mut b = SteeringStats::default();
-    b.xdp_seen = 2;
-    b.xdp_redirected[3] = 5;
+    let mut redirected = [0; STATS_CPUS];
+    redirected[3] = 5;
+    let b = SteeringStats {
+        xdp_seen: 2,
+        xdp_redirected: redirected,
+        ..SteeringStats::default()
+    };
     a.add(&b);
     a.add(&b);
     assert_eq!(a.xdp_seen, 4);

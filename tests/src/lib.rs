@@ -1581,3 +1581,7 @@ mod self_tests {
         assert_eq!(s.total.bytes_upstream_to_client, 20);
     }
 }
+
+pub mod netns;
+
+pub mod ops_support;

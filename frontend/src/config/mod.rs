@@ -215,6 +215,12 @@ config_keys! {
         "How long to wait for the upstream to accept before closing the client.";
     buffer_size: Size = "64k", "proxy.buffer_size", change = Live,
         "Bytes buffered per connection and direction before reading from that side pauses (backpressure).";
+    max_connections: u32 = "0", "limits.max_connections", change = Live,
+        "Open connections per worker beyond which new ones are closed at accept (total = this x worker.count); 0 = no limit.";
+    handshake_timeout: Duration = "10s", "limits.handshake_timeout_secs", change = Live,
+        "A client that has not completed its TLS handshake by then is closed (slowloris).";
+    idle_timeout: Duration = "300s", "limits.idle_timeout_secs", change = Live,
+        "A connection with no byte moving either way for this long is closed.";
     cache_enabled: bool = "1", "cache.enabled", change = Restart,
         "Keep TLS 1.2 session IDs and TLS 1.3 stateful tickets in the shared session cache (0 = no server-side sessions).";
     cache_path: AutoPath = "auto", "cache.path", change = Restart,
@@ -420,6 +426,12 @@ impl Config {
         let keys = self.ticket_keys as usize;
         if !(crate::tickets::MIN_KEYS..=crate::tickets::MAX_KEYS).contains(&keys) {
             return bad("tickets.keys", "must be from 3 to 16");
+        }
+        if self.handshake_timeout.0.is_zero() {
+            return bad("limits.handshake_timeout_secs", "must be at least 1s");
+        }
+        if self.idle_timeout.0.is_zero() {
+            return bad("limits.idle_timeout_secs", "must be at least 1s");
         }
         if self.ticket_rotate.0.as_secs() == 0 {
             return bad("tickets.rotate_secs", "must be at least 1s");

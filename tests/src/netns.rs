@@ -1,0 +1,430 @@
+//! Network namespaces for the steering tests: a pair of namespaces joined by
+//! a veth pair, addresses from 198.18.0.0/15 (benchmarking range) that exist
+//! only inside them, removed on drop (also when the test fails).
+//!
+//! - [`NetnsPair`]: namespaces `A` (server side) and `B` (client side).
+//! - [`NsFrontend`]: `ip netns exec A tlsfront run ...`, killed on drop.
+//! - [`NetnsPair::run_in_b`]: runs a command inside `B` (e.g. this test
+//!   binary again, as a client, see `tests/steering.rs`).
+//!
+//! Everything needs root (CAP_SYS_ADMIN for namespaces, CAP_NET_ADMIN and
+//! CAP_BPF for XDP); [`unavailable`] says why a test must be skipped.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crate::{run_cmd, temp_dir, CmdOutput, Stats, TempDir, CLI_TIMEOUT, READY_TIMEOUT};
+
+/// Server address, inside namespace A.
+pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// Client address, inside namespace B.
+pub const ADDR_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+/// Why namespace tests cannot run here (not root, no `ip`), or `None`.
+pub fn unavailable() -> Option<String> {
+    let mut id = Command::new("id");
+    id.arg("-u");
+    let out = run_cmd(id, b"", CLI_TIMEOUT);
+    if out.stdout.trim() != "0" {
+        return Some("not root: network namespaces, veth and XDP need root".into());
+    }
+    let mut ip = Command::new("ip");
+    ip.arg("-V");
+    let out = run_cmd(ip, b"", CLI_TIMEOUT);
+    if out.code() != Some(0) {
+        return Some(format!("`ip` (iproute2) is not usable: {}", out.describe()));
+    }
+    None
+}
+
+/// Runs a command; panics with its output when it fails.
+pub fn must(program: &str, args: &[&str]) -> CmdOutput {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let out = run_cmd(cmd, b"", CLI_TIMEOUT);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "{program} {}: {}",
+        args.join(" "),
+        out.describe()
+    );
+    out
+}
+
+/// Two namespaces joined by a veth pair, deleted on drop.
+pub struct NetnsPair {
+    /// Server-side namespace.
+    pub a: String,
+    /// Client-side namespace.
+    pub b: String,
+    /// The veth end inside `a` (where XDP attaches).
+    pub if_a: String,
+    /// The veth end inside `b`.
+    pub if_b: String,
+    created: Vec<String>,
+}
+
+impl NetnsPair {
+    /// Creates `tfs<pid><n>a/b` with `198.18.0.1/24` on A's veth and
+    /// `198.18.0.2/24` on B's, both up, loopback up in both.
+    pub fn create() -> NetnsPair {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("tfs{}x{n}", std::process::id() % 100_000);
+        let mut pair = NetnsPair {
+            a: format!("{tag}a"),
+            b: format!("{tag}b"),
+            if_a: format!("{tag}a0"),
+            if_b: format!("{tag}b0"),
+            created: Vec::new(),
+        };
+        for ns in [pair.a.clone(), pair.b.clone()] {
+            must("ip", &["netns", "add", &ns]);
+            pair.created.push(ns);
+        }
+        let (a, b, ia, ib) = (&pair.a, &pair.b, &pair.if_a, &pair.if_b);
+        must(
+            "ip",
+            &["link", "add", ia, "type", "veth", "peer", "name", ib],
+        );
+        // Moved at once: from here on deleting the namespaces removes them.
+        must("ip", &["link", "set", ia, "netns", a]);
+        must("ip", &["link", "set", ib, "netns", b]);
+        must(
+            "ip",
+            &["-n", a, "addr", "add", &format!("{ADDR_A}/24"), "dev", ia],
+        );
+        must(
+            "ip",
+            &["-n", b, "addr", "add", &format!("{ADDR_B}/24"), "dev", ib],
+        );
+        for (ns, dev) in [(a, ia), (b, ib)] {
+            must("ip", &["-n", ns, "link", "set", dev, "up"]);
+            must("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// `ip -n A link show <if_a>`.
+    pub fn link_a(&self) -> String {
+        must("ip", &["-n", &self.a, "link", "show", &self.if_a]).stdout
+    }
+
+    /// Whether an XDP program is attached to A's veth end.
+    pub fn xdp_attached(&self) -> bool {
+        let link = self.link_a();
+        link.contains("prog/xdp") || link.contains(" xdp")
+    }
+
+    /// Turns TX checksum offload off on B's veth end: with native XDP on
+    /// A's end, frames redirected through a CPUMAP are otherwise dropped by
+    /// TCP as checksum errors (their checksum is never filled in).
+    pub fn tx_checksum_off_b(&self) {
+        must(
+            "ip",
+            &[
+                "netns", "exec", &self.b, "ethtool", "-K", &self.if_b, "tx", "off",
+            ],
+        );
+    }
+
+    /// MAC address of an interface in a namespace.
+    pub fn mac(&self, ns: &str, dev: &str) -> [u8; 6] {
+        let text = must("ip", &["-n", ns, "link", "show", dev]).stdout;
+        let hex = text
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no link/ether in {text}"));
+        let mut mac = [0u8; 6];
+        for (i, part) in hex.split(':').enumerate().take(6) {
+            mac[i] = u8::from_str_radix(part, 16).expect("hex MAC");
+        }
+        mac
+    }
+
+    /// A command that runs `program args` inside namespace B.
+    pub fn command_in_b(&self, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.b, program]).args(args);
+        cmd
+    }
+
+    /// Sends raw Ethernet frames out of B's veth end (AF_PACKET, through
+    /// python3's standard library so that the test code needs no `unsafe`).
+    pub fn send_frames_from_b(&self, frames: &[Vec<u8>]) -> Result<(), String> {
+        const SCRIPT: &str = "import socket,sys\n\
+            s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n\
+            s.bind((sys.argv[1],0))\n\
+            n=0\n\
+            for line in sys.stdin:\n\
+            \x20   line=line.strip()\n\
+            \x20   if line:\n\
+            \x20       s.send(bytes.fromhex(line)); n+=1\n\
+            print(n)\n";
+        let input: String = frames
+            .iter()
+            .map(|f| f.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n")
+            .collect();
+        let cmd = self.command_in_b("python3", &["-c", SCRIPT, &self.if_b]);
+        let out = run_cmd(cmd, input.as_bytes(), CLI_TIMEOUT);
+        if out.code() == Some(0) && out.stdout.trim() == frames.len().to_string() {
+            Ok(())
+        } else {
+            Err(out.describe())
+        }
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end inside it (and with it
+        // the peer); any XDP program goes with the interface.
+        for ns in self.created.drain(..) {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "del", &ns]);
+            let _ = run_cmd(cmd, b"", CLI_TIMEOUT);
+        }
+    }
+}
+
+/// `tlsfront run` inside namespace A; killed on drop.
+pub struct NsFrontend {
+    child: Option<Child>,
+    /// Port it listens on (on [`ADDR_A`]).
+    pub port: u16,
+    /// Its control socket (a path: reachable from any namespace).
+    pub socket: std::path::PathBuf,
+    _dir: TempDir,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl NsFrontend {
+    /// Starts `ip netns exec <ns> tlsfront run -o net.listen=198.18.0.1:<port>
+    /// -o k=v...` with its own control socket, cache and ticket files, and
+    /// waits for `tlsfront: ready`. `Err` carries the output when it does
+    /// not get ready (e.g. a steering set-up that failed with fallback = fail).
+    pub fn start(ns: &str, port: u16, opts: &[(&str, &str)]) -> Result<NsFrontend, String> {
+        let dir = temp_dir();
+        let socket = dir.path().join("control.sock");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(crate::bin()).arg("run");
+        let mut all = vec![
+            ("net.listen".to_string(), format!("{ADDR_A}:{port}")),
+            ("control.socket".to_string(), socket.display().to_string()),
+            (
+                "cache.path".to_string(),
+                dir.path().join("session.cache").display().to_string(),
+            ),
+            (
+                "tickets.path".to_string(),
+                dir.path().join("tickets.ring").display().to_string(),
+            ),
+        ];
+        all.extend(opts.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        for (k, v) in &all {
+            cmd.arg("-o").arg(format!("{k}={v}"));
+        }
+        let cmdline = format!("{cmd:?}");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("spawn {cmdline}: {e}"))?;
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        {
+            let out = child.stdout.take().expect("piped stdout");
+            let acc = Arc::clone(&stdout);
+            thread::spawn(move || {
+                let mut ready_tx = Some(ready_tx);
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if line.trim_end() == "tlsfront: ready" {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    let mut acc = acc.lock().unwrap();
+                    acc.push_str(&line);
+                    acc.push('\n');
+                }
+            });
+        }
+        {
+            let mut err = child.stderr.take().expect("piped stderr");
+            let acc = Arc::clone(&stderr);
+            thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    acc.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let mut fe = NsFrontend {
+            child: Some(child),
+            port,
+            socket,
+            _dir: dir,
+            stdout,
+            stderr,
+        };
+        match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(()) => Ok(fe),
+            Err(_) => {
+                let status = fe.wait_exit(Duration::from_secs(3));
+                Err(format!(
+                    "not ready ({cmdline}), exit {status:?}\n{}",
+                    fe.output()
+                ))
+            }
+        }
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Everything written to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Both, for failure messages (stderr's last 6000 characters).
+    pub fn output(&self) -> String {
+        let err = self.stderr();
+        let mut cut = err.len().saturating_sub(6000);
+        while !err.is_char_boundary(cut) {
+            cut += 1;
+        }
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout(),
+            &err[cut..]
+        )
+    }
+
+    /// The `steering` line of the start-up summary.
+    pub fn steering_line(&self) -> String {
+        self.stdout()
+            .lines()
+            .find(|l| l.trim_start().starts_with("steering"))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The CPU of each worker, from the summary (`pinned to CPUs 0,1`).
+    pub fn worker_cpus(&self) -> Vec<usize> {
+        let out = self.stdout();
+        let line = out
+            .lines()
+            .find(|l| l.contains("pinned to CPUs"))
+            .unwrap_or_else(|| panic!("no `pinned to CPUs` in the summary:\n{out}"));
+        let list = line.rsplit("CPUs ").next().unwrap_or("");
+        list.trim_end_matches(')')
+            .split(',')
+            .map(|c| c.trim().parse().expect("CPU number"))
+            .collect()
+    }
+
+    /// `tlsfront stats --json` of this process.
+    pub fn stats(&self) -> Stats {
+        let sock = self.socket.display().to_string();
+        let out = crate::tlsfront_cmd(&["stats", "--socket", &sock, "--json"]);
+        assert_eq!(
+            out.code(),
+            Some(0),
+            "stats: {}\n{}",
+            out.describe(),
+            self.output()
+        );
+        Stats::parse(&out.stdout).unwrap_or_else(|e| panic!("stats JSON: {e}: {}", out.stdout))
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit (graceful stop).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        if let Some(child) = &self.child {
+            let pid = child.id().to_string();
+            let _ = run_cmd(
+                {
+                    let mut c = Command::new("kill");
+                    c.args(["-TERM", &pid]);
+                    c
+                },
+                b"",
+                CLI_TIMEOUT,
+            );
+        }
+        self.wait_exit(timeout)
+    }
+
+    /// SIGKILL, then reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                // Let the reader threads catch the last lines.
+                thread::sleep(Duration::from_millis(100));
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NsFrontend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Pairs `(worker, peer port)` of every `handshake done` debug line in
+/// `stderr` (needs `log.level = debug`) whose peer is [`ADDR_B`].
+pub fn accepted_by(stderr: &str) -> Vec<(usize, u16)> {
+    let mut out = Vec::new();
+    for line in stderr.lines().filter(|l| l.contains("handshake done")) {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .map(str::to_string)
+        };
+        let (Some(worker), Some(peer)) = (field("worker="), field("peer=")) else {
+            continue;
+        };
+        let Ok(peer) = peer.parse::<std::net::SocketAddr>() else {
+            continue;
+        };
+        if peer.ip() != std::net::IpAddr::V4(ADDR_B) {
+            continue;
+        }
+        if let Ok(worker) = worker.parse() {
+            out.push((worker, peer.port()));
+        }
+    }
+    out
+}

@@ -1,0 +1,514 @@
+//! `net.steering = xdp | reuseport | none` end to end, in network
+//! namespaces: tlsfront in namespace A listens on 198.18.0.1 and (xdp)
+//! attaches its XDP program to A's veth end; the clients run in namespace B
+//! (this test binary again, `client_helper_in_netns`, started with
+//! `ip netns exec B`). Every connection must be accepted by the worker that
+//! the XDP program's hash (`tlsfront_shared::worker_slot`, the very code
+//! the program runs) chose for its 4-tuple.
+//!
+//! Needs root; skipped (with a message) otherwise.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tlsfront_shared::{parse, worker_slot, FlowKey, Parsed};
+use tlsfront_tests::netns::{accepted_by, unavailable, NetnsPair, NsFrontend, ADDR_A, ADDR_B};
+use tlsfront_tests::*;
+
+const PORT: u16 = 8443;
+const CLIENT_ENV: &str = "TLSFRONT_STEERING_CLIENT";
+
+/// Not a test of its own: the client side, run inside namespace B by
+/// [`run_clients`]. Without its environment variable it does nothing.
+#[test]
+fn client_helper_in_netns() {
+    let Ok(spec) = std::env::var(CLIENT_ENV) else {
+        return;
+    };
+    let (addr, count) = spec.split_once(',').expect("ADDR,COUNT");
+    let addr: SocketAddr = addr.parse().expect("address");
+    let count: usize = count.parse().expect("count");
+    let cfg = resuming_client_config(&ClientSpec::new(Trust::AnyCert));
+    for i in 0..count {
+        match TlsClient::connect(addr, cfg.clone(), "localhost") {
+            Ok(mut c) => {
+                let port = c.sock.local_addr().map(|a| a.port()).unwrap_or(0);
+                let resumed = c.resumed();
+                let (resp, _end) =
+                    c.request(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", IO_TIMEOUT);
+                println!(
+                    "CONN {port} {} {}",
+                    u8::from(resumed),
+                    u8::from(is_http_200(&resp))
+                );
+            }
+            Err(e) => println!("FAIL {i} {e}"),
+        }
+    }
+}
+
+/// One client connection as seen from namespace B.
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    port: u16,
+    resumed: bool,
+    http_200: bool,
+}
+
+/// Opens `count` TLS connections (each from a new source port, each
+/// resuming the session of the one before) from namespace B.
+fn run_clients(pair: &NetnsPair, port: u16, count: usize) -> (Vec<Conn>, Vec<String>) {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = pair.command_in_b(
+        exe.to_str().expect("UTF-8 path"),
+        &[
+            "--exact",
+            "client_helper_in_netns",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ],
+    );
+    cmd.env(CLIENT_ENV, format!("{ADDR_A}:{port},{count}"));
+    let out = run_cmd(cmd, b"", Duration::from_secs(180));
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "clients in {}: {}",
+        pair.b,
+        out.describe()
+    );
+    let mut conns = Vec::new();
+    let mut failures = Vec::new();
+    for line in out.stdout.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first() {
+            Some(&"CONN") if words.len() == 4 => conns.push(Conn {
+                port: words[1].parse().expect("port"),
+                resumed: words[2] == "1",
+                http_200: words[3] == "1",
+            }),
+            Some(&"FAIL") => failures.push(line.to_string()),
+            _ => {}
+        }
+    }
+    (conns, failures)
+}
+
+fn skip() -> bool {
+    match unavailable() {
+        Some(why) => {
+            eprintln!("skipped: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str) -> NsFrontend {
+    let mut opts = vec![
+        ("net.steering", steering),
+        ("net.steering.fallback", "fail"),
+        ("worker.count", "2"),
+        ("log.level", "debug"),
+    ];
+    if steering == "xdp" {
+        opts.push(("net.xdp.interface", pair.if_a.as_str()));
+        opts.push(("net.xdp.mode", xdp_mode));
+    }
+    NsFrontend::start(&pair.a, PORT, &opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits until the frontend logged `want` handshakes from namespace B.
+fn wait_accepted(fe: &NsFrontend, want: usize) -> BTreeMap<u16, usize> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen = accepted_by(&fe.stderr());
+        if seen.len() >= want || Instant::now() >= deadline {
+            return seen.into_iter().map(|(w, p)| (p, w)).collect();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The end-to-end check shared by every mode; returns connections per worker.
+fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
+    let pair = NetnsPair::create();
+    if xdp_mode == "native" {
+        pair.tx_checksum_off_b();
+    }
+    let fe = start(&pair, steering, xdp_mode);
+    let line = fe.steering_line();
+    match steering {
+        "xdp" => assert!(
+            line.contains(&format!("xdp ({xdp_mode} on {}", pair.if_a))
+                && line.ends_with("+ reuseport"),
+            "summary: {line}"
+        ),
+        "reuseport" => assert!(line.contains("reuseport (SK_REUSEPORT"), "summary: {line}"),
+        _ => assert!(
+            line.contains("none (kernel SO_REUSEPORT hash"),
+            "summary: {line}"
+        ),
+    }
+    if steering == "xdp" {
+        assert!(
+            pair.xdp_attached(),
+            "no XDP program on {}: {}",
+            pair.if_a,
+            pair.link_a()
+        );
+    }
+    let cpus = fe.worker_cpus();
+    let (conns, failures) = run_clients(&pair, fe.port, count);
+    assert!(
+        failures.is_empty(),
+        "{} failures, first {:?}\n{}",
+        failures.len(),
+        failures.first(),
+        fe.output()
+    );
+    assert_eq!(conns.len(), count);
+    assert!(
+        conns.iter().all(|c| c.http_200),
+        "a request got no HTTP 200"
+    );
+    let not_resumed: Vec<u16> = conns[1..]
+        .iter()
+        .filter(|c| !c.resumed)
+        .map(|c| c.port)
+        .collect();
+    assert!(
+        not_resumed.is_empty(),
+        "{} of {} reconnections did not resume: {not_resumed:?}",
+        not_resumed.len(),
+        count - 1
+    );
+
+    let accepted = wait_accepted(&fe, count);
+    let mut per_worker = vec![0usize; cpus.len()];
+    let mut resumed_per_worker = vec![0usize; cpus.len()];
+    let mut wrong = Vec::new();
+    for c in &conns {
+        let worker = *accepted
+            .get(&c.port)
+            .unwrap_or_else(|| panic!("no `handshake done` for port {}\n{}", c.port, fe.output()));
+        per_worker[worker] += 1;
+        resumed_per_worker[worker] += usize::from(c.resumed);
+        if steering == "xdp" {
+            let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, fe.port);
+            let slot = worker_slot(&key, cpus.len() as u32).unwrap() as usize;
+            // Worker n runs on cpus[n]; the XDP program sends slot n to cpus[n].
+            if cpus[worker] != cpus[slot] {
+                wrong.push((c.port, slot, worker));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {count} connections on the wrong worker (port, expected, got): {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+    eprintln!("{steering}/{xdp_mode}: connections per worker {per_worker:?}, resumed {resumed_per_worker:?}");
+
+    let stats = fe.stats();
+    if steering == "none" {
+        assert!(
+            !stats.total.all.contains_key("steer_reuseport_selected"),
+            "none has no eBPF counters"
+        );
+        return per_worker;
+    }
+    let selected = stats.per_worker("steer_reuseport_selected");
+    let selected_total: u64 = selected.iter().sum();
+    assert!(
+        selected_total >= count as u64,
+        "reuseport selections {selected:?} < {count}"
+    );
+    if steering == "xdp" {
+        // Both workers got connections and resumed sessions.
+        assert!(
+            per_worker.iter().all(|&n| n > 0),
+            "a worker got nothing: {per_worker:?}"
+        );
+        assert!(
+            resumed_per_worker.iter().all(|&n| n > 0),
+            "a worker resumed nothing: {resumed_per_worker:?}"
+        );
+        let steered = stats.per_worker("steer_xdp_steered_here");
+        for (w, &n) in per_worker.iter().enumerate() {
+            // At least SYN, ACK, ClientHello and the request per connection.
+            assert!(
+                steered[w] >= 4 * n as u64,
+                "worker {w}: {} segments steered for {n} connections",
+                steered[w]
+            );
+            assert!(
+                selected[w] >= n as u64,
+                "worker {w}: {} reuseport selections for {n} connections",
+                selected[w]
+            );
+        }
+        assert_eq!(stats.total.get("steer_reuseport_fallback"), 0);
+        assert_eq!(stats.total.get("steer_xdp_redirect_failed"), 0);
+        assert_eq!(stats.total.get("steer_xdp_parse_errors"), 0);
+    }
+    per_worker
+}
+
+#[test]
+fn xdp_generic_steers_each_connection_to_the_hashed_worker() {
+    if skip() {
+        return;
+    }
+    end_to_end("xdp", "generic", 300);
+}
+
+#[test]
+fn xdp_native_steers_each_connection_to_the_hashed_worker() {
+    if skip() {
+        return;
+    }
+    end_to_end("xdp", "native", 300);
+}
+
+#[test]
+fn reuseport_passes_the_end_to_end_test() {
+    if skip() {
+        return;
+    }
+    end_to_end("reuseport", "", 300);
+}
+
+#[test]
+fn none_passes_the_end_to_end_test() {
+    if skip() {
+        return;
+    }
+    end_to_end("none", "", 300);
+}
+
+#[test]
+fn attach_detach_reattach_leaves_no_program() {
+    if skip() {
+        return;
+    }
+    let pair = NetnsPair::create();
+    // SIGTERM: graceful stop, the Steering handle detaches.
+    let mut fe = start(&pair, "xdp", "generic");
+    assert!(pair.xdp_attached(), "{}", pair.link_a());
+    assert!(
+        fe.terminate(Duration::from_secs(15)).is_some(),
+        "no exit after SIGTERM\n{}",
+        fe.output()
+    );
+    assert!(
+        fe.stderr().contains("XDP program removed from"),
+        "{}",
+        fe.output()
+    );
+    assert!(!pair.xdp_attached(), "after SIGTERM: {}", pair.link_a());
+    // Re-attach (native this time), then SIGKILL: the bpf_link dies with the process.
+    let mut fe = start(&pair, "xdp", "native");
+    assert!(pair.xdp_attached(), "{}", pair.link_a());
+    fe.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pair.xdp_attached() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!pair.xdp_attached(), "after SIGKILL: {}", pair.link_a());
+    // And once more, generic; it still serves.
+    let fe = start(&pair, "xdp", "generic");
+    assert!(pair.xdp_attached(), "{}", pair.link_a());
+    let (conns, failures) = run_clients(&pair, fe.port, 5);
+    assert!(failures.is_empty() && conns.len() == 5, "{failures:?}");
+    drop(fe);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pair.xdp_attached() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!pair.xdp_attached(), "at the end: {}", pair.link_a());
+}
+
+/// Malformed and unusual frames, Ethernet addressed from B's veth to A's.
+fn odd_frames(dst: [u8; 6], src: [u8; 6]) -> Vec<Vec<u8>> {
+    let eth = |ethertype: u16| {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    };
+    let tcp = |doff: u8| {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&PORT.to_be_bytes());
+        t[12] = doff << 4;
+        t[13] = 0x02;
+        t
+    };
+    let ipv4 = |ihl: u8, total: u16, payload: &[u8]| {
+        let mut ip = vec![0u8; usize::from(ihl.max(5)) * 4];
+        ip[0] = 0x40 | ihl;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&ADDR_B.octets());
+        ip[16..20].copy_from_slice(&ADDR_A.octets());
+        ip.extend_from_slice(payload);
+        ip
+    };
+    let ipv6 = |next: u8, rest: &[u8]| {
+        let mut ip = vec![0u8; 40];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&(rest.len() as u16).to_be_bytes());
+        ip[6] = next;
+        ip[7] = 64;
+        ip[8] = 0xfd;
+        ip[23] = 2;
+        ip[24] = 0xfd;
+        ip[39] = 1;
+        ip.extend_from_slice(rest);
+        ip
+    };
+    let with = |mut f: Vec<u8>, rest: &[u8]| {
+        f.extend_from_slice(rest);
+        f
+    };
+    let mut hbh_tcp = vec![6u8, 0, 0, 0, 0, 0, 0, 0];
+    hbh_tcp.extend(tcp(5));
+    let vlan = |inner: u16| {
+        let mut t = vec![0x00, 0x07];
+        t.extend_from_slice(&inner.to_be_bytes());
+        t
+    };
+    vec![
+        // Truncated IPv4 header.
+        with(eth(0x0800), &[0x45, 0, 0, 40, 0, 0]),
+        // IHL 4 (< 5).
+        with(eth(0x0800), &ipv4(4, 40, &tcp(5))),
+        // IHL 15 but total length 40.
+        with(eth(0x0800), &ipv4(15, 40, &tcp(5))),
+        // IHL 6 with a TCP header cut to 10 bytes.
+        with(eth(0x0800), &ipv4(6, 34, &tcp(5)[..10])),
+        // TCP data offset 2.
+        with(eth(0x0800), &ipv4(5, 40, &tcp(2))),
+        // Truncated IPv6 header.
+        with(eth(0x86DD), &ipv6(6, &tcp(5))[..30]),
+        // IPv6 hop-by-hop + TCP (well-formed; to an address A does not have).
+        with(eth(0x86DD), &ipv6(0, &hbh_tcp)),
+        // IPv6 hop-by-hop header cut off.
+        with(eth(0x86DD), &ipv6(0, &[])),
+        // IPv6 fragment header.
+        with(eth(0x86DD), &ipv6(44, &[6, 0, 0, 1, 0, 0, 0, 1])),
+        // VLAN tag cut off.
+        with(eth(0x8100), &[0x00]),
+        // VLAN + well-formed IPv4 TCP SYN (no VLAN device: dropped later).
+        with(with(eth(0x8100), &vlan(0x0800)), &ipv4(5, 40, &tcp(5))),
+        // VLAN + IPv4 with IHL 3.
+        with(with(eth(0x8100), &vlan(0x0800)), &ipv4(3, 40, &tcp(5))),
+        // Two VLAN tags (only one is parsed: not IP, passed).
+        with(with(eth(0x88A8), &vlan(0x8100)), &vlan(0x0800)),
+    ]
+}
+
+#[test]
+fn malformed_frames_do_not_break_steering() {
+    if skip() {
+        return;
+    }
+    let pair = NetnsPair::create();
+    let fe = start(&pair, "xdp", "generic");
+    let frames = odd_frames(pair.mac(&pair.a, &pair.if_a), pair.mac(&pair.b, &pair.if_b));
+    let malformed = frames
+        .iter()
+        .filter(|f| parse(&f[..]) == Parsed::Malformed)
+        .count();
+    assert!(
+        malformed >= 9,
+        "the frame list lost its malformed frames: {malformed}"
+    );
+    const ROUNDS: usize = 40;
+    let before = fe.stats().total.get("steer_xdp_parse_errors");
+    let stream: Vec<Vec<u8>> = (0..ROUNDS).flat_map(|_| frames.iter().cloned()).collect();
+    if let Err(e) = pair.send_frames_from_b(&stream) {
+        panic!("sending raw frames from {}: {e}", pair.b);
+    }
+    // Valid connections right after the stream are still steered.
+    let (conns, failures) = run_clients(&pair, fe.port, 100);
+    assert!(failures.is_empty(), "{failures:?}\n{}", fe.output());
+    let accepted = wait_accepted(&fe, conns.len());
+    let cpus = fe.worker_cpus();
+    for c in &conns {
+        let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, fe.port);
+        let slot = worker_slot(&key, cpus.len() as u32).unwrap() as usize;
+        let worker = accepted[&c.port];
+        assert_eq!(
+            cpus[worker], cpus[slot],
+            "port {} on worker {worker}, hash says {slot}",
+            c.port
+        );
+    }
+    let stats = fe.stats();
+    let errors = stats.total.get("steer_xdp_parse_errors") - before;
+    // Summed over the workers' CPUs (2 workers here on this 2-CPU box).
+    assert_eq!(
+        errors,
+        (malformed * ROUNDS) as u64,
+        "parse errors counted vs malformed frames sent"
+    );
+}
+
+#[test]
+fn unusable_xdp_falls_back_as_configured() {
+    if skip() {
+        return;
+    }
+    let pair = NetnsPair::create();
+    let base = [
+        ("net.steering", "xdp"),
+        ("net.xdp.interface", "tfnosuch0"),
+        ("worker.count", "2"),
+    ];
+    let with = |fallback: &'static str| {
+        let mut o = base.to_vec();
+        o.push(("net.steering.fallback", fallback));
+        o
+    };
+    let fe = NsFrontend::start(&pair.a, PORT, &with("reuseport")).unwrap_or_else(|e| panic!("{e}"));
+    let line = fe.steering_line();
+    assert!(
+        line.contains("reuseport (SK_REUSEPORT")
+            && line.contains("xdp failed")
+            && line.contains("tfnosuch0"),
+        "{line}"
+    );
+    drop(fe);
+    let fe = NsFrontend::start(&pair.a, PORT, &with("none")).unwrap_or_else(|e| panic!("{e}"));
+    let line = fe.steering_line();
+    assert!(
+        line.contains("none (kernel SO_REUSEPORT hash") && line.contains("xdp failed"),
+        "{line}"
+    );
+    drop(fe);
+    let err = NsFrontend::start(&pair.a, PORT, &with("fail"))
+        .map(|_| ())
+        .expect_err("fallback = fail must stop");
+    assert!(
+        err.contains("net.steering = xdp is not possible") && err.contains("tfnosuch0"),
+        "{err}"
+    );
+    // xdp without an interface is a configuration error (exit 2).
+    let mut cmd = Command::new(bin());
+    cmd.args(["run", "-o", "net.steering=xdp"]);
+    let out = run_cmd(cmd, b"", CLI_TIMEOUT);
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("net.xdp.interface"),
+        "{}",
+        out.describe()
+    );
+}
