@@ -347,6 +347,18 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         }
         None => "off (metrics.listen)".to_string(),
     };
+    // Everything that needs privileges is done: the port is bound, eBPF
+    // attached, the shared files and sockets made.
+    let privileges = match &config.process_user.0 {
+        Some(user) => {
+            let mut owned = vec![socket.clone()];
+            owned.extend(cache.as_ref().map(|(c, _)| c.path().to_path_buf()));
+            owned.extend(ring.as_ref().map(|(r, _)| r.path().to_path_buf()));
+            drop_privileges(user, &owned)?;
+            format!("running as {user}, no capabilities kept")
+        }
+        None => "unchanged (process.user not set)".to_string(),
+    };
     let handles = worker::start(listeners, Arc::clone(&live), Arc::clone(&stats))
         .map_err(|e| e.to_string())?;
 
@@ -387,6 +399,7 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
             ("session cache", cache_line),
             ("tickets", tickets_line),
             ("metrics", metrics_line),
+            ("privileges", privileges),
         ],
     );
     let mut panicked = false;
@@ -398,6 +411,31 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         return Err("a worker thread panicked".into());
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Hands the shared files (and their lock files) to `user`, then becomes
+/// that user: groups, gid, uid. A process that was root keeps no
+/// capability after `setuid` (no PR_SET_KEEPCAPS).
+fn drop_privileges(user: &str, owned: &[PathBuf]) -> Result<(), String> {
+    use nix::unistd::{setgid, setgroups, setuid, User};
+    let entry = User::from_name(user)
+        .map_err(|e| format!("process.user {user}: looking it up: {e}"))?
+        .ok_or_else(|| format!("process.user {user}: no such user"))?;
+    for path in owned {
+        let mut lock = path.as_os_str().to_owned();
+        lock.push(".lock");
+        for p in [path.clone(), PathBuf::from(lock)] {
+            if p.exists() {
+                std::os::unix::fs::chown(&p, Some(entry.uid.as_raw()), Some(entry.gid.as_raw()))
+                    .map_err(|e| format!("process.user {user}: chown {}: {e}", p.display()))?;
+            }
+        }
+    }
+    setgroups(&[entry.gid]).map_err(|e| format!("process.user {user}: setgroups: {e}"))?;
+    setgid(entry.gid).map_err(|e| format!("process.user {user}: setgid: {e}"))?;
+    setuid(entry.uid).map_err(|e| format!("process.user {user}: setuid: {e}"))?;
+    tracing::info!("privileges dropped: running as {user} (uid {})", entry.uid);
     Ok(())
 }
 

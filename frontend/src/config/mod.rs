@@ -13,8 +13,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 pub use values::{
-    AutoPath, ConfigValue, Duration, KeySourceSpec, List, LogLevel, OptAddr, OptPath, Protocols,
-    ProxyProtocol, Size, Steering, Tls13Mode, Upstream, WorkerCount,
+    AutoPath, ConfigValue, Duration, KeySourceSpec, List, LogLevel, OptAddr, OptPath, OptUser,
+    Protocols, ProxyProtocol, Size, Steering, Tls13Mode, Upstream, WorkerCount,
 };
 pub use values::{Interface, SteeringFallback, XdpMode};
 
@@ -247,6 +247,8 @@ config_keys! {
         "Most 0-RTT bytes accepted per connection; 0 = 0-RTT off. Needs tickets.tls13_mode = stateful (single-use tickets box-wide against replay).";
     control_socket: AutoPath = "auto", "control.socket", change = Restart,
         "Unix socket (mode 0600) for stats and sysctl queries; auto = /dev/shm/tlsfront-<port>.sock.";
+    process_user: OptUser = "", "process.user", change = Restart,
+        "After binding the port and attaching eBPF, become this user (its files: cache, ticket ring, control socket); empty = stay as started.";
     metrics_listen: OptAddr = "", "metrics.listen", change = Restart,
         "Prometheus text endpoint (HTTP, any path), e.g. 127.0.0.1:9143; empty = off.";
     log_level: LogLevel = "info", "log.level", change = Live,

@@ -575,3 +575,27 @@ impl ConfigValue for ProxyProtocol {
         self.0.to_string()
     }
 }
+
+/// An optional user name; empty = none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OptUser(pub Option<String>);
+
+impl ConfigValue for OptUser {
+    const KIND: &'static str = "user name or empty";
+    fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Ok(OptUser(None));
+        }
+        let valid = raw.len() <= 32
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        if !valid {
+            return Err(format!("{raw:?} is not a user name"));
+        }
+        Ok(OptUser(Some(raw.to_string())))
+    }
+    fn render(&self) -> String {
+        self.0.clone().unwrap_or_default()
+    }
+}
