@@ -317,7 +317,10 @@ impl TicketKeyRing {
         let decoded = self.decoded.load_full();
         // Acquire: pairs with the rotator's Release publish.
         let seq = self.words()[W_SEQ].load(Ordering::Acquire);
-        if seq == decoded.seq && decoded.epoch == epoch && decoded.period == period {
+        // A ring already at a later epoch is current too: a caller whose
+        // `now` was read a moment before another thread rotated must never
+        // turn the ring back (that would drop a live key).
+        if seq == decoded.seq && decoded.epoch >= epoch && decoded.period == period {
             return decoded;
         }
         if !self.ring_is_current(seq, epoch, period) {
@@ -337,7 +340,7 @@ impl TicketKeyRing {
     fn ring_is_current(&self, seq: u64, epoch: u64, period: u64) -> bool {
         let w = self.words();
         seq & 1 == 0
-            && w[W_EPOCH].load(Ordering::Relaxed) == epoch
+            && w[W_EPOCH].load(Ordering::Relaxed) >= epoch
             && w[W_PERIOD].load(Ordering::Relaxed) == period
             && w[W_SOURCE].load(Ordering::Relaxed) == self.fingerprint.load(Ordering::Acquire)
             && w[W_RING_CHECK].load(Ordering::Relaxed) == self.ring_check_now()
@@ -486,7 +489,12 @@ impl TicketKeyRing {
     /// [`seal`](Self::seal) as at unix time `now`.
     pub fn seal_at(&self, now: u64, plain: &[u8]) -> Option<Vec<u8>> {
         let ring = self.current(now);
-        let key = ring.keys.get(1)?;
+        // While another party is mid-rotation this process may still hold
+        // the previous epoch's ring; its "next" key is the one that is
+        // current now, and sealing with it keeps the promised lifetime.
+        let behind =
+            ring.period == self.rotate_secs() && ring.epoch + 1 == now / ring.period.max(1);
+        let key = ring.keys.get(if behind { 0 } else { 1 })?;
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).ok()?;
         let mut out = Vec::with_capacity(NAME_LEN + NONCE_LEN + plain.len() + TAG_LEN);
