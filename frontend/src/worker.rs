@@ -279,9 +279,13 @@ async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
     let limit = config.handshake_timeout.0;
     let outcome = match tokio::time::timeout(limit, handshake(&client, &mut relay)).await {
         Ok(outcome) => outcome,
-        // Dropping the handshake cancels its pending read; the connection
-        // is closed right after, so no byte it might have read matters.
-        Err(_) => Err(format!("no complete handshake within {limit:?}")),
+        Err(_) => {
+            // The dropped handshake's read is still queued in io_uring and
+            // holds the socket open; shutdown(2) completes it, so the
+            // descriptor is really closed and the client sees a FIN.
+            let _ = client.shutdown(Shutdown::Both);
+            Err(format!("no complete handshake within {limit:?}"))
+        }
     };
     if let Err(reason) = outcome {
         WorkerStats::inc(&stats.handshake_errors);

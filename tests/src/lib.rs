@@ -1585,3 +1585,5 @@ mod self_tests {
 pub mod netns;
 
 pub mod ops_support;
+
+pub mod robust_support;
