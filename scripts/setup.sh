@@ -4,7 +4,9 @@
 #
 #   - apt packages: LLVM 22 dev files (for bpf-linker), openssl, ethtool,
 #     iproute2, curl, nginx + stream module (the benchmark reference; its
-#     service is stopped and disabled, benchmarks start their own instance)
+#     service is stopped and disabled, benchmarks start their own instance),
+#     redis-server (the shared session store of the fleet test; its service
+#     is stopped and disabled too, the test starts its own instance)
 #   - rust-src for the installed `nightly` toolchain (the eBPF crate is built
 #     with -Z build-std=core by frontend/build.rs)
 #   - bpf-linker 0.13.0 built against LLVM 22
@@ -24,6 +26,7 @@ APT_PACKAGES=(
     llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
     openssl ethtool iproute2 curl
     nginx libnginx-mod-stream
+    redis-server
 )
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -51,7 +54,7 @@ for pkg in "${APT_PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
     say "installing apt packages: ${missing[*]}"
-    # Keep Debian from starting services (nginx) during the install; only
+    # Keep Debian from starting services (nginx, redis) during the install; only
     # when no policy is in place already (containers often have one).
     policy=/usr/sbin/policy-rc.d
     created_policy=0
@@ -71,24 +74,37 @@ else
     say "apt packages present"
 fi
 
-# --- nginx: installed for benchmarks, never running as a system service ------
-if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
-    if systemctl is-enabled --quiet nginx 2>/dev/null || systemctl is-active --quiet nginx 2>/dev/null; then
-        say "stopping and disabling the nginx service"
-        "${SUDO[@]}" systemctl disable --now --quiet nginx
+# --- nginx, redis: installed for benchmarks and tests, never running as a
+# system service ----------------------------------------------------------------
+# Each service: name, pid file of the Debian-packaged instance, how to stop it.
+stop_service_instance() {
+    local name=$1 pidfile=$2
+    shift 2
+    if [[ -s $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        say "stopping the $name service instance"
+        "${SUDO[@]}" "$@" || "${SUDO[@]}" kill "$(cat "$pidfile")" || true
     fi
-else
-    # No systemd: SysV links (started at boot by sysvinit-style runners).
-    if compgen -G '/etc/rc[2-5].d/S*nginx' >/dev/null && command -v update-rc.d >/dev/null; then
-        say "disabling the nginx init script"
-        "${SUDO[@]}" update-rc.d nginx disable >/dev/null 2>&1 || true
+}
+for service in nginx redis-server; do
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+        if systemctl is-enabled --quiet "$service" 2>/dev/null || systemctl is-active --quiet "$service" 2>/dev/null; then
+            say "stopping and disabling the $service service"
+            "${SUDO[@]}" systemctl disable --now --quiet "$service"
+        fi
+    else
+        # No systemd: SysV links (started at boot by sysvinit-style runners).
+        if compgen -G "/etc/rc[2-5].d/S*$service" >/dev/null && command -v update-rc.d >/dev/null; then
+            say "disabling the $service init script"
+            "${SUDO[@]}" update-rc.d "$service" disable >/dev/null 2>&1 || true
+        fi
     fi
-    # The service instance is the one with Debian's default pid file;
-    # benchmark instances use their own.
-    if [[ -s /run/nginx.pid ]] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
-        say "stopping the nginx service instance"
-        "${SUDO[@]}" nginx -s stop || true
-    fi
+done
+if ! [[ -d /run/systemd/system ]]; then
+    # The service instances are the ones with Debian's default pid files;
+    # benchmark and test instances use their own.
+    stop_service_instance nginx /run/nginx.pid nginx -s stop
+    stop_service_instance redis-server /run/redis/redis-server.pid \
+        kill "$(cat /run/redis/redis-server.pid 2>/dev/null || echo 0)"
 fi
 
 # --- Rust toolchains: check only --------------------------------------------

@@ -239,6 +239,7 @@ fn open_cache(
             path.display()
         ),
     }
+    tlsfront::session_cache::remote::attach_configured(&cache, config, workers)?;
     Ok(Some((Arc::new(cache), opened)))
 }
 
@@ -364,11 +365,12 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
 
     let cache_line = match &cache {
         Some((c, opened)) => format!(
-            "{} ({} sessions, {}s; {})",
+            "{} ({} sessions, {}s; {}){}",
             c.path().display(),
             c.capacity(),
             config.cache_timeout.0.as_secs(),
-            describe_opened(opened, "sessions kept from before")
+            describe_opened(opened, "sessions kept from before"),
+            tlsfront::session_cache::remote::describe(c)
         ),
         None => "off".to_string(),
     };

@@ -1587,3 +1587,5 @@ pub mod netns;
 pub mod ops_support;
 
 pub mod robust_support;
+
+pub mod fleet_support;

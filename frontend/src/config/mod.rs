@@ -229,6 +229,14 @@ config_keys! {
         "Size of the cache file; fixed, it never grows (512 bytes per session).";
     cache_timeout: Duration = "300s", "cache.timeout_secs", change = Live,
         "How long a cached session can be resumed (like nginx's ssl_session_timeout).";
+    cache_remote: crate::session_cache::remote::RemoteUrl = "", "cache.remote", change = Restart,
+        "A Redis shared by a fleet (redis://HOST:PORT[/DB], redis://:PASSWORD@HOST:PORT, redis+unix:///PATH) as a second tier behind the local cache, so sessions resume on any host behind a load balancer; empty = off. Values are sealed with cache.remote.secret; no TLS (rediss://), no Cluster.";
+    cache_remote_secret: crate::session_cache::remote::RemoteSecret = "", "cache.remote.secret", change = Restart,
+        "file:PATH of a secret of 32+ bytes shared by the fleet (like tickets.key_source): seals the sessions kept in cache.remote and names their keys. Required with cache.remote.";
+    cache_remote_timeout_ms: u32 = "5", "cache.remote.timeout_ms", change = Restart,
+        "Longest a handshake waits for cache.remote after a local miss (connect, send and answer together), in milliseconds (1 to 1000); past it the handshake goes on as a full one.";
+    cache_remote_queue: u32 = "4096", "cache.remote.queue", change = Restart,
+        "Sessions waiting to be written to cache.remote (by one background thread, never by a handshake); when full, new ones are not written (counted as remote_put_dropped).";
     tickets_enabled: bool = "1", "tickets.enabled", change = Restart,
         "Issue session tickets sealed by the shared ticket-key ring (TLS 1.2 tickets; TLS 1.3 tickets in stateless mode).";
     tls13_mode: Tls13Mode = "stateless", "tickets.tls13_mode", change = Restart,
@@ -409,6 +417,26 @@ impl Config {
             if self.early_data_max.0 > u64::from(u32::MAX) {
                 return bad("tls.early_data_max", "at most 4g");
             }
+        }
+        if self.cache_remote.0.is_some() {
+            if !self.cache_enabled {
+                return bad(
+                    "cache.remote",
+                    "the remote tier sits behind the session cache: needs cache.enabled = 1",
+                );
+            }
+            if self.cache_remote_secret.0.is_none() {
+                return bad(
+                    "cache.remote.secret",
+                    "cache.remote is set: a shared secret (file:PATH) must seal what it stores",
+                );
+            }
+        }
+        if !(1..=1000).contains(&self.cache_remote_timeout_ms) {
+            return bad("cache.remote.timeout_ms", "must be from 1 to 1000");
+        }
+        if self.cache_remote_queue == 0 {
+            return bad("cache.remote.queue", "must be at least 1");
         }
         if self.tls13_mode == Tls13Mode::Stateful && !self.cache_enabled {
             return bad(

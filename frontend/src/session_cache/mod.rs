@@ -15,6 +15,7 @@
 //! is redeemed at most once on the whole box.
 
 pub mod layout;
+pub mod remote;
 
 use std::hint::spin_loop;
 use std::path::{Path, PathBuf};
@@ -37,11 +38,18 @@ const READ_RETRIES: usize = 8;
 const STALE_CLAIM_SECS: u64 = 2;
 
 /// Unix time in seconds.
+///
+/// From the coarse real-time clock: a few nanoseconds instead of ~40 for
+/// the precise one, and seconds are all that expiry and key epochs need.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    use nix::time::{clock_gettime, ClockId};
+    match clock_gettime(ClockId::CLOCK_REALTIME_COARSE) {
+        Ok(t) => u64::try_from(t.tv_sec()).unwrap_or(0),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    }
 }
 
 macro_rules! cache_counters {
@@ -87,6 +95,8 @@ pub struct SessionCache {
     seed: u64,
     timeout_secs: AtomicU64,
     counters: Box<[CacheCounters]>,
+    /// The fleet-wide second tier (`cache.remote`), if configured.
+    remote: std::sync::OnceLock<remote::RemoteStore>,
 }
 
 impl std::fmt::Debug for SessionCache {
@@ -145,8 +155,22 @@ impl SessionCache {
             seed,
             timeout_secs: AtomicU64::new(timeout_secs),
             counters: (0..=workers).map(|_| CacheCounters::default()).collect(),
+            remote: std::sync::OnceLock::new(),
         };
         Ok((cache, opened))
+    }
+
+    /// Adds the fleet-wide second tier: from now on sessions are also
+    /// written there, and rustls's lookups that miss here ask it (see
+    /// [`remote`]). Only once: false (and `store` dropped) if one is
+    /// attached already.
+    pub fn attach_remote(&self, store: remote::RemoteStore) -> bool {
+        self.remote.set(store).is_ok()
+    }
+
+    /// The second tier, if one is attached.
+    pub fn remote(&self) -> Option<&remote::RemoteStore> {
+        self.remote.get()
     }
 
     /// Changes how long sessions stored from now on live.
@@ -266,7 +290,12 @@ impl SessionCache {
                 // or processes) redeems the entry: the winner saw the
                 // sequence unchanged since its validated read.
                 if slot[S_SEQ]
-                    .compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange(
+                        seq,
+                        seq.wrapping_add(1),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
                     .is_err()
                 {
                     counters.contended.fetch_add(1, Ordering::Relaxed);
@@ -279,7 +308,7 @@ impl SessionCache {
                 slot[S_LENS].store(0, Ordering::Relaxed);
                 slot[S_EXPIRY].store(0, Ordering::Relaxed);
                 slot[S_CHECK].store(0, Ordering::Relaxed);
-                slot[S_SEQ].store(seq + 2, Ordering::Release);
+                slot[S_SEQ].store(seq.wrapping_add(2), Ordering::Release);
             }
             counters.hits.fetch_add(1, Ordering::Relaxed);
             metrics::note_resume_hint(if remove {
@@ -331,7 +360,9 @@ impl SessionCache {
                 continue;
             };
             let slot = self.slot(set, way);
-            let claimed = if seq & 1 == 0 { seq + 1 } else { seq + 2 };
+            // Wrapping: the sequence comes from the file, which may hold any
+            // value (fuzz/regressions/cache_file); parity is kept.
+            let claimed = seq.wrapping_add(if seq & 1 == 0 { 1 } else { 2 });
             if slot[S_SEQ]
                 .compare_exchange(seq, claimed, Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
@@ -382,8 +413,9 @@ impl SessionCache {
                 } else if expiry <= now {
                     (Victim::Expired, 2)
                 } else {
-                    // Oldest first: the live entry expiring first.
-                    (Victim::Live, 3 + expiry)
+                    // Oldest first: the live entry expiring first. Saturating:
+                    // the expiry comes from the file (fuzz/regressions/cache_file).
+                    (Victim::Live, 3u64.saturating_add(expiry))
                 }
             };
             if best.as_ref().is_none_or(|b| rank < b.3) {
@@ -413,7 +445,12 @@ impl SessionCache {
         // Release: everything above is visible to a reader whose Acquire
         // load sees the new even sequence.
         slot[S_SEQ]
-            .compare_exchange(claimed, claimed + 1, Ordering::Release, Ordering::Relaxed)
+            .compare_exchange(
+                claimed,
+                claimed.wrapping_add(1),
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
             .is_ok()
     }
 }
@@ -513,24 +550,77 @@ enum Victim {
 
 impl PerWorkerCounters for SessionCache {
     fn worker_counters(&self, worker: usize) -> Vec<(&'static str, u64)> {
-        self.counters
+        let mut fields = self
+            .counters
             .get(worker)
             .map(CacheCounters::fields)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(r) = self.remote.get() {
+            fields.extend(r.worker_counters(worker));
+        }
+        fields
     }
 }
 
+/// What rustls calls: the local cache first, then the remote tier if one is
+/// attached (see [`remote`] for the rules).
 impl rustls::server::StoresServerSessions for SessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        SessionCache::put(self, &key, &value)
+        let Some(r) = self.remote.get() else {
+            return SessionCache::put(self, &key, &value);
+        };
+        let timeout = self.timeout_secs.load(Ordering::Relaxed);
+        let expiry = unix_now().saturating_add(timeout);
+        let local = self.put_with_expiry(&key, &value, expiry);
+        r.put(&key, &value, expiry) || local
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        SessionCache::get(self, key)
+        let local = SessionCache::get(self, key);
+        let Some(r) = self.remote.get().filter(|_| local.is_none()) else {
+            return local;
+        };
+        match r.fetch(key, false) {
+            remote::Fetched::Hit { expiry, session } => {
+                self.put_with_expiry(key, &session, expiry);
+                metrics::note_resume_hint(metrics::ResumeHint::CacheGet);
+                Some(session)
+            }
+            remote::Fetched::Miss | remote::Fetched::Unavailable => None,
+        }
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        SessionCache::take(self, key)
+        let Some(r) = self.remote.get() else {
+            return SessionCache::take(self, key);
+        };
+        // Redis decides while it answers (GETDEL: once in the fleet); a
+        // local copy is then stale either way and is dropped.
+        match r.fetch(key, true) {
+            remote::Fetched::Hit { session, .. } => {
+                SessionCache::take(self, key);
+                metrics::note_resume_hint(metrics::ResumeHint::CacheTake);
+                Some(session)
+            }
+            remote::Fetched::Miss => {
+                // Not a resumption: keep the hint as it was before.
+                let hint = metrics::take_resume_hint();
+                SessionCache::take(self, key);
+                metrics::take_resume_hint();
+                if let Some(h) = hint {
+                    metrics::note_resume_hint(h);
+                }
+                None
+            }
+            remote::Fetched::Unavailable => {
+                // Once on this box; the copy in Redis goes when it answers.
+                let local = SessionCache::take(self, key);
+                if local.is_some() {
+                    r.forget(key);
+                }
+                local
+            }
+        }
     }
 
     fn can_cache(&self) -> bool {

@@ -1,0 +1,611 @@
+//! A fleet of tlsfront hosts behind a real L4 load balancer, sharing a real
+//! Redis (`tests/fleet.rs`).
+//!
+//! ```text
+//!   namespace <tag>lb                          namespace <tag>h<i> (i = 0, 1, 2)
+//!   lo: 198.18.0.1  nginx stream balancer      veth 198.18.<11+i>.2/24
+//!       198.18.0.2  redis-server :6379  ◄────► tlsfront on :443 (nginx on :8443)
+//!   veth 198.18.<11+i>.1/24 to each host       default route via 198.18.<11+i>.1
+//!   clients: threads of the test that setns() here
+//! ```
+//!
+//! Every address exists only inside namespaces the fleet creates; dropping
+//! the [`Fleet`] kills its processes and deletes the namespaces (also when
+//! a test fails). Needs root and `ip`, `redis-server`, `nginx` with the
+//! stream module; [`unavailable`] says what is missing.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::netns::{must, NsFrontend};
+use crate::{temp_dir, write_file, Stats, TempDir};
+
+/// The balancer's address (on the balancer namespace's loopback).
+pub const BALANCER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// Redis's address (on the balancer namespace's loopback).
+pub const STORE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// Redis's port.
+pub const STORE_PORT: u16 = 6379;
+/// Port of the tlsfront fleet, on the hosts and on the balancer.
+pub const TLSFRONT_PORT: u16 = 443;
+/// Port of the nginx fleet, on the hosts and on the balancer.
+pub const NGINX_PORT: u16 = 8443;
+/// nginx's stream module as Debian installs it.
+pub const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+/// Address of host `i`.
+pub fn host_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 11 + i as u8, 2)
+}
+
+/// The balancer namespace's end of host `i`'s link.
+fn gateway_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 11 + i as u8, 1)
+}
+
+fn nginx_bin() -> Option<&'static str> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Why the fleet cannot run here, or `None`.
+pub fn unavailable() -> Option<String> {
+    if let Some(why) = crate::netns::unavailable() {
+        return Some(why);
+    }
+    if !which("redis-server") {
+        return Some("no redis-server (scripts/setup.sh installs it)".into());
+    }
+    if nginx_bin().is_none() || !Path::new(STREAM_MODULE).is_file() {
+        return Some("no nginx with the stream module (nginx, libnginx-mod-stream)".into());
+    }
+    None
+}
+
+/// Runs `f` on a thread that has joined network namespace `ns`: every
+/// socket it opens lives there. The calling thread is not moved.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on a descriptor we own; it changes only the
+            // network namespace of this (scoped) thread.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}: {}", io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub what: String,
+}
+
+impl Proc {
+    /// SIGTERM, then waits up to `timeout` (SIGKILL after it).
+    pub fn stop(mut self, timeout: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The namespaces and processes of one fleet.
+pub struct Fleet {
+    /// Balancer, store and clients.
+    pub lb: String,
+    /// One namespace per host.
+    pub hosts: Vec<String>,
+    /// Temp dir: configs, certificate, secret, logs.
+    pub dir: TempDir,
+    /// The tlsfront hosts, by index (empty until [`Fleet::start_tlsfront`]).
+    pub tlsfront: Vec<NsFrontend>,
+    /// The nginx TLS hosts.
+    pub nginx: Vec<Proc>,
+    /// The balancer.
+    pub balancer: Option<Proc>,
+    /// redis-server.
+    pub redis: Option<Proc>,
+    /// Certificate and key every host serves.
+    pub cert: (PathBuf, PathBuf),
+    /// The shared secret (64 bytes) for tickets and the remote cache.
+    pub secret: PathBuf,
+    created: Vec<String>,
+}
+
+impl Fleet {
+    /// Creates the namespaces and links of `hosts` hosts (at most 8) and
+    /// writes `cert` (PEM chain, key) and a random secret into the temp dir.
+    pub fn create(hosts: usize, leaf: &crate::Leaf) -> Fleet {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("tff{}x{n}", std::process::id() % 100_000);
+        let dir = temp_dir();
+        let cert = leaf.write(dir.path(), "leaf");
+        let mut secret = [0u8; 64];
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut secret))
+            .expect("read /dev/urandom");
+        let secret_path = dir.path().join("fleet.secret");
+        std::fs::write(&secret_path, secret).expect("write secret");
+        let mut fleet = Fleet {
+            lb: format!("{tag}lb"),
+            hosts: (0..hosts).map(|i| format!("{tag}h{i}")).collect(),
+            dir,
+            tlsfront: Vec::new(),
+            nginx: Vec::new(),
+            balancer: None,
+            redis: None,
+            cert,
+            secret: secret_path,
+            created: Vec::new(),
+        };
+        for ns in std::iter::once(&fleet.lb)
+            .chain(&fleet.hosts)
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            must("ip", &["netns", "add", &ns]);
+            fleet.created.push(ns.clone());
+            must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        let lb = fleet.lb.clone();
+        for a in [BALANCER, STORE] {
+            must(
+                "ip",
+                &["-n", &lb, "addr", "add", &format!("{a}/32"), "dev", "lo"],
+            );
+        }
+        for (i, ns) in fleet.hosts.clone().iter().enumerate() {
+            let (outer, inner) = (format!("{tag}l{i}"), format!("{tag}v{i}"));
+            must(
+                "ip",
+                &[
+                    "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+                ],
+            );
+            // Moved at once: deleting the namespaces removes both ends.
+            must("ip", &["link", "set", &outer, "netns", &lb]);
+            must("ip", &["link", "set", &inner, "netns", ns]);
+            let gw = gateway_addr(i);
+            must(
+                "ip",
+                &["-n", &lb, "addr", "add", &format!("{gw}/24"), "dev", &outer],
+            );
+            must(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{}/24", host_addr(i)),
+                    "dev",
+                    &inner,
+                ],
+            );
+            must("ip", &["-n", &lb, "link", "set", &outer, "up"]);
+            must("ip", &["-n", ns, "link", "set", &inner, "up"]);
+            must(
+                "ip",
+                &["-n", ns, "route", "add", "default", "via", &gw.to_string()],
+            );
+        }
+        fleet
+    }
+
+    /// The URL the hosts reach Redis at.
+    pub fn redis_url(&self) -> String {
+        format!("redis://{STORE}:{STORE_PORT}")
+    }
+
+    /// Address of the balancer's tlsfront (or nginx) side.
+    pub fn balancer_addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((BALANCER, port))
+    }
+
+    /// Starts redis-server (no persistence) and waits until it answers PING.
+    pub fn start_redis(&mut self) {
+        let dir = self.dir.path().join("redis");
+        let _ = std::fs::create_dir_all(&dir);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.lb, "redis-server"])
+            .args(["--bind", &STORE.to_string()])
+            .args(["--port", &STORE_PORT.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().expect("spawn redis-server");
+        self.redis = Some(Proc {
+            child,
+            what: "redis-server".into(),
+        });
+        let addr = SocketAddr::from((STORE, STORE_PORT));
+        let lb = self.lb.clone();
+        let up = in_netns(&lb, || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(RespValue::Simple(s)) = resp(addr, &[b"PING"]) {
+                    if s == "PONG" {
+                        return true;
+                    }
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            false
+        });
+        assert!(
+            up,
+            "redis-server did not answer within 10 s:\n{}",
+            std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops redis-server (SIGTERM; it saves nothing).
+    pub fn stop_redis(&mut self) {
+        if let Some(p) = self.redis.take() {
+            p.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// One RESP command to the fleet's Redis (from the balancer namespace).
+    pub fn redis(&self, args: &[&[u8]]) -> io::Result<RespValue> {
+        let addr = SocketAddr::from((STORE, STORE_PORT));
+        in_netns(&self.lb, || resp(addr, args))
+    }
+
+    /// Starts tlsfront on every host with `opts` after the fleet's own
+    /// (address, certificate, one worker, the remote cache); waits until all
+    /// are ready.
+    pub fn start_tlsfront(&mut self, opts: &[(&str, &str)]) {
+        self.tlsfront.clear();
+        let (cert, key) = (
+            self.cert.0.display().to_string(),
+            self.cert.1.display().to_string(),
+        );
+        let secret = format!("file:{}", self.secret.display());
+        let url = self.redis_url();
+        for (i, ns) in self.hosts.iter().enumerate() {
+            let listen = format!("{}:{TLSFRONT_PORT}", host_addr(i));
+            let mut all: Vec<(&str, &str)> = vec![
+                ("net.listen", &listen),
+                ("net.migrate_requests", "0"),
+                ("worker.count", "1"),
+                ("worker.pin_cpus", "0"),
+                ("tls.cert", &cert),
+                ("tls.key", &key),
+                ("tls.protocols", "1.2,1.3"),
+                ("cache.remote", &url),
+                ("cache.remote.secret", &secret),
+                ("log.level", "warn"),
+            ];
+            all.extend_from_slice(opts);
+            let host = NsFrontend::start(ns, TLSFRONT_PORT, &all)
+                .unwrap_or_else(|e| panic!("tlsfront on host {i}: {e}"));
+            self.tlsfront.push(host);
+        }
+    }
+
+    /// Stats of every tlsfront host.
+    pub fn stats(&self) -> Vec<Stats> {
+        self.tlsfront.iter().map(NsFrontend::stats).collect()
+    }
+
+    /// The sum over hosts of counter `name` (from `stats`).
+    pub fn sum(stats: &[Stats], name: &str) -> u64 {
+        stats.iter().map(|s| s.total.get(name)).sum()
+    }
+
+    /// Starts one nginx per host: a TLS server on :8443 (stream module,
+    /// `ssl_session_cache shared:SSL:10m`, no tickets, no shared store)
+    /// answering a fixed HTTP response.
+    pub fn start_nginx_hosts(&mut self) {
+        let nginx = nginx_bin().expect("nginx");
+        for (i, ns) in self.hosts.clone().iter().enumerate() {
+            let d = self.dir.path().join(format!("nginx-h{i}"));
+            std::fs::create_dir_all(&d).expect("nginx dir");
+            let conf = format!(
+                "load_module {STREAM_MODULE};
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 256; }}
+stream {{
+    server {{
+        listen {addr}:{NGINX_PORT} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_timeout 300s;
+        ssl_session_tickets off;
+        return \"HTTP/1.0 200 OK\\r\\nContent-Length: 6\\r\\n\\r\\nnginx\\n\";
+    }}
+}}
+",
+                d = d.display(),
+                addr = host_addr(i),
+                cert = self.cert.0.display(),
+                key = self.cert.1.display(),
+            );
+            let path = write_file(&d, "nginx.conf", &conf);
+            let p = spawn_nginx(nginx, ns, &d, &path);
+            self.nginx.push(p);
+            self.wait_listening(ns, SocketAddr::from((host_addr(i), NGINX_PORT)), &d);
+        }
+    }
+
+    /// Starts the balancer: nginx `stream` round robin over the hosts'
+    /// tlsfront (:443) and nginx (:8443).
+    pub fn start_balancer(&mut self) {
+        let nginx = nginx_bin().expect("nginx");
+        let d = self.dir.path().join("balancer");
+        std::fs::create_dir_all(&d).expect("balancer dir");
+        let servers = |port: u16| -> String {
+            (0..self.hosts.len())
+                .map(|i| format!("        server {}:{port} max_fails=0;\n", host_addr(i)))
+                .collect()
+        };
+        let conf = format!(
+            "load_module {STREAM_MODULE};
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+stream {{
+    upstream tlsfront_hosts {{
+{tls}    }}
+    upstream nginx_hosts {{
+{ngx}    }}
+    server {{ listen {BALANCER}:{TLSFRONT_PORT}; proxy_pass tlsfront_hosts; proxy_connect_timeout 2s; }}
+    server {{ listen {BALANCER}:{NGINX_PORT}; proxy_pass nginx_hosts; proxy_connect_timeout 2s; }}
+}}
+",
+            d = d.display(),
+            tls = servers(TLSFRONT_PORT),
+            ngx = servers(NGINX_PORT),
+        );
+        let path = write_file(&d, "nginx.conf", &conf);
+        let lb = self.lb.clone();
+        self.balancer = Some(spawn_nginx(nginx, &lb, &d, &path));
+        self.wait_listening(&lb, self.balancer_addr(TLSFRONT_PORT), &d);
+    }
+
+    /// The balancer's error log (for failure messages).
+    pub fn balancer_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("balancer/error.log")).unwrap_or_default()
+    }
+
+    fn wait_listening(&self, ns: &str, addr: SocketAddr, dir: &Path) {
+        let ok = in_netns(ns, || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return true;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            false
+        });
+        assert!(
+            ok,
+            "nginx on {addr} (namespace {ns}) did not listen within 10 s:\n{}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+    }
+}
+
+fn spawn_nginx(nginx: &str, ns: &str, dir: &Path, conf: &Path) -> Proc {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, nginx])
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Proc {
+        child: cmd.spawn().expect("spawn nginx"),
+        what: format!("nginx in {ns}"),
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // Processes first (a deleted namespace lives on while they run).
+        self.tlsfront.clear();
+        self.nginx.clear();
+        self.balancer = None;
+        self.redis = None;
+        for ns in self.created.drain(..) {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "del", &ns]);
+            let _ = crate::run_cmd(cmd, b"", crate::CLI_TIMEOUT);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A minimal RESP client (binary-safe), to inspect and tamper with the store
+// ---------------------------------------------------------------------------
+
+/// A Redis reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RespValue {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<RespValue>),
+}
+
+/// Sends one command on a new connection and reads the reply (2 s limit).
+pub fn resp(addr: SocketAddr, args: &[&[u8]]) -> io::Result<RespValue> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&req)?;
+    read_reply(&mut BufReader::new(s))
+}
+
+fn read_reply(r: &mut impl BufRead) -> io::Result<RespValue> {
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line)?;
+    if line.len() < 3 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short reply"));
+    }
+    let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
+    let bad = |_| io::Error::new(io::ErrorKind::InvalidData, "bad length");
+    Ok(match line[0] {
+        b'+' => RespValue::Simple(text),
+        b'-' => RespValue::Error(text),
+        b':' => RespValue::Int(text.parse().map_err(bad)?),
+        b'$' => {
+            let n: i64 = text.parse().map_err(bad)?;
+            if n < 0 {
+                RespValue::Bulk(None)
+            } else {
+                let mut v = vec![0u8; n as usize + 2];
+                r.read_exact(&mut v)?;
+                v.truncate(n as usize);
+                RespValue::Bulk(Some(v))
+            }
+        }
+        b'*' => {
+            let n: i64 = text.parse().map_err(bad)?;
+            let mut items = Vec::new();
+            for _ in 0..n.max(0) {
+                items.push(read_reply(r)?);
+            }
+            RespValue::Array(items)
+        }
+        _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "unknown reply")),
+    })
+}
+
+/// The median of `samples` (sorted in place).
+pub fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+/// A TLS 1.2 client session store that keeps the first session it is given
+/// and offers it on every connection, like `openssl s_client -sess_in` of
+/// one saved file (a server that does not resume it is not allowed to
+/// replace it).
+#[derive(Debug)]
+pub struct FirstSessionStore {
+    inner: rustls::client::ClientSessionMemoryCache,
+    first: std::sync::Mutex<Option<rustls::client::Tls12ClientSessionValue>>,
+}
+
+impl Default for FirstSessionStore {
+    fn default() -> Self {
+        FirstSessionStore::new()
+    }
+}
+
+impl FirstSessionStore {
+    pub fn new() -> FirstSessionStore {
+        FirstSessionStore {
+            inner: rustls::client::ClientSessionMemoryCache::new(8),
+            first: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl rustls::client::ClientSessionStore for FirstSessionStore {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        _name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.first.lock().unwrap().get_or_insert(value);
+    }
+    fn tls12_session(
+        &self,
+        _name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.first.lock().unwrap().clone()
+    }
+    fn remove_tls12_session(&self, _name: &rustls::pki_types::ServerName<'static>) {}
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// A TLS 1.2 client config that offers its first session on every
+/// connection ([`FirstSessionStore`]).
+pub fn first_session_client_config(
+    spec: &crate::ClientSpec,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut cfg = (*crate::client_config(spec)).clone();
+    cfg.resumption =
+        rustls::client::Resumption::store(std::sync::Arc::new(FirstSessionStore::new()));
+    std::sync::Arc::new(cfg)
+}
