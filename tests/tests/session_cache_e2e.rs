@@ -8,36 +8,18 @@
 //! IDs (`take`). Stateless tickets, sealed by the ring, never touch the cache.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tlsfront_tests::robust_support::{self, lines_starting};
 use tlsfront_tests::*;
 
-const S_CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Resumption through the session cache only (see the module comment).
 const STATEFUL: (&str, &str) = ("tickets.tls13_mode", "stateful");
 
-/// `openssl s_client -connect 127.0.0.1:PORT ARGS...` with `stdin`.
+/// `openssl s_client` against `port` with SNI `localhost` (the harness's).
 fn s_client(port: u16, args: &[&str], stdin: &[u8]) -> CmdOutput {
-    let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-        .args(args);
-    let out = run_cmd(cmd, stdin, S_CLIENT_TIMEOUT);
-    assert!(
-        !out.timed_out(),
-        "openssl s_client {args:?} did not finish within {S_CLIENT_TIMEOUT:?}\n{}",
-        out.describe()
-    );
-    out
-}
-
-/// Lines of s_client's stdout starting with `prefix` (`New,` / `Reused,`).
-fn lines_starting(out: &CmdOutput, prefix: &str) -> usize {
-    out.stdout
-        .lines()
-        .filter(|l| l.trim_start().starts_with(prefix))
-        .count()
+    robust_support::s_client(port, "localhost", args, stdin)
 }
 
 /// Per-worker difference `after - before` of counter `name`.

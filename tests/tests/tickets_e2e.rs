@@ -27,6 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::UnixTime;
+use tlsfront_tests::robust_support::{self, lines_starting};
 use tlsfront_tests::*;
 
 const S_CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -43,33 +44,9 @@ const DECRYPTED: [&str; 4] = [
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// `openssl s_client -connect 127.0.0.1:PORT -servername localhost ARGS...`
-/// with `stdin`.
+/// `openssl s_client` against `port` with SNI `localhost` (the harness's).
 fn s_client(port: u16, args: &[&str], stdin: &[u8]) -> CmdOutput {
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-connect",
-        &format!("127.0.0.1:{port}"),
-        "-servername",
-        "localhost",
-    ])
-    .args(args);
-    let out = run_cmd(cmd, stdin, S_CLIENT_TIMEOUT);
-    assert!(
-        !out.timed_out(),
-        "openssl s_client {args:?} did not finish within {S_CLIENT_TIMEOUT:?}\n{}",
-        out.describe()
-    );
-    out
-}
-
-/// Lines of s_client's stdout starting with `prefix` (`New,` / `Reused,`).
-fn lines_starting(out: &CmdOutput, prefix: &str) -> usize {
-    out.stdout
-        .lines()
-        .filter(|l| l.trim_start().starts_with(prefix))
-        .count()
+    robust_support::s_client(port, "localhost", args, stdin)
 }
 
 /// A full handshake with s_client that saves the session (with its ticket)
