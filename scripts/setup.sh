@@ -10,6 +10,7 @@
 #   - rust-src for the installed `nightly` toolchain (the eBPF crate is built
 #     with -Z build-std=core by frontend/build.rs)
 #   - bpf-linker 0.13.0 built against LLVM 22
+#   - sslyze (PyPI) in a virtualenv, for the TLS scan test and script
 #
 # Idempotent, and quick when everything is present: it only checks then.
 # It never installs or updates a Rust toolchain: the nightly that is installed
@@ -150,6 +151,26 @@ else
     }
     bpf_linker_ok || die "bpf-linker ${BPF_LINKER_VERSION} installed but 'bpf-linker --version' says: $(bpf-linker --version 2>&1 || true)"
     say "bpf-linker ${BPF_LINKER_VERSION} installed"
+fi
+
+# --- sslyze: the TLS scanner of tests/tls_scan.rs and scripts/tls-scan.sh ----
+# From PyPI, in its own virtualenv (its pinned Python dependencies touch
+# nothing else), at a fixed path the test and the script look in.
+SSLYZE_VERSION=6.3.1
+SSLYZE_VENV=$HOME/.local/share/tlsfront/sslyze
+sslyze_version() {
+    "$SSLYZE_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("sslyze"))' 2>/dev/null || true
+}
+if [[ $(sslyze_version) == "$SSLYZE_VERSION" && -x $SSLYZE_VENV/bin/sslyze ]]; then
+    say "sslyze ${SSLYZE_VERSION} present"
+else
+    say "installing sslyze ${SSLYZE_VERSION} from PyPI into ${SSLYZE_VENV} (under a minute)"
+    command -v python3 >/dev/null || die "python3 not found (needed for sslyze)"
+    python3 -m venv --clear "$SSLYZE_VENV" ||
+        die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+    "$SSLYZE_VENV/bin/pip" install --quiet --disable-pip-version-check "sslyze==${SSLYZE_VERSION}"
+    [[ $(sslyze_version) == "$SSLYZE_VERSION" ]] || die "sslyze ${SSLYZE_VERSION} did not install"
+    say "sslyze ${SSLYZE_VERSION} installed"
 fi
 
 say "done"

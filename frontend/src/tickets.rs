@@ -407,10 +407,10 @@ impl TicketKeyRing {
         let w = self.words();
         let seq = w[W_SEQ].load(Ordering::Relaxed);
         let claimed = if seq & 1 == 0 {
-            seq + 1
+            seq.wrapping_add(1)
         } else if now.saturating_sub(w[W_CLAIMED].load(Ordering::Relaxed)) >= STALE_ROTATION_SECS {
             // The rotator died half-way: redo it.
-            seq + 2
+            seq.wrapping_add(2)
         } else {
             return;
         };
@@ -468,7 +468,7 @@ impl TicketKeyRing {
         // Release: everything above is visible to whoever acquires the new
         // even sequence. Fails only if a stale-rotation recovery took over.
         if w[W_SEQ]
-            .compare_exchange(claimed, claimed + 1, Ordering::Release, Ordering::Relaxed)
+            .compare_exchange(claimed, claimed.wrapping_add(1), Ordering::Release, Ordering::Relaxed)
             .is_ok()
         {
             self.counters().rotations.fetch_add(1, Ordering::Relaxed);
