@@ -27,8 +27,9 @@ const LOADED_MACHINE_BUDGET_MS: &str = "50";
 /// Pause between a full handshake and the reconnect that offers its
 /// session elsewhere: sessions reach Redis through a background writer,
 /// usually within a millisecond, but a loaded test machine can delay it
-/// past an immediate reconnect (a full handshake, `remote_misses`).
-const PAIR_GAP: Duration = Duration::from_millis(10);
+/// past an immediate reconnect (a full handshake, `remote_misses`); 10 ms
+/// was seen to miss 1 in 10 with the whole suite running on 2 cores.
+const PAIR_GAP: Duration = Duration::from_millis(100);
 
 fn skipped() -> bool {
     match unavailable() {
