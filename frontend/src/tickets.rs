@@ -468,7 +468,12 @@ impl TicketKeyRing {
         // Release: everything above is visible to whoever acquires the new
         // even sequence. Fails only if a stale-rotation recovery took over.
         if w[W_SEQ]
-            .compare_exchange(claimed, claimed.wrapping_add(1), Ordering::Release, Ordering::Relaxed)
+            .compare_exchange(
+                claimed,
+                claimed.wrapping_add(1),
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
             .is_ok()
         {
             self.counters().rotations.fetch_add(1, Ordering::Relaxed);

@@ -12,14 +12,14 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tlsfront::session_cache::layout::{HEADER_BYTES, SLOT_BYTES, WAYS};
+use tlsfront::session_cache::layout::{slot_start, HEADER_BYTES, SET_BYTES, WAYS};
 use tlsfront::session_cache::{Opened, SessionCache};
 use tlsfront_tests::cache_value;
 use tlsfront_tests::*;
 
 const HAMMER: &str = env!("CARGO_BIN_EXE_cache_hammer");
 /// One set of 8 slots: every key collides with every other.
-const ONE_SET: u64 = (HEADER_BYTES + WAYS * SLOT_BYTES) as u64;
+const ONE_SET: u64 = (HEADER_BYTES + SET_BYTES) as u64;
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn hammer_cmd(command: &str, path: &Path, size: u64, extra: &[(&str, String)]) -> Command {
@@ -192,9 +192,10 @@ fn two_processes_hammering_a_1_mib_cache_never_read_a_torn_or_foreign_value() {
 /// Sequence words of every slot, read from the file itself.
 fn slot_sequences(path: &Path) -> Vec<u64> {
     let bytes = std::fs::read(path).expect("read cache file");
-    bytes[HEADER_BYTES..]
-        .chunks_exact(SLOT_BYTES)
-        .map(|s| u64::from_le_bytes(s[..8].try_into().unwrap()))
+    let sets = (bytes.len() - HEADER_BYTES) / SET_BYTES;
+    (0..sets)
+        .flat_map(|set| (0..WAYS).map(move |way| slot_start(set, way) * 8))
+        .map(|at| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()))
         .collect()
 }
 

@@ -3,9 +3,15 @@
 //! ```text
 //! offset 0        header: HEADER_WORDS u64 words (see `H_*`), rest of the
 //!                 first 4 KiB reserved
-//! offset 4096     set 0: WAYS slots of SLOT_BYTES
+//! offset 4096     set 0: a tag line (WAYS words: the key hash of each
+//!                 way, 0 = none), then WAYS slots of SLOT_BYTES
 //!                 set 1 ...
 //! ```
+//!
+//! A set is one 4 KiB page. The tag line lets a lookup find the way to read
+//! (or learn that there is none) from one cache line instead of touching
+//! every slot; tags are only hints, every candidate slot is still read and
+//! checked under its seqlock.
 //!
 //! A slot is `SLOT_WORDS` little-endian u64 words, each only ever accessed
 //! atomically:
@@ -22,16 +28,20 @@
 
 /// `"TLSFCACH"`, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TLSFCACH");
-/// Bumped whenever anything in this file changes meaning.
-pub const VERSION: u64 = 1;
+/// Bumped whenever anything in this file changes meaning (2: tag lines).
+pub const VERSION: u64 = 2;
 /// The header occupies the first page.
 pub const HEADER_BYTES: usize = 4096;
-/// Bytes per slot: 64 words.
-pub const SLOT_BYTES: usize = 512;
+/// Slots per set.
+pub const WAYS: usize = 8;
+/// One set is one 4 KiB page: the tag line, then the slots.
+pub const SET_BYTES: usize = 4096;
+/// The tag line: one word per way.
+pub const TAG_BYTES: usize = 64;
+/// Bytes per slot: 63 words.
+pub const SLOT_BYTES: usize = (SET_BYTES - TAG_BYTES) / WAYS;
 /// Words per slot.
 pub const SLOT_WORDS: usize = SLOT_BYTES / 8;
-/// Slots per set: one set is one 4 KiB page.
-pub const WAYS: usize = 8;
 
 /// Header word indexes.
 pub const H_MAGIC: usize = 0;
@@ -77,13 +87,23 @@ pub const MAX_KEY: usize = 64;
 
 /// The file length for `sets` sets.
 pub fn file_len(sets: usize) -> usize {
-    HEADER_BYTES + sets * WAYS * SLOT_BYTES
+    HEADER_BYTES + sets * SET_BYTES
 }
 
 /// How many sets fit in `size` bytes (0 if not even one).
 pub fn sets_for_size(size: u64) -> usize {
     let size = usize::try_from(size).unwrap_or(usize::MAX);
-    size.saturating_sub(HEADER_BYTES) / (WAYS * SLOT_BYTES)
+    size.saturating_sub(HEADER_BYTES) / SET_BYTES
+}
+
+/// Word index of set `set`'s tag line.
+pub fn tag_start(set: usize) -> usize {
+    (HEADER_BYTES + set * SET_BYTES) / 8
+}
+
+/// Word index of the first word of slot `way` of set `set`.
+pub fn slot_start(set: usize, way: usize) -> usize {
+    (HEADER_BYTES + set * SET_BYTES + TAG_BYTES + way * SLOT_BYTES) / 8
 }
 
 const K1: u64 = 0x9E37_79B9_7F4A_7C15;

@@ -197,9 +197,14 @@ impl SessionCache {
     }
 
     fn slot(&self, set: usize, way: usize) -> &[AtomicU64] {
-        let start = (HEADER_BYTES + (set * WAYS + way) * SLOT_BYTES) / 8;
+        let start = slot_start(set, way);
         // In bounds: the file length was checked against `sets` at open.
         &self.region.words()[start..start + SLOT_WORDS]
+    }
+
+    fn tags(&self, set: usize) -> &[AtomicU64] {
+        let start = tag_start(set);
+        &self.region.words()[start..start + WAYS]
     }
 
     fn set_of(&self, hash: u64) -> usize {
@@ -276,7 +281,14 @@ impl SessionCache {
         let set = self.set_of(hash);
         let now = unix_now();
         let mut value = Vec::new();
+        let tags = self.tags(set);
         for way in 0..WAYS {
+            // Tags are hints written after each publication (Relaxed: the
+            // slot's own seqlock orders what matters); a way whose tag does
+            // not match is not worth reading.
+            if tags[way].load(Ordering::Relaxed) != hash {
+                continue;
+            }
             let slot = self.slot(set, way);
             let Read::Hit { seq, expiry } = self.read_slot(slot, hash, key, &mut value) else {
                 continue;
@@ -308,6 +320,7 @@ impl SessionCache {
                 slot[S_LENS].store(0, Ordering::Relaxed);
                 slot[S_EXPIRY].store(0, Ordering::Relaxed);
                 slot[S_CHECK].store(0, Ordering::Relaxed);
+                tags[way].store(0, Ordering::Relaxed);
                 slot[S_SEQ].store(seq.wrapping_add(2), Ordering::Release);
             }
             counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -376,6 +389,7 @@ impl SessionCache {
                 Victim::Empty | Victim::SameKey => 0,
             };
             if self.write_slot(slot, claimed, &entry, now) {
+                self.tags(set)[way].store(hash, Ordering::Relaxed);
                 counters.inserts.fetch_add(1, Ordering::Relaxed);
                 return true;
             }

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use super::*;
 
 /// One set: every key shares it, the hardest case for eviction and races.
-const ONE_SET: u64 = (HEADER_BYTES + WAYS * SLOT_BYTES) as u64;
+const ONE_SET: u64 = (HEADER_BYTES + SET_BYTES) as u64;
 
 fn cache_in(dir: &tempfile::TempDir, size: u64) -> SessionCache {
     let (cache, _) =
@@ -224,7 +224,7 @@ fn the_file_is_created_mode_0600() {
 fn random_bytes_over_the_body_cause_misses_never_garbage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.cache");
-    let size = (HEADER_BYTES + 16 * WAYS * SLOT_BYTES) as u64;
+    let size = (HEADER_BYTES + 16 * SET_BYTES) as u64;
     let keys: Vec<[u8; 32]> = (0..64u8).map(|i| [i; 32]).collect();
     {
         let (cache, _) = SessionCache::open(&path, size, 300, 1).expect("open");
