@@ -1,0 +1,111 @@
+//! Running out of file descriptors: accept errors pause accepting instead of
+//! spinning, open connections keep working, and accepting resumes once
+//! descriptors are free again.
+
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use tlsfront_tests::ops_support::{Proc, Streamer};
+use tlsfront_tests::*;
+
+/// utime + stime of `pid`, in clock ticks (USER_HZ, 100 on Linux).
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the parenthesised command name: state is field 3, utime 14.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list fds")
+        .count()
+}
+
+/// Sets the soft RLIMIT_NOFILE of the running process `pid` (util-linux
+/// prlimit), keeping its hard limit.
+fn set_nofile(pid: i32, limit: usize) {
+    let status = Command::new("prlimit")
+        .args([&format!("--pid={pid}"), &format!("--nofile={limit}:")])
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit --nofile={limit}: failed");
+}
+
+/// The soft RLIMIT_NOFILE of `pid`.
+fn soft_nofile(pid: i32) -> usize {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    line.split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .expect("soft limit")
+}
+
+#[test]
+fn out_of_descriptors_pauses_accepting_without_spinning_and_keeps_open_connections() {
+    let pki = Pki::new();
+    let dir = temp_dir();
+    let (cert, key) = pki.leaf(&["localhost"]).write(dir.path(), "localhost");
+    let echo = Upstream::echo();
+    let p = Proc::start(
+        None,
+        &[
+            ("worker.count", "1"),
+            ("tls.cert", cert.to_str().expect("path")),
+            ("tls.key", key.to_str().expect("path")),
+            ("upstream.addr", &echo.addr_string()),
+        ],
+    );
+    let pid = p.pid();
+    let client = TlsClient::connect(p.addr(), ClientSpec::new(pki.trust()).build(), "localhost")
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.output()));
+    let stream = Streamer::start(client, 5, 1024, Duration::from_millis(20));
+    assert!(
+        stream.wait_more_rounds(3, Duration::from_secs(5)),
+        "stream did not start"
+    );
+
+    // No descriptor left for one more connection.
+    let original = soft_nofile(pid);
+    set_nofile(pid, open_fds(pid));
+    let waiting: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(p.addr()).expect("the kernel still queues connections"))
+        .collect();
+    let accept_failed = p.wait_stderr("accept failed", Duration::from_secs(5));
+    assert!(accept_failed, "no accept error logged\n{}", p.output());
+
+    // At the limit for 2 s: the worker must not spin on accept.
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(pid) - before;
+    assert!(
+        spent < 50,
+        "{spent} ticks of CPU in 2 s at the descriptor limit: accept is spinning\n{}",
+        p.output()
+    );
+    // The open connection kept streaming meanwhile.
+    assert!(
+        stream.wait_more_rounds(3, Duration::from_secs(5)),
+        "the open connection stalled: {:?}\n{}",
+        stream.error(),
+        p.output()
+    );
+
+    // Descriptors back: queued and new connections are served.
+    set_nofile(pid, original);
+    drop(waiting);
+    let again = TlsClient::connect(p.addr(), ClientSpec::new(pki.trust()).build(), "localhost");
+    assert!(
+        again.is_ok(),
+        "no handshake after the limit was raised\n{}",
+        p.output()
+    );
+    let (_, err) = stream.stop();
+    assert!(err.is_none(), "{err:?}");
+}
