@@ -11,7 +11,11 @@
 //! A set is one 4 KiB page. The tag line lets a lookup find the way to read
 //! (or learn that there is none) from one cache line instead of touching
 //! every slot; tags are only hints, every candidate slot is still read and
-//! checked under its seqlock.
+//! checked under its seqlock. A tag is stored after its slot is published,
+//! so two writers racing on one slot, or a writer killed between the two
+//! stores, can leave a tag that names another key: that entry is then a
+//! miss (a full handshake) until the slot is written again, never a wrong
+//! session.
 //!
 //! A slot is `SLOT_WORDS` little-endian u64 words, each only ever accessed
 //! atomically:
