@@ -23,6 +23,30 @@ pub fn current_worker() -> Option<usize> {
     CURRENT_WORKER.with(Cell::get)
 }
 
+/// Declares a struct of per-worker `AtomicU64` counters whose `fields()`
+/// names each one `<prefix><field>` (the names `tlsfront stats` and the
+/// metrics endpoint show).
+macro_rules! named_counters {
+    ($(#[$meta:meta])* $name:ident, $prefix:literal, { $( $field:ident : $doc:literal ),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        pub struct $name {
+            $( #[doc = $doc] pub $field: std::sync::atomic::AtomicU64, )*
+        }
+
+        impl $name {
+            /// Names and values, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![ $( (
+                    concat!($prefix, stringify!($field)),
+                    self.$field.load(std::sync::atomic::Ordering::Relaxed),
+                ), )* ]
+            }
+        }
+    };
+}
+pub(crate) use named_counters;
+
 /// What a store saw while rustls processed one flight of a handshake:
 /// together with the protocol version it tells how the handshake resumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

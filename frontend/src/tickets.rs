@@ -172,23 +172,9 @@ pub enum TicketError {
     KeyCount(usize),
 }
 
-macro_rules! ticket_counters {
-    ($( $field:ident : $doc:literal ),* $(,)?) => {
-        /// Counters of the ring as used by one worker.
-        #[derive(Debug, Default)]
-        pub struct TicketCounters {
-            $( #[doc = $doc] pub $field: AtomicU64, )*
-        }
-
-        impl TicketCounters {
-            fn fields(&self) -> Vec<(&'static str, u64)> {
-                vec![ $( (concat!("tickets_", stringify!($field)), self.$field.load(Ordering::Relaxed)), )* ]
-            }
-        }
-    };
-}
-
-ticket_counters! {
+crate::metrics::named_counters! {
+    /// Counters of the ring as used by one worker.
+    TicketCounters, "tickets_", {
     issued: "Tickets encrypted.",
     decrypted_current: "Tickets decrypted with the current key.",
     decrypted_previous: "Tickets decrypted with the previous key.",
@@ -196,6 +182,7 @@ ticket_counters! {
     decrypted_next: "Tickets decrypted with the next key (a host whose clock is ahead).",
     decrypt_failures: "Tickets refused: unknown key name, bad tag or short input.",
     rotations: "Rotations this worker performed for the whole box.",
+    }
 }
 
 /// One decoded key.

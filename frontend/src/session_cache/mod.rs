@@ -52,23 +52,9 @@ pub fn unix_now() -> u64 {
     }
 }
 
-macro_rules! cache_counters {
-    ($( $field:ident : $doc:literal ),* $(,)?) => {
-        /// Counters of the cache as used by one worker.
-        #[derive(Debug, Default)]
-        pub struct CacheCounters {
-            $( #[doc = $doc] pub $field: AtomicU64, )*
-        }
-
-        impl CacheCounters {
-            fn fields(&self) -> Vec<(&'static str, u64)> {
-                vec![ $( (concat!("cache_", stringify!($field)), self.$field.load(Ordering::Relaxed)), )* ]
-            }
-        }
-    };
-}
-
-cache_counters! {
+crate::metrics::named_counters! {
+    /// Counters of the cache as used by one worker.
+    CacheCounters, "cache_", {
     lookups: "get and take calls.",
     hits: "Lookups that returned a session.",
     misses: "Lookups that found nothing usable (absent, expired, torn, corrupt).",
@@ -79,6 +65,7 @@ cache_counters! {
     torn_retries: "Slot reads retried because a writer changed the slot meanwhile.",
     corrupt: "Slots whose checksum or lengths did not match (torn by a crash, or scribbled).",
     contended: "Inserts or takes that lost a race for a slot.",
+    }
 }
 
 /// What a validated read of one slot found.
@@ -282,11 +269,11 @@ impl SessionCache {
         let now = unix_now();
         let mut value = Vec::new();
         let tags = self.tags(set);
-        for way in 0..WAYS {
+        for (way, tag) in tags.iter().enumerate() {
             // Tags are hints written after each publication (Relaxed: the
             // slot's own seqlock orders what matters); a way whose tag does
             // not match is not worth reading.
-            if tags[way].load(Ordering::Relaxed) != hash {
+            if tag.load(Ordering::Relaxed) != hash {
                 continue;
             }
             let slot = self.slot(set, way);
@@ -320,7 +307,7 @@ impl SessionCache {
                 slot[S_LENS].store(0, Ordering::Relaxed);
                 slot[S_EXPIRY].store(0, Ordering::Relaxed);
                 slot[S_CHECK].store(0, Ordering::Relaxed);
-                tags[way].store(0, Ordering::Relaxed);
+                tag.store(0, Ordering::Relaxed);
                 slot[S_SEQ].store(seq.wrapping_add(2), Ordering::Release);
             }
             counters.hits.fetch_add(1, Ordering::Relaxed);

@@ -298,24 +298,9 @@ fn aad(session_id: &[u8]) -> aead::Aad<Vec<u8>> {
 // Counters
 // ---------------------------------------------------------------------------
 
-macro_rules! remote_counters {
-    ($( $field:ident : $doc:literal ),* $(,)?) => {
-        /// Counters of the remote tier as used by one worker.
-        #[derive(Debug, Default)]
-        pub struct RemoteCounters {
-            $( #[doc = $doc] pub $field: AtomicU64, )*
-        }
-
-        impl RemoteCounters {
-            /// Names and values, in declaration order.
-            pub fn fields(&self) -> Vec<(&'static str, u64)> {
-                vec![ $( (concat!("remote_", stringify!($field)), self.$field.load(Ordering::Relaxed)), )* ]
-            }
-        }
-    };
-}
-
-remote_counters! {
+crate::metrics::named_counters! {
+    /// Counters of the remote tier as used by one worker.
+    RemoteCounters, "remote_", {
     gets: "Lookups (GET or GETDEL) sent to Redis after a local miss.",
     hits: "Lookups that returned a session that opened and had not expired.",
     misses: "Lookups that found nothing (or an expired session).",
@@ -325,6 +310,7 @@ remote_counters! {
     puts: "Sessions written to Redis.",
     put_dropped: "Sessions not written: the writer's queue was full, or its write failed.",
     rejected: "Values that failed authentication (tampered, another secret or another ID) or were malformed.",
+    }
 }
 
 fn inc(c: &AtomicU64) {
