@@ -230,7 +230,7 @@ config_keys! {
     cache_timeout: Duration = "300s", "cache.timeout_secs", change = Live,
         "How long a cached session can be resumed (like nginx's ssl_session_timeout).";
     cache_remote: crate::session_cache::remote::RemoteUrl = "", "cache.remote", change = Restart,
-        "A Redis shared by a fleet (redis://HOST:PORT[/DB], redis://:PASSWORD@HOST:PORT, redis+unix:///PATH) as a second tier behind the local cache, so sessions resume on any host behind a load balancer; empty = off. Values are sealed with cache.remote.secret; no TLS (rediss://), no Cluster.";
+        "A Redis shared by a fleet (redis://HOST:PORT[/DB], redis://:PASSWORD@HOST:PORT, redis+unix:///PATH) as a second tier behind the local cache, so sessions resume on any host behind a load balancer; empty = off. A Redis Cluster: redis+cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT...] (seed nodes; each lookup goes to the node owning its key's slot, with cache.remote.timeout_ms as connect and reply timeout, no retries). Values are sealed with cache.remote.secret; no TLS (rediss://).";
     cache_remote_secret: crate::session_cache::remote::RemoteSecret = "", "cache.remote.secret", change = Restart,
         "file:PATH of a secret of 32+ bytes shared by the fleet (like tickets.key_source): seals the sessions kept in cache.remote and names their keys. Required with cache.remote.";
     cache_remote_timeout_ms: u32 = "5", "cache.remote.timeout_ms", change = Restart,

@@ -1,6 +1,8 @@
 //! The second tier of the session cache: a Redis shared by every host of a
 //! fleet (`cache.remote = redis://HOST:PORT[/DB]`), so that a session made
-//! on one host behind a load balancer resumes on another.
+//! on one host behind a load balancer resumes on another. A Redis Cluster
+//! is named by `redis+cluster://HOST:PORT[,HOST:PORT...]` (seed nodes): each
+//! command touches one key, so it goes to the node owning that key's slot.
 //!
 //! The shared mmap cache stays the first tier; this one is consulted only
 //! when it misses, and never makes a handshake wait longer than
@@ -75,12 +77,17 @@ pub const OVERHEAD: usize = HEADER_LEN + 8 + TAG_LEN;
 // Configuration values
 // ---------------------------------------------------------------------------
 
-/// `cache.remote`: a `redis://` (or `redis+unix://`) URL, or empty = off.
+/// Scheme of a Redis Cluster: `redis+cluster://[[USER]:PASS@]HOST:PORT[,HOST:PORT...]`.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// `cache.remote`: a `redis://` (or `redis+unix://`, or `redis+cluster://`)
+/// URL, or empty = off.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemoteUrl(pub Option<String>);
 
 impl ConfigValue for RemoteUrl {
-    const KIND: &'static str = "redis://HOST:PORT[/DB] or empty";
+    const KIND: &'static str =
+        "redis://HOST:PORT[/DB], redis+cluster://HOST:PORT[,HOST:PORT...] or empty";
     fn parse(raw: &str) -> Result<Self, String> {
         if raw.is_empty() {
             return Ok(RemoteUrl(None));
@@ -90,6 +97,9 @@ impl ConfigValue for RemoteUrl {
                 "{raw:?}: TLS to Redis (rediss://) is not built into tlsfront; use redis:// \
                  over a private network or a local TLS tunnel"
             ));
+        }
+        if raw.starts_with(CLUSTER_SCHEME) {
+            return cluster_nodes(raw).map(|_| RemoteUrl(Some(raw.to_string())));
         }
         connection_info(raw).map(|_| RemoteUrl(Some(raw.to_string())))
     }
@@ -131,6 +141,30 @@ fn connection_info(url: &str) -> Result<redis::ConnectionInfo, String> {
     let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
     let settings = info.redis_settings().clone().set_skip_set_lib_name();
     Ok(info.set_tcp_settings(tcp).set_redis_settings(settings))
+}
+
+/// The seed nodes of a `redis+cluster://` URL, each as a `redis://` one (the
+/// credentials, if any, apply to every node; no database: a cluster has one).
+fn cluster_nodes(url: &str) -> Result<Vec<redis::ConnectionInfo>, String> {
+    let rest = url
+        .strip_prefix(CLUSTER_SCHEME)
+        .ok_or_else(|| format!("{}: not {CLUSTER_SCHEME}", redact(url)))?;
+    let (auth, hosts) = match rest.rfind('@') {
+        Some(at) => (&rest[..=at], &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let hosts = hosts.strip_suffix('/').unwrap_or(hosts);
+    let mut nodes = Vec::new();
+    for host in hosts.split(',') {
+        if host.is_empty() || host.contains('/') || host.contains('?') {
+            return Err(format!(
+                "{}: expected {CLUSTER_SCHEME}HOST:PORT[,HOST:PORT...] (no database, no options)",
+                redact(url)
+            ));
+        }
+        nodes.push(connection_info(&format!("redis://{auth}{host}"))?);
+    }
+    Ok(nodes)
 }
 
 /// The URL without its password, for messages.
@@ -345,10 +379,32 @@ enum Job {
     },
 }
 
+impl Job {
+    fn add_to(&self, pipe: &mut redis::Pipeline) {
+        match self {
+            Job::Set {
+                key, value, ttl, ..
+            } => pipe.cmd("SET").arg(key).arg(&value[..]).arg("EX").arg(*ttl),
+            Job::Del { key, .. } => pipe.cmd("DEL").arg(key),
+        }
+        .ignore();
+    }
+
+    fn add_to_cluster(&self, pipe: &mut redis::cluster::ClusterPipeline) {
+        match self {
+            Job::Set {
+                key, value, ttl, ..
+            } => pipe.cmd("SET").arg(key).arg(&value[..]).arg("EX").arg(*ttl),
+            Job::Del { key, .. } => pipe.cmd("DEL").arg(key),
+        }
+        .ignore();
+    }
+}
+
 /// Settings of a [`RemoteStore`].
 #[derive(Debug, Clone)]
 pub struct RemoteSettings {
-    /// `redis://…` URL.
+    /// `redis://…`, `redis+unix://…` or `redis+cluster://…` URL.
     pub url: String,
     /// Shared secret file.
     pub secret: PathBuf,
@@ -364,7 +420,7 @@ pub struct RemoteSettings {
 pub struct RemoteStore {
     id: u64,
     url: String,
-    client: Arc<ArcSwap<redis::Client>>,
+    target: Target,
     budget: Duration,
     keys: Keys,
     writer: SyncSender<Job>,
@@ -383,7 +439,7 @@ impl fmt::Debug for RemoteStore {
 /// One thread's connection to Redis and its back-off state.
 struct Link {
     store: u64,
-    conn: Option<redis::Connection>,
+    conn: Option<Conn>,
     backoff: Duration,
     retry_at: Option<Instant>,
 }
@@ -405,6 +461,66 @@ impl Link {
     }
 }
 
+/// A connection to a single Redis, or to the nodes of a cluster.
+enum Conn {
+    Single(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Conn {
+    /// Write and read timeouts of every step from now on (for a cluster:
+    /// of its open node connections and of those it opens later).
+    fn set_timeouts(&self, t: Duration) -> redis::RedisResult<()> {
+        match self {
+            Conn::Single(c) => {
+                c.set_write_timeout(Some(t))?;
+                c.set_read_timeout(Some(t))
+            }
+            Conn::Cluster(c) => {
+                c.set_write_timeout(Some(t))?;
+                c.set_read_timeout(Some(t))
+            }
+        }
+    }
+
+    fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query(c),
+            Conn::Cluster(c) => cmd.query(c),
+        }
+    }
+}
+
+/// Where the store is: one Redis (its client, the address re-resolved by
+/// the writer) or a cluster.
+#[derive(Clone)]
+enum Target {
+    Single(Arc<ArcSwap<redis::Client>>),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+impl Target {
+    /// Connects within `timeout`; for a cluster, that is also the timeout of
+    /// each node connection opened later and of each reply (no retries: a
+    /// redirection or a failure ends the command, and the caller connects
+    /// again, reading the slot map anew).
+    fn connect(&self, timeout: Duration) -> redis::RedisResult<Conn> {
+        match self {
+            Target::Single(client) => client
+                .load()
+                .get_connection_with_timeout(timeout)
+                .map(Conn::Single),
+            Target::Cluster(client) => client
+                .get_connection_with_config(
+                    redis::cluster::ClusterConfig::new()
+                        .set_connection_timeout(timeout)
+                        .set_response_timeout(timeout),
+                )
+                .map(|c| Conn::Cluster(Box::new(c))),
+        }
+    }
+}
+
 thread_local! {
     /// Connections of the calling thread, one per store (normally one).
     static LINKS: RefCell<Vec<Link>> = const { RefCell::new(Vec::new()) };
@@ -422,16 +538,32 @@ impl RemoteStore {
     pub fn open(settings: &RemoteSettings) -> Result<RemoteStore, String> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let keys = Keys::from_file(&settings.secret)?;
-        let info = connection_info(&settings.url).map_err(|e| format!("cache.remote {e}"))?;
-        let host = match info.addr() {
-            redis::ConnectionAddr::Tcp(host, port) if host.parse::<IpAddr>().is_err() => {
-                Some((host.clone(), *port))
-            }
-            _ => None,
+        let budget = settings.timeout.max(Duration::from_millis(1));
+        let (target, info, host) = if settings.url.starts_with(CLUSTER_SCHEME) {
+            let nodes = cluster_nodes(&settings.url).map_err(|e| format!("cache.remote {e}"))?;
+            let first = nodes[0].clone();
+            let client = redis::cluster::ClusterClient::builder(nodes)
+                .retries(0)
+                .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
+                .connection_timeout(budget)
+                .response_timeout(budget)
+                .build()
+                .map_err(|e| format!("cache.remote: {e}"))?;
+            (Target::Cluster(Box::new(client)), first, None)
+        } else {
+            let info = connection_info(&settings.url).map_err(|e| format!("cache.remote {e}"))?;
+            let host = match info.addr() {
+                redis::ConnectionAddr::Tcp(host, port) if host.parse::<IpAddr>().is_err() => {
+                    Some((host.clone(), *port))
+                }
+                _ => None,
+            };
+            let resolved =
+                resolve(&info, host.as_ref()).map_err(|e| format!("cache.remote {e}"))?;
+            let client = redis::Client::open(resolved).map_err(|e| format!("cache.remote: {e}"))?;
+            let client = Arc::new(ArcSwap::from_pointee(client));
+            (Target::Single(client), info, host)
         };
-        let resolved = resolve(&info, host.as_ref()).map_err(|e| format!("cache.remote {e}"))?;
-        let client = redis::Client::open(resolved).map_err(|e| format!("cache.remote: {e}"))?;
-        let client = Arc::new(ArcSwap::from_pointee(client));
         let counters: Arc<[RemoteCounters]> = (0..=settings.workers)
             .map(|_| RemoteCounters::default())
             .collect();
@@ -440,7 +572,7 @@ impl RemoteStore {
             rx,
             info,
             host,
-            client: Arc::clone(&client),
+            target: target.clone(),
             counters: Arc::clone(&counters),
             link: Link {
                 store: 0,
@@ -457,8 +589,8 @@ impl RemoteStore {
         Ok(RemoteStore {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             url: redact(&settings.url),
-            client,
-            budget: settings.timeout.max(Duration::from_millis(1)),
+            target,
+            budget,
             keys,
             writer: tx,
             counters,
@@ -482,15 +614,10 @@ impl RemoteStore {
 
     /// `PING` within `timeout`, on a connection of its own.
     pub fn ping(&self, timeout: Duration) -> Result<(), String> {
-        let mut conn = self
-            .client
-            .load()
-            .get_connection_with_timeout(timeout)
-            .map_err(|e| e.to_string())?;
-        conn.set_read_timeout(Some(timeout))
-            .map_err(|e| e.to_string())?;
-        redis::cmd("PING")
-            .query::<String>(&mut conn)
+        let mut conn = self.target.connect(timeout).map_err(|e| e.to_string())?;
+        conn.set_timeouts(timeout).map_err(|e| e.to_string())?;
+        conn.query::<redis::Value>(&redis::cmd("PING"))
+            .and_then(|v| v.extract_error())
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
@@ -641,18 +768,13 @@ impl RemoteStore {
         };
         if link.conn.is_none() {
             let budget = left(Instant::now()).ok_or(Failure::Timeout)?;
-            let conn = self
-                .client
-                .load()
-                .get_connection_with_timeout(budget)
-                .map_err(classify)?;
+            let conn = self.target.connect(budget).map_err(classify)?;
             link.conn = Some(conn);
         }
         let conn = link.conn.as_mut().expect("connected above");
         let budget = left(Instant::now()).ok_or(Failure::Timeout)?;
-        conn.set_write_timeout(Some(budget)).map_err(classify)?;
-        conn.set_read_timeout(Some(budget)).map_err(classify)?;
-        let reply = cmd.query::<Option<Vec<u8>>>(conn).map_err(classify);
+        conn.set_timeouts(budget).map_err(classify)?;
+        let reply = conn.query::<Option<Vec<u8>>>(cmd).map_err(classify);
         if reply.is_err() {
             // A late reply would be read as the answer to the next command.
             link.conn = None;
@@ -748,7 +870,7 @@ struct Writer {
     rx: Receiver<Job>,
     info: redis::ConnectionInfo,
     host: Option<(String, u16)>,
-    client: Arc<ArcSwap<redis::Client>>,
+    target: Target,
     counters: Arc<[RemoteCounters]>,
     link: Link,
     resolved_at: Instant,
@@ -810,26 +932,28 @@ impl Writer {
 
     fn write(&mut self, batch: &[Job]) -> Result<(), redis::RedisError> {
         if self.link.conn.is_none() {
-            let conn = self
-                .client
-                .load()
-                .get_connection_with_timeout(WRITER_TIMEOUT)?;
-            conn.set_write_timeout(Some(WRITER_TIMEOUT))?;
-            conn.set_read_timeout(Some(WRITER_TIMEOUT))?;
+            let conn = self.target.connect(WRITER_TIMEOUT)?;
+            conn.set_timeouts(WRITER_TIMEOUT)?;
             self.link.conn = Some(conn);
         }
         let conn = self.link.conn.as_mut().expect("connected above");
-        let mut pipe = redis::pipe();
-        for job in batch {
-            match job {
-                Job::Set {
-                    key, value, ttl, ..
-                } => pipe.cmd("SET").arg(key).arg(&value[..]).arg("EX").arg(*ttl),
-                Job::Del { key, .. } => pipe.cmd("DEL").arg(key),
+        let result = match conn {
+            Conn::Single(conn) => {
+                let mut pipe = redis::pipe();
+                for job in batch {
+                    job.add_to(&mut pipe);
+                }
+                pipe.query::<()>(conn)
             }
-            .ignore();
-        }
-        let result = pipe.query::<()>(conn);
+            // Commands go to the nodes owning their keys' slots.
+            Conn::Cluster(conn) => {
+                let mut pipe = redis::cluster::cluster_pipe();
+                for job in batch {
+                    job.add_to_cluster(&mut pipe);
+                }
+                pipe.query::<()>(conn)
+            }
+        };
         if result.is_err() {
             self.link.conn = None;
         }
@@ -841,16 +965,19 @@ impl Writer {
         if self.host.is_none() || self.resolved_at.elapsed() < RESOLVE_EVERY {
             return;
         }
+        let Target::Single(current) = &self.target else {
+            return;
+        };
         self.resolved_at = Instant::now();
         match resolve(&self.info, self.host.as_ref())
             .and_then(|info| redis::Client::open(info).map_err(|e| e.to_string()))
         {
             Ok(client) => {
                 if client.get_connection_info().addr()
-                    != self.client.load().get_connection_info().addr()
+                    != current.load().get_connection_info().addr()
                 {
                     tracing::info!("cache.remote: the store's address changed");
-                    self.client.store(Arc::new(client));
+                    current.store(Arc::new(client));
                     self.link.conn = None;
                 }
             }
@@ -913,6 +1040,24 @@ mod tests {
             .contains("not built"));
         assert!(RemoteUrl::parse("http://x").is_err());
         assert!(RemoteUrl::parse("redis+unix:///run/redis.sock").is_ok());
+        let c = RemoteUrl::parse("redis+cluster://10.0.0.1:7000,10.0.0.2:7000").unwrap();
+        assert_eq!(RemoteUrl::parse(&c.render()).unwrap(), c);
+        assert!(RemoteUrl::parse("redis+cluster://:pw@h1:7000,h2:7001").is_ok());
+        assert!(RemoteUrl::parse("redis+cluster://h1:7000/2").is_err());
+        assert!(RemoteUrl::parse("redis+cluster://h1:7000,,h2:7000").is_err());
+        assert!(RemoteUrl::parse("redis+cluster://").is_err());
+        assert_eq!(
+            cluster_nodes("redis+cluster://u:pw@h1:7000,h2:7001")
+                .unwrap()
+                .iter()
+                .map(|n| n.addr().to_string())
+                .collect::<Vec<_>>(),
+            ["h1:7000", "h2:7001"]
+        );
+        assert_eq!(
+            redact("redis+cluster://u:pw@h1:1,h2:2"),
+            "redis+cluster://***@h1:1,h2:2"
+        );
         let s = RemoteSecret::parse("file:/etc/s").unwrap();
         assert_eq!(s, RemoteSecret(Some("/etc/s".into())));
         assert_eq!(RemoteSecret::parse(&s.render()).unwrap(), s);
@@ -1085,7 +1230,10 @@ mod tests {
         assert!(matches!(store.fetch(b"id-2", true), Fetched::Hit { .. }));
         assert_eq!(store.fetch(b"id-2", true), Fetched::Miss);
         // A value moved to another key, or changed, is rejected.
-        let mut conn = store.client.load().get_connection().unwrap();
+        let Target::Single(client) = &store.target else {
+            panic!("not a single Redis")
+        };
+        let mut conn = client.load().get_connection().unwrap();
         let v: Vec<u8> = redis::cmd("GET")
             .arg(store.keys.redis_key(b"id-1"))
             .query(&mut conn)
