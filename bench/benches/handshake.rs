@@ -51,18 +51,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ClientSessionMemoryCache, Resumption, Tls12Resumption};
-use rustls::crypto::{aws_lc_rs, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, ServerConfig,
-    ServerConnection, SignatureScheme,
-};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
 use tlsfront::config::Config;
 use tlsfront::metrics::set_current_worker;
 use tlsfront::session_cache::SessionCache;
 use tlsfront::tickets::{KeySource, TicketKeyRing};
+use tlsfront_bench::{pinned_provider, AcceptAnything};
 
 // The allocator of the tlsfront binary.
 #[global_allocator]
@@ -113,51 +110,9 @@ impl Mode {
 
 // ------------------------------------------------------------------ client
 
-/// Accepts any certificate and checks no signature (`tlsload --insecure`).
-#[derive(Debug)]
-struct AcceptAnything(Vec<SignatureScheme>);
-
-impl ServerCertVerifier for AcceptAnything {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.clone()
-    }
-}
-
 fn client_config(mode: Mode) -> Arc<ClientConfig> {
-    let mut p = aws_lc_rs::default_provider();
-    p.kx_groups = vec![aws_lc_rs::kx_group::X25519, aws_lc_rs::kx_group::SECP256R1];
-    p.cipher_suites = vec![
-        aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
-        aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        aws_lc_rs::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-    ];
-    let provider: Arc<CryptoProvider> = Arc::new(p);
+    // The same client crypto as tlsload.
+    let provider: Arc<CryptoProvider> = Arc::new(pinned_provider());
     let version: &'static rustls::SupportedProtocolVersion = if mode.tls13() {
         &rustls::version::TLS13
     } else {

@@ -8,6 +8,8 @@
 //! - [`SpinBarrier`]: lines bench threads up within ~100 ns (a futex
 //!   barrier wakes the waiting thread tens of microseconds late, so short
 //!   timed phases would barely overlap).
+//! - [`pinned_provider`] and [`AcceptAnything`]: the client side of `tlsload`
+//!   and of the in-memory handshake bench, so both do the same crypto.
 //!
 //! Results and how to read them: `RESULTS.md` beside this crate's manifest.
 
@@ -267,5 +269,61 @@ mod tests {
         assert_eq!(Fixture::range(&f.resident, 0, 2), &f.resident[..5]);
         assert_eq!(Fixture::range(&f.resident, 1, 2), &f.resident[5..]);
         assert_eq!(Fixture::range(&f.resident, 0, 1), &f.resident[..]);
+    }
+}
+
+/// The client's crypto: aws-lc-rs with X25519 (and P-256) and AES-128-GCM
+/// only, so that every server measured does the same key exchange and
+/// cipher. X25519 alone would do for rustls, but an OpenSSL server (nginx)
+/// refuses a TLS 1.2 handshake with a P-256 ECDSA certificate unless the
+/// client lists P-256 among its groups; X25519 stays first and is the only
+/// TLS 1.3 key share.
+pub fn pinned_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::aws_lc_rs;
+    let mut p = aws_lc_rs::default_provider();
+    p.kx_groups = vec![aws_lc_rs::kx_group::X25519, aws_lc_rs::kx_group::SECP256R1];
+    p.cipher_suites = vec![
+        aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        aws_lc_rs::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    ];
+    p
+}
+
+/// A certificate verifier that accepts anything and checks no signature,
+/// so a load-generating client spends as little CPU as possible (the
+/// server's work is unchanged). Benchmarks only.
+#[derive(Debug)]
+pub struct AcceptAnything(pub Vec<rustls::SignatureScheme>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.clone()
     }
 }

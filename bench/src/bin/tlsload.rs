@@ -27,14 +27,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ClientSessionMemoryCache, Resumption, Tls12Resumption};
-use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, SignatureScheme,
-};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind};
+use tlsfront_bench::{pinned_provider, AcceptAnything};
 
 const USAGE: &str = "\
 usage:
@@ -220,55 +218,8 @@ fn main() {
 // ---------------------------------------------------------------- client config
 
 fn provider() -> CryptoProvider {
-    let mut p = aws_lc_rs::default_provider();
-    // X25519 only would be enough for rustls, but an OpenSSL server (nginx)
-    // refuses a TLS 1.2 handshake with a P-256 ECDSA certificate unless the
-    // client lists P-256 among its groups. X25519 stays first (and is the only
-    // TLS 1.3 key share); every connection checks that X25519 was used.
-    p.kx_groups = vec![aws_lc_rs::kx_group::X25519, aws_lc_rs::kx_group::SECP256R1];
-    p.cipher_suites = vec![
-        aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
-        aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        aws_lc_rs::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-    ];
-    p
-}
-
-/// `--insecure`: accepts any certificate and checks no signature, so the
-/// client spends as little CPU as possible (the server's work is unchanged).
-#[derive(Debug)]
-struct AcceptAnything(Vec<SignatureScheme>);
-
-impl ServerCertVerifier for AcceptAnything {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.clone()
-    }
+    // Every connection checks that X25519 was used (see pinned_provider).
+    pinned_provider()
 }
 
 /// The base config; each loop clones it and gives it its own session store.
