@@ -223,6 +223,56 @@ pub fn tlsfront_cmd(args: &[&str]) -> CmdOutput {
 // The frontend process
 // ---------------------------------------------------------------------------
 
+/// `tlsfront run [-c config] -o k=v...` with, unless `opts` sets them, a
+/// free port (`net.listen`) and the control socket, session cache file and
+/// ticket ring in `dir`, so that tests never share a port or sessions.
+/// Returns the command (stdio not set), the port and the control socket.
+pub fn run_command(
+    dir: &Path,
+    config: Option<&Path>,
+    opts: &[(&str, &str)],
+) -> (Command, u16, PathBuf) {
+    let given = |k: &str| opts.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+    let mut all: Vec<(String, String)> = Vec::new();
+    let port = match given("net.listen") {
+        Some(v) => v
+            .parse::<SocketAddr>()
+            .map(|a| a.port())
+            .expect("net.listen given to a test's tlsfront must be a socket address"),
+        None => {
+            let p = free_port();
+            all.push(("net.listen".into(), format!("127.0.0.1:{p}")));
+            p
+        }
+    };
+    let socket = match given("control.socket") {
+        Some(v) => PathBuf::from(v),
+        None => {
+            let s = dir.join("control.sock");
+            all.push(("control.socket".into(), s.display().to_string()));
+            s
+        }
+    };
+    for (key, file) in [
+        ("cache.path", "session.cache"),
+        ("tickets.path", "tickets.ring"),
+    ] {
+        if given(key).is_none() {
+            all.push((key.into(), dir.join(file).display().to_string()));
+        }
+    }
+    all.extend(opts.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut cmd = Command::new(bin());
+    cmd.arg("run");
+    if let Some(c) = config {
+        cmd.arg("-c").arg(c);
+    }
+    for (k, v) in &all {
+        cmd.arg("-o").arg(format!("{k}={v}"));
+    }
+    (cmd, port, socket)
+}
+
 /// A running `tlsfront run`, killed on drop.
 pub struct Frontend {
     child: Child,
@@ -265,45 +315,7 @@ impl Frontend {
 
     fn try_start(config: Option<&Path>, opts: &[(&str, &str)]) -> Result<Frontend, StartError> {
         let dir = temp_dir();
-        let has = |k: &str| opts.iter().any(|(key, _)| *key == k);
-        let mut all: Vec<(String, String)> = Vec::new();
-        let port;
-        if has("net.listen") {
-            let v = opts.iter().find(|(k, _)| *k == "net.listen").unwrap().1;
-            port = v
-                .parse::<SocketAddr>()
-                .map(|a| a.port())
-                .expect("net.listen given to Frontend::start must be a socket address");
-        } else {
-            port = free_port();
-            all.push(("net.listen".into(), format!("127.0.0.1:{port}")));
-        }
-        let socket = if has("control.socket") {
-            PathBuf::from(opts.iter().find(|(k, _)| *k == "control.socket").unwrap().1)
-        } else {
-            let s = dir.path().join("control.sock");
-            all.push(("control.socket".into(), s.display().to_string()));
-            s
-        };
-        if !has("cache.path") {
-            // Its own cache file, so that tests never share sessions.
-            let c = dir.path().join("session.cache");
-            all.push(("cache.path".into(), c.display().to_string()));
-        }
-        if !has("tickets.path") {
-            let t = dir.path().join("tickets.ring");
-            all.push(("tickets.path".into(), t.display().to_string()));
-        }
-        all.extend(opts.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-
-        let mut cmd = Command::new(bin());
-        cmd.arg("run");
-        if let Some(c) = config {
-            cmd.arg("-c").arg(c);
-        }
-        for (k, v) in &all {
-            cmd.arg("-o").arg(format!("{k}={v}"));
-        }
+        let (mut cmd, port, socket) = run_command(dir.path(), config, opts);
         let cmdline = format!("{cmd:?}");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -19,8 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::{
-    bin, free_port, temp_dir, tlsfront_cmd, write_file, CmdOutput, Pattern, TempDir, TlsClient,
-    IO_TIMEOUT, READY_TIMEOUT,
+    free_port, run_command, temp_dir, tlsfront_cmd, write_file, CmdOutput, Pattern, TempDir,
+    TlsClient, IO_TIMEOUT, READY_TIMEOUT,
 };
 
 /// Polls `cond` every 20 ms until it holds (true) or `timeout` passes (false).
@@ -99,41 +99,7 @@ impl Proc {
 
     fn try_start(config: Option<&Path>, opts: &[(&str, &str)]) -> Result<Proc, (bool, String)> {
         let dir = temp_dir();
-        let has = |k: &str| opts.iter().any(|(key, _)| *key == k);
-        let mut all: Vec<(String, String)> = Vec::new();
-        let port = if has("net.listen") {
-            let v = opts.iter().find(|(k, _)| *k == "net.listen").unwrap().1;
-            v.parse::<SocketAddr>().expect("net.listen").port()
-        } else {
-            let p = free_port();
-            all.push(("net.listen".into(), format!("127.0.0.1:{p}")));
-            p
-        };
-        let socket = dir.path().join("control.sock");
-        if !has("control.socket") {
-            all.push(("control.socket".into(), socket.display().to_string()));
-        }
-        for (key, file) in [
-            ("cache.path", "session.cache"),
-            ("tickets.path", "tickets.ring"),
-        ] {
-            if !has(key) {
-                all.push((key.into(), dir.path().join(file).display().to_string()));
-            }
-        }
-        all.extend(opts.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let socket = match opts.iter().find(|(k, _)| *k == "control.socket") {
-            Some((_, v)) => PathBuf::from(v),
-            None => socket,
-        };
-        let mut cmd = Command::new(bin());
-        cmd.arg("run");
-        if let Some(c) = config {
-            cmd.arg("-c").arg(c);
-        }
-        for (k, v) in &all {
-            cmd.arg("-o").arg(format!("{k}={v}"));
-        }
+        let (mut cmd, port, socket) = run_command(dir.path(), config, opts);
         let cmdline = format!("{cmd:?}");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
