@@ -1,12 +1,16 @@
 //! tlsfront: a TLS termination frontend for Linux edge hosts.
 //!
-//! Each connection lives on one per-core io_uring worker ([`worker`]); TLS
-//! is rustls ([`tls`]); the protocol logic is a sans-IO relay ([`proxy`]);
+//! Each connection lives on one per-core io_uring worker ([`worker`], the
+//! driver of [`uring`]); TLS is rustls's unbuffered API ([`tls`]); the
+//! protocol logic is a sans-IO state machine per connection
+//! ([`connection`]); the PROXY protocol header is built by [`proxy`];
 //! configuration is sysctl-style ([`config`]); the running process answers
 //! on a unix control socket ([`control`]) with the counters of [`metrics`].
-//! The architecture is described in `DESIGN.md` of the project.
+//! The architecture is described in `docs/ARCHITECTURE.md`.
 
+pub mod client_hello;
 pub mod config;
+pub mod connection;
 pub mod control;
 pub mod fuzzing;
 pub mod metrics;
@@ -17,4 +21,5 @@ pub mod steering;
 pub mod tickets;
 pub mod tls;
 pub mod upstream;
+pub mod uring;
 pub mod worker;

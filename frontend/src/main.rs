@@ -198,22 +198,37 @@ fn reload(config: &Config, args: &Args) -> Result<(), String> {
 }
 
 /// Logging to stderr whose level `sysctl -w log.level=…` can change.
-fn init_logging(config: &Config) -> LogLevelSetter {
+/// Log lines queued for stderr at most; beyond that they are dropped and
+/// counted (`tlsfront_log_lines_dropped_total`), so that a slow journald
+/// pipe or a flood of failures never blocks a worker.
+const LOG_QUEUE_LINES: usize = 16_384;
+
+/// Installs the logger: lines go through a bounded queue to a writer
+/// thread. The guard flushes the queue when dropped (at the end of `run`).
+fn init_logging(config: &Config) -> (LogLevelSetter, tracing_appender::non_blocking::WorkerGuard) {
     use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::prelude::*;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("tlsfront-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
+    tlsfront::metrics::set_log_lines_dropped(Box::new(move || dropped.dropped_lines() as u64));
     let level = LevelFilter::from_level(config.log_level.as_tracing());
     let (filter, handle) = tracing_subscriber::reload::Layer::new(level);
     tracing_subscriber::registry()
         .with(filter)
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(writer)
                 .with_ansi(false),
         )
         .init();
-    Box::new(move |level| {
+    let setter: LogLevelSetter = Box::new(move |level| {
         let _ = handle.modify(|f| *f = LevelFilter::from_level(level.as_tracing()));
-    })
+    });
+    (setter, guard)
 }
 
 fn open_cache(
@@ -281,7 +296,7 @@ fn describe_opened(opened: &Opened, kept: &'static str) -> &'static str {
 }
 
 fn run(config: Config, args: &Args) -> Result<(), String> {
-    let set_log_level = init_logging(&config);
+    let (set_log_level, _log_guard) = init_logging(&config);
     let count = config.workers.resolve();
     let cache = open_cache(&config, count)?;
     let ring = open_ring(&config, count)?;

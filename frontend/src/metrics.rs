@@ -192,6 +192,8 @@ counters! {
     upstream_errors: "Upstream connects that failed or timed out, and upstream resets.",
     bytes_client_to_upstream: "Plaintext bytes relayed from clients to the upstream.",
     bytes_upstream_to_client: "Plaintext bytes relayed from the upstream to clients.",
+    uring_enters: "io_uring_enter calls of the worker loop (one per loop turn).",
+    uring_requests: "io_uring requests the worker loop submitted.",
 }
 
 impl WorkerStats {
@@ -311,10 +313,31 @@ pub fn render_table(json: &serde_json::Value) -> String {
     out
 }
 
+/// Reads how many log lines the non-blocking log writer dropped.
+pub type DroppedLines = Box<dyn Fn() -> u64 + Send + Sync>;
+
+static LOG_LINES_DROPPED: std::sync::OnceLock<DroppedLines> = std::sync::OnceLock::new();
+
+/// Registers the log writer's count of dropped lines (once per process).
+pub fn set_log_lines_dropped(read: DroppedLines) {
+    let _ = LOG_LINES_DROPPED.set(read);
+}
+
+/// Log lines dropped because the log's queue was full (a slow stderr).
+pub fn log_lines_dropped() -> u64 {
+    LOG_LINES_DROPPED.get().map_or(0, |read| read())
+}
+
 /// Renders every counter in the Prometheus text exposition format (0.0.4).
 pub fn prometheus_text(stats: &Stats) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP tlsfront_log_lines_dropped_total Log lines dropped because stderr did not keep up."
+    );
+    let _ = writeln!(out, "# TYPE tlsfront_log_lines_dropped_total counter");
+    let _ = writeln!(out, "tlsfront_log_lines_dropped_total {}", log_lines_dropped());
     let _ = writeln!(out, "# HELP tlsfront_build_info tlsfront version.");
     let _ = writeln!(out, "# TYPE tlsfront_build_info gauge");
     let _ = writeln!(

@@ -1,32 +1,49 @@
-//! Per-core workers: one thread per worker, pinned to its CPU, with its own
-//! tokio-uring runtime (its own io_uring) and its own SO_REUSEPORT listener.
-//! A connection is accepted, handshaken and proxied entirely on one worker.
+//! Per-core workers: one thread per worker, pinned to its CPU, each the
+//! driver of its own io_uring ([`crate::uring`]) and its own SO_REUSEPORT
+//! listener. A connection is accepted, handshaken and proxied entirely on
+//! one worker.
 //!
-//! This is the only code that touches sockets; what to read and write is
-//! decided by the sans-IO [`Relay`].
+//! The loop: one `io_uring_enter` submits every request the previous turn
+//! produced and waits for completions (or the nearest deadline); each
+//! completion is fed to its connection's sans-IO state machine
+//! ([`Connection`]); the deadlines that passed are handed to their
+//! connections; then every connection that was touched is asked what it
+//! wants (sends, FINs, receives, an upstream connect) and that becomes the
+//! next turn's requests. Accepting is one multishot request; receives pick
+//! a buffer from the provided-buffer ring only when data arrives; timers
+//! are one deadline heap per worker, with at most a few entries per
+//! connection and no periodic task.
 
-use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io;
-use std::net::{Shutdown, SocketAddr};
-use std::rc::Rc;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rustls::ServerConnection;
+use rustls::server::UnbufferedServerConnection;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::Notify;
-use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::connection::{Connection, End, Event, Failure, Limits, Side};
 use crate::control::Live;
 use crate::metrics::{Stats, WorkerStats};
-use crate::proxy::Relay;
+use crate::uring::{BufPool, Completion, Driver, UringError};
 
-/// Bytes asked for per socket read. Large enough that a 16 KiB TLS record
-/// arrives in one read; small enough to keep per-connection memory low.
-const READ_SIZE: usize = 32 * 1024;
+/// Submission queue entries per worker ring (the completion queue is four
+/// times larger; a full submission queue is submitted early, never lost).
+const RING_ENTRIES: u32 = 1024;
+
+/// Free send buffers a worker keeps for reuse.
+const POOL_KEEP: usize = 256;
+
+/// Failure lines a worker logs per second; beyond that they are counted
+/// and summed up once a second, so that a flood of bad handshakes cannot
+/// make the log the bottleneck.
+const FAILURE_LINES_PER_SEC: u32 = 50;
 
 /// Why the workers could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +79,10 @@ pub fn bind_listeners(
             .set_reuse_address(true)
             .map_err(err("SO_REUSEADDR"))?;
         socket.set_reuse_port(true).map_err(err("SO_REUSEPORT"))?;
+        // Accepted sockets inherit TCP_NODELAY (handshake flights are small
+        // writes that Nagle would delay): one setsockopt per listener
+        // instead of one per connection.
+        socket.set_nodelay(true).map_err(err("TCP_NODELAY"))?;
         if addr.is_ipv6() {
             socket.set_only_v6(true).map_err(err("IPV6_V6ONLY"))?;
         }
@@ -123,16 +144,105 @@ pub fn start(
     Ok(handles)
 }
 
+/// What an operation's completion is for (the low byte of its tag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    Accept = 1,
+    ClientRecv = 2,
+    ClientSend = 3,
+    UpstreamRecv = 4,
+    UpstreamSend = 5,
+    Connect = 6,
+    /// Cancellations and closes: nothing to do when they complete.
+    Housekeeping = 7,
+    /// A FIN (shutdown of the writing side).
+    Shutdown = 8,
+}
+
+impl Op {
+    fn from_tag(tag: u64) -> Option<Op> {
+        Some(match tag & 0xff {
+            1 => Op::Accept,
+            2 => Op::ClientRecv,
+            3 => Op::ClientSend,
+            4 => Op::UpstreamRecv,
+            5 => Op::UpstreamSend,
+            6 => Op::Connect,
+            7 => Op::Housekeeping,
+            8 => Op::Shutdown,
+            _ => return None,
+        })
+    }
+}
+
+/// A tag: connection slot, the slot's generation (so that completions
+/// arriving after the slot was reused are recognised as stale) and the
+/// operation.
+fn tag(slot: u32, generation: u32, op: Op) -> u64 {
+    (u64::from(slot) << 32) | (u64::from(generation & 0x00ff_ffff) << 8) | op as u64
+}
+
+fn untag(tag: u64) -> (u32, u32) {
+    ((tag >> 32) as u32, ((tag >> 8) & 0x00ff_ffff) as u32)
+}
+
+/// A connection and its sockets, as the driver sees it.
+struct Conn {
+    machine: Connection,
+    client: RawFd,
+    upstream: Option<RawFd>,
+    peer: SocketAddr,
+    client_recv: bool,
+    upstream_recv: bool,
+    connecting: bool,
+    /// The deadline queued in the heap for this connection, if any.
+    timer: Option<Instant>,
+    touched: bool,
+    log_access: bool,
+    /// Plaintext bytes (up, down) already added to the worker's counters.
+    counted: (u64, u64),
+    /// Operations on this connection's descriptors not completed yet. The
+    /// descriptors are closed only when this is zero: the threads of a
+    /// process share one descriptor table, and an operation the kernel
+    /// runs later (a shutdown is always run by an io-wq thread) must never
+    /// find its descriptor number reused by another worker's socket.
+    ops: u32,
+    /// Ended: waiting for `ops` to reach zero before closing.
+    closing: bool,
+}
+
+struct Slot {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+/// Rate limit of failure lines.
+struct FailureLog {
+    second: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
 struct Worker {
     index: usize,
     live: Arc<Live>,
     stats: Arc<Stats>,
-}
-
-impl Worker {
-    fn counters(&self) -> &WorkerStats {
-        &self.stats.workers[self.index].1
-    }
+    listener: std::net::TcpListener,
+    driver: Driver,
+    pool: BufPool,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    active: usize,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    touched: Vec<u32>,
+    /// Connections whose receive found the buffer ring empty: armed again
+    /// next turn, once buffers went back to the kernel.
+    starved: Vec<(u32, u32, Side)>,
+    accepting: bool,
+    accept_again_at: Option<Instant>,
+    drain_deadline: Option<Instant>,
+    failures: FailureLog,
 }
 
 fn run_worker(
@@ -148,264 +258,648 @@ fn run_worker(
             warn!(worker = index, cpu, "could not pin the worker to its CPU");
         }
     }
-    let worker = Rc::new(Worker { index, live, stats });
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        tokio_uring::start(async move {
-            let listener = TcpListener::from_std(listener);
-            // The receiver only goes away when start-up failed elsewhere.
-            let _ = ready.send((index, Ok(())));
-            accept_loop(&listener, &worker).await;
-            drain(&worker).await;
-        })
-    }));
-    if outcome.is_err() {
-        tracing::error!(worker = index, "worker stopped after a panic");
-    }
-}
-
-async fn accept_loop(listener: &TcpListener, worker: &Rc<Worker>) {
-    loop {
-        let accepted = listener.accept().await;
-        if worker.live.draining() {
-            // SIGTERM shut the listening socket down, which ends the
-            // pending accept; a connection accepted in that instant is
-            // still served.
-            if let Ok((stream, peer)) = accepted {
-                let worker = Rc::clone(worker);
-                tokio_uring::spawn(async move { serve(stream, peer, worker).await });
-            }
-            return;
-        }
-        match accepted {
-            Ok((stream, peer)) => {
-                let counters = worker.counters();
-                WorkerStats::inc(&counters.accepted);
-                let max = worker.live.config().max_connections;
-                if max > 0
-                    && counters.active.load(std::sync::atomic::Ordering::Relaxed) >= u64::from(max)
-                {
-                    // Over the limit: close at once (the client sees a
-                    // reset) rather than let memory grow.
-                    WorkerStats::inc(&counters.rejected_over_limit);
-                    debug!(worker = worker.index, %peer, "limits.max_connections reached: closed");
-                    drop(stream);
-                    continue;
-                }
-                let worker = Rc::clone(worker);
-                tokio_uring::spawn(async move { serve(stream, peer, worker).await });
-            }
-            Err(e) => {
-                warn!(worker = worker.index, "accept failed: {e}");
-                // Out of descriptors or memory: retrying at once would spin;
-                // connections already open keep being served meanwhile.
-                if matches!(
-                    e.raw_os_error(),
-                    Some(
-                        libc_errno::EMFILE
-                            | libc_errno::ENFILE
-                            | libc_errno::ENOBUFS
-                            | libc_errno::ENOMEM
-                    )
-                ) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-}
-
-/// After accepting stopped: waits for this worker's connections to end, at
-/// most `worker.drain_secs`; whatever is still open then is closed when the
-/// runtime drops its tasks.
-async fn drain(worker: &Worker) {
-    let deadline = tokio::time::Instant::now() + worker.live.config().drain_secs.0;
-    let active = &worker.counters().active;
-    while active.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-        if tokio::time::Instant::now() >= deadline {
-            warn!(
-                worker = worker.index,
-                open = active.load(std::sync::atomic::Ordering::Relaxed),
-                "drain time over: closing the connections still open"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    info!(worker = worker.index, "drained: no connection left");
-}
-
-/// errno values accept(2) reports for resource exhaustion.
-mod libc_errno {
-    pub const ENFILE: i32 = 23;
-    pub const EMFILE: i32 = 24;
-    pub const ENOBUFS: i32 = 105;
-    pub const ENOMEM: i32 = 12;
-}
-
-/// Keeps the `active` gauge right however a connection ends.
-struct ActiveGuard<'a>(&'a WorkerStats);
-
-impl<'a> ActiveGuard<'a> {
-    fn new(stats: &'a WorkerStats) -> Self {
-        WorkerStats::inc(&stats.active);
-        ActiveGuard(stats)
-    }
-}
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        WorkerStats::dec(&self.0.active);
-    }
-}
-
-async fn serve(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
-    let stats = worker.counters();
-    let _active = ActiveGuard::new(stats);
-    // Handshake flights are small writes; Nagle would delay them.
-    let _ = client.set_nodelay(true);
-    // One snapshot for the whole connection: a reload or sysctl -w applies
-    // to connections that start after it.
-    let config = worker.live.config();
-    let tls = match ServerConnection::new(worker.live.tls()) {
-        Ok(tls) => tls,
+    let config = live.config();
+    let rx_count = u16::try_from(config.rx_buffers).unwrap_or(u16::MAX);
+    let rx_size = usize::try_from(config.rx_buffer_size.0).unwrap_or(16 * 1024);
+    let driver = match Driver::new(RING_ENTRIES, rx_count, rx_size) {
+        Ok(driver) => driver,
         Err(e) => {
-            warn!(worker = worker.index, %peer, "cannot create TLS session: {e}");
+            let _ = ready.send((index, Err(e.to_string())));
             return;
         }
     };
-    let buffer_size = usize::try_from(config.buffer_size.0).unwrap_or(usize::MAX);
-    let mut relay = Relay::new(tls, buffer_size);
-    let started = std::time::Instant::now();
-    let limit = config.handshake_timeout.0;
-    let outcome = match tokio::time::timeout(limit, handshake(&client, &mut relay)).await {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            // The dropped handshake's read is still queued in io_uring and
-            // holds the socket open; shutdown(2) completes it, so the
-            // descriptor is really closed and the client sees a FIN.
-            let _ = client.shutdown(Shutdown::Both);
-            Err(format!("no complete handshake within {limit:?}"))
-        }
+    debug!(worker = index, ring = driver.mode().name(), "io_uring ready");
+    let now = Instant::now();
+    let mut worker = Worker {
+        index,
+        live,
+        stats,
+        listener,
+        driver,
+        pool: BufPool::new(POOL_KEEP),
+        slots: Vec::new(),
+        free: Vec::new(),
+        active: 0,
+        timers: BinaryHeap::new(),
+        touched: Vec::new(),
+        starved: Vec::new(),
+        accepting: false,
+        accept_again_at: None,
+        drain_deadline: None,
+        failures: FailureLog {
+            second: now,
+            logged: 0,
+            suppressed: 0,
+        },
     };
-    if let Err(reason) = outcome {
-        WorkerStats::inc(&stats.handshake_errors);
-        info!(worker = worker.index, %peer, "handshake failed: {reason}");
+    if let Err(e) = worker.arm_accept() {
+        let _ = ready.send((index, Err(e.to_string())));
         return;
     }
-    let resumption = relay.resumption();
-    let tls13 = relay.tls().protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-    stats.count_handshake(resumption, tls13, started.elapsed());
-    if relay.early_data_bytes() > 0 {
-        WorkerStats::inc(&stats.early_data_accepted);
+    // The receiver only goes away when start-up failed elsewhere.
+    let _ = ready.send((index, Ok(())));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(worker = index, "worker stopped: {e}"),
+        Err(_) => tracing::error!(worker = index, "worker stopped after a panic"),
     }
-    debug!(
-        worker = worker.index,
-        %peer,
-        version = ?relay.tls().protocol_version(),
-        sni = relay.tls().server_name().unwrap_or("-"),
-        resumed = resumption.name(),
-        "handshake done"
-    );
+}
 
-    let upstream_addr = match worker.live.upstream() {
-        Ok(addr) => addr,
-        Err(e) => {
-            WorkerStats::inc(&stats.upstream_errors);
-            warn!(worker = worker.index, %peer, "cannot start the built-in upstream: {e}");
-            close_client(&client, &mut relay).await;
-            return;
-        }
-    };
-    let connect_timeout = config.connect_timeout.0;
-    let connect = tokio::time::timeout(connect_timeout, TcpStream::connect(upstream_addr)).await;
-    let upstream = match connect {
-        Ok(Ok(upstream)) => upstream,
-        Ok(Err(e)) => {
-            WorkerStats::inc(&stats.upstream_errors);
-            warn!(worker = worker.index, %peer, "upstream {upstream_addr}: {e}; closing the client");
-            close_client(&client, &mut relay).await;
-            return;
-        }
-        Err(_) => {
-            WorkerStats::inc(&stats.upstream_errors);
-            warn!(
-                worker = worker.index,
-                %peer,
-                "upstream {upstream_addr}: no answer within {connect_timeout:?}; closing the client"
-            );
-            close_client(&client, &mut relay).await;
-            return;
-        }
-    };
-    let _ = upstream.set_nodelay(true);
-    if config.proxy_protocol.0 > 0 {
-        let local = local_addr(&client).unwrap_or(config.listen);
-        let header = crate::proxy::proxy_protocol_header(config.proxy_protocol.0, peer, local);
-        let (res, _) = upstream.write_all(header).await;
-        if let Err(e) = res {
-            WorkerStats::inc(&stats.upstream_errors);
-            warn!(worker = worker.index, %peer, "upstream {upstream_addr}: writing the PROXY header: {e}");
-            close_client(&client, &mut relay).await;
-            return;
+impl Worker {
+    fn counters(&self) -> &WorkerStats {
+        &self.stats.workers[self.index].1
+    }
+
+    fn arm_accept(&mut self) -> Result<(), UringError> {
+        self.accepting = true;
+        self.driver
+            .accept_multi(self.listener.as_raw_fd(), tag(0, 0, Op::Accept))
+    }
+
+    fn run(&mut self) -> Result<(), UringError> {
+        let mut completions: Vec<Completion> = Vec::with_capacity(256);
+        loop {
+            let timeout = self.next_wake().map(|at| at.saturating_duration_since(Instant::now()));
+            self.driver.submit(1, timeout)?;
+            self.driver.complete(&mut completions);
+            let now = Instant::now();
+            for completion in completions.drain(..) {
+                self.dispatch(now, completion)?;
+            }
+            self.expire(now);
+            for (slot, generation, side) in std::mem::take(&mut self.starved) {
+                if let Some(conn) = self.conn_mut(slot, generation) {
+                    match side {
+                        Side::Client => conn.client_recv = false,
+                        Side::Upstream => conn.upstream_recv = false,
+                    }
+                    self.touch(slot);
+                }
+            }
+            while let Some(slot) = self.touched.pop() {
+                self.flush(slot, now)?;
+            }
+            self.publish_counters();
+            if self.live.draining() && self.drain(now)? {
+                // Submit the last closes before the thread ends.
+                self.driver.submit(0, None)?;
+                return Ok(());
+            }
+            if !self.accepting && !self.live.draining() {
+                if let Some(at) = self.accept_again_at {
+                    if now >= at {
+                        self.accept_again_at = None;
+                        self.arm_accept()?;
+                    }
+                }
+            }
         }
     }
-    let conn = Connection {
-        client,
-        upstream,
-        relay: RefCell::new(relay),
-        failed: Cell::new(false),
-        closing: RefCell::new(None),
-        wake_client_reader: Notify::new(),
-        wake_client_writer: Notify::new(),
-        wake_upstream_reader: Notify::new(),
-        wake_upstream_writer: Notify::new(),
-        stats,
-        peer,
-        worker: worker.index,
-        bytes_up: Cell::new(0),
-        bytes_down: Cell::new(0),
-        last_activity: Cell::new(std::time::Instant::now()),
-        finished: Cell::new(false),
-        wake_watchdog: Notify::new(),
-    };
-    // The four directions run as one task: none of them is ever dropped
-    // mid-operation (a dropped io_uring read could lose the bytes it read).
-    let directions = async {
-        tokio::join!(
-            conn.client_reader(),
-            conn.client_writer(),
-            conn.upstream_reader(),
-            conn.upstream_writer()
-        );
-        conn.finished.set(true);
-        conn.wake_watchdog.notify_one();
-    };
-    tokio::join!(directions, conn.idle_watchdog(config.idle_timeout.0));
-    if config.log_access {
-        let relay = conn.relay.borrow();
-        let tls = relay.tls();
-        let alpn = tls.alpn_protocol().map(String::from_utf8_lossy);
+
+    /// When the loop must wake even if nothing completes.
+    fn next_wake(&mut self) -> Option<Instant> {
+        let mut wake = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        for extra in [self.accept_again_at, self.drain_deadline] {
+            wake = match (wake, extra) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        if !self.starved.is_empty() {
+            return Some(Instant::now());
+        }
+        // A safety net for a drain signal that produced no completion: a
+        // worker with nothing to do wakes once a second, not once per
+        // connection.
+        let cap = Instant::now() + Duration::from_secs(1);
+        Some(wake.map_or(cap, |w| w.min(cap)))
+    }
+
+    fn conn_mut(&mut self, slot: u32, generation: u32) -> Option<&mut Conn> {
+        let s = self.slots.get_mut(slot as usize)?;
+        if s.generation & 0x00ff_ffff != generation {
+            return None;
+        }
+        s.conn.as_mut()
+    }
+
+    fn touch(&mut self, slot: u32) {
+        if let Some(conn) = self.slots.get_mut(slot as usize).and_then(|s| s.conn.as_mut()) {
+            if !conn.touched {
+                conn.touched = true;
+                self.touched.push(slot);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant, c: Completion) -> Result<(), UringError> {
+        let Some(op) = Op::from_tag(c.tag) else {
+            return Ok(());
+        };
+        if op == Op::Accept {
+            return self.accepted(now, c);
+        }
+        let (slot, generation) = untag(c.tag);
+        let Completion {
+            result, buf, rx, ..
+        } = c;
+        let Worker {
+            slots,
+            driver,
+            pool,
+            starved,
+            ..
+        } = self;
+        let conn = slots
+            .get_mut(slot as usize)
+            .filter(|s| s.generation & 0x00ff_ffff == generation)
+            .and_then(|s| s.conn.as_mut());
+        let conn = match conn {
+            Some(conn) if op != Op::Housekeeping => conn,
+            _ => {
+                // Nothing to account (a cancellation or close), or not ours.
+                if let Some(rx) = rx {
+                    driver.rx.recycle(rx);
+                }
+                if let Some(buf) = buf {
+                    pool.give(buf);
+                }
+                return Ok(());
+            }
+        };
+        conn.ops = conn.ops.saturating_sub(1);
+        if conn.closing {
+            // The connection ended; this is one of its cancelled or late
+            // operations.
+            if let Some(rx) = rx {
+                driver.rx.recycle(rx);
+            }
+            if let Some(buf) = buf {
+                pool.give(buf);
+            }
+            if conn.ops == 0 {
+                return self.finish_close(slot);
+            }
+            return Ok(());
+        }
+        let error = || io::Error::from_raw_os_error(-result);
+        match op {
+            Op::ClientRecv | Op::UpstreamRecv => {
+                let side = if op == Op::ClientRecv {
+                    conn.client_recv = false;
+                    Side::Client
+                } else {
+                    conn.upstream_recv = false;
+                    Side::Upstream
+                };
+                match (result, rx) {
+                    (n, Some(rx)) if n > 0 => {
+                        let bytes = driver.rx.bytes(&rx);
+                        match side {
+                            Side::Client => conn.machine.client_data(now, bytes, pool),
+                            Side::Upstream => conn.machine.upstream_data(now, bytes, pool),
+                        }
+                        driver.rx.recycle(rx);
+                    }
+                    (0, rx) => {
+                        if let Some(rx) = rx {
+                            driver.rx.recycle(rx);
+                        }
+                        match side {
+                            Side::Client => conn.machine.client_eof(now),
+                            Side::Upstream => conn.machine.upstream_eof(now, pool),
+                        }
+                    }
+                    (n, rx) => {
+                        if let Some(rx) = rx {
+                            driver.rx.recycle(rx);
+                        }
+                        if -n == libc::ENOBUFS {
+                            // Every receive buffer was taken this turn:
+                            // the data waits in the socket; try again
+                            // next turn, when the buffers are back.
+                            match side {
+                                Side::Client => conn.client_recv = true,
+                                Side::Upstream => conn.upstream_recv = true,
+                            }
+                            starved.push((slot, generation, side));
+                        } else if n != -libc::ECANCELED {
+                            conn.machine.socket_error(side, "reading from", error());
+                        }
+                    }
+                }
+            }
+            Op::ClientSend | Op::UpstreamSend => {
+                let side = if op == Op::ClientSend {
+                    Side::Client
+                } else {
+                    Side::Upstream
+                };
+                let outcome = if result >= 0 {
+                    Ok(result as usize)
+                } else {
+                    Err(error())
+                };
+                if let Some(buf) = buf {
+                    conn.machine.sent(now, side, buf, outcome, pool);
+                }
+            }
+            Op::Connect => {
+                conn.connecting = false;
+                if result != -libc::ECANCELED {
+                    let outcome = if result == 0 { Ok(()) } else { Err(error()) };
+                    conn.machine.upstream_connected(now, outcome, pool);
+                }
+            }
+            Op::Housekeeping | Op::Shutdown | Op::Accept => {}
+        }
+        self.touch(slot);
+        Ok(())
+    }
+
+    fn accepted(&mut self, now: Instant, c: Completion) -> Result<(), UringError> {
+        if !c.more {
+            self.accepting = false;
+        }
+        if c.result < 0 {
+            let e = io::Error::from_raw_os_error(-c.result);
+            if self.live.draining() {
+                // SIGTERM shut the listening socket down.
+                return Ok(());
+            }
+            warn!(worker = self.index, "accept failed: {e}");
+            if !self.accepting {
+                // Out of descriptors or memory: trying again at once would
+                // spin; open connections are served meanwhile.
+                let pause = if matches!(
+                    c.result.abs(),
+                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+                ) {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_millis(10)
+                };
+                self.accept_again_at = Some(now + pause);
+            }
+            return Ok(());
+        }
+        if !self.accepting && !self.live.draining() {
+            self.arm_accept()?;
+        }
+        let fd = c.result;
+        WorkerStats::inc(&self.counters().accepted);
+        let config = self.live.config();
+        let max = config.max_connections;
+        if max > 0 && self.active >= max as usize {
+            // Over the limit: close at once (the client sees a reset)
+            // rather than let memory grow.
+            WorkerStats::inc(&self.counters().rejected_over_limit);
+            debug!(worker = self.index, "limits.max_connections reached: closed");
+            return self.driver.close(fd, tag(0, 0, Op::Housekeeping));
+        }
+        let peer = peer_addr(fd).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let tls = match UnbufferedServerConnection::new(self.live.tls()) {
+            Ok(tls) => tls,
+            Err(e) => {
+                warn!(worker = self.index, %peer, "cannot create TLS session: {e}");
+                return self.driver.close(fd, tag(0, 0, Op::Housekeeping));
+            }
+        };
+        let proxy_header = (config.proxy_protocol.0 > 0).then(|| {
+            let local = local_addr(fd).unwrap_or(config.listen);
+            crate::proxy::proxy_protocol_header(config.proxy_protocol.0, peer, local)
+        });
+        let limits = Limits {
+            handshake: config.handshake_timeout.0,
+            idle: config.idle_timeout.0,
+            connect: config.connect_timeout.0,
+            buffer: usize::try_from(config.buffer_size.0).unwrap_or(usize::MAX),
+        };
+        let conn = Conn {
+            machine: Connection::new(tls, limits, proxy_header, now),
+            client: fd,
+            upstream: None,
+            peer,
+            client_recv: false,
+            upstream_recv: false,
+            connecting: false,
+            timer: None,
+            touched: false,
+            log_access: config.log_access,
+            counted: (0, 0),
+            ops: 0,
+            closing: false,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    conn: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.slots[slot as usize].conn = Some(conn);
+        self.active += 1;
+        WorkerStats::inc(&self.counters().active);
+        self.touch(slot);
+        Ok(())
+    }
+
+    /// Hands the deadlines that passed to their connections.
+    fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((at, slot, generation))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conn_mut(slot, generation) else {
+                continue;
+            };
+            if conn.timer != Some(at) {
+                // An earlier deadline replaced this one.
+                continue;
+            }
+            conn.timer = None;
+            conn.machine.handle_timeout(now);
+            self.touch(slot);
+        }
+    }
+
+    /// Turns what a connection wants into requests.
+    fn flush(&mut self, slot: u32, now: Instant) -> Result<(), UringError> {
+        let generation = self.slots[slot as usize].generation & 0x00ff_ffff;
+        let Worker {
+            slots,
+            driver,
+            live,
+            stats,
+            index,
+            ..
+        } = self;
+        let Some(conn) = slots[slot as usize].conn.as_mut() else {
+            return Ok(());
+        };
+        conn.touched = false;
+        if conn.closing {
+            return Ok(());
+        }
+        while let Some(event) = conn.machine.poll_event() {
+            match event {
+                Event::HandshakeDone => {
+                    let counters = &stats.workers[*index].1;
+                    let tls13 =
+                        conn.machine.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+                    counters.count_handshake(
+                        conn.machine.resumption(),
+                        tls13,
+                        conn.machine.handshake_took().unwrap_or_default(),
+                    );
+                    if conn.machine.early_data_bytes() > 0 {
+                        WorkerStats::inc(&counters.early_data_accepted);
+                    }
+                    debug!(
+                        worker = *index,
+                        peer = %conn.peer,
+                        version = ?conn.machine.protocol_version(),
+                        sni = conn.machine.server_name().unwrap_or("-"),
+                        resumed = conn.machine.resumption().name(),
+                        "handshake done"
+                    );
+                }
+                Event::ConnectUpstream => match open_upstream(live) {
+                    Ok((fd, addr)) => {
+                        conn.upstream = Some(fd);
+                        conn.connecting = true;
+                        conn.machine.connect_started(now);
+                        conn.ops += 1;
+                        driver.connect(fd, addr, tag(slot, generation, Op::Connect))?;
+                    }
+                    Err(e) => {
+                        conn.machine.upstream_connected(now, Err(e), &mut self.pool);
+                    }
+                },
+            }
+        }
+        if conn.machine.end().is_none() {
+            if let Some(buf) = conn.machine.poll_transmit(Side::Client) {
+                conn.ops += 1;
+                driver.send(conn.client, buf, tag(slot, generation, Op::ClientSend))?;
+            }
+            if let Some(fd) = conn.upstream {
+                if let Some(buf) = conn.machine.poll_transmit(Side::Upstream) {
+                    conn.ops += 1;
+                    driver.send(fd, buf, tag(slot, generation, Op::UpstreamSend))?;
+                }
+                if conn.machine.poll_shutdown(Side::Upstream) {
+                    conn.ops += 1;
+                    driver.shutdown_write(fd, tag(slot, generation, Op::Shutdown))?;
+                }
+            }
+            if conn.machine.poll_shutdown(Side::Client) {
+                conn.ops += 1;
+                driver.shutdown_write(conn.client, tag(slot, generation, Op::Shutdown))?;
+            }
+            if !conn.client_recv && conn.machine.wants_read(Side::Client) {
+                conn.client_recv = true;
+                conn.ops += 1;
+                driver.recv(conn.client, tag(slot, generation, Op::ClientRecv))?;
+            }
+            if let Some(fd) = conn.upstream {
+                if !conn.upstream_recv && !conn.connecting && conn.machine.wants_read(Side::Upstream)
+                {
+                    conn.upstream_recv = true;
+                    conn.ops += 1;
+                    driver.recv(fd, tag(slot, generation, Op::UpstreamRecv))?;
+                }
+            }
+        }
+        let (up, down) = conn.machine.bytes();
+        let counters = &stats.workers[*index].1;
+        WorkerStats::add(&counters.bytes_client_to_upstream, up - conn.counted.0);
+        WorkerStats::add(&counters.bytes_upstream_to_client, down - conn.counted.1);
+        conn.counted = (up, down);
+        if conn.machine.end().is_some() {
+            return self.close(slot);
+        }
+        if let Some(deadline) = conn.machine.poll_timeout() {
+            if conn.timer.is_none_or(|queued| deadline < queued) {
+                conn.timer = Some(deadline);
+                self.timers.push(Reverse((deadline, slot, generation)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a connection: counts and logs how, cancels what is pending on
+    /// its sockets; they are closed (and the slot freed) once every
+    /// operation on them has completed ([`Worker::finish_close`]).
+    fn close(&mut self, slot: u32) -> Result<(), UringError> {
+        let Some(mut conn) = self.slots[slot as usize].conn.take() else {
+            return Ok(());
+        };
+        if conn.closing {
+            self.slots[slot as usize].conn = Some(conn);
+            return Ok(());
+        }
+        self.active -= 1;
+        WorkerStats::dec(&self.counters().active);
+        let end = conn.machine.end().cloned().unwrap_or(End::Finished);
+        debug!(worker = self.index, peer = %conn.peer, ?end, "closed");
+        if let End::Failed(failure, reason) = &end {
+            let counters = &self.stats.workers[self.index].1;
+            match failure {
+                Failure::Handshake | Failure::HandshakeTimeout => {
+                    WorkerStats::inc(&counters.handshake_errors)
+                }
+                Failure::Idle => WorkerStats::inc(&counters.idle_timeouts),
+                Failure::Upstream => WorkerStats::inc(&counters.upstream_errors),
+                Failure::Client | Failure::Drain => {}
+            }
+            self.log_failure(*failure, conn.peer, reason);
+        }
+        if conn.log_access {
+            self.log_access(&conn);
+        }
+        conn.machine.release(&mut self.pool);
+        conn.closing = true;
+        let pending = conn.ops;
+        let (client, upstream) = (conn.client, conn.upstream);
+        self.slots[slot as usize].conn = Some(conn);
+        if pending == 0 {
+            return self.finish_close(slot);
+        }
+        // Pending receives and connects complete at once with -ECANCELED
+        // (a connect that timed out leaves no socket in SYN-SENT behind).
+        self.driver.cancel(client, tag(0, 0, Op::Housekeeping))?;
+        if let Some(fd) = upstream {
+            self.driver.cancel(fd, tag(0, 0, Op::Housekeeping))?;
+        }
+        Ok(())
+    }
+
+    /// Closes the descriptors of an ended connection with no operation
+    /// left, and frees its slot.
+    fn finish_close(&mut self, slot: u32) -> Result<(), UringError> {
+        let s = &mut self.slots[slot as usize];
+        let Some(conn) = s.conn.take() else {
+            return Ok(());
+        };
+        s.generation = s.generation.wrapping_add(1);
+        self.free.push(slot);
+        self.driver.close(conn.client, tag(0, 0, Op::Housekeeping))?;
+        if let Some(fd) = conn.upstream {
+            self.driver.close(fd, tag(0, 0, Op::Housekeeping))?;
+        }
+        Ok(())
+    }
+
+    fn log_failure(&mut self, failure: Failure, peer: SocketAddr, reason: &str) {
+        let now = Instant::now();
+        let log = &mut self.failures;
+        if now.duration_since(log.second) >= Duration::from_secs(1) {
+            if log.suppressed > 0 {
+                info!(
+                    worker = self.index,
+                    "{} more failed connections in the last second were not logged (rate limit)",
+                    log.suppressed
+                );
+            }
+            log.second = now;
+            log.logged = 0;
+            log.suppressed = 0;
+        }
+        if log.logged >= FAILURE_LINES_PER_SEC {
+            log.suppressed += 1;
+            return;
+        }
+        log.logged += 1;
+        match failure {
+            Failure::Handshake | Failure::HandshakeTimeout => {
+                info!(worker = self.index, %peer, "handshake failed: {reason}")
+            }
+            Failure::Upstream => {
+                warn!(worker = self.index, %peer, "{reason}; closing the client")
+            }
+            Failure::Idle | Failure::Client | Failure::Drain => {
+                info!(worker = self.index, %peer, "connection closed: {reason}")
+            }
+        }
+    }
+
+    fn log_access(&self, conn: &Conn) {
+        let m = &conn.machine;
+        let alpn = m.alpn_protocol().map(String::from_utf8_lossy);
+        let (bytes_in, bytes_out) = m.bytes();
         info!(
             target: "tlsfront::access",
-            client = %peer,
-            sni = tls.server_name().unwrap_or("-"),
+            client = %conn.peer,
+            sni = m.server_name().unwrap_or("-"),
             alpn = alpn.as_deref().unwrap_or("-"),
-            version = tls_version(tls.protocol_version()),
-            resumed = resumption.name(),
-            bytes_in = conn.bytes_up.get(),
-            bytes_out = conn.bytes_down.get(),
-            ms = started.elapsed().as_millis() as u64,
-            worker = worker.index,
+            version = tls_version(m.protocol_version()),
+            resumed = m.resumption().name(),
+            bytes_in,
+            bytes_out,
+            ms = m.started().elapsed().as_millis() as u64,
+            worker = self.index,
             "access"
         );
     }
+
+    /// While draining: true once this worker may stop (no connection
+    /// left, or the drain time is over and the rest were closed).
+    fn drain(&mut self, now: Instant) -> Result<bool, UringError> {
+        let deadline = *self
+            .drain_deadline
+            .get_or_insert_with(|| now + self.live.config().drain_secs.0);
+        if self.active == 0 {
+            info!(worker = self.index, "drained: no connection left");
+            return Ok(true);
+        }
+        if now < deadline {
+            return Ok(false);
+        }
+        warn!(
+            worker = self.index,
+            open = self.active,
+            "drain time over: closing the connections still open"
+        );
+        for slot in 0..self.slots.len() as u32 {
+            if let Some(conn) = self.slots[slot as usize].conn.as_mut().filter(|c| !c.closing) {
+                conn.machine
+                    .abort(Failure::Drain, "drain time over (worker.drain_secs)".into());
+                self.close(slot)?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn publish_counters(&self) {
+        let c = self.counters();
+        let loop_counters = self.driver.counters;
+        c.uring_enters.store(loop_counters.enters, std::sync::atomic::Ordering::Relaxed);
+        c.uring_requests
+            .store(loop_counters.requests, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
-/// The address the client connected to (for the PROXY header).
-fn local_addr(stream: &TcpStream) -> Option<SocketAddr> {
-    use nix::sys::socket::{getsockname, SockaddrStorage};
-    use std::os::fd::AsRawFd;
-    let addr: SockaddrStorage = getsockname(stream.as_raw_fd()).ok()?;
+/// Opens a non-blocking socket towards the upstream.
+fn open_upstream(live: &Live) -> io::Result<(RawFd, socket2::SockAddr)> {
+    let addr = live
+        .upstream()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the built-in upstream: {e}")))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_nodelay(true)?;
+    Ok((socket.into_raw_fd(), addr.into()))
+}
+
+fn sockaddr(addr: nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = addr.as_sockaddr_in() {
         return Some(SocketAddr::V4((*v4).into()));
     }
@@ -413,281 +907,20 @@ fn local_addr(stream: &TcpStream) -> Option<SocketAddr> {
         .map(|v6| SocketAddr::V6((*v6).into()))
 }
 
+/// The client's address.
+fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
+    sockaddr(nix::sys::socket::getpeername(fd).ok()?)
+}
+
+/// The address the client connected to (for the PROXY header).
+fn local_addr(fd: RawFd) -> Option<SocketAddr> {
+    sockaddr(nix::sys::socket::getsockname(fd).ok()?)
+}
+
 fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
     match v {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
         _ => "-",
-    }
-}
-
-/// Reads from the client until the handshake is complete, writing each
-/// flight as rustls produces it. Any plaintext that arrived with the last
-/// flight stays queued in the relay for the upstream.
-async fn handshake(client: &TcpStream, relay: &mut Relay) -> Result<(), String> {
-    let mut buf = vec![0u8; READ_SIZE];
-    let mut out = Vec::new();
-    loop {
-        relay.client_output(&mut out).map_err(|e| e.to_string())?;
-        if !out.is_empty() {
-            let (res, b) = client.write_all(out).await;
-            out = b;
-            out.clear();
-            res.map_err(|e| format!("writing to the client: {e}"))?;
-        }
-        if !relay.is_handshaking() {
-            return Ok(());
-        }
-        let (res, b) = client.read(buf).await;
-        buf = b;
-        let n = res.map_err(|e| format!("reading from the client: {e}"))?;
-        if n == 0 {
-            return Err("the client closed the connection during the handshake".into());
-        }
-        if let Err(e) = relay.receive_from_client(&buf[..n]) {
-            // Send the alert rustls queued, so the client learns why.
-            if relay.client_output(&mut out).is_ok() && !out.is_empty() {
-                let _ = client.write_all(out).await;
-            }
-            return Err(e.to_string());
-        }
-    }
-}
-
-/// Ends a client whose upstream could not be reached: close_notify, FIN.
-async fn close_client(client: &TcpStream, relay: &mut Relay) {
-    relay.upstream_closed();
-    let mut out = Vec::new();
-    if relay.client_output(&mut out).is_ok() && !out.is_empty() {
-        let _ = client.write_all(out).await;
-    }
-    let _ = client.shutdown(Shutdown::Write);
-}
-
-/// A connection after its handshake: four loops, one per socket and
-/// direction, sharing the relay. Each loop waits on its own `Notify`, which
-/// keeps a permit when nobody waits, so a wake-up is never lost between a
-/// check and the wait.
-struct Connection<'a> {
-    client: TcpStream,
-    upstream: TcpStream,
-    relay: RefCell<Relay>,
-    failed: Cell<bool>,
-    closing: RefCell<Option<String>>,
-    wake_client_reader: Notify,
-    wake_client_writer: Notify,
-    wake_upstream_reader: Notify,
-    wake_upstream_writer: Notify,
-    stats: &'a WorkerStats,
-    peer: SocketAddr,
-    worker: usize,
-    /// Plaintext bytes client → upstream and upstream → client.
-    bytes_up: Cell<u64>,
-    bytes_down: Cell<u64>,
-    /// When a byte last moved in either direction.
-    last_activity: Cell<std::time::Instant>,
-    /// All four directions have returned.
-    finished: Cell<bool>,
-    wake_watchdog: Notify,
-}
-
-impl Connection<'_> {
-    /// Ends the connection at once: shutting both sockets down completes
-    /// any read still pending on them, so every loop sees `failed` and
-    /// returns.
-    fn fail(&self, why: &str) {
-        if self.failed.replace(true) {
-            return;
-        }
-        info!(worker = self.worker, peer = %self.peer, "connection closed: {why}");
-        let _ = self.client.shutdown(Shutdown::Both);
-        let _ = self.upstream.shutdown(Shutdown::Both);
-        self.wake_client_reader.notify_one();
-        self.wake_client_writer.notify_one();
-        self.wake_upstream_reader.notify_one();
-        self.wake_upstream_writer.notify_one();
-    }
-
-    /// Ends the connection when no byte moved either way for `limit`
-    /// (`limits.idle_timeout_secs`); returns when the connection ends.
-    async fn idle_watchdog(&self, limit: Duration) {
-        // Checking once a second (or more often for short limits) keeps the
-        // timer cost per connection negligible; the end of the connection
-        // wakes it at once.
-        let tick = limit
-            .min(Duration::from_secs(1))
-            .max(Duration::from_millis(10));
-        while !self.finished.get() && !self.failed.get() {
-            tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
-                _ = self.wake_watchdog.notified() => {}
-            }
-            if !self.finished.get() && self.last_activity.get().elapsed() >= limit {
-                WorkerStats::inc(&self.stats.idle_timeouts);
-                self.fail(&format!("idle for {limit:?} (limits.idle_timeout_secs)"));
-            }
-        }
-    }
-
-    fn touch(&self) {
-        self.last_activity.set(std::time::Instant::now());
-    }
-
-    async fn client_reader(&self) {
-        let mut buf = vec![0u8; READ_SIZE];
-        while !self.failed.get() {
-            let (wants, done) = {
-                let relay = self.relay.borrow();
-                (relay.wants_client_read(), relay.client_done())
-            };
-            if done {
-                return;
-            }
-            if !wants {
-                self.wake_client_reader.notified().await;
-                continue;
-            }
-            let (res, b) = self.client.read(buf).await;
-            buf = b;
-            if self.failed.get() {
-                return;
-            }
-            self.touch();
-            let outcome = match res {
-                Ok(0) => self.relay.borrow_mut().client_closed(),
-                Ok(n) => self.relay.borrow_mut().receive_from_client(&buf[..n]),
-                Err(e) => {
-                    self.fail(&format!("reading from the client: {e}"));
-                    return;
-                }
-            };
-            if let Err(e) = outcome {
-                // The writer flushes the alert rustls queued, then fails
-                // the connection with this reason.
-                self.closing.replace(Some(e.to_string()));
-                self.wake_client_writer.notify_one();
-                return;
-            }
-            self.wake_upstream_writer.notify_one();
-            self.wake_client_writer.notify_one();
-        }
-    }
-
-    async fn upstream_writer(&self) {
-        let mut out = Vec::new();
-        while !self.failed.get() {
-            let done = {
-                let mut relay = self.relay.borrow_mut();
-                relay.take_upstream_bytes(&mut out);
-                relay.client_done()
-            };
-            if out.is_empty() {
-                if done {
-                    // Half-close: the upstream sees EOF, its replies still flow.
-                    let _ = self.upstream.shutdown(Shutdown::Write);
-                    return;
-                }
-                self.wake_upstream_writer.notified().await;
-                continue;
-            }
-            self.wake_client_reader.notify_one();
-            let n = out.len() as u64;
-            let (res, b) = self.upstream.write_all(out).await;
-            out = b;
-            out.clear();
-            self.touch();
-            if let Err(e) = res {
-                WorkerStats::inc(&self.stats.upstream_errors);
-                self.fail(&format!("writing to the upstream: {e}"));
-                return;
-            }
-            WorkerStats::add(&self.stats.bytes_client_to_upstream, n);
-            self.bytes_up.set(self.bytes_up.get() + n);
-        }
-    }
-
-    async fn upstream_reader(&self) {
-        let mut buf = vec![0u8; READ_SIZE];
-        while !self.failed.get() {
-            let (res, b) = self.upstream.read(buf).await;
-            buf = b;
-            if self.failed.get() {
-                return;
-            }
-            self.touch();
-            let n = match res {
-                Ok(0) => {
-                    self.relay.borrow_mut().upstream_closed();
-                    self.wake_client_writer.notify_one();
-                    return;
-                }
-                Ok(n) => n,
-                Err(e) => {
-                    WorkerStats::inc(&self.stats.upstream_errors);
-                    self.fail(&format!("reading from the upstream: {e}"));
-                    return;
-                }
-            };
-            let mut sent = 0;
-            while sent < n {
-                if self.failed.get() {
-                    return;
-                }
-                let took = self.relay.borrow_mut().send_to_client(&buf[sent..n]);
-                match took {
-                    // The buffer towards the client is full: backpressure.
-                    Ok(0) => self.wake_upstream_reader.notified().await,
-                    Ok(k) => {
-                        sent += k;
-                        self.wake_client_writer.notify_one();
-                    }
-                    Err(e) => {
-                        self.fail(&format!("encrypting for the client: {e}"));
-                        return;
-                    }
-                }
-            }
-            WorkerStats::add(&self.stats.bytes_upstream_to_client, n as u64);
-            self.bytes_down.set(self.bytes_down.get() + n as u64);
-        }
-    }
-
-    async fn client_writer(&self) {
-        let mut out = Vec::new();
-        loop {
-            let (output, upstream_done) = {
-                let mut relay = self.relay.borrow_mut();
-                (relay.client_output(&mut out), relay.upstream_done())
-            };
-            if let Err(e) = output {
-                self.fail(&format!("TLS output: {e}"));
-                return;
-            }
-            if out.is_empty() {
-                if self.failed.get() {
-                    return;
-                }
-                if let Some(why) = self.closing.borrow_mut().take() {
-                    self.fail(&why);
-                    return;
-                }
-                if upstream_done {
-                    // close_notify has been written; now the TCP FIN.
-                    let _ = self.client.shutdown(Shutdown::Write);
-                    return;
-                }
-                self.wake_client_writer.notified().await;
-                continue;
-            }
-            let (res, b) = self.client.write_all(out).await;
-            out = b;
-            out.clear();
-            if let Err(e) = res {
-                self.fail(&format!("writing to the client: {e}"));
-                return;
-            }
-            self.touch();
-            self.wake_upstream_reader.notify_one();
-        }
     }
 }

@@ -32,9 +32,10 @@ fn two_workers_both_handshake_and_stats_add_up() {
     );
     assert!(
         not_200.is_empty(),
-        "{} of {N} requests got no HTTP 200, first: {:?}",
+        "{} of {N} requests got no HTTP 200, first: {:?}\n{}",
         not_200.len(),
-        not_200.first()
+        not_200.first(),
+        fe.output()
     );
 
     let (stats, ok) = fe.wait_stats(Duration::from_secs(5), |s| s.total.handshakes >= handshakes);

@@ -199,6 +199,10 @@ config_keys! {
         "On SIGTERM: stop accepting, then wait this long for open connections to finish before closing them.";
     pin_cpus: bool = "1", "worker.pin_cpus", change = Restart,
         "Pin worker n to the n-th online CPU (1) or let the scheduler move them (0).";
+    rx_buffers: u32 = "256", "worker.rx_buffers", change = Restart,
+        "Receive buffers per worker in its io_uring provided-buffer ring (a power of two, 1 to 32768); a receive takes one only when data arrives, and gives it back before the next, so this bounds the receives completing in one loop turn, not the connections.";
+    rx_buffer_size: Size = "16k", "worker.rx_buffer_size", change = Restart,
+        "Size of each receive buffer (1k to 1m): the most one receive reads.";
     cert: OptPath = "", "tls.cert", change = Reload,
         "Default certificate chain (PEM); empty = a self-signed certificate for localhost made at start.";
     key: OptPath = "", "tls.key", change = Reload,
@@ -456,6 +460,15 @@ impl Config {
         let keys = self.ticket_keys as usize;
         if !(crate::tickets::MIN_KEYS..=crate::tickets::MAX_KEYS).contains(&keys) {
             return bad("tickets.keys", "must be from 3 to 16");
+        }
+        if !(1..=32768).contains(&self.rx_buffers) || !self.rx_buffers.is_power_of_two() {
+            return bad("worker.rx_buffers", "must be a power of two from 1 to 32768");
+        }
+        if !(1024..=1 << 20).contains(&self.rx_buffer_size.0) {
+            return bad("worker.rx_buffer_size", "must be from 1k to 1m");
+        }
+        if self.buffer_size.0 == 0 {
+            return bad("proxy.buffer_size", "must be at least 1 byte (0 would stall every connection)");
         }
         if self.handshake_timeout.0.is_zero() {
             return bad("limits.handshake_timeout_secs", "must be at least 1s");

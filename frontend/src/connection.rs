@@ -1,0 +1,841 @@
+//! One proxied connection — a TLS client on one side, a plaintext TCP
+//! upstream on the other — as a sans-IO state machine, in the style of
+//! quinn-proto's `Connection`.
+//!
+//! The worker's io_uring loop is only its driver. It feeds in what the
+//! sockets produced ([`Connection::client_data`], [`Connection::upstream_data`],
+//! end of stream, the outcome of sends and of the upstream connect) and the
+//! time ([`Connection::handle_timeout`]); it asks what to do next:
+//! [`Connection::poll_event`] (connect the upstream; the handshake is done),
+//! [`Connection::poll_transmit`] (bytes to send on one socket),
+//! [`Connection::poll_shutdown`] (a FIN is due), [`Connection::wants_read`]
+//! (backpressure), [`Connection::poll_timeout`] (the one deadline that
+//! matters now: handshake, connect or idle) and [`Connection::end`].
+//! Handshake, half-close ordering, backpressure, timeouts, early data and
+//! the failure policy are therefore all driven in memory by the tests.
+//!
+//! TLS is rustls's unbuffered API: records are decrypted in place in the
+//! buffer they were received into, and plaintext from the upstream is
+//! encrypted straight from its receive buffer into the buffer that is sent
+//! to the client. Copies per byte, besides the kernel's own:
+//! - client → upstream: decrypted in place in the receive buffer, then
+//!   copied once into the send buffer towards the upstream (the receive
+//!   buffer goes back to the kernel at once); a record split over two
+//!   receives is first gathered into a per-connection buffer (one more
+//!   copy, for that record only);
+//! - upstream → client: encrypted from the receive buffer into the send
+//!   buffer towards the client; no other copy.
+//!
+//! No buffer is held while a connection is idle: send buffers come from the
+//! worker's [`BufPool`] when there is something to send and go back to it
+//! once sent, and receive buffers belong to the kernel's provided-buffer
+//! ring until a receive completes.
+//!
+//! After the handshake, the same shape would let kTLS take over: rustls's
+//! `dangerous_into_kernel_connection` hands the secrets to the socket, and
+//! the relay becomes two `splice` loops the driver runs without this state
+//! machine's byte handling (docs/ARCHITECTURE.md).
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+
+use crate::metrics::{ResumeHint, Resumption};
+use crate::uring::{Buf, BufPool};
+
+/// Which socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The TLS client.
+    Client,
+    /// The plaintext upstream.
+    Upstream,
+}
+
+/// Something the driver must act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Open the upstream connection now: the handshake completed, or rustls
+    /// accepted 0-RTT data that should reach the upstream at once.
+    ConnectUpstream,
+    /// The handshake completed (count it, log it).
+    HandshakeDone,
+}
+
+/// Why a connection failed, for counters and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Bad TLS from the client, or it went away during the handshake.
+    Handshake,
+    /// No complete handshake within `limits.handshake_timeout_secs`.
+    HandshakeTimeout,
+    /// No byte moved for `limits.idle_timeout_secs`.
+    Idle,
+    /// The upstream could not be reached, or reset.
+    Upstream,
+    /// The client's socket failed after the handshake.
+    Client,
+    /// The worker closed it (drain time over).
+    Drain,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Both directions finished (close_notify or FIN each way).
+    Finished,
+    /// It failed; the reason is for the log.
+    Failed(Failure, String),
+}
+
+/// The limits a connection runs under (a snapshot of the configuration
+/// taken when it was accepted).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `limits.handshake_timeout_secs`.
+    pub handshake: Duration,
+    /// `limits.idle_timeout_secs`.
+    pub idle: Duration,
+    /// `upstream.connect_timeout`.
+    pub connect: Duration,
+    /// `proxy.buffer_size`: bytes queued per direction before reading from
+    /// the other side pauses.
+    pub buffer: usize,
+}
+
+/// One direction's output: a queue being filled, and whether the driver
+/// holds a buffer of it in flight.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// Bytes queued, not yet handed to the driver.
+    queued: Option<Buf>,
+    /// A partly sent buffer to send again before anything queued.
+    resend: Option<Buf>,
+    /// Bytes the driver is sending now.
+    inflight: usize,
+    /// A send is in flight.
+    busy: bool,
+    /// FIN sent.
+    fin_sent: bool,
+}
+
+impl Outbox {
+    fn queue<'a>(queued: &'a mut Option<Buf>, pool: &mut BufPool) -> &'a mut Buf {
+        queued.get_or_insert_with(|| pool.take())
+    }
+
+    /// Bytes not yet acknowledged as sent.
+    fn backlog(&self) -> usize {
+        self.inflight
+            + self.queued.as_ref().map_or(0, Buf::len)
+            + self.resend.as_ref().map_or(0, Buf::len)
+    }
+
+    fn flushed(&self) -> bool {
+        self.backlog() == 0 && !self.busy
+    }
+}
+
+/// One connection: rustls and both directions' queues.
+pub struct Connection {
+    tls: UnbufferedServerConnection,
+    limits: Limits,
+    started: Instant,
+    last_activity: Instant,
+    handshake_took: Option<Duration>,
+    events: Vec<Event>,
+    /// Partial TLS records from the client (a record split over receives).
+    incoming: Option<Buf>,
+    to_client: Outbox,
+    to_upstream: Outbox,
+    proxy_header: Option<Vec<u8>>,
+    connect_requested: bool,
+    connect_started: Option<Instant>,
+    upstream_connected: bool,
+    /// The client sends nothing more (close_notify or FIN).
+    client_eof: bool,
+    /// The upstream sends nothing more (FIN).
+    upstream_eof: bool,
+    close_notify_queued: bool,
+    /// End once the client's output is flushed (an alert, or close_notify
+    /// after the upstream failed).
+    end_after_flush: Option<End>,
+    end: Option<End>,
+    early_bytes: u64,
+    hint: Option<ResumeHint>,
+    hello_seen: bool,
+    server_name: Option<String>,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+impl Connection {
+    /// A connection accepted at `now`. `proxy_header`, if any, is sent to
+    /// the upstream before any byte of the client's.
+    pub fn new(
+        tls: UnbufferedServerConnection,
+        limits: Limits,
+        proxy_header: Option<Vec<u8>>,
+        now: Instant,
+    ) -> Connection {
+        Connection {
+            tls,
+            limits,
+            started: now,
+            last_activity: now,
+            handshake_took: None,
+            events: Vec::new(),
+            incoming: None,
+            to_client: Outbox::default(),
+            to_upstream: Outbox::default(),
+            proxy_header,
+            connect_requested: false,
+            connect_started: None,
+            upstream_connected: false,
+            client_eof: false,
+            upstream_eof: false,
+            close_notify_queued: false,
+            end_after_flush: None,
+            end: None,
+            early_bytes: 0,
+            hint: None,
+            hello_seen: false,
+            server_name: None,
+            bytes_up: 0,
+            bytes_down: 0,
+        }
+    }
+
+    // ---- input -------------------------------------------------------
+
+    /// Bytes the client sent. They are decrypted in place, so `data` is
+    /// clobbered; whatever is left of an incomplete record is kept.
+    pub fn client_data(&mut self, now: Instant, data: &mut [u8], pool: &mut BufPool) {
+        if self.end.is_some() || self.client_eof || self.end_after_flush.is_some() {
+            return;
+        }
+        self.last_activity = now;
+        if !self.hello_seen {
+            self.hello_seen = true;
+            self.server_name = crate::client_hello::parse(data).and_then(|h| h.server_name);
+        }
+        let result = match self.incoming.take() {
+            None => {
+                let result = self.pump(data, None, pool);
+                if let Ok((used, _)) = result {
+                    if used < data.len() {
+                        let mut rest = pool.take();
+                        rest.extend(&data[used..]);
+                        self.incoming = Some(rest);
+                    }
+                }
+                result
+            }
+            Some(mut gathered) => {
+                gathered.extend(data);
+                let result = self.pump(gathered.filled_mut(), None, pool);
+                if let Ok((used, _)) = result {
+                    gathered.consume(used);
+                }
+                if gathered.is_empty() {
+                    pool.give(gathered);
+                } else {
+                    self.incoming = Some(gathered);
+                }
+                result
+            }
+        };
+        self.after_pump(now, result.map(|_| ()));
+    }
+
+    /// The client's stream ended (FIN).
+    pub fn client_eof(&mut self, now: Instant) {
+        if self.end.is_some() {
+            return;
+        }
+        if self.tls.is_handshaking() {
+            self.fail(
+                Failure::Handshake,
+                "the client closed the connection during the handshake".into(),
+            );
+            return;
+        }
+        // A TCP FIN without close_notify: most clients (curl among them)
+        // end this way; for a byte-stream proxy it is a half-close.
+        self.client_eof = true;
+        self.last_activity = now;
+    }
+
+    /// Reading from or writing to `side` failed.
+    pub fn socket_error(&mut self, side: Side, what: &str, error: io::Error) {
+        let failure = match side {
+            Side::Upstream => Failure::Upstream,
+            Side::Client if self.tls.is_handshaking() => Failure::Handshake,
+            Side::Client => Failure::Client,
+        };
+        let whose = match side {
+            Side::Client => "the client",
+            Side::Upstream => "the upstream",
+        };
+        self.fail(failure, format!("{what} {whose}: {error}"));
+    }
+
+    /// The driver started the upstream connect.
+    pub fn connect_started(&mut self, now: Instant) {
+        self.connect_started = Some(now);
+    }
+
+    /// The upstream connect finished.
+    pub fn upstream_connected(&mut self, now: Instant, result: io::Result<()>, pool: &mut BufPool) {
+        if self.end.is_some() {
+            return;
+        }
+        self.connect_started = None;
+        match result {
+            Ok(()) => {
+                self.upstream_connected = true;
+                self.last_activity = now;
+                if let Some(header) = self.proxy_header.take() {
+                    let mut first = pool.take();
+                    first.extend(&header);
+                    if let Some(queued) = self.to_upstream.queued.take() {
+                        first.extend(queued.pending());
+                        pool.give(queued);
+                    }
+                    self.to_upstream.queued = Some(first);
+                }
+            }
+            Err(e) => self.upstream_unreachable(now, format!("upstream: {e}"), pool),
+        }
+    }
+
+    /// Plaintext the upstream sent: encrypted for the client.
+    pub fn upstream_data(&mut self, now: Instant, data: &[u8], pool: &mut BufPool) {
+        if self.end.is_some() {
+            return;
+        }
+        self.last_activity = now;
+        self.bytes_down += data.len() as u64;
+        let result = self.pump_without_input(Some(data), pool);
+        self.after_pump(now, result);
+    }
+
+    /// The upstream's stream ended: close_notify, then FIN, to the client.
+    pub fn upstream_eof(&mut self, now: Instant, pool: &mut BufPool) {
+        if self.end.is_some() {
+            return;
+        }
+        self.upstream_eof = true;
+        self.last_activity = now;
+        let result = self.pump_without_input(None, pool);
+        self.after_pump(now, result);
+    }
+
+    /// A send the driver made from a buffer of [`Connection::poll_transmit`]
+    /// finished: `result` is how many bytes went out.
+    pub fn sent(
+        &mut self,
+        now: Instant,
+        side: Side,
+        mut buf: Buf,
+        result: io::Result<usize>,
+        pool: &mut BufPool,
+    ) {
+        let outbox = match side {
+            Side::Client => &mut self.to_client,
+            Side::Upstream => &mut self.to_upstream,
+        };
+        outbox.busy = false;
+        outbox.inflight = 0;
+        match result {
+            Ok(n) if n > 0 || buf.is_empty() => {
+                buf.advance(n);
+                if buf.is_empty() {
+                    pool.give(buf);
+                } else {
+                    outbox.resend = Some(buf);
+                }
+                self.last_activity = now;
+                self.check_flushed();
+            }
+            Ok(_) => {
+                pool.give(buf);
+                self.socket_error(
+                    side,
+                    "writing to",
+                    io::Error::new(io::ErrorKind::WriteZero, "wrote nothing"),
+                );
+            }
+            Err(e) => {
+                pool.give(buf);
+                if self.end.is_none() {
+                    self.socket_error(side, "writing to", e);
+                }
+            }
+        }
+    }
+
+    /// Deadlines that passed by `now` take effect.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.end.is_some() {
+            return;
+        }
+        if self.tls.is_handshaking() && now >= self.started + self.limits.handshake {
+            let limit = self.limits.handshake;
+            self.fail(
+                Failure::HandshakeTimeout,
+                format!("no complete handshake within {limit:?}"),
+            );
+            return;
+        }
+        if let Some(started) = self.connect_started {
+            if now >= started + self.limits.connect {
+                let limit = self.limits.connect;
+                self.connect_started = None;
+                self.upstream_unreachable(
+                    now,
+                    format!("upstream: no answer within {limit:?}"),
+                    &mut BufPool::new(0),
+                );
+                return;
+            }
+        }
+        if !self.tls.is_handshaking() && now >= self.last_activity + self.limits.idle {
+            let limit = self.limits.idle;
+            self.fail(
+                Failure::Idle,
+                format!("idle for {limit:?} (limits.idle_timeout_secs)"),
+            );
+        }
+    }
+
+    /// The worker ends the connection (drain time over).
+    pub fn abort(&mut self, failure: Failure, reason: String) {
+        self.fail(failure, reason);
+    }
+
+    // ---- output ------------------------------------------------------
+
+    /// The next thing the driver must do, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if self.events.is_empty() {
+            None
+        } else {
+            Some(self.events.remove(0))
+        }
+    }
+
+    /// Bytes to send on `side` now, if any and if no send is in flight
+    /// there. Give the buffer back through [`Connection::sent`].
+    pub fn poll_transmit(&mut self, side: Side) -> Option<Buf> {
+        if self.end.is_some() {
+            return None;
+        }
+        if side == Side::Upstream && !self.upstream_connected {
+            return None;
+        }
+        let outbox = match side {
+            Side::Client => &mut self.to_client,
+            Side::Upstream => &mut self.to_upstream,
+        };
+        if outbox.busy {
+            return None;
+        }
+        let buf = outbox
+            .resend
+            .take()
+            .or_else(|| outbox.queued.take().filter(|b| !b.is_empty()))?;
+        outbox.busy = true;
+        outbox.inflight = buf.len();
+        Some(buf)
+    }
+
+    /// A FIN is due on `side` (everything before it has been sent).
+    pub fn poll_shutdown(&mut self, side: Side) -> bool {
+        if self.end.is_some() {
+            return false;
+        }
+        let due = match side {
+            Side::Upstream => {
+                self.client_eof
+                    && self.upstream_connected
+                    && self.incoming.is_none()
+                    && self.to_upstream.flushed()
+                    && !self.to_upstream.fin_sent
+            }
+            Side::Client => {
+                self.close_notify_queued
+                    && self.end_after_flush.is_none()
+                    && self.to_client.flushed()
+                    && !self.to_client.fin_sent
+            }
+        };
+        if due {
+            match side {
+                Side::Client => self.to_client.fin_sent = true,
+                Side::Upstream => self.to_upstream.fin_sent = true,
+            }
+            self.check_finished();
+        }
+        due
+    }
+
+    /// Whether the driver should read from `side` now (backpressure: a
+    /// direction whose queue is over `proxy.buffer_size` stops reading).
+    pub fn wants_read(&self, side: Side) -> bool {
+        if self.end.is_some() || self.end_after_flush.is_some() {
+            return false;
+        }
+        match side {
+            Side::Client => !self.client_eof && self.to_upstream.backlog() < self.limits.buffer,
+            Side::Upstream => {
+                self.upstream_connected
+                    && !self.upstream_eof
+                    && !self.tls.is_handshaking()
+                    && self.to_client.backlog() < self.limits.buffer
+            }
+        }
+    }
+
+    /// The earliest deadline (handshake, connect or idle), if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.end.is_some() {
+            return None;
+        }
+        let mut deadline = if self.tls.is_handshaking() {
+            self.started + self.limits.handshake
+        } else {
+            self.last_activity + self.limits.idle
+        };
+        if let Some(started) = self.connect_started {
+            deadline = deadline.min(started + self.limits.connect);
+        }
+        Some(deadline)
+    }
+
+    /// How the connection ended, once it has.
+    pub fn end(&self) -> Option<&End> {
+        self.end.as_ref()
+    }
+
+    // ---- what the driver reports --------------------------------------
+
+    /// How the completed handshake got its session.
+    pub fn resumption(&self) -> Resumption {
+        if self.tls.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+            return Resumption::Full;
+        }
+        match (self.tls.protocol_version(), self.hint) {
+            (Some(rustls::ProtocolVersion::TLSv1_3), Some(ResumeHint::CacheTake)) => {
+                Resumption::Tls13Stateful
+            }
+            (Some(rustls::ProtocolVersion::TLSv1_3), _) => Resumption::Tls13Ticket,
+            (_, Some(ResumeHint::TicketOpened)) => Resumption::Tls12Ticket,
+            _ => Resumption::SessionId,
+        }
+    }
+
+    /// The negotiated protocol version.
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.tls.protocol_version()
+    }
+
+    /// The negotiated ALPN protocol.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.tls.alpn_protocol()
+    }
+
+    /// The server name the client asked for.
+    pub fn server_name(&self) -> Option<&str> {
+        self.server_name.as_deref()
+    }
+
+    /// How long the handshake took.
+    pub fn handshake_took(&self) -> Option<Duration> {
+        self.handshake_took
+    }
+
+    /// 0-RTT bytes accepted.
+    pub fn early_data_bytes(&self) -> u64 {
+        self.early_bytes
+    }
+
+    /// Plaintext bytes client → upstream and upstream → client.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.bytes_up, self.bytes_down)
+    }
+
+    /// When the connection was accepted.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Bytes of buffers this connection holds now (not counting rustls).
+    pub fn buffered(&self) -> usize {
+        let held = |b: &Option<Buf>| b.as_ref().map_or(0, Buf::capacity);
+        held(&self.incoming)
+            + held(&self.to_client.queued)
+            + held(&self.to_client.resend)
+            + held(&self.to_upstream.queued)
+            + held(&self.to_upstream.resend)
+    }
+
+    /// Gives every buffer back (the connection is being dropped).
+    pub fn release(&mut self, pool: &mut BufPool) {
+        for b in [
+            self.incoming.take(),
+            self.to_client.queued.take(),
+            self.to_client.resend.take(),
+            self.to_upstream.queued.take(),
+            self.to_upstream.resend.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            pool.give(b);
+        }
+    }
+
+    // ---- internals ---------------------------------------------------
+
+    fn fail(&mut self, failure: Failure, reason: String) {
+        if self.end.is_none() {
+            self.end = Some(End::Failed(failure, reason));
+            self.events.clear();
+        }
+    }
+
+    /// The upstream cannot be used: tell the client with close_notify, then
+    /// end once that is sent.
+    fn upstream_unreachable(&mut self, now: Instant, reason: String, pool: &mut BufPool) {
+        self.upstream_eof = true;
+        let result = self.pump_without_input(None, pool);
+        self.after_pump(now, result);
+        if self.end.is_none() {
+            self.end_after_flush = Some(End::Failed(Failure::Upstream, reason));
+            self.check_flushed();
+        }
+    }
+
+    fn pump_without_input(
+        &mut self,
+        plaintext: Option<&[u8]>,
+        pool: &mut BufPool,
+    ) -> Result<(), rustls::Error> {
+        // rustls must see the bytes it has not consumed yet, at the same
+        // place in its stream: the partial record, or nothing.
+        match self.incoming.take() {
+            Some(mut gathered) => {
+                let result = self.pump(gathered.filled_mut(), plaintext, pool);
+                if let Ok((used, _)) = result {
+                    gathered.consume(used);
+                }
+                if gathered.is_empty() {
+                    pool.give(gathered);
+                } else {
+                    self.incoming = Some(gathered);
+                }
+                result.map(|_| ())
+            }
+            None => self.pump(&mut [], plaintext, pool).map(|_| ()),
+        }
+    }
+
+    /// Runs rustls over `input` until it needs more: decrypted records go
+    /// to the upstream queue, TLS output to the client queue, and
+    /// `plaintext` (from the upstream) is encrypted once rustls may send
+    /// application data. Returns the input bytes consumed.
+    fn pump(
+        &mut self,
+        input: &mut [u8],
+        mut plaintext: Option<&[u8]>,
+        pool: &mut BufPool,
+    ) -> Result<(usize, bool), rustls::Error> {
+        let mut used = 0;
+        let mut encrypted = false;
+        loop {
+            // rustls calls the session stores synchronously in here, on
+            // this thread: what they note belongs to this connection.
+            let _ = crate::metrics::take_resume_hint();
+            let UnbufferedStatus { mut discard, state } =
+                self.tls.process_tls_records(&mut input[used..]);
+            if let Some(hint) = crate::metrics::take_resume_hint() {
+                self.hint = Some(hint);
+            }
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    // rustls still refers to the input as it was given.
+                    let _ = discard;
+                    self.flush_alert(&mut input[used..], pool);
+                    return Err(e);
+                }
+            };
+            let mut stop = false;
+            match state {
+                ConnectionState::ReadTraffic(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        let record = record?;
+                        discard += record.discard;
+                        self.bytes_up += record.payload.len() as u64;
+                        Outbox::queue(&mut self.to_upstream.queued, pool).extend(record.payload);
+                    }
+                }
+                ConnectionState::ReadEarlyData(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        let record = record?;
+                        discard += record.discard;
+                        self.bytes_up += record.payload.len() as u64;
+                        self.early_bytes += record.payload.len() as u64;
+                        Outbox::queue(&mut self.to_upstream.queued, pool).extend(record.payload);
+                    }
+                    // 0-RTT accepted: the upstream should get it now, not
+                    // after the handshake, or 0-RTT saves no round trip.
+                    if !self.connect_requested {
+                        self.connect_requested = true;
+                        self.events.push(Event::ConnectUpstream);
+                    }
+                }
+                ConnectionState::EncodeTlsData(mut encoder) => {
+                    let out = Outbox::queue(&mut self.to_client.queued, pool);
+                    let mut room = 1024;
+                    loop {
+                        match encoder.encode(out.spare(room)) {
+                            Ok(n) => {
+                                out.commit(n);
+                                break;
+                            }
+                            Err(EncodeError::InsufficientSize(s)) => room = s.required_size,
+                            Err(e) => {
+                                return Err(rustls::Error::General(format!("encoding: {e}")))
+                            }
+                        }
+                    }
+                }
+                ConnectionState::TransmitTlsData(transmit) => {
+                    // The records are in the client queue; the driver sends
+                    // them with whatever follows.
+                    transmit.done();
+                }
+                ConnectionState::BlockedHandshake => stop = true,
+                ConnectionState::PeerClosed => self.client_eof = true,
+                ConnectionState::Closed => {
+                    self.client_eof = true;
+                    stop = true;
+                }
+                ConnectionState::WriteTraffic(mut writer) => {
+                    if let Some(data) = plaintext.take() {
+                        let out = Outbox::queue(&mut self.to_client.queued, pool);
+                        let mut room = data.len() + 64;
+                        loop {
+                            match writer.encrypt(data, out.spare(room)) {
+                                Ok(n) => {
+                                    out.commit(n);
+                                    break;
+                                }
+                                Err(EncryptError::InsufficientSize(s)) => room = s.required_size,
+                                Err(e) => {
+                                    return Err(rustls::Error::General(format!(
+                                        "encrypting: {e}"
+                                    )))
+                                }
+                            }
+                        }
+                        encrypted = true;
+                    } else if self.upstream_eof && !self.close_notify_queued {
+                        let out = Outbox::queue(&mut self.to_client.queued, pool);
+                        let mut room = 64;
+                        loop {
+                            match writer.queue_close_notify(out.spare(room)) {
+                                Ok(n) => {
+                                    out.commit(n);
+                                    break;
+                                }
+                                Err(EncryptError::InsufficientSize(s)) => room = s.required_size,
+                                Err(e) => {
+                                    return Err(rustls::Error::General(format!(
+                                        "close_notify: {e}"
+                                    )))
+                                }
+                            }
+                        }
+                        self.close_notify_queued = true;
+                    } else {
+                        stop = true;
+                    }
+                }
+                _ => stop = true,
+            }
+            used += discard;
+            if stop {
+                return Ok((used, encrypted));
+            }
+        }
+    }
+
+    /// After a TLS error: rustls queued an alert; encode it for the client.
+    fn flush_alert(&mut self, input: &mut [u8], pool: &mut BufPool) {
+        for _ in 0..4 {
+            let UnbufferedStatus { state, .. } = self.tls.process_tls_records(input);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut encoder)) => {
+                    let out = Outbox::queue(&mut self.to_client.queued, pool);
+                    match encoder.encode(out.spare(1024)) {
+                        Ok(n) => out.commit(n),
+                        Err(_) => return,
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                _ => return,
+            }
+        }
+    }
+
+    fn after_pump(&mut self, now: Instant, result: Result<(), rustls::Error>) {
+        if let Err(e) = result {
+            let failure = if self.handshake_took.is_none() {
+                Failure::Handshake
+            } else {
+                Failure::Client
+            };
+            if self.end.is_none() {
+                // Send the alert first, so the client learns why.
+                self.end_after_flush = Some(End::Failed(failure, format!("TLS error: {e}")));
+                self.check_flushed();
+            }
+            return;
+        }
+        if self.handshake_took.is_none() && !self.tls.is_handshaking() {
+            self.handshake_took = Some(now.saturating_duration_since(self.started));
+            self.events.push(Event::HandshakeDone);
+            if !self.connect_requested {
+                self.connect_requested = true;
+                self.events.push(Event::ConnectUpstream);
+            }
+        }
+        self.check_finished();
+    }
+
+    fn check_flushed(&mut self) {
+        if self.end.is_none() && self.end_after_flush.is_some() && self.to_client.flushed() {
+            self.end = self.end_after_flush.take();
+        }
+        self.check_finished();
+    }
+
+    fn check_finished(&mut self) {
+        if self.end.is_none()
+            && self.to_client.fin_sent
+            && self.to_upstream.fin_sent
+            && self.to_client.flushed()
+            && self.to_upstream.flushed()
+        {
+            self.end = Some(End::Finished);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
