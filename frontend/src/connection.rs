@@ -650,6 +650,23 @@ impl Connection {
     fn pump(
         &mut self,
         input: &mut [u8],
+        plaintext: Option<&[u8]>,
+        pool: &mut BufPool,
+    ) -> Result<(usize, bool), rustls::Error> {
+        // A bug in TLS processing must cost this connection, not the worker
+        // and every other connection on it.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.pump_records(input, plaintext, pool)
+        }))
+        .unwrap_or_else(|_| {
+            self.fail(Failure::Client, "internal error in TLS processing (a bug: please report)".into());
+            Err(rustls::Error::General("internal error".into()))
+        })
+    }
+
+    fn pump_records(
+        &mut self,
+        input: &mut [u8],
         mut plaintext: Option<&[u8]>,
         pool: &mut BufPool,
     ) -> Result<(usize, bool), rustls::Error> {
@@ -776,19 +793,22 @@ impl Connection {
     }
 
     /// After a TLS error: rustls queued an alert; encode it for the client.
+    /// Only once: a second call would make rustls deframe the bad input
+    /// again and queue a second fatal alert.
     fn flush_alert(&mut self, input: &mut [u8], pool: &mut BufPool) {
-        for _ in 0..4 {
-            let UnbufferedStatus { state, .. } = self.tls.process_tls_records(input);
-            match state {
-                Ok(ConnectionState::EncodeTlsData(mut encoder)) => {
-                    let out = Outbox::queue(&mut self.to_client.queued, pool);
-                    match encoder.encode(out.spare(1024)) {
-                        Ok(n) => out.commit(n),
-                        Err(_) => return,
+        let UnbufferedStatus { state, .. } = self.tls.process_tls_records(input);
+        if let Ok(ConnectionState::EncodeTlsData(mut encoder)) = state {
+            let out = Outbox::queue(&mut self.to_client.queued, pool);
+            let mut room = 64;
+            for _ in 0..2 {
+                match encoder.encode(out.spare(room)) {
+                    Ok(n) => {
+                        out.commit(n);
+                        return;
                     }
+                    Err(EncodeError::InsufficientSize(s)) => room = s.required_size,
+                    Err(_) => return,
                 }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => return,
             }
         }
     }

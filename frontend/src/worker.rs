@@ -45,6 +45,10 @@ const POOL_KEEP: usize = 256;
 /// make the log the bottleneck.
 const FAILURE_LINES_PER_SEC: u32 = 50;
 
+/// The longest a worker sleeps with nothing to do (a safety net: the drain
+/// signal wakes it through its listener anyway).
+const IDLE_WAKE: Duration = Duration::from_secs(5);
+
 /// Why the workers could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -359,6 +363,7 @@ impl Worker {
 
     /// When the loop must wake even if nothing completes.
     fn next_wake(&mut self) -> Option<Instant> {
+        self.settle_timers();
         let mut wake = self.timers.peek().map(|Reverse((at, _, _))| *at);
         for extra in [self.accept_again_at, self.drain_deadline] {
             wake = match (wake, extra) {
@@ -370,10 +375,42 @@ impl Worker {
             return Some(Instant::now());
         }
         // A safety net for a drain signal that produced no completion: a
-        // worker with nothing to do wakes once a second, not once per
+        // worker with nothing to do wakes every few seconds, not once per
         // connection.
-        let cap = Instant::now() + Duration::from_secs(1);
+        let cap = Instant::now() + IDLE_WAKE;
         Some(wake.map_or(cap, |w| w.min(cap)))
+    }
+
+    /// Drops the heap entries at the top that no longer matter (their
+    /// connection ended, or its deadline moved later: a completed
+    /// handshake, traffic since), queueing the connection's real deadline
+    /// instead — before the loop sleeps, so a moved deadline costs no
+    /// wake-up.
+    fn settle_timers(&mut self) {
+        while let Some(Reverse((at, slot, generation))) = self.timers.peek().copied() {
+            let current = self
+                .slots
+                .get_mut(slot as usize)
+                .filter(|s| s.generation & 0x00ff_ffff == generation)
+                .and_then(|s| s.conn.as_mut())
+                .filter(|c| !c.closing && c.timer == Some(at));
+            let Some(conn) = current else {
+                self.timers.pop();
+                continue;
+            };
+            match conn.machine.poll_timeout() {
+                Some(deadline) if deadline > at => {
+                    self.timers.pop();
+                    conn.timer = Some(deadline);
+                    self.timers.push(Reverse((deadline, slot, generation)));
+                }
+                Some(_) => return,
+                None => {
+                    self.timers.pop();
+                    conn.timer = None;
+                }
+            }
+        }
     }
 
     fn conn_mut(&mut self, slot: u32, generation: u32) -> Option<&mut Conn> {

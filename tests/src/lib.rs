@@ -417,6 +417,11 @@ impl Frontend {
         }
     }
 
+    /// The process id of the running tlsfront.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `127.0.0.1:port`.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))

@@ -86,9 +86,15 @@ impl Proc {
     /// control socket, cache and ticket files (unless `opts` sets them);
     /// waits for `tlsfront: ready`. Retries when the port was taken meanwhile.
     pub fn start(config: Option<&Path>, opts: &[(&str, &str)]) -> Proc {
+        Self::start_limited(None, config, opts)
+    }
+
+    /// Like [`Proc::start`], with RLIMIT_NOFILE set to `nofile` (soft and
+    /// hard) from the start (util-linux `prlimit`).
+    pub fn start_limited(nofile: Option<u64>, config: Option<&Path>, opts: &[(&str, &str)]) -> Proc {
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start(config, opts) {
+            match Self::try_start(nofile, config, opts) {
                 Ok(p) => return p,
                 Err((true, msg)) => last = msg,
                 Err((false, msg)) => panic!("{msg}"),
@@ -97,9 +103,22 @@ impl Proc {
         panic!("tlsfront did not start after 3 attempts (address in use):\n{last}");
     }
 
-    fn try_start(config: Option<&Path>, opts: &[(&str, &str)]) -> Result<Proc, (bool, String)> {
+    fn try_start(
+        nofile: Option<u64>,
+        config: Option<&Path>,
+        opts: &[(&str, &str)],
+    ) -> Result<Proc, (bool, String)> {
         let dir = temp_dir();
         let (mut cmd, port, socket) = run_command(dir.path(), config, opts);
+        if let Some(n) = nofile {
+            let mut limited = Command::new("prlimit");
+            limited
+                .arg(format!("--nofile={n}:{n}"))
+                .arg("--")
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            cmd = limited;
+        }
         let cmdline = format!("{cmd:?}");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

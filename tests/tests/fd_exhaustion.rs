@@ -24,16 +24,6 @@ fn open_fds(pid: i32) -> usize {
         .count()
 }
 
-/// Sets the soft RLIMIT_NOFILE of the running process `pid` (util-linux
-/// prlimit), keeping its hard limit.
-fn set_nofile(pid: i32, limit: usize) {
-    let status = Command::new("prlimit")
-        .args([&format!("--pid={pid}"), &format!("--nofile={limit}:")])
-        .status()
-        .expect("run prlimit");
-    assert!(status.success(), "prlimit --nofile={limit}: failed");
-}
-
 /// The soft RLIMIT_NOFILE of `pid`.
 fn soft_nofile(pid: i32) -> usize {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
@@ -53,7 +43,12 @@ fn out_of_descriptors_pauses_accepting_without_spinning_and_keeps_open_connectio
     let dir = temp_dir();
     let (cert, key) = pki.leaf(&["localhost"]).write(dir.path(), "localhost");
     let echo = Upstream::echo();
-    let p = Proc::start(
+    // The limit is set before start: io_uring takes a multishot accept's
+    // descriptor limit when the accept is armed, as a process's limit is in
+    // production (lowering it under a running process would not bite).
+    const NOFILE: u64 = 64;
+    let p = Proc::start_limited(
+        Some(NOFILE),
         None,
         &[
             ("worker.count", "1"),
@@ -63,6 +58,7 @@ fn out_of_descriptors_pauses_accepting_without_spinning_and_keeps_open_connectio
         ],
     );
     let pid = p.pid();
+    assert_eq!(soft_nofile(pid), NOFILE as usize, "prlimit did not apply");
     let client = TlsClient::connect(p.addr(), ClientSpec::new(pki.trust()).build(), "localhost")
         .unwrap_or_else(|e| panic!("{e}\n{}", p.output()));
     let stream = Streamer::start(client, 5, 1024, Duration::from_millis(20));
@@ -71,14 +67,19 @@ fn out_of_descriptors_pauses_accepting_without_spinning_and_keeps_open_connectio
         "stream did not start"
     );
 
-    // No descriptor left for one more connection.
-    let original = soft_nofile(pid);
-    set_nofile(pid, open_fds(pid));
-    let waiting: Vec<TcpStream> = (0..20)
+    // More connections than descriptors left: each accepted one holds a
+    // descriptor (it never sends a ClientHello), the rest wait in the
+    // kernel's queue once accept fails.
+    let spare = NOFILE as usize - open_fds(pid);
+    let waiting: Vec<TcpStream> = (0..spare + 10)
         .map(|_| TcpStream::connect(p.addr()).expect("the kernel still queues connections"))
         .collect();
     let accept_failed = p.wait_stderr("accept failed", Duration::from_secs(5));
     assert!(accept_failed, "no accept error logged\n{}", p.output());
+    assert!(
+        open_fds(pid) <= NOFILE as usize,
+        "more descriptors than the limit?"
+    );
 
     // At the limit for 2 s: the worker must not spin on accept.
     let before = cpu_ticks(pid);
@@ -97,13 +98,14 @@ fn out_of_descriptors_pauses_accepting_without_spinning_and_keeps_open_connectio
         p.output()
     );
 
-    // Descriptors back: queued and new connections are served.
-    set_nofile(pid, original);
+    // Descriptors back (the idle connections go away): new connections
+    // are served again.
     drop(waiting);
     let again = TlsClient::connect(p.addr(), ClientSpec::new(pki.trust()).build(), "localhost");
     assert!(
         again.is_ok(),
-        "no handshake after the limit was raised\n{}",
+        "no handshake after descriptors came back: {:?}\n{}",
+        again.err(),
         p.output()
     );
     let (_, err) = stream.stop();

@@ -480,3 +480,27 @@ fn early_data_reaches_the_upstream_before_the_handshake_completes() {
     assert!(rig.conn.handshake_took().is_none(), "the handshake already completed");
     assert_eq!(rig.conn.early_data_bytes(), 10);
 }
+
+#[test]
+fn plain_http_or_binary_garbage_first_is_an_error_at_once() {
+    for garbage in [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        (0u8..=255).collect::<Vec<u8>>(),
+    ] {
+        let (server, client) = configs(0);
+        let mut rig = Rig::new(server, client);
+        let mut bytes = garbage.clone();
+        rig.conn.client_data(rig.now, &mut bytes, &mut rig.pool);
+        if let Some(alert) = rig.conn.poll_transmit(Side::Client) {
+            let n = alert.len();
+            rig.conn
+                .sent(rig.now, Side::Client, alert, Ok(n), &mut rig.pool);
+        }
+        assert!(
+            matches!(rig.conn.end(), Some(End::Failed(Failure::Handshake, _))),
+            "{:?} after {:?}",
+            rig.conn.end(),
+            &garbage[..8]
+        );
+    }
+}
