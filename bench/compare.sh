@@ -79,7 +79,7 @@ PERF_MODES=full13,resume-ticket12,resume13
 IDLE_CONNS=10000
 IDLE_HOLD=5
 BULK_BYTES=$((64 << 20))
-BULK_COUNT=4
+BULK_COUNT=8
 BUILD=1
 DRAFT=0
 QUICK=0
@@ -92,7 +92,7 @@ STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 
 while (($#)); do
     case $1 in
-        --quick) QUICK=1 ROUNDS=2 SECS=2 IDLE_HOLD=3 BULK_COUNT=2 LAT_MODES=full13 ;;
+        --quick) QUICK=1 ROUNDS=2 SECS=2 IDLE_HOLD=3 BULK_COUNT=4 LAT_MODES=full13 ;;
         --draft) DRAFT=1 ;;
         --rounds) ROUNDS=$2; shift ;;
         --secs) SECS=$2; shift ;;
@@ -138,7 +138,8 @@ else
     [[ $SERVERS == "$ALL_SERVERS" && $PHASES == "$ALL_PHASES" && $MODES == "$ALL_MODES" ]] ||
         why+=("a partial run (servers, phases or modes left out)")
     if ((${#why[@]})); then
-        die "refusing to publish bench/results/compare.*: $(IFS=';'; echo "${why[*]}"); use --draft (writes bench/results/compare-draft.*)"
+        joined=$(printf '%s; ' "${why[@]}")
+        die "refusing to publish bench/results/compare.*: ${joined%; }; use --draft (writes bench/results/compare-draft.*)"
     fi
 fi
 
@@ -682,7 +683,7 @@ if has "$PHASES" idle; then
         read -r -a pids <<<"$line"
         mapfile -t pa < <(pid_args "${pids[@]}")
         "${CLIENT_PREFIX[@]}" "$TLSLOAD" idle --connect "127.0.0.1:$port" --connections "$IDLE_CONNS" \
-            --hold "$IDLE_HOLD" --threads 8 --request "$REQUEST" --response "$RESPONSE" "${pa[@]}" \
+            --hold "$IDLE_HOLD" --settle 2 --threads 8 --request "$REQUEST" --response "$RESPONSE" "${pa[@]}" \
             --label "$s" --json "$TMP/idle/$s.json" | sed "s/^/compare:   $s: /" >&2 ||
             say "  $s: idle run failed"
         stop_server "$s"
