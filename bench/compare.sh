@@ -683,7 +683,7 @@ if has "$PHASES" idle; then
         read -r -a pids <<<"$line"
         mapfile -t pa < <(pid_args "${pids[@]}")
         "${CLIENT_PREFIX[@]}" "$TLSLOAD" idle --connect "127.0.0.1:$port" --connections "$IDLE_CONNS" \
-            --hold "$IDLE_HOLD" --settle 2 --threads 8 --request "$REQUEST" --response "$RESPONSE" "${pa[@]}" \
+            --hold "$IDLE_HOLD" --settle 5 --threads 8 --request "$REQUEST" --response "$RESPONSE" "${pa[@]}" \
             --label "$s" --json "$TMP/idle/$s.json" | sed "s/^/compare:   $s: /" >&2 ||
             say "  $s: idle run failed"
         stop_server "$s"

@@ -301,6 +301,8 @@ if idle:
         lines.append("| {} | {} |".format(title, " | ".join(f(idle[s]) if s in idle else "—" for s in servers)))
     row("RssAnon growth per connection (KB = 1000 B)", lambda r: "**{:.1f}**".format(r["rss_anon_per_connection_bytes"] / 1000))
     row("wake-ups/s while idle (voluntary context switches)", lambda r: "{:.1f}".format(r["wakeups_per_s_idle"]["voluntary"]))
+    row("… in the second half of the hold", lambda r: "{:.1f}".format(r["wakeups_per_s_idle_second_half"]["voluntary"])
+        if r.get("wakeups_per_s_idle_second_half") else "—")
     row("wake-ups/s with no connection", lambda r: "{:.1f}".format(r["wakeups_per_s_without_connections"]["voluntary"]))
     row("server CPU while idle, ms per s", lambda r: "{:.1f}".format(1000 * r["server_cpu_idle_s"] / r["hold_s"]))
     row("closed by the server while idle", lambda r: str(r["closed_by_server"]))

@@ -897,9 +897,8 @@ fn connect_socket(addr: &SocketAddr, timeout: Duration) -> Result<TcpStream> {
 
 fn handshake<S: Read + Write>(conn: &mut ClientConnection, io: &mut S) -> Result<()> {
     while conn.is_handshaking() {
-        match conn.complete_io(io).context("handshake")? {
-            (0, 0) => bail!("handshake: the server closed the connection"),
-            _ => {}
+        if conn.complete_io(io).context("handshake")? == (0, 0) {
+            bail!("handshake: the server closed the connection");
         }
     }
     Ok(())
@@ -1315,9 +1314,29 @@ fn idle(mut args: impl Iterator<Item = String>) -> Result<()> {
     let w1 = procfs::wakeups(&pids)?;
     let cpu1 = procfs::total_cpu_seconds(&pids)?;
     let t = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(hold));
+    // Sampled every half second, not only at both ends: a burst (the tail
+    // of the opening, a periodic sweep) and a steady rate look alike in a
+    // single average, and the series tells them apart.
+    let mut series = Vec::new();
+    let mut last = w1;
+    let mut half = None;
+    let end = t + Duration::from_secs_f64(hold);
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(500)));
+        let w = procfs::wakeups(&pids)?;
+        series.push(w.since(last).voluntary);
+        last = w;
+        if half.is_none() && t.elapsed().as_secs_f64() >= hold / 2.0 {
+            half = Some((w, t.elapsed().as_secs_f64()));
+        }
+    }
     let held_s = t.elapsed().as_secs_f64();
-    let idle_wakeups = procfs::wakeups(&pids)?.since(w1);
+    let idle_wakeups = last.since(w1);
+    let second_half = half.map(|(w, at)| rates(last.since(w), held_s - at));
     let idle_cpu = procfs::total_cpu_seconds(&pids)? - cpu1;
     let rss_end = procfs::total_rss_anon_bytes(&pids)?;
     let closed = conns.iter().filter(|s| closed_by_peer(s)).count();
@@ -1354,6 +1373,8 @@ fn idle(mut args: impl Iterator<Item = String>) -> Result<()> {
                 "hold_s": held_s,
                 "wakeups_per_s_without_connections": base_wakeups,
                 "wakeups_per_s_idle": idle_rates,
+                "wakeups_per_s_idle_second_half": second_half,
+                "voluntary_wakeups_per_half_second": series,
                 "server_cpu_idle_s": idle_cpu,
                 "closed_by_server": closed,
             }),
