@@ -625,10 +625,10 @@ if has "$PHASES" latency; then
             order=$(shuffled "$SERVERS")
             printf 'latency\t%s\t%s\t%s\n' "$mode" "$round" "$order" >>"$ORDERS"
             for s in $order; do
-                # 64 loops: enough free ones that a start is rarely late
+                # 128 loops: enough free ones that a start is rarely late
                 # (the JSON counts late starts).
                 run_tlsload "$s" "$mode" "$TMP/lat/$mode.$s.$round.json" --duration "$SECS" \
-                    --rate "$rate" --concurrency 64 || true
+                    --rate "$rate" --concurrency 128 || true
             done
         done
     done
