@@ -484,7 +484,8 @@ run_tlsload() { # server mode json [extra tlsload args...]
     [[ -n $l ]] || return 1
     read -r port top <<<"$l"
     local line pa
-    line=$(procs_of "$top")
+    # Callers test this function (no set -e inside): a dead server must still end the run.
+    line=$(procs_of "$top") || die "$server stopped during the run"
     read -r -a pids <<<"$line"
     mapfile -t pa < <(pid_args "${pids[@]}")
     "${CLIENT_PREFIX[@]}" "$TLSLOAD" "$(load_mode "$mode")" --connect "127.0.0.1:$port" --insecure \
