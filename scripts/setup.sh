@@ -6,7 +6,10 @@
 #     iproute2, curl, nginx + stream module (the benchmark reference; its
 #     service is stopped and disabled, benchmarks start their own instance),
 #     redis-server (the shared session store of the fleet test; its service
-#     is stopped and disabled too, the test starts its own instance)
+#     is stopped and disabled too, the test starts its own instance),
+#     haproxy and hitch (the other peers of bench/compare.sh; their services
+#     are stopped and disabled too), linux-perf when `perf` is missing (the
+#     io_uring tracepoint counts of bench/compare.sh)
 #   - rust-src for the installed `nightly` toolchain (the eBPF crate is built
 #     with -Z build-std=core by frontend/build.rs)
 #   - bpf-linker 0.13.0 built against LLVM 22
@@ -28,7 +31,13 @@ APT_PACKAGES=(
     openssl ethtool iproute2 curl
     nginx libnginx-mod-stream
     redis-server
+    haproxy hitch
 )
+# perf (the io_uring counts of bench/compare.sh): Debian's linux-perf, only
+# when no perf is on PATH (a perf built for the running kernel is better).
+if ! command -v perf >/dev/null; then
+    APT_PACKAGES+=(linux-perf)
+fi
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -75,8 +84,8 @@ else
     say "apt packages present"
 fi
 
-# --- nginx, redis: installed for benchmarks and tests, never running as a
-# system service ----------------------------------------------------------------
+# --- nginx, redis, haproxy, hitch: installed for benchmarks and tests, never
+# running as a system service --------------------------------------------------
 # Each service: name, pid file of the Debian-packaged instance, how to stop it.
 stop_service_instance() {
     local name=$1 pidfile=$2
@@ -86,7 +95,7 @@ stop_service_instance() {
         "${SUDO[@]}" "$@" || "${SUDO[@]}" kill "$(cat "$pidfile")" || true
     fi
 }
-for service in nginx redis-server; do
+for service in nginx redis-server haproxy hitch; do
     if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
         if systemctl is-enabled --quiet "$service" 2>/dev/null || systemctl is-active --quiet "$service" 2>/dev/null; then
             say "stopping and disabling the $service service"
@@ -106,6 +115,10 @@ if ! [[ -d /run/systemd/system ]]; then
     stop_service_instance nginx /run/nginx.pid nginx -s stop
     stop_service_instance redis-server /run/redis/redis-server.pid \
         kill "$(cat /run/redis/redis-server.pid 2>/dev/null || echo 0)"
+    stop_service_instance haproxy /run/haproxy.pid \
+        kill "$(cat /run/haproxy.pid 2>/dev/null || echo 0)"
+    stop_service_instance hitch /run/hitch/hitch.pid \
+        kill "$(cat /run/hitch/hitch.pid 2>/dev/null || echo 0)"
 fi
 
 # --- Rust toolchains: check only --------------------------------------------

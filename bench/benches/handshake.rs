@@ -21,7 +21,7 @@
 //! `localhost`, no certificate or signature verification (the cheapest
 //! client; the server's work is unchanged).
 //!
-//! Modes (as `tlsload` and `bench/compare-nginx.sh` name them):
+//! Modes (as `tlsload` and `bench/compare.sh` name them):
 //! - `full12`, `full13`: no resumption offered (server with cache + ring);
 //! - `resume-id12`: tickets off (server: ring `None`, as
 //!   `tickets.enabled = 0`), client `Tls12Resumption::SessionIdOnly`;

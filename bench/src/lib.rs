@@ -10,6 +10,8 @@
 //!   timed phases would barely overlap).
 //! - [`pinned_provider`] and [`AcceptAnything`]: the client side of `tlsload`
 //!   and of the in-memory handshake bench, so both do the same crypto.
+//! - [`procfs`]: CPU time, `RssAnon` and wake-ups of a server from `/proc`
+//!   (what `tlsload` reports for every server, from the outside).
 //!
 //! Results and how to read them: `RESULTS.md` beside this crate's manifest.
 
@@ -19,6 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use rustls::server::StoresServerSessions;
+
+pub mod procfs;
 
 /// Bytes of a session key: rustls's TLS 1.2 session IDs and TLS 1.3
 /// stateful ticket IDs are both 32 bytes.
