@@ -378,7 +378,7 @@ impl Connection {
     }
 
     /// Deadlines that passed by `now` take effect.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Instant, pool: &mut BufPool) {
         if self.end.is_some() {
             return;
         }
@@ -397,7 +397,7 @@ impl Connection {
                 self.upstream_unreachable(
                     now,
                     format!("upstream: no answer within {limit:?}"),
-                    &mut BufPool::new(0),
+                    pool,
                 );
                 return;
             }

@@ -652,15 +652,20 @@ impl Worker {
                 break;
             }
             self.timers.pop();
-            let Some(conn) = self.conn_mut(slot, generation) else {
+            let Worker { slots, pool, .. } = self;
+            let Some(conn) = slots
+                .get_mut(slot as usize)
+                .filter(|s| s.generation & 0x00ff_ffff == generation)
+                .and_then(|s| s.conn.as_mut())
+            else {
                 continue;
             };
-            if conn.timer != Some(at) {
-                // An earlier deadline replaced this one.
+            if conn.timer != Some(at) || conn.closing {
+                // An earlier deadline replaced this one, or it ended.
                 continue;
             }
             conn.timer = None;
-            conn.machine.handle_timeout(now);
+            conn.machine.handle_timeout(now, pool);
             self.touch(slot);
         }
     }

@@ -346,9 +346,9 @@ fn no_handshake_within_the_limit_ends_the_connection_at_its_deadline() {
     let rig = Rig::new(server, client);
     let mut conn = rig.conn;
     assert_eq!(conn.poll_timeout(), Some(rig.now + limits().handshake));
-    conn.handle_timeout(rig.now + limits().handshake - Duration::from_millis(1));
+    conn.handle_timeout(rig.now + limits().handshake - Duration::from_millis(1), &mut BufPool::new(4));
     assert_eq!(conn.end(), None);
-    conn.handle_timeout(rig.now + limits().handshake);
+    conn.handle_timeout(rig.now + limits().handshake, &mut BufPool::new(4));
     assert!(matches!(
         conn.end(),
         Some(End::Failed(Failure::HandshakeTimeout, _))
@@ -364,9 +364,9 @@ fn an_idle_connection_ends_at_the_idle_limit_and_traffic_moves_it() {
     let later = rig.now + idle / 2;
     rig.conn.upstream_data(later, b"x", &mut rig.pool);
     assert_eq!(rig.conn.poll_timeout(), Some(later + idle));
-    rig.conn.handle_timeout(rig.now + idle);
+    rig.conn.handle_timeout(rig.now + idle, &mut rig.pool);
     assert_eq!(rig.conn.end(), None, "closed although traffic moved");
-    rig.conn.handle_timeout(later + idle);
+    rig.conn.handle_timeout(later + idle, &mut rig.pool);
     assert!(matches!(rig.conn.end(), Some(End::Failed(Failure::Idle, _))));
 }
 
@@ -379,7 +379,7 @@ fn an_upstream_that_does_not_answer_ends_the_client_with_close_notify() {
     rig.conn.connect_started(rig.now);
     let deadline = rig.now + limits().connect;
     assert!(rig.conn.poll_timeout() <= Some(deadline));
-    rig.conn.handle_timeout(deadline);
+    rig.conn.handle_timeout(deadline, &mut rig.pool);
     let out = rig.conn.poll_transmit(Side::Client).expect("close_notify");
     let n = out.len();
     let mut data = out.pending();
