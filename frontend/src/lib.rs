@@ -5,6 +5,11 @@
 //! configuration is sysctl-style ([`config`]); the running process answers
 //! on a unix control socket ([`control`]) with the counters of [`metrics`].
 //! The architecture is described in `DESIGN.md` of the project.
+//!
+//! `unsafe` is denied everywhere but in [`shm`] (the one shared-memory
+//! primitive) and [`steering`] (the eBPF map ABI: `Pod` for a value type the
+//! kernel reads); each block states its soundness invariant above it.
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod control;
@@ -12,7 +17,9 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
 pub mod session_cache;
+#[allow(unsafe_code)]
 pub mod shm;
+#[allow(unsafe_code)]
 pub mod steering;
 pub mod tickets;
 pub mod tls;
