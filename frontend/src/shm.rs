@@ -194,7 +194,10 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), ShmError> {
     if meta.mode() & 0o022 != 0 {
         return Err(ShmError::UnsafeDir {
             path: dir.to_path_buf(),
-            reason: format!("writable by group or others (mode {:o})", meta.mode() & 0o7777),
+            reason: format!(
+                "writable by group or others (mode {:o})",
+                meta.mode() & 0o7777
+            ),
         });
     }
     Ok(())
@@ -324,7 +327,10 @@ fn free_bytes(file: &File) -> u64 {
 /// elsewhere are written back to a disk, and key material may reach it.
 pub fn on_tmpfs(path: &Path) -> bool {
     use nix::sys::statfs::{statfs, TMPFS_MAGIC};
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     statfs(dir).is_ok_and(|s| s.filesystem_type() == TMPFS_MAGIC)
 }
 

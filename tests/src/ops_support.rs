@@ -131,7 +131,10 @@ impl Proc {
             None => cmd,
             Some((program, args)) => {
                 let mut wrapped = Command::new(program);
-                wrapped.args(args).arg(cmd.get_program()).args(cmd.get_args());
+                wrapped
+                    .args(args)
+                    .arg(cmd.get_program())
+                    .args(cmd.get_args());
                 wrapped
             }
         };

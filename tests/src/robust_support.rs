@@ -768,7 +768,11 @@ pub fn save_sessions(port: u16, dir: &Path, n: usize, args: &[&str]) -> Vec<std:
                 "handshake {i} to save a session\n{}",
                 out.describe()
             );
-            assert!(file.exists(), "s_client wrote no session file\n{}", out.describe());
+            assert!(
+                file.exists(),
+                "s_client wrote no session file\n{}",
+                out.describe()
+            );
             file
         })
         .collect()

@@ -56,8 +56,7 @@ const DEFAULT_PATHS: [(&str, &str); 3] = [
 ];
 
 #[test]
-fn on_a_1_mib_tmpfs_the_default_64_mib_cache_is_refused_at_start_naming_path_size_and_free_space()
-{
+fn on_a_1_mib_tmpfs_the_default_64_mib_cache_is_refused_at_start_naming_path_size_and_free_space() {
     require_root();
     let wrapper = in_small_shm("1m", "");
     let err = match Proc::try_start_wrapped(&strs(&wrapper), None, &DEFAULT_PATHS) {
@@ -67,12 +66,29 @@ fn on_a_1_mib_tmpfs_the_default_64_mib_cache_is_refused_at_start_naming_path_siz
         ),
         Err(e) => e,
     };
-    println!("tmpfs outcome: refused at start: {}", err.lines().find(|l| l.contains("tlsfront: error")).unwrap_or("?"));
-    assert!(err.contains("unix_wait_status(256)"), "a clean error exit, not a signal:\n{err}");
-    assert!(err.contains("/dev/shm/tlsfront-0/"), "names the path:\n{err}");
-    assert!(err.contains(".cache: needs 67108864 bytes"), "names the size:\n{err}");
+    println!(
+        "tmpfs outcome: refused at start: {}",
+        err.lines()
+            .find(|l| l.contains("tlsfront: error"))
+            .unwrap_or("?")
+    );
+    assert!(
+        err.contains("unix_wait_status(256)"),
+        "a clean error exit, not a signal:\n{err}"
+    );
+    assert!(
+        err.contains("/dev/shm/tlsfront-0/"),
+        "names the path:\n{err}"
+    );
+    assert!(
+        err.contains(".cache: needs 67108864 bytes"),
+        "names the size:\n{err}"
+    );
     assert!(err.contains("bytes free"), "names the free space:\n{err}");
-    assert!(!err.contains("SIGBUS") && !err.contains("signal: 7"), "{err}");
+    assert!(
+        !err.contains("SIGBUS") && !err.contains("signal: 7"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -102,7 +118,11 @@ fn on_a_1_mib_tmpfs_a_cache_that_fits_serves_past_its_capacity_without_sigbus() 
     let config = resuming_client_config(&tls12);
     let first = visit(proc.addr(), config.clone(), "localhost").expect("first visit");
     let again = visit(proc.addr(), config, "localhost").expect("second visit");
-    assert!(first.http_200 && !first.resumed && again.resumed, "{again:?}\n{}", proc.output());
+    assert!(
+        first.http_200 && !first.resumed && again.resumed,
+        "{again:?}\n{}",
+        proc.output()
+    );
     println!("tmpfs outcome: 1600 full handshakes on a 1 MiB tmpfs with cache.size=768k: alive, resuming");
 }
 
@@ -124,7 +144,12 @@ fn default_paths_live_in_a_private_0700_directory_of_the_running_user() {
         let meta = std::fs::symlink_metadata(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(meta.mode() & 0o777, 0o600, "{file} mode");
     }
-    assert!(proc.stdout().contains(&format!("/dev/shm/tlsfront-0/{}.cache", proc.port)), "{}", proc.output());
+    assert!(
+        proc.stdout()
+            .contains(&format!("/dev/shm/tlsfront-0/{}.cache", proc.port)),
+        "{}",
+        proc.output()
+    );
 }
 
 #[test]
@@ -137,7 +162,9 @@ fn a_default_directory_another_user_could_write_is_refused_naming_it() {
         Err(e) => e,
     };
     assert!(
-        err.contains("directory /dev/shm/tlsfront-0: writable by group or others (mode 777); refusing"),
+        err.contains(
+            "directory /dev/shm/tlsfront-0: writable by group or others (mode 777); refusing"
+        ),
         "{err}"
     );
 }
@@ -150,14 +177,20 @@ fn a_lock_file_held_by_another_process_fails_the_start_naming_it_instead_of_hang
     let lock = std::fs::File::create(&lock_path).expect("create lock file");
     lock.lock().expect("hold the lock");
     let started = std::time::Instant::now();
-    let err = match Proc::try_start_wrapped(&[], None, &[("cache.path", cache.to_str().unwrap())])
-    {
+    let err = match Proc::try_start_wrapped(&[], None, &[("cache.path", cache.to_str().unwrap())]) {
         Ok(p) => panic!("started while the lock is held:\n{}", p.output()),
         Err(e) => e,
     };
-    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
     assert!(
-        err.contains(&format!("the lock file {} is held by another process", lock_path.display())),
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains(&format!(
+            "the lock file {} is held by another process",
+            lock_path.display()
+        )),
         "{err}"
     );
     drop(lock);
@@ -198,7 +231,11 @@ fn after_process_user_a_restart_as_root_and_a_restart_as_that_user_both_resume_e
     let tls13 = ["-tls1_3"];
 
     let first = Proc::start(None, &opts);
-    assert!(first.stdout().contains("running as nobody"), "{}", first.output());
+    assert!(
+        first.stdout().contains("running as nobody"),
+        "{}",
+        first.output()
+    );
     let by_id = save_sessions(port, sessions.path(), 100, &tls12);
     let tickets_dir = sessions.path().join("t");
     std::fs::create_dir(&tickets_dir).expect("mkdir");
@@ -216,7 +253,12 @@ fn after_process_user_a_restart_as_root_and_a_restart_as_that_user_both_resume_e
     let root_tickets = count_reused(port, &by_ticket, &tls13);
     drop(as_root);
 
-    let wrapper = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+    let wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
     let as_user = Proc::start_wrapped(&wrapper, None, &opts);
     assert!(
         as_user.stdout().contains("sessions kept from before"),
@@ -239,4 +281,51 @@ fn after_process_user_a_restart_as_root_and_a_restart_as_that_user_both_resume_e
         let meta = std::fs::symlink_metadata(file).expect("stat");
         assert_eq!((meta.uid(), meta.mode() & 0o777), (NOBODY, 0o600), "{file}");
     }
+}
+
+#[test]
+fn a_refused_reload_leaves_the_ticket_keys_as_they_were() {
+    let dir = temp_dir();
+    let secret = write_file(dir.path(), "b.secret", &"b".repeat(48));
+    let file = write_file(dir.path(), "tlsfront.conf", "tickets.key_source = random\n");
+    // No session cache: every resumption below is by ticket.
+    let proc = Proc::start(Some(&file), &[("cache.enabled", "0")]);
+    let sessions = temp_dir();
+    let tls12 = ["-tls1_2"];
+    let saved = save_sessions(proc.port, sessions.path(), 5, &tls12);
+
+    // A new secret, and a certificate that is not one (found only when
+    // the server configuration is built, after the secret is read): all or
+    // nothing.
+    let junk = write_file(dir.path(), "junk.pem", "not a certificate\n");
+    write_file(
+        dir.path(),
+        "tlsfront.conf",
+        &format!(
+            "tickets.key_source = file:{}\ntls.cert = {}\ntls.key = {}\n",
+            secret.display(),
+            junk.display(),
+            junk.display()
+        ),
+    );
+    let out = tlsfront_tests::ops_support::reload_cmd(&proc.socket);
+    assert_ne!(
+        out.code(),
+        Some(0),
+        "the reload was accepted:\n{}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("reload refused"), "{}", out.describe());
+    println!("refused reload: {}", out.stderr.trim());
+    // A live change makes the ring rebuild now: from the secret the
+    // running configuration names, keeping its keys (not from the refused
+    // one, which would replace them all).
+    let set = tlsfront_tests::ops_support::sysctl_write(&proc.socket, &["tickets.rotate_secs=2h"]);
+    assert_eq!(set.code(), Some(0), "{}", set.describe());
+    assert_eq!(
+        count_reused(proc.port, &saved, &tls12),
+        5,
+        "tickets sealed before a refused reload no longer open:\n{}",
+        proc.output()
+    );
 }
