@@ -394,6 +394,10 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
             }
             owned.extend(cache.as_ref().map(|(c, _)| c.path().to_path_buf()));
             owned.extend(ring.as_ref().map(|(r, _)| r.path().to_path_buf()));
+            owned.extend(
+                ring.as_ref()
+                    .map(|(r, _)| tlsfront::shm::sibling(r.path(), ".users")),
+            );
             drop_privileges(user, &owned)?;
             format!("running as {user}, no capabilities kept")
         }

@@ -253,17 +253,7 @@ pub fn open(
 /// [`LOCK_WAIT`], then an error naming the lock file, so that a process
 /// holding it forever cannot hang the start.
 pub fn lock_file(path: &Path, lock_path: &Path) -> Result<File, ShmError> {
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(lock_path)
-        .map_err(io_error(lock_path, "opening the lock file"))?;
-    let meta = lock.metadata().map_err(io_error(lock_path, "stat"))?;
-    check_owner(lock_path, &meta)?;
+    let lock = open_lock(lock_path)?;
     let start = Instant::now();
     loop {
         match lock.try_lock() {
@@ -281,6 +271,23 @@ pub fn lock_file(path: &Path, lock_path: &Path) -> Result<File, ShmError> {
             Err(TryLockError::Error(e)) => return Err(io_error(lock_path, "locking")(e)),
         }
     }
+}
+
+/// Opens (creating it mode 0600) a lock file that is ours or
+/// `process.user`'s, never through a symlink; takes no lock.
+pub fn open_lock(lock_path: &Path) -> Result<File, ShmError> {
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(lock_path)
+        .map_err(io_error(lock_path, "opening the lock file"))?;
+    let meta = lock.metadata().map_err(io_error(lock_path, "stat"))?;
+    check_owner(lock_path, &meta)?;
+    Ok(lock)
 }
 
 /// `path` with `suffix` appended to its file name.

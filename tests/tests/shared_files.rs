@@ -329,3 +329,65 @@ fn a_refused_reload_leaves_the_ticket_keys_as_they_were() {
         proc.output()
     );
 }
+
+#[test]
+fn a_takeover_that_changes_tickets_rotate_secs_keeps_every_ticket() {
+    let dir = temp_dir();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (ring, socket, cache) = (path("k.ring"), path("ctl.sock"), path("c.cache"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let opts = |rotate: &'static str| {
+        vec![
+            ("net.listen", listen.clone()),
+            ("tickets.path", ring.clone()),
+            ("control.socket", socket.clone()),
+            ("cache.path", cache.clone()),
+            // Tickets only: nothing else could resume.
+            ("cache.enabled", "0".to_string()),
+            ("tickets.rotate_secs", rotate.to_string()),
+            ("worker.count", "2".to_string()),
+        ]
+    };
+    fn as_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+        v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+    let old_opts = opts("1h");
+    let new_opts = opts("2h");
+    let mut old = Proc::start(None, &as_refs(&old_opts));
+    let sessions = temp_dir();
+    let port = old.port;
+    let tls13 = ["-tls1_3"];
+    let saved = save_sessions(port, sessions.path(), 100, &tls13);
+
+    let takeover = ["sh", "-c", "exec \"$0\" \"$@\" --takeover"];
+    let new = Proc::start_wrapped(&takeover, None, &as_refs(&new_opts));
+    assert!(
+        new.stderr().contains("following the ring"),
+        "the newcomer does not say it follows the running ring:\n{}",
+        new.output()
+    );
+    // Both processes accept on the port now (SO_REUSEPORT): connections
+    // alternate between them, as they would through a real upgrade.
+    let both = count_reused(port, &saved, &tls13);
+    old.signal(libc::SIGTERM);
+    assert!(
+        old.wait_exit(Duration::from_secs(20)).is_some(),
+        "old did not stop\n{}",
+        old.output()
+    );
+    let after = count_reused(port, &saved, &tls13);
+    // The newcomer's reload applies its own period.
+    let reload = tlsfront_tests::ops_support::reload_cmd(&new.socket);
+    assert_eq!(reload.code(), Some(0), "{}", reload.describe());
+    let reloaded = count_reused(port, &saved, &tls13);
+    println!(
+        "takeover 1h -> 2h: tickets issued before resumed {both}/100 while both ran, {after}/100 after the old one stopped, {reloaded}/100 after the newcomer's reload"
+    );
+    assert_eq!(
+        (both, after, reloaded),
+        (100, 100, 100),
+        "{}\n{}",
+        old.output(),
+        new.output()
+    );
+}
