@@ -131,6 +131,20 @@ impl Region {
         unsafe { std::slice::from_raw_parts(ptr, len) }
     }
 
+    /// For a mapping that holds keys: keeps it out of core dumps
+    /// (`MADV_DONTDUMP`) and swap (`mlock`, where `RLIMIT_MEMLOCK` allows).
+    /// Returns what could not be done, for the caller to warn about.
+    pub fn protect_secrets(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        if let Err(e) = self.map.advise(memmap2::Advice::DontDump) {
+            failed.push(format!("madvise(MADV_DONTDUMP): {e}"));
+        }
+        if let Err(e) = self.map.lock() {
+            failed.push(format!("mlock: {e} (raise LimitMEMLOCK / ulimit -l)"));
+        }
+        failed
+    }
+
     /// Writes dirty pages back (only matters for a cache on a disk).
     pub fn flush(&self) -> io::Result<()> {
         self.map.flush()

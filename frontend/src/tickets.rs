@@ -324,6 +324,10 @@ impl TicketKeyRing {
                 path.display()
             );
         }
+        // Random keys live in this mapping: never in a core dump or swap.
+        for failure in region.protect_secrets() {
+            tracing::warn!("ticket ring {}: {failure}", path.display());
+        }
         let rotation_lock = crate::shm::open_lock(&crate::shm::sibling(path, ".lock"))?;
         let ring = TicketKeyRing {
             region,

@@ -395,3 +395,35 @@ fn a_period_change_keeps_the_keys_of_a_secret_ring() {
 fn an_all_zero_key_is_never_used() {
     assert!(decode_key(&[0u64; ENTRY_WORDS - 1]).is_none());
 }
+
+/// The ring's mapping holds random keys: it is kept out of core dumps
+/// (and locked in RAM where the memlock limit allows: 4 KiB fits the
+/// default 64 KiB-8 MiB limits).
+#[test]
+fn the_ring_mapping_is_excluded_from_core_dumps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r");
+    let ring = ring_at(&path, KeySource::Random);
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+    let name = path.display().to_string();
+    let block: String = smaps
+        .split_inclusive('\n')
+        .skip_while(|l| !l.trim_end().ends_with(&name))
+        .skip(1)
+        .take_while(|l| {
+            !l.contains(" /")
+                && !l.starts_with(|c: char| {
+                    c.is_ascii_hexdigit() && l.contains('-') && l.split_whitespace().count() >= 5
+                })
+        })
+        .collect();
+    let flags = block
+        .lines()
+        .find_map(|l| l.strip_prefix("VmFlags:"))
+        .unwrap_or_else(|| panic!("no VmFlags for {name} in smaps:\n{block}"));
+    assert!(
+        flags.split_whitespace().any(|f| f == "dd"),
+        "VmFlags:{flags}"
+    );
+    drop(ring);
+}
