@@ -340,7 +340,7 @@ fn reserve(path: &Path, file: &File, len: usize) -> Result<(), ShmError> {
 /// system (0 if unknown: the message then says 0, which is what matters).
 fn free_bytes(file: &File) -> u64 {
     nix::sys::statvfs::fstatvfs(file).map_or(0, |s| {
-        (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64)
+        s.blocks_available().saturating_mul(s.fragment_size())
     })
 }
 

@@ -162,10 +162,13 @@ fn a_stable_slot_with_a_wrong_checksum_is_corrupt_not_a_value() {
 
 // --- Deterministic interleavings inside one read -------------------------
 
+/// A step of a script: run right after the reader's load number `.0`.
+type Step = (usize, Box<dyn FnMut()>);
+
 thread_local! {
     /// Loads made by the reader so far, and what runs right after load n.
     static LOADS: Cell<usize> = const { Cell::new(0) };
-    static SCRIPT: RefCell<Vec<(usize, Box<dyn FnMut()>)>> = RefCell::new(Vec::new());
+    static SCRIPT: RefCell<Vec<Step>> = RefCell::new(Vec::new());
 }
 
 /// A word that runs the test's script right after given loads: "the
@@ -338,7 +341,7 @@ fn model_two_writers_and_a_reader_never_see_a_mix() {
                 let s = s.clone();
                 shuttle::thread::spawn(move || {
                     for (k, v) in [(&b"ka"[..], &b"value-a"[..]), (b"kb", b"value-b")] {
-                        let (r, got, _) = read_value(&*s, k);
+                        let (r, got, _) = read_value(&s, k);
                         if let Read::Hit { .. } = r {
                             assert_eq!(got, v, "a mix under key {k:?}");
                         }
@@ -361,7 +364,7 @@ fn model_two_writers_and_a_reader_never_see_a_mix() {
                 (b"kb", b"value-b")
             };
             if won.len() == 1 {
-                let (r, got, _) = read_value(&*s, k);
+                let (r, got, _) = read_value(&s, k);
                 assert!(matches!(r, Read::Hit { .. }) && got == v, "{r:?}");
             }
         },
@@ -375,16 +378,16 @@ fn model_racing_takers_redeem_once() {
     shuttle::check_random(
         || {
             let s = model_slot();
-            assert_eq!(put(&*s, 0, &entry(b"t", b"psk"), NOW, 1), Some(true));
+            assert_eq!(put(&s, 0, &entry(b"t", b"psk"), NOW, 1), Some(true));
             let takers: Vec<_> = (0..2u32)
                 .map(|i| {
                     let s = s.clone();
                     shuttle::thread::spawn(move || {
-                        let (r, got, _) = read_value(&*s, b"t");
+                        let (r, got, _) = read_value(&s, b"t");
                         match r {
                             Read::Hit { seq, .. } => {
                                 assert_eq!(got, b"psk");
-                                take(&*s, seq, NOW, 10 + i)
+                                take(&s, seq, NOW, 10 + i)
                             }
                             _ => false,
                         }
@@ -415,7 +418,7 @@ fn model_a_takeover_of_a_stalled_claim_is_safe() {
             let s = model_slot();
             let stalled = {
                 let s = s.clone();
-                shuttle::thread::spawn(move || put(&*s, 0, &entry(b"ka", b"value-a"), NOW, OTHER))
+                shuttle::thread::spawn(move || put(&s, 0, &entry(b"ka", b"value-a"), NOW, OTHER))
             };
             let rescuer = {
                 let s = s.clone();
@@ -425,7 +428,7 @@ fn model_a_takeover_of_a_stalled_claim_is_safe() {
                     if is_claimed(observed) && !abandoned(observed, NOW + 3, ME, |_| false) {
                         return None;
                     }
-                    put(&*s, observed, &entry(b"kb", b"value-b"), NOW + 3, ME)
+                    put(&s, observed, &entry(b"kb", b"value-b"), NOW + 3, ME)
                 })
             };
             let reader = {
@@ -442,7 +445,7 @@ fn model_a_takeover_of_a_stalled_claim_is_safe() {
                             assert!(generation(state) >= generation(last), "sequence went back");
                             last = state;
                         }
-                        let (r, got, _) = read_value(&*s, k);
+                        let (r, got, _) = read_value(&s, k);
                         if let Read::Hit { .. } = r {
                             assert_eq!(got, v, "a mix under key {k:?}");
                         }
