@@ -5,8 +5,12 @@
 //! The ring holds K keys (`tickets.keys`, at least 3) for consecutive
 //! epochs of `tickets.rotate_secs`: index 0 the next epoch's key, 1 the
 //! current one (which encrypts), 2.. the previous ones. A ticket is
-//! `name (16) ‖ nonce (12) ‖ AES-256-GCM(ciphertext ‖ tag)` with the name as
-//! associated data; any key still in the ring decrypts.
+//! `name (16) ‖ salt (16) ‖ nonce (12) ‖ AES-256-GCM(ciphertext ‖ tag)`,
+//! sealed with a key of its own, HKDF-SHA256(salt, epoch key), and the
+//! format version and name as associated data; any key still in the ring
+//! decrypts. A per-ticket key keeps random GCM nonces far from their
+//! birthday bound (about 2^32 seals per key) however many tickets a fleet
+//! sharing a `file:` secret seals per epoch.
 //!
 //! The ring lives in a 0600 shared-memory file ([`crate::shm`]), double
 //! buffered: a rotation writes the new ring into the buffer nobody reads,
@@ -51,6 +55,10 @@ pub const NAME_LEN: usize = 16;
 /// Bytes of an AES-256 key.
 const KEY_LEN: usize = 32;
 const TAG_LEN: usize = 16;
+/// Bytes of the per-ticket salt.
+const SALT_LEN: usize = 16;
+/// Associated data before the key name: the ticket format's version.
+const TICKET_AAD_VERSION: &[u8] = b"tlsfront ticket v2";
 /// Fewest keys: next, current, previous.
 pub const MIN_KEYS: usize = 3;
 /// Most keys a ring file holds.
@@ -208,10 +216,29 @@ crate::metrics::named_counters! {
     }
 }
 
-/// One decoded key.
+/// One decoded epoch key: tickets are sealed with keys derived from it.
 struct Key {
     name: [u8; NAME_LEN],
-    aead: LessSafeKey,
+    material: Zeroizing<[u8; KEY_LEN]>,
+}
+
+impl Key {
+    /// The AEAD key of the ticket with `salt`.
+    fn ticket_key(&self, salt: &[u8]) -> Option<LessSafeKey> {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(&self.material[..]);
+        let okm = prk
+            .expand(&[b"tlsfront ticket key v2"], &AES_256_GCM)
+            .ok()?;
+        Some(LessSafeKey::new(UnboundKey::from(okm)))
+    }
+
+    /// The associated data: format version and key name.
+    fn aad(&self) -> [u8; TICKET_AAD_VERSION.len() + NAME_LEN] {
+        let mut aad = [0u8; TICKET_AAD_VERSION.len() + NAME_LEN];
+        aad[..TICKET_AAD_VERSION.len()].copy_from_slice(TICKET_AAD_VERSION);
+        aad[TICKET_AAD_VERSION.len()..].copy_from_slice(&self.name);
+        aad
+    }
 }
 
 /// The ring as this process last decoded it.
@@ -673,19 +700,22 @@ impl TicketKeyRing {
         // current now, and sealing with it keeps the promised lifetime.
         let behind = ring.epoch + 1 == now / ring.period.max(1);
         let key = ring.keys.get(if behind { 0 } else { 1 })?;
+        let mut salt = [0u8; SALT_LEN];
+        aws_lc_rs::rand::fill(&mut salt).ok()?;
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).ok()?;
-        let mut out = Vec::with_capacity(NAME_LEN + NONCE_LEN + plain.len() + TAG_LEN);
+        let aead = key.ticket_key(&salt)?;
+        let mut out = Vec::with_capacity(NAME_LEN + SALT_LEN + NONCE_LEN + plain.len() + TAG_LEN);
         out.extend_from_slice(&key.name);
+        out.extend_from_slice(&salt);
         out.extend_from_slice(&nonce);
         let mut body = plain.to_vec();
-        key.aead
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&key.name),
-                &mut body,
-            )
-            .ok()?;
+        aead.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(key.aad()),
+            &mut body,
+        )
+        .ok()?;
         out.extend_from_slice(&body);
         self.counters().issued.fetch_add(1, Ordering::Relaxed);
         Some(out)
@@ -720,10 +750,11 @@ impl TicketKeyRing {
     }
 
     fn try_open(&self, now: u64, ticket: &[u8]) -> Option<(usize, Vec<u8>)> {
-        if ticket.len() < NAME_LEN + NONCE_LEN + TAG_LEN {
+        if ticket.len() < NAME_LEN + SALT_LEN + NONCE_LEN + TAG_LEN {
             return None;
         }
         let (name, rest) = ticket.split_at(NAME_LEN);
+        let (salt, rest) = rest.split_at(SALT_LEN);
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
         let ring = self.current(now);
         let (age, key) = ring
@@ -734,8 +765,8 @@ impl TicketKeyRing {
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut body = sealed.to_vec();
         let plain = key
-            .aead
-            .open_in_place(nonce, Aad::from(&key.name), &mut body)
+            .ticket_key(salt)?
+            .open_in_place(nonce, Aad::from(key.aad()), &mut body)
             .ok()?;
         Some((age, plain.to_vec()))
     }
@@ -775,10 +806,11 @@ fn decode_key(words: &[u64]) -> Option<Key> {
     }
     let mut name = [0u8; NAME_LEN];
     name.copy_from_slice(&material[..NAME_LEN]);
-    let key = UnboundKey::new(&AES_256_GCM, &material[NAME_LEN..]).ok()?;
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    key.copy_from_slice(&material[NAME_LEN..]);
     Some(Key {
         name,
-        aead: LessSafeKey::new(key),
+        material: key,
     })
 }
 

@@ -27,7 +27,7 @@ fn a_sealed_ticket_opens_and_carries_the_name_of_the_current_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ring = ring_at(&dir.path().join("r"), KeySource::Random);
     let ticket = ring.seal_at(t0(), b"session state").expect("seal");
-    assert_eq!(ticket.len(), NAME_LEN + 12 + 13 + 16);
+    assert_eq!(ticket.len(), NAME_LEN + SALT_LEN + 12 + 13 + 16);
     assert_eq!(
         ring.open_at(t0(), &ticket).as_deref(),
         Some(&b"session state"[..])
@@ -40,14 +40,20 @@ fn a_tampered_ticket_is_refused_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ring = ring_at(&dir.path().join("r"), KeySource::Random);
     let ticket = ring.seal_at(t0(), b"session state").expect("seal");
-    for i in [0, NAME_LEN, NAME_LEN + 12, ticket.len() - 1] {
+    for i in [
+        0,
+        NAME_LEN,
+        NAME_LEN + SALT_LEN,
+        NAME_LEN + SALT_LEN + 12,
+        ticket.len() - 1,
+    ] {
         let mut bad = ticket.clone();
         bad[i] ^= 0x01;
         assert_eq!(ring.open_at(t0(), &bad), None, "flipped byte {i}");
     }
     assert_eq!(ring.open_at(t0(), &ticket[..20]), None, "short");
     assert_eq!(ring.open_at(t0(), &[]), None, "empty");
-    assert_eq!(ring.counters().decrypt_failures.load(Ordering::Relaxed), 6);
+    assert_eq!(ring.counters().decrypt_failures.load(Ordering::Relaxed), 7);
 }
 
 #[test]
@@ -426,4 +432,25 @@ fn the_ring_mapping_is_excluded_from_core_dumps() {
         "VmFlags:{flags}"
     );
     drop(ring);
+}
+
+/// Each ticket has a key of its own (a fresh salt through HKDF): two
+/// tickets of the same plaintext share no key stream, and a ticket whose
+/// salt is changed does not open.
+#[test]
+fn every_ticket_is_sealed_with_its_own_derived_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = ring_at(&dir.path().join("r"), KeySource::Random);
+    let a = ring.seal_at(t0(), b"same plaintext").expect("seal");
+    let b = ring.seal_at(t0(), b"same plaintext").expect("seal");
+    assert_eq!(a[..NAME_LEN], b[..NAME_LEN], "same epoch key");
+    assert_ne!(
+        a[NAME_LEN..NAME_LEN + SALT_LEN],
+        b[NAME_LEN..NAME_LEN + SALT_LEN]
+    );
+    let body = NAME_LEN + SALT_LEN + 12;
+    assert_ne!(a[body..], b[body..]);
+    let mut moved = a.clone();
+    moved[NAME_LEN..NAME_LEN + SALT_LEN].copy_from_slice(&b[NAME_LEN..NAME_LEN + SALT_LEN]);
+    assert_eq!(ring.open_at(t0(), &moved), None);
 }
