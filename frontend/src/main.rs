@@ -127,9 +127,25 @@ fn main() -> ExitCode {
 }
 
 fn control_socket(config: &Config, args: &Args) -> PathBuf {
-    args.socket
-        .clone()
-        .unwrap_or_else(|| config.control_socket_path())
+    if let Some(socket) = &args.socket {
+        return socket.clone();
+    }
+    let path = config.control_socket_path();
+    if path.exists() || config.control_socket != tlsfront::config::AutoPath::Auto {
+        return path;
+    }
+    // An `auto` socket lives in the private directory of the user the
+    // server runs as, which need not be ours: root querying a service run
+    // with systemd `User=tlsfront`. Look in the other tlsfront directories
+    // we can read for this port's socket.
+    let name = path.file_name().map(|n| n.to_os_string());
+    let found = std::fs::read_dir("/dev/shm").ok().and_then(|dirs| {
+        dirs.flatten()
+            .filter(|d| d.file_name().to_string_lossy().starts_with("tlsfront-"))
+            .filter_map(|d| Some(d.path().join(name.as_ref()?)))
+            .find(|candidate| candidate.exists())
+    });
+    found.unwrap_or(path)
 }
 
 fn sysctl(config: &Config, args: &Args) -> Result<(), String> {

@@ -391,3 +391,23 @@ fn a_takeover_that_changes_tickets_rotate_secs_keeps_every_ticket() {
         new.output()
     );
 }
+
+#[test]
+fn root_finds_the_control_socket_of_a_server_running_as_another_user() {
+    require_root();
+    // The systemd set-up: the service runs as its user (User=), root asks
+    // it for stats with the same configuration and no --socket.
+    let port = free_port();
+    let bin = bin().display().to_string();
+    let script = format!(
+        "mount -t tmpfs -o size=8m,mode=1777 t /dev/shm && \
+         setpriv --reuid=65534 --regid=65534 --clear-groups {bin} run -o net.listen=127.0.0.1:{port} -o cache.size=1m >/dev/null 2>&1 & \
+         for i in $(seq 100); do [ -S /dev/shm/tlsfront-65534/{port}.sock ] && break; sleep 0.1; done; \
+         {bin} stats -o net.listen=127.0.0.1:{port}; rc=$?; kill %1; exit $rc"
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    let out = run_cmd(cmd, b"", Duration::from_secs(30));
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(out.stdout.contains("handshakes"), "{}", out.describe());
+}
