@@ -339,20 +339,25 @@ impl Live {
                 }
             }
         }
-        if let (Some(ring), KeySourceSpec::File(path)) = (&self.ring, &next.ticket_source) {
-            let source = KeySource::from_file(path).map_err(|e| {
-                format!("reload refused, still running the previous configuration: {e}")
-            })?;
-            ring.set_source(source);
-        } else if let (Some(ring), KeySourceSpec::Random) = (&self.ring, &next.ticket_source) {
-            if current.ticket_source != KeySourceSpec::Random {
-                ring.set_source(KeySource::Random);
+        // Everything is read and checked before anything is applied: a
+        // refused reload must leave every ticket key as it was.
+        let refused = |e: &dyn std::fmt::Display| {
+            format!("reload refused, still running the previous configuration: {e}")
+        };
+        let new_source = match (&self.ring, &next.ticket_source) {
+            (Some(_), KeySourceSpec::File(path)) => {
+                Some(KeySource::from_file(path).map_err(|e| refused(&e))?)
             }
-        }
+            (Some(_), KeySourceSpec::Random) if current.ticket_source != KeySourceSpec::Random => {
+                Some(KeySource::Random)
+            }
+            _ => None,
+        };
         let (tls, _) = crate::tls::server_config(&next, self.cache.clone(), self.ring.clone())
-            .map_err(|e| {
-                format!("reload refused, still running the previous configuration: {e}")
-            })?;
+            .map_err(|e| refused(&e))?;
+        if let (Some(ring), Some(source)) = (&self.ring, new_source) {
+            ring.set_source(source);
+        }
         self.apply_live(&next);
         self.tls.store(tls);
         self.config.store(Arc::new(next));

@@ -7,6 +7,13 @@
 //! configuration is sysctl-style ([`config`]); the running process answers
 //! on a unix control socket ([`control`]) with the counters of [`metrics`].
 //! The architecture is described in `docs/ARCHITECTURE.md`.
+//!
+//! `unsafe` is denied everywhere but in [`shm`] (the one shared-memory
+//! primitive), [`uring`] (the io_uring driver: memory the kernel reads and
+//! writes after the call that submitted it) and [`steering`] (the eBPF map
+//! ABI: `Pod` for a value type the kernel reads); each block states its
+//! soundness invariant above it.
+#![deny(unsafe_code)]
 
 pub mod client_hello;
 pub mod config;
@@ -16,7 +23,9 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
 pub mod session_cache;
+#[allow(unsafe_code)]
 pub mod shm;
+#[allow(unsafe_code)]
 pub mod steering;
 pub mod tickets;
 pub mod tls;

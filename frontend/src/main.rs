@@ -1,4 +1,5 @@
 //! The `tlsfront` command: `run`, `sysctl`, `stats`, `reload`.
+#![deny(unsafe_code)]
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -126,9 +127,25 @@ fn main() -> ExitCode {
 }
 
 fn control_socket(config: &Config, args: &Args) -> PathBuf {
-    args.socket
-        .clone()
-        .unwrap_or_else(|| config.control_socket_path())
+    if let Some(socket) = &args.socket {
+        return socket.clone();
+    }
+    let path = config.control_socket_path();
+    if path.exists() || config.control_socket != tlsfront::config::AutoPath::Auto {
+        return path;
+    }
+    // An `auto` socket lives in the private directory of the user the
+    // server runs as, which need not be ours: root querying a service run
+    // with systemd `User=tlsfront`. Look in the other tlsfront directories
+    // we can read for this port's socket.
+    let name = path.file_name().map(|n| n.to_os_string());
+    let found = std::fs::read_dir("/dev/shm").ok().and_then(|dirs| {
+        dirs.flatten()
+            .filter(|d| d.file_name().to_string_lossy().starts_with("tlsfront-"))
+            .filter_map(|d| Some(d.path().join(name.as_ref()?)))
+            .find(|candidate| candidate.exists())
+    });
+    found.unwrap_or(path)
 }
 
 fn sysctl(config: &Config, args: &Args) -> Result<(), String> {
@@ -295,9 +312,44 @@ fn describe_opened(opened: &Opened, kept: &'static str) -> &'static str {
     }
 }
 
+/// Before any shared file is opened: trusts the files of `process.user`
+/// (a restart as root finds those its predecessor, already that user,
+/// made), makes the private directory of the `auto` paths, and warns about
+/// shared files off tmpfs.
+fn prepare_shared_files(config: &Config) -> Result<(), String> {
+    if let Some(user) = &config.process_user.0 {
+        let entry = nix::unistd::User::from_name(user)
+            .map_err(|e| format!("process.user {user}: looking it up: {e}"))?
+            .ok_or_else(|| format!("process.user {user}: no such user"))?;
+        tlsfront::shm::trust_owner(entry.uid.as_raw());
+    }
+    if config.uses_runtime_dir() {
+        let dir = config.runtime_dir();
+        tlsfront::shm::ensure_private_dir(&dir).map_err(|e| e.to_string())?;
+    }
+    let mut shared = Vec::new();
+    if config.cache_enabled {
+        shared.push(("cache.path", config.cache_path()));
+    }
+    if config.tickets_enabled && config.tls13_mode == Tls13Mode::Stateless {
+        shared.push(("tickets.path", config.tickets_path()));
+    }
+    for (key, path) in shared {
+        if !tlsfront::shm::on_tmpfs(&path) {
+            tracing::warn!(
+                "{key} {}: not on a tmpfs: the shared file is written back to a disk (slower, and {}); /dev/shm is one",
+                path.display(),
+                if key == "tickets.path" { "the ticket keys reach the disk" } else { "sessions reach the disk" }
+            );
+        }
+    }
+    Ok(())
+}
+
 fn run(config: Config, args: &Args) -> Result<(), String> {
     let (set_log_level, _log_guard) = init_logging(&config);
     let count = config.workers.resolve();
+    prepare_shared_files(&config)?;
     let cache = open_cache(&config, count)?;
     let ring = open_ring(&config, count)?;
     let sessions = cache.as_ref().map(|(c, _)| Arc::clone(c));
@@ -368,8 +420,15 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
     let privileges = match &config.process_user.0 {
         Some(user) => {
             let mut owned = vec![socket.clone()];
+            if config.uses_runtime_dir() {
+                owned.push(config.runtime_dir());
+            }
             owned.extend(cache.as_ref().map(|(c, _)| c.path().to_path_buf()));
             owned.extend(ring.as_ref().map(|(r, _)| r.path().to_path_buf()));
+            owned.extend(
+                ring.as_ref()
+                    .map(|(r, _)| tlsfront::shm::sibling(r.path(), ".users")),
+            );
             drop_privileges(user, &owned)?;
             format!("running as {user}, no capabilities kept")
         }
@@ -439,6 +498,12 @@ fn drop_privileges(user: &str, owned: &[PathBuf]) -> Result<(), String> {
     let entry = User::from_name(user)
         .map_err(|e| format!("process.user {user}: looking it up: {e}"))?
         .ok_or_else(|| format!("process.user {user}: no such user"))?;
+    if nix::unistd::geteuid() == entry.uid {
+        // Restarted as that user already (systemd User=, runuser): nothing
+        // to drop, and setgroups would fail without privileges.
+        tracing::info!("process.user {user}: already running as uid {}", entry.uid);
+        return Ok(());
+    }
     for path in owned {
         let mut lock = path.as_os_str().to_owned();
         lock.push(".lock");

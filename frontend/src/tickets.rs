@@ -5,19 +5,38 @@
 //! The ring holds K keys (`tickets.keys`, at least 3) for consecutive
 //! epochs of `tickets.rotate_secs`: index 0 the next epoch's key, 1 the
 //! current one (which encrypts), 2.. the previous ones. A ticket is
-//! `name (16) ‖ nonce (12) ‖ AES-256-GCM(ciphertext ‖ tag)` with the name as
-//! associated data; any key still in the ring decrypts.
+//! `name (16) ‖ salt (16) ‖ nonce (12) ‖ AES-256-GCM(ciphertext ‖ tag)`,
+//! sealed with a key of its own, HKDF-SHA256(salt, epoch key), and the
+//! format version and name as associated data; any key still in the ring
+//! decrypts. A per-ticket key keeps random GCM nonces far from their
+//! birthday bound (about 2^32 seals per key) however many tickets a fleet
+//! sharing a `file:` secret seals per epoch.
 //!
-//! One copy of the ring lives in a 0600 shared-memory file ([`crate::shm`])
-//! under a seqlock whose sequence is the ring's generation. Readers never
-//! lock: each process keeps the ring it decoded last ([`ArcSwap`]) and
-//! re-decodes only when the generation moves. A rotation is performed by
-//! exactly one party: whoever wins the compare-and-swap of the sequence
-//! from even to odd.
+//! The ring lives in a 0600 shared-memory file ([`crate::shm`]), double
+//! buffered: a rotation writes the new ring into the buffer nobody reads,
+//! then publishes it with one compare-and-swap of the publication word
+//! (generation and buffer index), so a reader sees the old ring or the new
+//! one, and a rotator killed half-way leaves the published ring intact.
+//! Rotations are serialized by an exclusive `flock` on `<path>.lock`,
+//! taken without blocking: the kernel releases it when its holder dies, so
+//! no time-based guess about a dead rotator is needed. Readers never lock:
+//! each process keeps the ring it decoded last ([`ArcSwap`]) and re-decodes
+//! only when the publication word moves.
+//!
+//! The published buffer carries the ring's settings (period, source):
+//! every process follows them, whatever its own configuration says, so
+//! two processes with different settings on one ring (a `--takeover`
+//! upgrade that changes `tickets.rotate_secs`) never rotate against each
+//! other. A process applies its own settings when it is the ring's only
+//! user at start (a shared `flock` on `<path>.users` tells), and at its
+//! reload or `sysctl -w`; otherwise it warns and follows. Keys derived from
+//! a `file:` secret are not stored in the file (only their epoch): every
+//! process recomputes them.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -36,32 +55,41 @@ pub const NAME_LEN: usize = 16;
 /// Bytes of an AES-256 key.
 const KEY_LEN: usize = 32;
 const TAG_LEN: usize = 16;
+/// Bytes of the per-ticket salt.
+const SALT_LEN: usize = 16;
+/// Associated data before the key name: the ticket format's version.
+const TICKET_AAD_VERSION: &[u8] = b"tlsfront ticket v2";
 /// Fewest keys: next, current, previous.
 pub const MIN_KEYS: usize = 3;
 /// Most keys a ring file holds.
 pub const MAX_KEYS: usize = 16;
-/// A rotation left half done this long (seconds) was by a process that
-/// died; the next party redoes it.
-const STALE_ROTATION_SECS: u64 = 2;
-
 const MAGIC: u64 = u64::from_le_bytes(*b"TLSFTKTS");
-const VERSION: u64 = 1;
+/// 2: double-buffered ring, settings in each buffer, derived keys not stored.
+const VERSION: u64 = 2;
 const FILE_LEN: usize = 4096;
 // Header words.
 const W_MAGIC: usize = 0;
 const W_VERSION: usize = 1;
 const W_KEYS: usize = 2;
 const W_HEADER_CHECK: usize = 3;
-// Ring state words, under the seqlock W_SEQ.
-const W_SEQ: usize = 4;
-const W_PERIOD: usize = 5;
-const W_EPOCH: usize = 6;
-const W_SOURCE: usize = 7;
-const W_CLAIMED: usize = 8;
-const W_RING_CHECK: usize = 9;
-const W_ENTRIES: usize = 10;
-/// name (2 words), key (4 words).
-const ENTRY_WORDS: usize = 6;
+/// The publication word: `generation << 1 | buffer index`; 0 = no ring yet.
+/// Only ever changed by compare-and-swap, by the holder of the rotation
+/// lock.
+const W_CURRENT: usize = 4;
+/// First word of buffer 0; buffer 1 follows it.
+const W_BUFFERS: usize = 8;
+// Buffer words, from the buffer's start.
+const B_PERIOD: usize = 0;
+const B_EPOCH: usize = 1;
+const B_SOURCE: usize = 2;
+const B_CHECK: usize = 3;
+const B_ENTRIES: usize = 4;
+/// An entry: the epoch its key is for, name (2 words), key (4 words). For
+/// a `file:` source name and key are zero: recomputed from the epoch.
+const ENTRY_WORDS: usize = 7;
+const BUFFER_WORDS: usize = B_ENTRIES + MAX_KEYS * ENTRY_WORDS;
+/// The fingerprint of [`KeySource::Random`].
+const RANDOM_FINGERPRINT: u64 = 1;
 
 /// Where ticket keys come from.
 #[derive(Clone)]
@@ -111,7 +139,7 @@ impl KeySource {
     /// revealing the secret: tells a ring built from another source.
     fn fingerprint(&self) -> u64 {
         match self {
-            KeySource::Random => 1,
+            KeySource::Random => RANDOM_FINGERPRINT,
             KeySource::Secret { secret, .. } => {
                 let mut out = [0u8; 8];
                 hkdf_fill(secret, b"tlsfront ticket fingerprint", &mut out);
@@ -120,25 +148,27 @@ impl KeySource {
         }
     }
 
-    /// Name and key for `epoch`.
-    fn key_for(&self, epoch: u64) -> Zeroizing<[u8; NAME_LEN + KEY_LEN]> {
+    /// Name and key for `epoch`; `None` when the OS random generator
+    /// failed (a key of zeros, or of whatever the buffer held, must never
+    /// be used: the rotation is abandoned and the ring kept).
+    fn key_for(&self, epoch: u64) -> Option<Zeroizing<[u8; NAME_LEN + KEY_LEN]>> {
         let mut out = Zeroizing::new([0u8; NAME_LEN + KEY_LEN]);
         match self {
             KeySource::Random => {
-                // The OS generator does not fail on Linux; should it, the
-                // key would be all zeros and the ring checksum still valid,
-                // so refuse loudly instead.
                 if aws_lc_rs::rand::fill(&mut out[..]).is_err() {
-                    tracing::error!("the OS random generator failed; ticket key not rotated");
+                    tracing::error!("the OS random generator failed; ticket keys not rotated");
+                    return None;
                 }
             }
             KeySource::Secret { secret, .. } => {
                 let mut info = b"tlsfront ticket key".to_vec();
                 info.extend_from_slice(&epoch.to_be_bytes());
-                hkdf_fill(secret, &info, &mut out[..]);
+                if !hkdf_fill(secret, &info, &mut out[..]) {
+                    return None;
+                }
             }
         }
-        out
+        Some(out)
     }
 }
 
@@ -150,12 +180,13 @@ impl hkdf::KeyType for Len {
     }
 }
 
-fn hkdf_fill(secret: &[u8], info: &[u8], out: &mut [u8]) {
+/// HKDF-SHA256 of `secret` (no salt) expanded with `info` into `out`;
+/// false if it failed (only for lengths above 255 × 32 bytes).
+fn hkdf_fill(secret: &[u8], info: &[u8], out: &mut [u8]) -> bool {
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(secret);
-    // expand/fill fail only for lengths above 255 × 32 bytes.
-    if let Ok(okm) = prk.expand(&[info], Len(out.len())) {
-        let _ = okm.fill(out);
-    }
+    prk.expand(&[info], Len(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .is_ok()
 }
 
 /// Why the ring cannot be used.
@@ -185,20 +216,49 @@ crate::metrics::named_counters! {
     }
 }
 
-/// One decoded key.
+/// One decoded epoch key: tickets are sealed with keys derived from it.
 struct Key {
     name: [u8; NAME_LEN],
-    aead: LessSafeKey,
+    material: Zeroizing<[u8; KEY_LEN]>,
+}
+
+impl Key {
+    /// The AEAD key of the ticket with `salt`.
+    fn ticket_key(&self, salt: &[u8]) -> Option<LessSafeKey> {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(&self.material[..]);
+        let okm = prk
+            .expand(&[b"tlsfront ticket key v2"], &AES_256_GCM)
+            .ok()?;
+        Some(LessSafeKey::new(UnboundKey::from(okm)))
+    }
+
+    /// The associated data: format version and key name.
+    fn aad(&self) -> [u8; TICKET_AAD_VERSION.len() + NAME_LEN] {
+        let mut aad = [0u8; TICKET_AAD_VERSION.len() + NAME_LEN];
+        aad[..TICKET_AAD_VERSION.len()].copy_from_slice(TICKET_AAD_VERSION);
+        aad[TICKET_AAD_VERSION.len()..].copy_from_slice(&self.name);
+        aad
+    }
 }
 
 /// The ring as this process last decoded it.
 struct Decoded {
-    /// The seqlock sequence it was read at.
-    seq: u64,
+    /// The publication word it was read at.
+    current: u64,
     epoch: u64,
     period: u64,
     /// Index 0 next, 1 current, 2.. previous.
     keys: Vec<Key>,
+}
+
+/// One buffer of the file, copied out.
+struct Published {
+    current: u64,
+    period: u64,
+    epoch: u64,
+    source: u64,
+    /// `keys` entries of [`ENTRY_WORDS`].
+    entries: Zeroizing<Vec<u64>>,
 }
 
 /// The synchronized ticket-key ring; implements rustls's
@@ -206,10 +266,21 @@ struct Decoded {
 pub struct TicketKeyRing {
     region: Region,
     path: PathBuf,
+    /// Keys in the file's ring (the file's count: see [`TicketKeyRing::open`]).
     keys: usize,
+    /// This process's configured period.
     period: AtomicU64,
     source: ArcSwap<KeySource>,
     fingerprint: AtomicU64,
+    /// This process's settings are to be written into the ring at the next
+    /// use (it made the file, was its only user at start, or was reloaded).
+    apply: AtomicBool,
+    /// The open `<path>.lock`: its exclusive flock serializes rotations
+    /// between processes; the mutex between this process's threads (flock
+    /// is per open file, shared by the threads).
+    rotation_lock: Mutex<File>,
+    /// The shared flock on `<path>.users` held while this process lives.
+    _users: File,
     decoded: ArcSwap<Decoded>,
     counters: Box<[TicketCounters]>,
 }
@@ -225,9 +296,35 @@ impl std::fmt::Debug for TicketKeyRing {
     }
 }
 
+/// Opens `<path>.users` and takes a shared flock on it; true if this
+/// process could first take it exclusively: no other process uses the ring.
+fn join_users(path: &Path) -> Result<(File, bool), TicketError> {
+    let users_path = crate::shm::sibling(path, ".users");
+    let users = crate::shm::open_lock(&users_path)?;
+    let alone = users.try_lock().is_ok();
+    // From exclusive (or nothing) to shared: flock converts in place. Not
+    // atomic, so two processes starting at the same instant may both
+    // believe they are alone; both then apply their settings once, and the
+    // later one's stand (the other follows the file from then on).
+    users.lock_shared().map_err(|source| {
+        TicketError::Shm(ShmError::Io {
+            path: users_path.clone(),
+            what: "locking (shared)",
+            source,
+        })
+    })?;
+    Ok((users, alone))
+}
+
 impl TicketKeyRing {
     /// Opens (or creates) the ring file at `path`: `keys` keys rotated every
     /// `rotate_secs` seconds, from `source`.
+    ///
+    /// When another process uses the ring (a `--takeover` upgrade), the
+    /// ring's settings stand: a different key count, period or source here
+    /// is warned about and followed, never rotated against; a reload of
+    /// this process applies its own. When this process is the only user,
+    /// its settings apply at once (a different key count rebuilds the file).
     pub fn open(
         path: &Path,
         keys: usize,
@@ -238,27 +335,66 @@ impl TicketKeyRing {
         if !(MIN_KEYS..=MAX_KEYS).contains(&keys) {
             return Err(TicketError::KeyCount(keys));
         }
+        let (users, alone) = join_users(path)?;
         let (region, opened) = crate::shm::open(
             path,
             FILE_LEN,
-            |words| check_header(words, keys),
+            |words| check_header(words, if alone { Some(keys) } else { None }),
             |words| write_header(words, keys),
         )?;
+        let file_keys = usize::try_from(region.words()[W_KEYS].load(Ordering::Acquire))
+            .unwrap_or(keys)
+            .clamp(MIN_KEYS, MAX_KEYS);
+        if file_keys != keys {
+            tracing::warn!(
+                "ticket ring {}: tickets.keys = {keys}, but the ring another running process uses has {file_keys} keys: following the ring (a restart with no other process on it applies {keys})",
+                path.display()
+            );
+        }
+        // Random keys live in this mapping: never in a core dump or swap.
+        for failure in region.protect_secrets() {
+            tracing::warn!("ticket ring {}: {failure}", path.display());
+        }
+        let rotation_lock = crate::shm::open_lock(&crate::shm::sibling(path, ".lock"))?;
         let ring = TicketKeyRing {
             region,
             path: path.to_path_buf(),
-            keys,
+            keys: file_keys,
             period: AtomicU64::new(rotate_secs.max(1)),
             fingerprint: AtomicU64::new(source.fingerprint()),
             source: ArcSwap::from_pointee(source),
+            apply: AtomicBool::new(alone),
+            rotation_lock: Mutex::new(rotation_lock),
+            _users: users,
             decoded: ArcSwap::from_pointee(Decoded {
-                seq: u64::MAX,
+                current: u64::MAX,
                 epoch: 0,
-                period: 0,
+                period: 1,
                 keys: Vec::new(),
             }),
             counters: (0..=workers).map(|_| TicketCounters::default()).collect(),
         };
+        if let Some(p) = ring.read_published().filter(|_| !alone) {
+            let mine = ring.fingerprint.load(Ordering::Relaxed);
+            let foreign_secret = p.source != mine && p.source != RANDOM_FINGERPRINT;
+            if foreign_secret {
+                // Keys this process cannot compute: following is impossible.
+                tracing::warn!(
+                    "ticket ring {}: built by another running process from a tickets.key_source this one does not have; replacing it (tickets sealed by the other become full handshakes here)",
+                    path.display()
+                );
+                ring.apply.store(true, Ordering::Relaxed);
+            } else if p.period != rotate_secs.max(1) || p.source != mine {
+                tracing::warn!(
+                    "ticket ring {}: another running process set it to rotate every {}s from {}; this configuration says every {}s from {:?}: following the ring (a reload of this process applies its own)",
+                    path.display(),
+                    p.period,
+                    if p.source == RANDOM_FINGERPRINT { "random keys" } else { "the same secret" },
+                    rotate_secs.max(1),
+                    ring.source.load()
+                );
+            }
+        }
         ring.current(unix_now());
         Ok((ring, opened))
     }
@@ -274,16 +410,27 @@ impl TicketKeyRing {
         let fingerprint = source.fingerprint();
         self.source.store(Arc::new(source));
         self.fingerprint.store(fingerprint, Ordering::Release);
+        self.apply.store(true, Ordering::Release);
     }
 
-    /// Changes the rotation period; the ring follows at the next use.
+    /// Changes the rotation period (`sysctl -w`, reload): the shared ring
+    /// takes this process's settings now (or, if another party is rotating
+    /// it at this instant, at the next use).
     pub fn set_rotate_secs(&self, secs: u64) {
         self.period.store(secs.max(1), Ordering::Relaxed);
+        self.apply.store(true, Ordering::Release);
+        self.current(unix_now());
     }
 
-    /// The rotation period in seconds.
+    /// The rotation period in seconds: the shared ring's, which this
+    /// process follows (its configured one once applied).
     pub fn rotate_secs(&self) -> u64 {
-        self.period.load(Ordering::Relaxed)
+        let decoded = self.decoded.load();
+        if decoded.keys.is_empty() {
+            self.period.load(Ordering::Relaxed)
+        } else {
+            decoded.period
+        }
     }
 
     fn counters(&self) -> &TicketCounters {
@@ -296,171 +443,233 @@ impl TicketKeyRing {
         self.region.words()
     }
 
+    fn buffer(&self, index: u64) -> &[AtomicU64] {
+        let start = W_BUFFERS + (index as usize & 1) * BUFFER_WORDS;
+        &self.words()[start..start + BUFFER_WORDS]
+    }
+
     /// The ring for time `now`: rotates the shared ring if its epoch is
-    /// over (one party does), and re-decodes when the generation moved.
+    /// over or this process's settings are to be applied (one party does),
+    /// and re-decodes when the publication moved.
     fn current(&self, now: u64) -> Arc<Decoded> {
-        let period = self.rotate_secs();
-        let epoch = now / period;
         let decoded = self.decoded.load_full();
-        // Acquire: pairs with the rotator's Release publish.
-        let seq = self.words()[W_SEQ].load(Ordering::Acquire);
+        // Acquire: pairs with the rotator's Release publication.
+        let current = self.words()[W_CURRENT].load(Ordering::Acquire);
         // A ring already at a later epoch is current too: a caller whose
         // `now` was read a moment before another thread rotated must never
         // turn the ring back (that would drop a live key).
-        if seq == decoded.seq && decoded.epoch >= epoch && decoded.period == period {
+        if current == decoded.current
+            && decoded.epoch >= now / decoded.period
+            && !self.apply.load(Ordering::Acquire)
+        {
             return decoded;
         }
-        if !self.ring_is_current(seq, epoch, period) {
-            self.rotate(now, epoch, period);
-        }
-        match self.read_ring() {
+        let published = self.read_published();
+        let stale = match &published {
+            None => true,
+            Some(p) => now / p.period > p.epoch,
+        };
+        let published = if stale || self.apply.load(Ordering::Acquire) {
+            self.rotate(now);
+            self.read_published()
+        } else {
+            published
+        };
+        match published.and_then(|p| self.decode(&p)) {
             Some(fresh) => {
                 let fresh = Arc::new(fresh);
                 self.decoded.store(Arc::clone(&fresh));
                 fresh
             }
-            // Being rotated right now, or torn: keep what we have.
+            // No ring yet, or one this process cannot decode: keep what it
+            // has.
             None => decoded,
         }
     }
 
-    fn ring_is_current(&self, seq: u64, epoch: u64, period: u64) -> bool {
-        let w = self.words();
-        seq & 1 == 0
-            && w[W_EPOCH].load(Ordering::Relaxed) >= epoch
-            && w[W_PERIOD].load(Ordering::Relaxed) == period
-            && w[W_SOURCE].load(Ordering::Relaxed) == self.fingerprint.load(Ordering::Acquire)
-            && w[W_RING_CHECK].load(Ordering::Relaxed) == self.ring_check_now()
-    }
-
-    fn ring_check_now(&self) -> u64 {
-        let w = self.words();
-        ring_check(
-            w[W_PERIOD].load(Ordering::Relaxed),
-            w[W_EPOCH].load(Ordering::Relaxed),
-            w[W_SOURCE].load(Ordering::Relaxed),
-            &w[W_ENTRIES..W_ENTRIES + self.keys * ENTRY_WORDS],
-        )
-    }
-
-    /// Seqlock read of the whole ring; `None` when a rotation is under way
-    /// or the contents do not check out.
-    fn read_ring(&self) -> Option<Decoded> {
+    /// Copies the published buffer out, consistently; `None` if there is
+    /// none yet or it does not check out.
+    fn read_published(&self) -> Option<Published> {
         let w = self.words();
         for _ in 0..8 {
-            let seq = w[W_SEQ].load(Ordering::Acquire);
-            if seq & 1 == 1 {
+            let current = w[W_CURRENT].load(Ordering::Acquire);
+            if current == 0 {
+                return None;
+            }
+            let b = self.buffer(current);
+            let period = b[B_PERIOD].load(Ordering::Relaxed);
+            let epoch = b[B_EPOCH].load(Ordering::Relaxed);
+            let source = b[B_SOURCE].load(Ordering::Relaxed);
+            let check = b[B_CHECK].load(Ordering::Relaxed);
+            let entries: Zeroizing<Vec<u64>> = Zeroizing::new(
+                b[B_ENTRIES..B_ENTRIES + self.keys * ENTRY_WORDS]
+                    .iter()
+                    .map(|x| x.load(Ordering::Relaxed))
+                    .collect(),
+            );
+            // Acquire fence: the loads above happen before the re-check. A
+            // buffer is only rewritten after a later publication made it
+            // the unpublished one; a reader that saw any of those writes
+            // sees that publication below, and retries.
+            fence(Ordering::Acquire);
+            if w[W_CURRENT].load(Ordering::Relaxed) != current {
                 std::hint::spin_loop();
                 continue;
             }
-            let period = w[W_PERIOD].load(Ordering::Relaxed);
-            let epoch = w[W_EPOCH].load(Ordering::Relaxed);
-            let source = w[W_SOURCE].load(Ordering::Relaxed);
-            let check = w[W_RING_CHECK].load(Ordering::Relaxed);
-            let mut raw = Zeroizing::new([0u64; MAX_KEYS * ENTRY_WORDS]);
-            for (dst, src) in raw[..self.keys * ENTRY_WORDS]
-                .iter_mut()
-                .zip(&w[W_ENTRIES..])
-            {
-                *dst = src.load(Ordering::Relaxed);
-            }
-            // Acquire fence: the loads above happen before the re-check.
-            fence(Ordering::Acquire);
-            if w[W_SEQ].load(Ordering::Relaxed) != seq {
-                continue;
-            }
-            let entries = &raw[..self.keys * ENTRY_WORDS];
-            if source != self.fingerprint.load(Ordering::Acquire)
-                || ring_check_words(period, epoch, source, entries) != check
-            {
+            if period == 0 || buffer_check(period, epoch, source, &entries) != check {
                 return None;
             }
-            let keys = entries
-                .chunks_exact(ENTRY_WORDS)
-                .filter_map(decode_key)
-                .collect();
-            return Some(Decoded {
-                seq,
-                epoch,
+            return Some(Published {
+                current,
                 period,
-                keys,
+                epoch,
+                source,
+                entries,
             });
         }
         None
     }
 
-    /// Brings the shared ring to `epoch`, if this caller wins the CAS.
-    fn rotate(&self, now: u64, epoch: u64, period: u64) {
-        let w = self.words();
-        let seq = w[W_SEQ].load(Ordering::Relaxed);
-        let claimed = if seq & 1 == 0 {
-            seq.wrapping_add(1)
-        } else if now.saturating_sub(w[W_CLAIMED].load(Ordering::Relaxed)) >= STALE_ROTATION_SECS {
-            // The rotator died half-way: redo it.
-            seq.wrapping_add(2)
-        } else {
+    /// The keys of a published ring; `None` if they come from a secret this
+    /// process does not have.
+    fn decode(&self, p: &Published) -> Option<Decoded> {
+        let source = self.source.load_full();
+        let derived = p.source != RANDOM_FINGERPRINT;
+        if derived && p.source != source.fingerprint() {
+            return None;
+        }
+        let keys = p
+            .entries
+            .chunks_exact(ENTRY_WORDS)
+            .filter_map(|e| {
+                if derived {
+                    decode_key(&encode_key(&*source.key_for(e[0])?)[1..])
+                } else {
+                    decode_key(&e[1..])
+                }
+            })
+            .collect();
+        Some(Decoded {
+            current: p.current,
+            epoch: p.epoch,
+            period: p.period,
+            keys,
+        })
+    }
+
+    /// Brings the shared ring to the epoch of `now`, or to this process's
+    /// settings, if no other thread or process is rotating it right now
+    /// (then that one does; callers keep their ring meanwhile).
+    fn rotate(&self, now: u64) {
+        let Ok(lock) = self.rotation_lock.try_lock() else {
             return;
         };
-        // Acquire: the state read below is at least the last published one.
-        if w[W_SEQ]
-            .compare_exchange(seq, claimed, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        // Non-blocking: a process stuck holding it only delays rotations
+        // (everyone keeps the published ring), never blocks a handshake.
+        if lock.try_lock().is_err() {
             return;
         }
-        w[W_CLAIMED].store(now, Ordering::Relaxed);
-        // Release fence: a reader seeing any store below sees the odd
-        // sequence too, and retries.
-        fence(Ordering::Release);
-        let source = self.source.load_full();
-        let fingerprint = source.fingerprint();
-        let old_epoch = w[W_EPOCH].load(Ordering::Relaxed);
-        let old_period = w[W_PERIOD].load(Ordering::Relaxed);
-        let same_source = w[W_SOURCE].load(Ordering::Relaxed) == fingerprint
-            && w[W_RING_CHECK].load(Ordering::Relaxed) == self.ring_check_now();
-        let n = self.keys;
-        let old: Vec<u64> = w[W_ENTRIES..W_ENTRIES + n * ENTRY_WORDS]
-            .iter()
-            .map(|x| x.load(Ordering::Relaxed))
-            .collect();
-        let old = Zeroizing::new(old);
-        // How far the ring moves: keys keep their place relative to time;
-        // a period change counts as one step so no live key is dropped.
-        let shift = if !same_source {
-            n
-        } else if old_period != period {
-            1
-        } else if epoch >= old_epoch {
-            usize::try_from(epoch - old_epoch).unwrap_or(n).min(n)
-        } else {
-            0
-        };
-        for i in 0..n {
-            let entry = &w[W_ENTRIES + i * ENTRY_WORDS..W_ENTRIES + (i + 1) * ENTRY_WORDS];
-            let key_epoch = (epoch + 1).wrapping_sub(i as u64);
-            let words: Zeroizing<[u64; ENTRY_WORDS]> = match (&*source, i.checked_sub(shift)) {
-                (KeySource::Random, Some(j)) => {
-                    Zeroizing::new(std::array::from_fn(|k| old[j * ENTRY_WORDS + k]))
+        self.rotate_locked(now);
+        // Dropping the file would release it too; an error changes nothing.
+        let _ = lock.unlock();
+    }
+
+    /// The rotation proper, under both locks.
+    fn rotate_locked(&self, now: u64) {
+        let w = self.words();
+        let old = self.read_published();
+        let mine = self.source.load_full();
+        let apply = self.apply.swap(false, Ordering::AcqRel);
+        // The settings the new ring gets: this process's when applying them
+        // (or when there is no usable ring), else the ring's own.
+        let (period, source): (u64, Arc<KeySource>) = match &old {
+            Some(p) if !apply => {
+                if p.source == mine.fingerprint() {
+                    (p.period, mine)
+                } else if p.source == RANDOM_FINGERPRINT {
+                    (p.period, Arc::new(KeySource::Random))
+                } else {
+                    // A ring from a secret we lack, whose epoch is over and
+                    // that nobody who has the secret rotated: ours now.
+                    (self.period.load(Ordering::Relaxed), mine)
                 }
-                _ => encode_key(&source.key_for(key_epoch)),
-            };
-            for (dst, v) in entry.iter().zip(words.iter()) {
-                dst.store(*v, Ordering::Relaxed);
+            }
+            _ => (self.period.load(Ordering::Relaxed), mine),
+        };
+        let fingerprint = source.fingerprint();
+        let epoch = now / period;
+        if let Some(p) = &old {
+            if p.period == period && p.source == fingerprint && p.epoch >= epoch {
+                return; // Already done by another party.
             }
         }
-        w[W_PERIOD].store(period, Ordering::Relaxed);
-        w[W_EPOCH].store(epoch, Ordering::Relaxed);
-        w[W_SOURCE].store(fingerprint, Ordering::Relaxed);
-        w[W_RING_CHECK].store(self.ring_check_now(), Ordering::Relaxed);
-        // Release: everything above is visible to whoever acquires the new
-        // even sequence. Fails only if a stale-rotation recovery took over.
-        if w[W_SEQ]
-            .compare_exchange(
-                claimed,
-                claimed.wrapping_add(1),
-                Ordering::Release,
-                Ordering::Relaxed,
-            )
+        // How far the ring moves: keys keep their place relative to time;
+        // a period change counts as one step so no live key is dropped
+        // (each entry keeps the epoch it was made for, so a derived key is
+        // recomputed the same). A new source replaces every key.
+        let n = self.keys;
+        let kept: &[u64] = match &old {
+            Some(p) if p.source == fingerprint => &p.entries,
+            _ => &[],
+        };
+        let shift = match &old {
+            Some(p) if !kept.is_empty() => {
+                if p.period != period {
+                    1
+                } else {
+                    usize::try_from(epoch.saturating_sub(p.epoch))
+                        .unwrap_or(n)
+                        .min(n)
+                }
+            }
+            _ => n,
+        };
+        let mut entries = Zeroizing::new(vec![0u64; n * ENTRY_WORDS]);
+        for (i, entry) in entries.chunks_exact_mut(ENTRY_WORDS).enumerate() {
+            match i
+                .checked_sub(shift)
+                .filter(|j| (j + 1) * ENTRY_WORDS <= kept.len())
+            {
+                Some(j) => entry.copy_from_slice(&kept[j * ENTRY_WORDS..(j + 1) * ENTRY_WORDS]),
+                None => {
+                    let key_epoch = (epoch + 1).wrapping_sub(i as u64);
+                    entry[0] = key_epoch;
+                    if let KeySource::Random = &*source {
+                        let Some(material) = source.key_for(key_epoch) else {
+                            // Keep the ring as it is; the next use retries.
+                            self.apply.fetch_or(apply, Ordering::AcqRel);
+                            return;
+                        };
+                        entry[1..].copy_from_slice(&encode_key(&material)[1..]);
+                    }
+                    // Derived keys: only the epoch is stored.
+                }
+            }
+        }
+        let current = old.as_ref().map_or(0, |p| p.current);
+        let next = ((current >> 1).wrapping_add(1) << 1) | ((current & 1) ^ 1);
+        let next = if next == 0 { 3 } else { next };
+        let b = self.buffer(next);
+        // Release fence: a reader that sees any store below sees the
+        // publication this rotator read (`current`) too, so a reader still
+        // on the older ring in this buffer notices and retries.
+        fence(Ordering::Release);
+        for (dst, v) in b[B_ENTRIES..].iter().zip(entries.iter()) {
+            dst.store(*v, Ordering::Relaxed);
+        }
+        b[B_PERIOD].store(period, Ordering::Relaxed);
+        b[B_EPOCH].store(epoch, Ordering::Relaxed);
+        b[B_SOURCE].store(fingerprint, Ordering::Relaxed);
+        b[B_CHECK].store(
+            buffer_check(period, epoch, fingerprint, &entries),
+            Ordering::Relaxed,
+        );
+        // Release: the buffer above is visible to whoever acquires the new
+        // publication. A CAS, never a blind store: should anyone have
+        // published meanwhile (only a process that ignores the lock could),
+        // its ring stands and ours is dropped.
+        if w[W_CURRENT]
+            .compare_exchange(current, next, Ordering::Release, Ordering::Relaxed)
             .is_ok()
         {
             self.counters().rotations.fetch_add(1, Ordering::Relaxed);
@@ -468,6 +677,11 @@ impl TicketKeyRing {
                 epoch,
                 period,
                 "ticket keys rotated (shared ring {})",
+                self.path.display()
+            );
+        } else {
+            tracing::warn!(
+                "ticket ring {}: published by another party during a locked rotation; keeping theirs",
                 self.path.display()
             );
         }
@@ -484,22 +698,24 @@ impl TicketKeyRing {
         // While another party is mid-rotation this process may still hold
         // the previous epoch's ring; its "next" key is the one that is
         // current now, and sealing with it keeps the promised lifetime.
-        let behind =
-            ring.period == self.rotate_secs() && ring.epoch + 1 == now / ring.period.max(1);
+        let behind = ring.epoch + 1 == now / ring.period.max(1);
         let key = ring.keys.get(if behind { 0 } else { 1 })?;
+        let mut salt = [0u8; SALT_LEN];
+        aws_lc_rs::rand::fill(&mut salt).ok()?;
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).ok()?;
-        let mut out = Vec::with_capacity(NAME_LEN + NONCE_LEN + plain.len() + TAG_LEN);
+        let aead = key.ticket_key(&salt)?;
+        let mut out = Vec::with_capacity(NAME_LEN + SALT_LEN + NONCE_LEN + plain.len() + TAG_LEN);
         out.extend_from_slice(&key.name);
+        out.extend_from_slice(&salt);
         out.extend_from_slice(&nonce);
         let mut body = plain.to_vec();
-        key.aead
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&key.name),
-                &mut body,
-            )
-            .ok()?;
+        aead.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(key.aad()),
+            &mut body,
+        )
+        .ok()?;
         out.extend_from_slice(&body);
         self.counters().issued.fetch_add(1, Ordering::Relaxed);
         Some(out)
@@ -534,10 +750,11 @@ impl TicketKeyRing {
     }
 
     fn try_open(&self, now: u64, ticket: &[u8]) -> Option<(usize, Vec<u8>)> {
-        if ticket.len() < NAME_LEN + NONCE_LEN + TAG_LEN {
+        if ticket.len() < NAME_LEN + SALT_LEN + NONCE_LEN + TAG_LEN {
             return None;
         }
         let (name, rest) = ticket.split_at(NAME_LEN);
+        let (salt, rest) = rest.split_at(SALT_LEN);
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
         let ring = self.current(now);
         let (age, key) = ring
@@ -548,8 +765,8 @@ impl TicketKeyRing {
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut body = sealed.to_vec();
         let plain = key
-            .aead
-            .open_in_place(nonce, Aad::from(&key.name), &mut body)
+            .ticket_key(salt)?
+            .open_in_place(nonce, Aad::from(key.aad()), &mut body)
             .ok()?;
         Some((age, plain.to_vec()))
     }
@@ -564,29 +781,40 @@ impl TicketKeyRing {
     }
 }
 
+/// An entry's words for `material`: word 0 (the epoch) left 0.
 fn encode_key(material: &[u8; NAME_LEN + KEY_LEN]) -> Zeroizing<[u64; ENTRY_WORDS]> {
     Zeroizing::new(std::array::from_fn(|i| {
+        if i == 0 {
+            return 0;
+        }
         let mut b = [0u8; 8];
-        b.copy_from_slice(&material[i * 8..i * 8 + 8]);
+        b.copy_from_slice(&material[(i - 1) * 8..i * 8]);
         u64::from_le_bytes(b)
     }))
 }
 
+/// A key from the name and key words of an entry (after its epoch word).
 fn decode_key(words: &[u64]) -> Option<Key> {
     let mut material = Zeroizing::new([0u8; NAME_LEN + KEY_LEN]);
     for (chunk, w) in material.chunks_exact_mut(8).zip(words) {
         chunk.copy_from_slice(&w.to_le_bytes());
     }
+    // A stored key of zeros was never drawn (an unwritten or scribbled
+    // entry): never seal or open with it.
+    if material.iter().all(|b| *b == 0) {
+        return None;
+    }
     let mut name = [0u8; NAME_LEN];
     name.copy_from_slice(&material[..NAME_LEN]);
-    let key = UnboundKey::new(&AES_256_GCM, &material[NAME_LEN..]).ok()?;
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    key.copy_from_slice(&material[NAME_LEN..]);
     Some(Key {
         name,
-        aead: LessSafeKey::new(key),
+        material: key,
     })
 }
 
-fn ring_check_words(period: u64, epoch: u64, source: u64, entries: &[u64]) -> u64 {
+fn buffer_check(period: u64, epoch: u64, source: u64, entries: &[u64]) -> u64 {
     entries
         .iter()
         .fold(Hasher::new(period).word(epoch).word(source), |h, w| {
@@ -595,26 +823,24 @@ fn ring_check_words(period: u64, epoch: u64, source: u64, entries: &[u64]) -> u6
         .finish()
 }
 
-fn ring_check(period: u64, epoch: u64, source: u64, entries: &[AtomicU64]) -> u64 {
-    entries
-        .iter()
-        .fold(Hasher::new(period).word(epoch).word(source), |h, w| {
-            h.word(w.load(Ordering::Relaxed))
-        })
-        .finish()
-}
-
 fn header_check(keys: u64) -> u64 {
     Hasher::new(0).word(MAGIC).word(VERSION).word(keys).finish()
 }
 
-fn check_header(words: &[AtomicU64], keys: usize) -> Result<(), String> {
+/// Checks the header; `keys`, when given, must be the file's key count
+/// (else any valid count is followed).
+fn check_header(words: &[AtomicU64], keys: Option<usize>) -> Result<(), String> {
     let word = |i: usize| words[i].load(Ordering::Acquire);
+    let found_keys = word(W_KEYS);
+    if !(MIN_KEYS as u64..=MAX_KEYS as u64).contains(&found_keys) {
+        return Err(format!("number of keys is {found_keys}, out of range"));
+    }
+    let wanted_keys = keys.map_or(found_keys, |k| k as u64);
     let expect = [
         (W_MAGIC, MAGIC, "magic"),
         (W_VERSION, VERSION, "layout version"),
-        (W_KEYS, keys as u64, "number of keys (tickets.keys changed)"),
-        (W_HEADER_CHECK, header_check(keys as u64), "header checksum"),
+        (W_KEYS, wanted_keys, "number of keys (tickets.keys changed)"),
+        (W_HEADER_CHECK, header_check(found_keys), "header checksum"),
     ];
     for (index, wanted, what) in expect {
         let found = word(index);
@@ -630,7 +856,7 @@ fn write_header(words: &[AtomicU64], keys: usize) {
     words[W_VERSION].store(VERSION, Ordering::Relaxed);
     words[W_KEYS].store(keys as u64, Ordering::Relaxed);
     words[W_HEADER_CHECK].store(header_check(keys as u64), Ordering::Relaxed);
-    // Sequence 0, source 0: the first user builds the ring.
+    // Publication 0: no ring yet; the first user builds it.
 }
 
 impl PerWorkerCounters for TicketKeyRing {

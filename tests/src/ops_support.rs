@@ -86,39 +86,58 @@ impl Proc {
     /// control socket, cache and ticket files (unless `opts` sets them);
     /// waits for `tlsfront: ready`. Retries when the port was taken meanwhile.
     pub fn start(config: Option<&Path>, opts: &[(&str, &str)]) -> Proc {
-        Self::start_limited(None, config, opts)
+        Self::start_wrapped(&[], config, opts)
     }
 
-    /// Like [`Proc::start`], with RLIMIT_NOFILE set to `nofile` (soft and
-    /// hard) from the start (util-linux `prlimit`).
-    pub fn start_limited(nofile: Option<u64>, config: Option<&Path>, opts: &[(&str, &str)]) -> Proc {
+    /// [`start`](Self::start) under a wrapper command that ends by exec'ing
+    /// its arguments (the tlsfront command line), so that the pid is still
+    /// tlsfront's: `setpriv --reuid=…` to start as another user, `unshare
+    /// -m … sh -c '…; exec "$0" "$@"'` to start in a mount namespace.
+    pub fn start_wrapped(wrapper: &[&str], config: Option<&Path>, opts: &[(&str, &str)]) -> Proc {
+        match Self::try_start_wrapped(wrapper, config, opts) {
+            Ok(p) => p,
+            Err(msg) => panic!("{msg}"),
+        }
+    }
+
+    /// [`start_wrapped`](Self::start_wrapped) that returns, instead of
+    /// panicking, why tlsfront did not become ready (with its output).
+    pub fn try_start_wrapped(
+        wrapper: &[&str],
+        config: Option<&Path>,
+        opts: &[(&str, &str)],
+    ) -> Result<Proc, String> {
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start(nofile, config, opts) {
-                Ok(p) => return p,
+            match Self::try_start(wrapper, config, opts) {
+                Ok(p) => return Ok(p),
                 Err((true, msg)) => last = msg,
-                Err((false, msg)) => panic!("{msg}"),
+                Err((false, msg)) => return Err(msg),
             }
         }
-        panic!("tlsfront did not start after 3 attempts (address in use):\n{last}");
+        Err(format!(
+            "tlsfront did not start after 3 attempts (address in use):\n{last}"
+        ))
     }
 
     fn try_start(
-        nofile: Option<u64>,
+        wrapper: &[&str],
         config: Option<&Path>,
         opts: &[(&str, &str)],
     ) -> Result<Proc, (bool, String)> {
         let dir = temp_dir();
-        let (mut cmd, port, socket) = run_command(dir.path(), config, opts);
-        if let Some(n) = nofile {
-            let mut limited = Command::new("prlimit");
-            limited
-                .arg(format!("--nofile={n}:{n}"))
-                .arg("--")
-                .arg(cmd.get_program())
-                .args(cmd.get_args());
-            cmd = limited;
-        }
+        let (cmd, port, socket) = run_command(dir.path(), config, opts);
+        let mut cmd = match wrapper.split_first() {
+            None => cmd,
+            Some((program, args)) => {
+                let mut wrapped = Command::new(program);
+                wrapped
+                    .args(args)
+                    .arg(cmd.get_program())
+                    .args(cmd.get_args());
+                wrapped
+            }
+        };
         let cmdline = format!("{cmd:?}");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -748,3 +748,46 @@ pub fn proc_status_kb(pid: i32) -> HashMap<String, u64> {
         })
         .collect()
 }
+
+/// Runs `n` full handshakes with `openssl s_client ARGS -ign_eof -sess_out`
+/// and a `GET /` (so that TLS 1.3 tickets, sent after the handshake, are
+/// read before the server closes), one session file each in `dir`: the
+/// sessions a restart must keep.
+/// Panics if a handshake did not complete as a new session.
+pub fn save_sessions(port: u16, dir: &Path, n: usize, args: &[&str]) -> Vec<std::path::PathBuf> {
+    (0..n)
+        .map(|i| {
+            let file = dir.join(format!("session-{i}.pem"));
+            let file_arg = file.display().to_string();
+            let mut all = args.to_vec();
+            all.extend(["-ign_eof", "-sess_out", &file_arg]);
+            let out = s_client(port, "localhost", &all, b"GET / HTTP/1.0\r\n\r\n");
+            assert_eq!(
+                lines_starting(&out, "New,"),
+                1,
+                "handshake {i} to save a session\n{}",
+                out.describe()
+            );
+            assert!(
+                file.exists(),
+                "s_client wrote no session file\n{}",
+                out.describe()
+            );
+            file
+        })
+        .collect()
+}
+
+/// How many of `sessions` resume (`Reused,`) with `openssl s_client ARGS
+/// -sess_in`.
+pub fn count_reused(port: u16, sessions: &[std::path::PathBuf], args: &[&str]) -> usize {
+    sessions
+        .iter()
+        .filter(|file| {
+            let file_arg = file.display().to_string();
+            let mut all = args.to_vec();
+            all.extend(["-sess_in", &file_arg]);
+            lines_starting(&s_client(port, "localhost", &all, b""), "Reused,") == 1
+        })
+        .count()
+}

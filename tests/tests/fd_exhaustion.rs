@@ -3,7 +3,6 @@
 //! descriptors are free again.
 
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
 use tlsfront_tests::ops_support::{Proc, Streamer};
@@ -47,8 +46,9 @@ fn out_of_descriptors_pauses_accepting_without_spinning_and_keeps_open_connectio
     // descriptor limit when the accept is armed, as a process's limit is in
     // production (lowering it under a running process would not bite).
     const NOFILE: u64 = 64;
-    let p = Proc::start_limited(
-        Some(NOFILE),
+    let limit = format!("--nofile={NOFILE}:{NOFILE}");
+    let p = Proc::start_wrapped(
+        &["prlimit", &limit, "--"],
         None,
         &[
             ("worker.count", "1"),

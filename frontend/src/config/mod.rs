@@ -228,7 +228,7 @@ config_keys! {
     cache_enabled: bool = "1", "cache.enabled", change = Restart,
         "Keep TLS 1.2 session IDs and TLS 1.3 stateful tickets in the shared session cache (0 = no server-side sessions).";
     cache_path: AutoPath = "auto", "cache.path", change = Restart,
-        "The shared cache file (mode 0600, best on tmpfs); auto = /dev/shm/tlsfront-<port>.cache.";
+        "The shared cache file (mode 0600, space reserved at start, best on tmpfs); auto = /dev/shm/tlsfront-<uid>/<port>.cache, in a 0700 directory of the user tlsfront runs as (process.user, else the starting user).";
     cache_size: Size = "64m", "cache.size", change = Restart,
         "Size of the cache file; fixed, it never grows (512 bytes per session).";
     cache_timeout: Duration = "300s", "cache.timeout_secs", change = Live,
@@ -252,15 +252,15 @@ config_keys! {
     ticket_source: KeySourceSpec = "random", "tickets.key_source", change = Reload,
         "random = OS random keys kept in the shared ring file; file:PATH = keys derived (HKDF-SHA256) from a secret of 32+ bytes shared by a fleet.";
     tickets_path: AutoPath = "auto", "tickets.path", change = Restart,
-        "The shared ticket-key ring file (mode 0600, keep it on tmpfs); auto = /dev/shm/tlsfront-<port>.tickets.";
+        "The shared ticket-key ring file (mode 0600, keep it on tmpfs); auto = /dev/shm/tlsfront-<uid>/<port>.tickets.";
     tls13_tickets: u32 = "2", "tls.tls13_tickets", change = Reload,
         "Tickets sent after each TLS 1.3 handshake.";
     early_data_max: Size = "0", "tls.early_data_max", change = Reload,
         "Most 0-RTT bytes accepted per connection; 0 = 0-RTT off. Needs tickets.tls13_mode = stateful (single-use tickets box-wide against replay).";
     control_socket: AutoPath = "auto", "control.socket", change = Restart,
-        "Unix socket (mode 0600) for stats and sysctl queries; auto = /dev/shm/tlsfront-<port>.sock.";
+        "Unix socket (mode 0600) for stats and sysctl queries; auto = /dev/shm/tlsfront-<uid>/<port>.sock.";
     process_user: OptUser = "", "process.user", change = Restart,
-        "After binding the port and attaching eBPF, become this user (its files: cache, ticket ring, control socket); empty = stay as started.";
+        "After binding the port and attaching eBPF, become this user (its files: cache, ticket ring, control socket); a restart as root or as this user reuses files owned by it. Best a dedicated user (e.g. tlsfront), not nobody: whoever runs as it can read the ticket keys. Empty = stay as started.";
     metrics_listen: OptAddr = "", "metrics.listen", change = Restart,
         "Prometheus text endpoint (HTTP, any path), e.g. 127.0.0.1:9143; empty = off.";
     log_level: LogLevel = "info", "log.level", change = Live,
@@ -488,22 +488,59 @@ impl Config {
         Ok(())
     }
 
+    /// The uid tlsfront runs as once set up: `process.user`'s, else this
+    /// process's effective uid. Names the private directory of the default
+    /// paths, so that a restart as root with `process.user` and a restart
+    /// as that user find the same files.
+    pub fn runtime_uid(&self) -> u32 {
+        let user = self
+            .process_user
+            .0
+            .as_deref()
+            .and_then(|name| nix::unistd::User::from_name(name).ok().flatten());
+        match user {
+            Some(u) => u.uid.as_raw(),
+            None => nix::unistd::geteuid().as_raw(),
+        }
+    }
+
+    /// The private directory (mode 0700, owned by [`runtime_uid`](Self::runtime_uid))
+    /// of the `auto` paths: `/dev/shm/tlsfront-<uid>`. Not a shared
+    /// world-writable name: another local user cannot pre-create, swap or
+    /// lock the files inside.
+    pub fn runtime_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/shm/tlsfront-{}", self.runtime_uid()))
+    }
+
+    /// The `auto` path of a shared file: `<runtime_dir>/<port>.<ext>`.
+    fn auto_path(&self, ext: &str) -> String {
+        self.runtime_dir()
+            .join(format!("{}.{ext}", self.listen.port()))
+            .display()
+            .to_string()
+    }
+
     /// The control socket path this configuration resolves to.
     pub fn control_socket_path(&self) -> PathBuf {
-        self.control_socket
-            .resolve(|| format!("/dev/shm/tlsfront-{}.sock", self.listen.port()))
+        self.control_socket.resolve(|| self.auto_path("sock"))
     }
 
     /// The ticket-key ring file this configuration resolves to.
     pub fn tickets_path(&self) -> PathBuf {
-        self.tickets_path
-            .resolve(|| format!("/dev/shm/tlsfront-{}.tickets", self.listen.port()))
+        self.tickets_path.resolve(|| self.auto_path("tickets"))
     }
 
     /// The session cache file this configuration resolves to.
     pub fn cache_path(&self) -> PathBuf {
-        self.cache_path
-            .resolve(|| format!("/dev/shm/tlsfront-{}.cache", self.listen.port()))
+        self.cache_path.resolve(|| self.auto_path("cache"))
+    }
+
+    /// True when some shared path is `auto` (then [`runtime_dir`](Self::runtime_dir)
+    /// must exist before start-up opens them).
+    pub fn uses_runtime_dir(&self) -> bool {
+        [&self.control_socket, &self.tickets_path, &self.cache_path]
+            .iter()
+            .any(|p| matches!(p, AutoPath::Auto))
     }
 }
 

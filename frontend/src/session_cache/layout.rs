@@ -22,18 +22,19 @@
 //!
 //! | word | meaning |
 //! |---|---|
-//! | `S_SEQ` | seqlock sequence: even = stable, odd = being written |
+//! | `S_SEQ` | state word: even = stable (a generation), odd = claimed (generation, claim time, owner pid; see `slot`) |
 //! | `S_HASH` | hash of the key; 0 = empty slot |
 //! | `S_EXPIRY` | unix seconds after which the entry is dead |
 //! | `S_LENS` | key length (bits 0..16), value length (bits 16..32) |
 //! | `S_CHECK` | hash of lengths, expiry, key and value |
-//! | `S_CLAIMED` | unix seconds when the current writer claimed the slot |
+//! | `S_CLAIMED` | reserved (0); the claim time moved into `S_SEQ` |
 //! | `S_DATA..` | key bytes then value bytes |
 
 /// `"TLSFCACH"`, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TLSFCACH");
-/// Bumped whenever anything in this file changes meaning (2: tag lines).
-pub const VERSION: u64 = 2;
+/// Bumped whenever anything in this file changes meaning (2: tag lines;
+/// 3: owner and claim time in the state word, see `slot`).
+pub const VERSION: u64 = 3;
 /// The header occupies the first page.
 pub const HEADER_BYTES: usize = 4096;
 /// Slots per set.
@@ -80,7 +81,7 @@ pub const S_EXPIRY: usize = 2;
 pub const S_LENS: usize = 3;
 /// Checksum of the entry.
 pub const S_CHECK: usize = 4;
-/// When the writer holding the slot claimed it.
+/// Reserved (layout 2 kept the claim time here, apart from the claim).
 pub const S_CLAIMED: usize = 5;
 /// First data word.
 pub const S_DATA: usize = 6;

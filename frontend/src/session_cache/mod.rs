@@ -3,8 +3,9 @@
 //!
 //! Set-associative: a key's hash picks a set of [`WAYS`] slots (one 4 KiB
 //! page). Each slot is a seqlock: readers take no lock and retry when the
-//! sequence moved under them; a writer claims a slot with one
-//! compare-and-swap on the sequence. A checksum over each entry is the last
+//! state word moved under them; a writer claims a slot with one
+//! compare-and-swap of the state word (carrying its pid and the time) and
+//! publishes with another ([`slot`]). A checksum over each entry is the last
 //! line of defence: a torn, half-written (writer killed) or hostile slot is
 //! a miss, never a wrong value. Every length read from the file is checked
 //! before use, so no content of the file can cause an out-of-bounds access.
@@ -16,10 +17,11 @@
 
 pub mod layout;
 pub mod remote;
+pub mod slot;
 
 use std::hint::spin_loop;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use crate::shm::Opened;
 use crate::shm::{Region, ShmError};
@@ -29,13 +31,6 @@ pub type CacheError = ShmError;
 use layout::*;
 
 use crate::metrics::{self, PerWorkerCounters};
-
-/// Reads of one slot retried after a concurrent write before giving up
-/// (a miss). Writes take well under a microsecond, so a few suffice.
-const READ_RETRIES: usize = 8;
-/// A slot left odd this long (seconds) belongs to a writer that died; it
-/// may be taken over.
-const STALE_CLAIM_SECS: u64 = 2;
 
 /// Unix time in seconds.
 ///
@@ -66,12 +61,6 @@ crate::metrics::named_counters! {
     corrupt: "Slots whose checksum or lengths did not match (torn by a crash, or scribbled).",
     contended: "Inserts or takes that lost a race for a slot.",
     }
-}
-
-/// What a validated read of one slot found.
-enum Read {
-    Hit { seq: u64, expiry: u64 },
-    Miss,
 }
 
 /// The shared, lock-free, file-backed session store.
@@ -198,62 +187,25 @@ impl SessionCache {
         (hash % self.sets as u64) as usize
     }
 
-    /// Reads one slot consistently: retries while a writer is active or
-    /// the sequence moved, and checks lengths and checksum. On a hit,
-    /// `value` holds the value.
-    fn read_slot(&self, slot: &[AtomicU64], hash: u64, key: &[u8], value: &mut Vec<u8>) -> Read {
+    /// Reads one slot consistently ([`slot::read`]), counting torn and
+    /// corrupt reads.
+    fn read_slot(
+        &self,
+        slot: &[AtomicU64],
+        hash: u64,
+        key: &[u8],
+        value: &mut Vec<u8>,
+    ) -> slot::Read {
         let counters = self.counters();
-        let mut data = [0u64; SLOT_WORDS - S_DATA];
-        for _ in 0..READ_RETRIES {
-            // Acquire: pairs with the writer's Release publish, so the
-            // words below are at least those of that publication.
-            let seq = slot[S_SEQ].load(Ordering::Acquire);
-            if seq & 1 == 1 {
-                spin_loop();
-                continue;
-            }
-            if slot[S_HASH].load(Ordering::Relaxed) != hash {
-                return Read::Miss;
-            }
-            let expiry = slot[S_EXPIRY].load(Ordering::Relaxed);
-            let lens = slot[S_LENS].load(Ordering::Relaxed);
-            let check = slot[S_CHECK].load(Ordering::Relaxed);
-            let Some((key_len, value_len)) = unpack_lens(lens) else {
-                if slot[S_SEQ].load(Ordering::Acquire) == seq {
-                    counters.corrupt.fetch_add(1, Ordering::Relaxed);
-                    return Read::Miss;
-                }
-                continue;
-            };
-            let words = (key_len + value_len).div_ceil(8);
-            for (dst, src) in data[..words].iter_mut().zip(&slot[S_DATA..]) {
-                *dst = src.load(Ordering::Relaxed);
-            }
-            // Acquire fence: the data loads above cannot move after the
-            // second sequence load, so if a writer's stores were seen the
-            // sequence it made odd before them is seen too.
-            fence(Ordering::Acquire);
-            if slot[S_SEQ].load(Ordering::Relaxed) != seq {
-                counters.torn_retries.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let mut bytes = [0u8; DATA_BYTES];
-            for (chunk, w) in bytes.chunks_exact_mut(8).zip(&data[..words]) {
-                chunk.copy_from_slice(&w.to_le_bytes());
-            }
-            let (k, v) = bytes[..key_len + value_len].split_at(key_len);
-            if k != key {
-                return Read::Miss;
-            }
-            if entry_check(lens, expiry, k, v) != check {
-                counters.corrupt.fetch_add(1, Ordering::Relaxed);
-                return Read::Miss;
-            }
-            value.clear();
-            value.extend_from_slice(v);
-            return Read::Hit { seq, expiry };
+        let mut torn = 0;
+        let read = slot::read(slot, hash, key, value, &mut torn);
+        if torn > 0 {
+            counters.torn_retries.fetch_add(torn, Ordering::Relaxed);
         }
-        Read::Miss
+        if read == slot::Read::Corrupt {
+            counters.corrupt.fetch_add(1, Ordering::Relaxed);
+        }
+        read
     }
 
     /// Finds `key`; with `remove`, also takes it out atomically.
@@ -277,7 +229,8 @@ impl SessionCache {
                 continue;
             }
             let slot = self.slot(set, way);
-            let Read::Hit { seq, expiry } = self.read_slot(slot, hash, key, &mut value) else {
+            let slot::Read::Hit { seq, expiry } = self.read_slot(slot, hash, key, &mut value)
+            else {
                 continue;
             };
             if expiry <= now {
@@ -287,28 +240,12 @@ impl SessionCache {
             if remove {
                 // One CAS decides which of several racing takers (threads
                 // or processes) redeems the entry: the winner saw the
-                // sequence unchanged since its validated read.
-                if slot[S_SEQ]
-                    .compare_exchange(
-                        seq,
-                        seq.wrapping_add(1),
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
-                    )
-                    .is_err()
-                {
+                // state unchanged since its validated read.
+                if !slot::take(slot, seq, now, slot::my_owner()) {
                     counters.contended.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
-                // Release fence: the odd sequence is ordered before the
-                // clearing stores (see `write_slot`).
-                fence(Ordering::Release);
-                slot[S_HASH].store(0, Ordering::Relaxed);
-                slot[S_LENS].store(0, Ordering::Relaxed);
-                slot[S_EXPIRY].store(0, Ordering::Relaxed);
-                slot[S_CHECK].store(0, Ordering::Relaxed);
                 tag.store(0, Ordering::Relaxed);
-                slot[S_SEQ].store(seq.wrapping_add(2), Ordering::Release);
             }
             counters.hits.fetch_add(1, Ordering::Relaxed);
             metrics::note_resume_hint(if remove {
@@ -352,7 +289,7 @@ impl SessionCache {
         let hash = key_hash(self.seed, key);
         let set = self.set_of(hash);
         let now = unix_now();
-        let entry = Entry::new(hash, expiry, key, value);
+        let entry = slot::Entry::new(hash, expiry, key, value);
         for _ in 0..WAYS {
             let Some((way, seq, victim)) = self.choose_victim(set, hash, now) else {
                 counters.contended.fetch_add(1, Ordering::Relaxed);
@@ -360,26 +297,22 @@ impl SessionCache {
                 continue;
             };
             let slot = self.slot(set, way);
-            // Wrapping: the sequence comes from the file, which may hold any
-            // value (fuzz/regressions/cache_file); parity is kept.
-            let claimed = seq.wrapping_add(if seq & 1 == 0 { 1 } else { 2 });
-            if slot[S_SEQ]
-                .compare_exchange(seq, claimed, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-            {
+            let Some(published) = slot::put(slot, seq, &entry, now, slot::my_owner()) else {
                 counters.contended.fetch_add(1, Ordering::Relaxed);
                 continue;
-            }
+            };
             match victim {
                 Victim::Live => counters.evictions.fetch_add(1, Ordering::Relaxed),
                 Victim::Expired => counters.expired.fetch_add(1, Ordering::Relaxed),
                 Victim::Empty | Victim::SameKey => 0,
             };
-            if self.write_slot(slot, claimed, &entry, now) {
+            if published {
                 self.tags(set)[way].store(hash, Ordering::Relaxed);
                 counters.inserts.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
+            // Taken over while stalled past the stale limits: the slot is
+            // the new claimant's.
             counters.contended.fetch_add(1, Ordering::Relaxed);
             return false;
         }
@@ -397,9 +330,8 @@ impl SessionCache {
         for way in 0..WAYS {
             let slot = self.slot(set, way);
             let seq = slot[S_SEQ].load(Ordering::Relaxed);
-            let (kind, rank) = if seq & 1 == 1 {
-                let claimed = slot[S_CLAIMED].load(Ordering::Relaxed);
-                if now.saturating_sub(claimed) < STALE_CLAIM_SECS {
+            let (kind, rank) = if slot::is_claimed(seq) {
+                if !slot::abandoned(seq, now, slot::my_owner(), slot::owner_alive) {
                     continue;
                 }
                 // A dead writer's slot: free for the taking.
@@ -424,71 +356,6 @@ impl SessionCache {
             }
         }
         best.map(|(way, seq, kind, _)| (way, seq, kind))
-    }
-
-    /// Fills a slot this writer claimed (sequence `claimed`, odd) with an
-    /// entry prepared beforehand, and publishes it. False if another writer
-    /// took the slot over meanwhile (this one stalled past
-    /// [`STALE_CLAIM_SECS`]); the checksum then keeps readers from trusting
-    /// the mix.
-    fn write_slot(&self, slot: &[AtomicU64], claimed: u64, entry: &Entry, now: u64) -> bool {
-        slot[S_CLAIMED].store(now, Ordering::Relaxed);
-        // Release fence: a reader that sees any store below also sees the
-        // odd sequence stored before this fence, and so retries.
-        fence(Ordering::Release);
-        slot[S_HASH].store(entry.hash, Ordering::Relaxed);
-        slot[S_EXPIRY].store(entry.expiry, Ordering::Relaxed);
-        slot[S_LENS].store(entry.lens, Ordering::Relaxed);
-        slot[S_CHECK].store(entry.check, Ordering::Relaxed);
-        for (w, v) in slot[S_DATA..].iter().zip(&entry.data[..entry.words]) {
-            w.store(*v, Ordering::Relaxed);
-        }
-        // Release: everything above is visible to a reader whose Acquire
-        // load sees the new even sequence.
-        slot[S_SEQ]
-            .compare_exchange(
-                claimed,
-                claimed.wrapping_add(1),
-                Ordering::Release,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-    }
-}
-
-/// A slot's contents, computed before the slot is claimed so that the
-/// claim is held (and a crash can strand it) for as short a time as
-/// possible.
-struct Entry {
-    hash: u64,
-    expiry: u64,
-    lens: u64,
-    check: u64,
-    data: [u64; SLOT_WORDS - S_DATA],
-    words: usize,
-}
-
-impl Entry {
-    /// `key` and `value` must fit a slot (checked by the caller).
-    fn new(hash: u64, expiry: u64, key: &[u8], value: &[u8]) -> Entry {
-        let lens = pack_lens(key.len(), value.len());
-        let mut bytes = [0u8; DATA_BYTES];
-        bytes[..key.len()].copy_from_slice(key);
-        bytes[key.len()..key.len() + value.len()].copy_from_slice(value);
-        let mut data = [0u64; SLOT_WORDS - S_DATA];
-        for (w, chunk) in data.iter_mut().zip(bytes.chunks_exact(8)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            *w = u64::from_le_bytes(b);
-        }
-        Entry {
-            hash,
-            expiry,
-            lens,
-            check: entry_check(lens, expiry, key, value),
-            data,
-            words: (key.len() + value.len()).div_ceil(8),
-        }
     }
 }
 

@@ -27,7 +27,7 @@ fn a_sealed_ticket_opens_and_carries_the_name_of_the_current_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ring = ring_at(&dir.path().join("r"), KeySource::Random);
     let ticket = ring.seal_at(t0(), b"session state").expect("seal");
-    assert_eq!(ticket.len(), NAME_LEN + 12 + 13 + 16);
+    assert_eq!(ticket.len(), NAME_LEN + SALT_LEN + 12 + 13 + 16);
     assert_eq!(
         ring.open_at(t0(), &ticket).as_deref(),
         Some(&b"session state"[..])
@@ -40,14 +40,20 @@ fn a_tampered_ticket_is_refused_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ring = ring_at(&dir.path().join("r"), KeySource::Random);
     let ticket = ring.seal_at(t0(), b"session state").expect("seal");
-    for i in [0, NAME_LEN, NAME_LEN + 12, ticket.len() - 1] {
+    for i in [
+        0,
+        NAME_LEN,
+        NAME_LEN + SALT_LEN,
+        NAME_LEN + SALT_LEN + 12,
+        ticket.len() - 1,
+    ] {
         let mut bad = ticket.clone();
         bad[i] ^= 0x01;
         assert_eq!(ring.open_at(t0(), &bad), None, "flipped byte {i}");
     }
     assert_eq!(ring.open_at(t0(), &ticket[..20]), None, "short");
     assert_eq!(ring.open_at(t0(), &[]), None, "empty");
-    assert_eq!(ring.counters().decrypt_failures.load(Ordering::Relaxed), 6);
+    assert_eq!(ring.counters().decrypt_failures.load(Ordering::Relaxed), 7);
 }
 
 #[test]
@@ -222,10 +228,9 @@ fn a_rotation_under_load_fails_no_ticket() {
                     if other.open_at(now, &ticket) != Some(n.to_le_bytes().to_vec()) {
                         let (a, b) = (ring.decoded.load(), other.decoded.load());
                         panic!(
-                            "sealed at epoch {} opened at {}: sealing ring epoch {} seq {}, opening ring epoch {} seq {}, shared epoch {} seq {}",
-                            sealed_at / PERIOD, now / PERIOD, a.epoch, a.seq, b.epoch, b.seq,
-                            ring.words()[W_EPOCH].load(Ordering::Relaxed),
-                            ring.words()[W_SEQ].load(Ordering::Relaxed)
+                            "sealed at epoch {} opened at {}: sealing ring epoch {} publication {:#x}, opening ring epoch {} publication {:#x}, shared publication {:#x}",
+                            sealed_at / PERIOD, now / PERIOD, a.epoch, a.current, b.epoch, b.current,
+                            ring.words()[W_CURRENT].load(Ordering::Relaxed)
                         );
                     }
                     n += 1;
@@ -245,4 +250,207 @@ fn a_rotation_under_load_fails_no_ticket() {
         .map(|w| w.join().expect("no failure"))
         .sum();
     assert!(total > 0);
+}
+
+fn rotations(rings: &[&TicketKeyRing]) -> u64 {
+    rings
+        .iter()
+        .flat_map(|r| r.counters.iter())
+        .map(|c| c.rotations.load(Ordering::Relaxed))
+        .sum()
+}
+
+/// A `--takeover` that changes `tickets.rotate_secs`: the newcomer follows
+/// the ring of the process still running, and the two never rotate against
+/// each other.
+#[test]
+fn a_second_process_with_another_period_follows_the_ring_and_never_rotates_against_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r");
+    let old = ring_at(&path, KeySource::Random);
+    let (new, _) = TicketKeyRing::open(&path, 3, 2 * PERIOD, KeySource::Random, 1).expect("open");
+    assert_eq!(new.rotate_secs(), PERIOD, "follows the ring's period");
+    let before = rotations(&[&old, &new]);
+    let mut tickets = Vec::new();
+    for i in 0..20 {
+        let (a, b) = if i % 2 == 0 {
+            (&old, &new)
+        } else {
+            (&new, &old)
+        };
+        let ticket = a.seal_at(t0(), b"s").expect("seal");
+        assert!(b.open_at(t0(), &ticket).is_some(), "round {i}");
+        tickets.push(ticket);
+    }
+    assert_eq!(rotations(&[&old, &new]), before, "nobody rotated");
+    for t in &tickets {
+        assert!(old.open_at(t0(), t).is_some() && new.open_at(t0(), t).is_some());
+    }
+    // The newcomer's reload applies its period; the old one follows it,
+    // and every ticket issued before still opens.
+    new.set_rotate_secs(2 * PERIOD);
+    assert_eq!(new.rotate_secs(), 2 * PERIOD);
+    for t in &tickets {
+        assert!(
+            old.open_at(t0(), t).is_some(),
+            "old process after the change"
+        );
+        assert!(
+            new.open_at(t0(), t).is_some(),
+            "new process after the change"
+        );
+    }
+    assert_eq!(old.rotate_secs(), 2 * PERIOD, "the old process follows");
+}
+
+/// A rotator killed half-way leaves its half-written buffer unpublished:
+/// the published ring, and every ticket it sealed, is intact.
+#[test]
+fn a_rotation_killed_half_way_loses_no_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r");
+    let ring = ring_at(&path, KeySource::Random);
+    let ticket = ring.seal_at(t0(), b"s").expect("seal");
+    // What a rotator killed mid-write leaves: the other buffer scribbled,
+    // the publication word untouched (the flock died with it).
+    let current = ring.words()[W_CURRENT].load(Ordering::Relaxed);
+    for w in ring.buffer(current ^ 1) {
+        w.store(0xdead_beef, Ordering::Relaxed);
+    }
+    let restarted = ring_at(&path, KeySource::Random);
+    assert!(
+        restarted.open_at(t0(), &ticket).is_some(),
+        "after the crash"
+    );
+    // The next rotation rewrites that buffer whole, and the key survives.
+    let later = t0() + PERIOD;
+    assert!(
+        restarted.open_at(later, &ticket).is_some(),
+        "after the next rotation"
+    );
+}
+
+/// A process that holds the rotation lock forever (stuck, or hostile)
+/// delays rotations; it never makes anyone wait or lose a key.
+#[test]
+fn a_held_rotation_lock_delays_the_rotation_and_blocks_nobody() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r");
+    let ring = ring_at(&path, KeySource::Random);
+    let ticket = ring.seal_at(t0(), b"s").expect("seal");
+    let holder = std::fs::File::open(crate::shm::sibling(&path, ".lock")).expect("open lock");
+    holder.lock().expect("hold");
+    let start = std::time::Instant::now();
+    let later = t0() + PERIOD;
+    assert!(ring.seal_at(later, b"s").is_some());
+    assert!(ring.open_at(later, &ticket).is_some());
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(
+        ring.decoded.load().epoch,
+        t0() / PERIOD,
+        "not rotated meanwhile"
+    );
+    drop(holder);
+    assert!(ring.open_at(later, &ticket).is_some());
+    assert_eq!(
+        ring.decoded.load().epoch,
+        later / PERIOD,
+        "rotated once free"
+    );
+}
+
+/// Keys derived from a `file:` secret are recomputed by each process: the
+/// shared file holds their epochs, not the keys.
+#[test]
+fn derived_keys_are_not_stored_in_the_shared_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r");
+    let source = KeySource::from_file(&secret_file(dir.path(), "s", 9)).expect("secret");
+    let ring = ring_at(&path, source.clone());
+    let ticket = ring.seal_at(t0(), b"s").expect("seal");
+    let bytes = std::fs::read(&path).expect("read ring file");
+    for epoch in t0() / PERIOD - 1..=t0() / PERIOD + 1 {
+        let material = source.key_for(epoch).expect("derive");
+        assert!(
+            !bytes
+                .windows(8)
+                .any(|w| w == &material[NAME_LEN..NAME_LEN + 8]),
+            "key of epoch {epoch} found in the file"
+        );
+    }
+    let other = ring_at(&path, source);
+    assert!(
+        other.open_at(t0(), &ticket).is_some(),
+        "recomputed from the epoch"
+    );
+}
+
+/// Changing the period keeps every key of a `file:` ring (each entry keeps
+/// the epoch it was derived for).
+#[test]
+fn a_period_change_keeps_the_keys_of_a_secret_ring() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = KeySource::from_file(&secret_file(dir.path(), "s", 4)).expect("secret");
+    let ring = ring_at(&dir.path().join("r"), source);
+    let ticket = ring.seal_at(t0(), b"s").expect("seal");
+    ring.set_rotate_secs(2 * PERIOD);
+    assert!(ring.open_at(unix_now(), &ticket).is_some());
+}
+
+#[test]
+fn an_all_zero_key_is_never_used() {
+    assert!(decode_key(&[0u64; ENTRY_WORDS - 1]).is_none());
+}
+
+/// The ring's mapping holds random keys: it is kept out of core dumps
+/// (and locked in RAM where the memlock limit allows: 4 KiB fits the
+/// default 64 KiB-8 MiB limits).
+#[test]
+fn the_ring_mapping_is_excluded_from_core_dumps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r");
+    let ring = ring_at(&path, KeySource::Random);
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+    let name = path.display().to_string();
+    let block: String = smaps
+        .split_inclusive('\n')
+        .skip_while(|l| !l.trim_end().ends_with(&name))
+        .skip(1)
+        .take_while(|l| {
+            !l.contains(" /")
+                && !l.starts_with(|c: char| {
+                    c.is_ascii_hexdigit() && l.contains('-') && l.split_whitespace().count() >= 5
+                })
+        })
+        .collect();
+    let flags = block
+        .lines()
+        .find_map(|l| l.strip_prefix("VmFlags:"))
+        .unwrap_or_else(|| panic!("no VmFlags for {name} in smaps:\n{block}"));
+    assert!(
+        flags.split_whitespace().any(|f| f == "dd"),
+        "VmFlags:{flags}"
+    );
+    drop(ring);
+}
+
+/// Each ticket has a key of its own (a fresh salt through HKDF): two
+/// tickets of the same plaintext share no key stream, and a ticket whose
+/// salt is changed does not open.
+#[test]
+fn every_ticket_is_sealed_with_its_own_derived_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = ring_at(&dir.path().join("r"), KeySource::Random);
+    let a = ring.seal_at(t0(), b"same plaintext").expect("seal");
+    let b = ring.seal_at(t0(), b"same plaintext").expect("seal");
+    assert_eq!(a[..NAME_LEN], b[..NAME_LEN], "same epoch key");
+    assert_ne!(
+        a[NAME_LEN..NAME_LEN + SALT_LEN],
+        b[NAME_LEN..NAME_LEN + SALT_LEN]
+    );
+    let body = NAME_LEN + SALT_LEN + 12;
+    assert_ne!(a[body..], b[body..]);
+    let mut moved = a.clone();
+    moved[NAME_LEN..NAME_LEN + SALT_LEN].copy_from_slice(&b[NAME_LEN..NAME_LEN + SALT_LEN]);
+    assert_eq!(ring.open_at(t0(), &moved), None);
 }
