@@ -126,15 +126,15 @@ impl Outbox {
         queued.get_or_insert_with(|| pool.take())
     }
 
-    /// Bytes not yet acknowledged as sent.
+    /// Bytes waiting behind the send in flight: what backpressure counts,
+    /// so that the next receive is read (and encrypted) while the previous
+    /// one is being sent.
     fn backlog(&self) -> usize {
-        self.inflight
-            + self.queued.as_ref().map_or(0, Buf::len)
-            + self.resend.as_ref().map_or(0, Buf::len)
+        self.queued.as_ref().map_or(0, Buf::len) + self.resend.as_ref().map_or(0, Buf::len)
     }
 
     fn flushed(&self) -> bool {
-        self.backlog() == 0 && !self.busy
+        self.backlog() == 0 && self.inflight == 0 && !self.busy
     }
 }
 
@@ -221,33 +221,57 @@ impl Connection {
             self.hello_seen = true;
             self.server_name = crate::client_hello::parse(data).and_then(|h| h.server_name);
         }
-        let result = match self.incoming.take() {
-            None => {
-                let result = self.pump(data, None, pool);
-                if let Ok((used, _)) = result {
-                    if used < data.len() {
-                        let mut rest = pool.take();
-                        rest.extend(&data[used..]);
-                        self.incoming = Some(rest);
+        let mut data = data;
+        let result = loop {
+            match self.incoming.take() {
+                None => break self.pump_in_place(data, pool),
+                Some(mut gathered) => {
+                    // Complete only the split record from the new bytes;
+                    // the rest is decrypted where it was received.
+                    let take = incomplete_record_needs(gathered.pending())
+                        .unwrap_or(data.len())
+                        .min(data.len());
+                    gathered.extend(&data[..take]);
+                    data = &mut data[take..];
+                    let result = self.pump(gathered.filled_mut(), None, pool);
+                    if let Ok((used, _)) = result {
+                        gathered.consume(used);
                     }
-                }
-                result
-            }
-            Some(mut gathered) => {
-                gathered.extend(data);
-                let result = self.pump(gathered.filled_mut(), None, pool);
-                if let Ok((used, _)) = result {
-                    gathered.consume(used);
-                }
-                if gathered.is_empty() {
-                    pool.give(gathered);
-                } else {
+                    if gathered.is_empty() {
+                        pool.give(gathered);
+                        if result.is_ok() && !data.is_empty() {
+                            continue;
+                        }
+                        break result.map(|_| ());
+                    }
+                    if result.is_ok() && !data.is_empty() {
+                        // rustls keeps bytes (a handshake message spread over
+                        // records) that must stay next to what follows.
+                        gathered.extend(data);
+                        self.incoming = Some(gathered);
+                        let result = self.pump_without_input(None, pool);
+                        break result;
+                    }
                     self.incoming = Some(gathered);
+                    break result.map(|_| ());
                 }
-                result
             }
         };
-        self.after_pump(now, result.map(|_| ()));
+        self.after_pump(now, result);
+    }
+
+    /// Runs rustls over freshly received bytes in place; an incomplete
+    /// record at the end is kept for the next receive.
+    fn pump_in_place(&mut self, data: &mut [u8], pool: &mut BufPool) -> Result<(), rustls::Error> {
+        let result = self.pump(data, None, pool);
+        if let Ok((used, _)) = result {
+            if used < data.len() {
+                let mut rest = pool.take();
+                rest.extend(&data[used..]);
+                self.incoming = Some(rest);
+            }
+        }
+        result.map(|_| ())
     }
 
     /// The client's stream ended (FIN).
@@ -745,7 +769,9 @@ impl Connection {
                 ConnectionState::WriteTraffic(mut writer) => {
                     if let Some(data) = plaintext.take() {
                         let out = Outbox::queue(&mut self.to_client.queued, pool);
-                        let mut room = data.len() + 64;
+                        // Each record of at most 16 KiB adds at most 22 bytes (header, type,
+                        // tag); ask for that at once rather than learn it from an error.
+                        let mut room = data.len() + (data.len() / 16384 + 1) * 32;
                         loop {
                             match writer.encrypt(data, out.spare(room)) {
                                 Ok(n) => {
@@ -854,6 +880,24 @@ impl Connection {
         {
             self.end = Some(End::Finished);
         }
+    }
+}
+
+/// How many more bytes complete the records in `pending` (whole TLS
+/// records, then one incomplete one), or `None` when that is not known yet
+/// (its 5-byte header is incomplete).
+fn incomplete_record_needs(pending: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let rest = &pending[at..];
+        if rest.len() < 5 {
+            return None;
+        }
+        let len = 5 + usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        if rest.len() < len {
+            return Some(len - rest.len());
+        }
+        at += len;
     }
 }
 

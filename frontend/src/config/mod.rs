@@ -199,10 +199,10 @@ config_keys! {
         "On SIGTERM: stop accepting, then wait this long for open connections to finish before closing them.";
     pin_cpus: bool = "1", "worker.pin_cpus", change = Restart,
         "Pin worker n to the n-th online CPU (1) or let the scheduler move them (0).";
-    rx_buffers: u32 = "256", "worker.rx_buffers", change = Restart,
+    rx_buffers: u32 = "128", "worker.rx_buffers", change = Restart,
         "Receive buffers per worker in its io_uring provided-buffer ring (a power of two, 1 to 32768); a receive takes one only when data arrives, and gives it back before the next, so this bounds the receives completing in one loop turn, not the connections.";
-    rx_buffer_size: Size = "16k", "worker.rx_buffer_size", change = Restart,
-        "Size of each receive buffer (1k to 1m): the most one receive reads.";
+    rx_buffer_size: Size = "64k", "worker.rx_buffer_size", change = Restart,
+        "Size of each receive buffer (1k to 1m): the most one receive reads. 64k holds four full TLS records, so few records are split across receives.";
     cert: OptPath = "", "tls.cert", change = Reload,
         "Default certificate chain (PEM); empty = a self-signed certificate for localhost made at start.";
     key: OptPath = "", "tls.key", change = Reload,

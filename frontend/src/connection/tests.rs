@@ -504,3 +504,18 @@ fn plain_http_or_binary_garbage_first_is_an_error_at_once() {
         );
     }
 }
+
+#[test]
+fn records_split_at_every_odd_boundary_arrive_byte_exact() {
+    for chunk in [1000, 7001, 16_389, 40_000] {
+        let (server, client) = configs(0);
+        let mut rig = Rig::new(server, client);
+        rig.pump();
+        rig.chunk = chunk;
+        rig.client.set_buffer_limit(None);
+        let data = pattern(300_000);
+        rig.client.writer().write_all(&data).expect("write");
+        rig.pump();
+        assert!(rig.upstream == data, "chunk {chunk}: {} of {} bytes", rig.upstream.len(), data.len());
+    }
+}
