@@ -1,28 +1,18 @@
 //! Configuration: errors name the file, line and key (or the -o override), and
 //! `tlsfront sysctl` lists every key.
 
-use std::process::Command;
 use tlsfront_tests::*;
 
-/// `tlsfront run -c FILE` (with a private port and control socket, in case it
-/// starts anyway) with the given extra overrides.
+/// `tlsfront run -c FILE` with the given extra overrides, and (in case it
+/// starts anyway) its own reserved port, control socket, cache and ticket
+/// files in `dir` ([`run_command`]).
 fn run_with(config: Option<&std::path::Path>, overrides: &[&str], dir: &TempDir) -> CmdOutput {
-    let mut cmd = Command::new(bin());
-    cmd.arg("run");
-    if let Some(c) = config {
-        cmd.arg("-c").arg(c);
-    }
-    cmd.arg("-o")
-        .arg(format!("net.listen=127.0.0.1:{}", free_port()))
-        .arg("-o")
-        .arg(format!(
-            "control.socket={}",
-            dir.path().join("control.sock").display()
-        ));
-    for o in overrides {
-        cmd.arg("-o").arg(o);
-    }
-    run_cmd(cmd, b"", CLI_TIMEOUT)
+    let opts: Vec<(&str, &str)> = overrides
+        .iter()
+        .map(|o| o.split_once('=').expect("override is key=value"))
+        .collect();
+    let run = run_command(dir.path(), config, &opts);
+    run_cmd(run.cmd, b"", CLI_TIMEOUT)
 }
 
 /// A config file `bad.conf` whose third line is `line3`; expects exit code 2 and

@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -66,8 +66,10 @@ const SESSIONS: usize = 100;
 
 fn sessions_from_before_a_kill_9_resume_after_a_restart(tickets: &str) {
     let dir = temp_dir();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
+    // Held for the whole test: the restart binds the same port again.
+    let reserved = ReservedPort::new();
+    let port = reserved.port;
+    let listen = reserved.addr_string();
     let cache = dir.path().join("kept.cache");
     let ring = dir.path().join("kept.ring");
     let opts = [
@@ -445,8 +447,10 @@ impl Drop for KillOnDrop {
 #[test]
 fn upgrade_under_handshake_load_fails_no_connection_and_the_new_process_resumes_old_sessions() {
     let dir = temp_dir();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
+    // Held for the whole test: the restart binds the same port again.
+    let reserved = ReservedPort::new();
+    let port = reserved.port;
+    let listen = reserved.addr_string();
     let socket = dir.path().join("ctl.sock");
     let cache = dir.path().join("kept.cache");
     let ring = dir.path().join("kept.ring");
@@ -476,7 +480,7 @@ fn upgrade_under_handshake_load_fails_no_connection_and_the_new_process_resumes_
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/upgrade.sh");
     let log = dir.path().join("new.log");
     let started = Instant::now();
-    let mut child = Command::new("bash")
+    let mut child = tlsfront_tests::prereq::tool("bash")
         .arg(&script)
         .arg(old.pid().to_string())
         .arg(bin())

@@ -3,7 +3,6 @@
 //! descriptors are free again.
 
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
 use tlsfront_tests::ops_support::{Proc, Streamer};
@@ -27,7 +26,7 @@ fn open_fds(pid: i32) -> usize {
 /// Sets the soft RLIMIT_NOFILE of the running process `pid` (util-linux
 /// prlimit), keeping its hard limit.
 fn set_nofile(pid: i32, limit: usize) {
-    let status = Command::new("prlimit")
+    let status = tlsfront_tests::prereq::tool("prlimit")
         .args([&format!("--pid={pid}"), &format!("--nofile={limit}:")])
         .status()
         .expect("run prlimit");

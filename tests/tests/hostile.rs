@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -599,7 +599,7 @@ fn forged_tls13_ticket_identities_get_full_handshakes_and_count_decrypt_failures
 /// handshake is done, keeps stdin open for up to `wait`, and returns its
 /// output and whether it exited by itself.
 fn s_client_renegotiate(port: u16, wait: Duration) -> (String, String, bool) {
-    let mut child = Command::new("openssl")
+    let mut child = tlsfront_tests::prereq::tool("openssl")
         .args([
             "s_client",
             "-tls1_2",

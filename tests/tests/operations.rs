@@ -552,17 +552,13 @@ fn sigterm_closes_an_idle_connection_after_drain_secs_and_exits_0() {
 // ---------------------------------------------------------------------------
 
 fn start_with_metrics(opts: &[(&str, &str)]) -> (Frontend, SocketAddr) {
-    for _ in 0..3 {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut all = opts.to_vec();
-        all.push(("metrics.listen", &listen));
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Frontend::start(&all)));
-        if let Ok(fe) = r {
-            return (fe, SocketAddr::from(([127, 0, 0, 1], port)));
-        }
-    }
-    panic!("tlsfront with metrics.listen did not start in 3 attempts");
+    // Held until tlsfront has bound metrics.listen (before `ready`): no
+    // other test can take the port meanwhile, and a start failure shows.
+    let port = ReservedPort::new();
+    let listen = port.addr_string();
+    let mut all = opts.to_vec();
+    all.push(("metrics.listen", &listen));
+    (Frontend::start(&all), port.addr())
 }
 
 #[test]

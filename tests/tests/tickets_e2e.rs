@@ -20,7 +20,6 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -225,7 +224,7 @@ fn resuming_config_on(spec: &ClientSpec, clock: Arc<LaggingClock>) -> Arc<rustls
 
 /// The `TLS session ticket:` hex dump of `openssl sess_id -text`.
 fn session_ticket(sess: &Path) -> Vec<u8> {
-    let mut cmd = Command::new("openssl");
+    let mut cmd = tlsfront_tests::prereq::tool("openssl");
     cmd.args(["sess_id", "-noout", "-text", "-in"]).arg(sess);
     let out = run_cmd(cmd, b"", S_CLIENT_TIMEOUT);
     assert_eq!(out.code(), Some(0), "{}", out.describe());
@@ -270,7 +269,7 @@ fn tamper_session_ticket(sess: &Path, out: &Path) -> Vec<u8> {
     let ticket = session_ticket(sess);
     let der = out.with_extension("der");
     let convert = |args: &[&str], from: &Path, to: &Path| {
-        let mut cmd = Command::new("openssl");
+        let mut cmd = tlsfront_tests::prereq::tool("openssl");
         cmd.arg("sess_id")
             .args(args)
             .arg("-in")

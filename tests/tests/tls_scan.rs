@@ -24,12 +24,10 @@ fn sslyze() -> PathBuf {
     }
     let home = std::env::var_os("HOME").expect("HOME is set");
     let path = PathBuf::from(home).join(".local/share/tlsfront/sslyze/bin/sslyze");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/setup.sh (it installs sslyze from PyPI), \
-         or point TLSFRONT_SSLYZE at an sslyze executable",
-        path.display()
-    );
+    tlsfront_tests::prereq::require(&[tlsfront_tests::prereq::Need::File(
+        path.to_str().expect("UTF-8 HOME"),
+        "sslyze: scripts/setup.sh installs it from PyPI; or point TLSFRONT_SSLYZE at one",
+    )]);
     path
 }
 
