@@ -67,6 +67,35 @@ pub fn must(program: &str, args: &[&str]) -> CmdOutput {
     out
 }
 
+/// One network namespace with only its loopback (up), deleted on drop: a
+/// private copy of the per-namespace sysctls (`net.ipv4.tcp_migrate_req`)
+/// and ports, for a test that must change them. Run the test in it with
+/// [`in_netns`].
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn loopback_only() -> Netns {
+        require(NEEDS);
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("tfl{}x{n}", std::process::id() % 100_000);
+        must("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        must("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "del", &self.name]);
+        let _ = run_cmd(cmd, b"", CLI_TIMEOUT);
+    }
+}
+
 /// Two namespaces joined by a veth pair, deleted on drop.
 pub struct NetnsPair {
     /// Server-side namespace.

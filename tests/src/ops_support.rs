@@ -87,6 +87,15 @@ impl Proc {
     /// control socket, cache and ticket files (unless `opts` sets them);
     /// waits for `tlsfront: ready`.
     pub fn start(config: Option<&Path>, opts: &[(&str, &str)]) -> Proc {
+        Self::start_with_env(config, opts, &[])
+    }
+
+    /// [`Proc::start`] with these environment variables set for tlsfront.
+    pub fn start_with_env(
+        config: Option<&Path>,
+        opts: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let dir = temp_dir();
         let RunCommand {
             mut cmd,
@@ -94,6 +103,7 @@ impl Proc {
             socket,
             reservation,
         } = run_command(dir.path(), config, opts);
+        cmd.envs(env.iter().copied());
         let cmdline = format!("{cmd:?}");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
