@@ -1123,10 +1123,21 @@ impl TlsClient {
         config: Arc<rustls::ClientConfig>,
         server_name: &str,
     ) -> io::Result<TlsClient> {
+        let sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        Self::handshake_over(sock, config, server_name)
+    }
+
+    /// Completes a TLS handshake over an already connected socket (e.g. one
+    /// the server's kernel queued while the server could not accept), within
+    /// [`IO_TIMEOUT`].
+    pub fn handshake_over(
+        sock: TcpStream,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<TlsClient> {
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
-        let sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
         sock.set_nodelay(true)?;
         sock.set_read_timeout(Some(IO_TIMEOUT))?;
         sock.set_write_timeout(Some(IO_TIMEOUT))?;

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use tlsfront_tests::robust_support::{lines_starting, s_client};
 use tlsfront_tests::*;
 
 /// Resumptions sslyze attempts with each mechanism.
@@ -157,10 +158,8 @@ fn sslyze_finds_only_modern_tls() {
         true
     );
 
-    // Resumption. sslyze counts a ticket resumption only when the server
-    // sends no new ticket; rustls renews the ticket on every TLS 1.2
-    // resumption (RFC 5077 §3.3 allows it), so sslyze reports tickets as
-    // unsupported. tlsfront's own counters tell what really happened.
+    // Resumption by session ID, as sslyze (the client) saw it, and
+    // tlsfront's counters checked against it.
     let resum = result(scan, "session_resumption");
     assert_eq!(
         resum["session_id_resumption_result"], "FULLY_SUPPORTED",
@@ -173,12 +172,43 @@ fn sslyze_finds_only_modern_tls() {
     let stats = fe.stats();
     assert!(
         stats.total.get("resumed_tls12_id") >= RESUMPTIONS,
-        "server-side session ID resumptions: {:?}",
+        "sslyze resumed {RESUMPTIONS} session IDs, the server counted: {:?}",
         stats.total
     );
+
+    // Resumption by ticket. sslyze counts one only when the server sends
+    // no new ticket; rustls renews the ticket on every TLS 1.2 resumption
+    // (RFC 5077 §3.3 allows it), so sslyze reports tickets as unsupported.
+    // Another client shows it: openssl s_client saves the session with its
+    // ticket and offers it again; every reconnect must say `Reused`, and
+    // tlsfront must have counted exactly those as ticket resumptions.
+    let before = fe.stats();
+    let sess = dir.path().join("tls12.sess");
+    let sess = sess.to_str().expect("UTF-8 path");
+    let first = s_client(fe.port, "localhost", &["-tls1_2", "-sess_out", sess], b"");
+    assert_eq!(lines_starting(&first, "New,"), 1, "{}", first.describe());
     assert!(
-        stats.total.get("resumed_tls12_ticket") >= RESUMPTIONS,
-        "server-side ticket resumptions (sslyze tried {RESUMPTIONS}): {:?}",
-        stats.total
+        first.stdout.contains("TLS session ticket:"),
+        "no ticket in the first session:\n{}",
+        first.describe()
+    );
+    for i in 0..RESUMPTIONS {
+        let again = s_client(fe.port, "localhost", &["-tls1_2", "-sess_in", sess], b"");
+        assert_eq!(
+            lines_starting(&again, "Reused,"),
+            1,
+            "s_client reconnect {i} with the saved ticket did not resume:\n{}\n{}",
+            again.describe(),
+            fe.output()
+        );
+    }
+    let want = before.total.handshakes + 1 + RESUMPTIONS;
+    let (after, ok) = fe.wait_stats(Duration::from_secs(5), |s| s.total.handshakes >= want);
+    assert!(ok, "handshakes never reached {want}: {:?}", after.total);
+    assert_eq!(
+        after.total.get("resumed_tls12_ticket") - before.total.get("resumed_tls12_ticket"),
+        RESUMPTIONS,
+        "s_client resumed {RESUMPTIONS} times by ticket; the server counted: {:?}",
+        after.total
     );
 }
