@@ -194,6 +194,70 @@ impl Default for RefusingPort {
     }
 }
 
+/// `SO_INCOMING_CPU` of a socket (see [`TlsClient::incoming_cpu`]).
+pub fn incoming_cpu(sock: &TcpStream) -> io::Result<u32> {
+    let mut cpu: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a local int of the stated size, on an open socket.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_INCOMING_CPU,
+            &mut cpu as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(cpu).map_err(|_| io::Error::other(format!("SO_INCOMING_CPU = {cpu}")))
+}
+
+/// The CPUs the kernel lets each worker thread of process `pid` run on
+/// (`Cpus_allowed_list` of the threads named `tlsfront-w<N>`), by worker
+/// index: the kernel's view of the pinning, not tlsfront's summary.
+pub fn worker_cpus_of(pid: u32) -> Vec<Vec<u32>> {
+    let tasks = format!("/proc/{pid}/task");
+    let mut found: Vec<(usize, Vec<u32>)> = Vec::new();
+    for entry in std::fs::read_dir(&tasks).unwrap_or_else(|e| panic!("{tasks}: {e}")) {
+        let dir = entry.expect("task entry").path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        let Some(index) = comm.trim().strip_prefix("tlsfront-w") else {
+            continue;
+        };
+        let index: usize = index.parse().expect("worker index in the thread name");
+        let status = std::fs::read_to_string(dir.join("status")).expect("task status");
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list")
+            .trim()
+            .to_string();
+        found.push((index, parse_cpu_list(&list)));
+    }
+    found.sort();
+    assert!(
+        found.iter().enumerate().all(|(i, (w, _))| i == *w),
+        "worker threads of {pid}: {found:?}"
+    );
+    found.into_iter().map(|(_, cpus)| cpus).collect()
+}
+
+/// `0-2,5` -> `[0, 1, 2, 5]`.
+pub fn parse_cpu_list(list: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => out.extend(a.parse::<u32>().expect("CPU")..=b.parse().expect("CPU")),
+            None => out.push(part.parse().expect("CPU")),
+        }
+    }
+    out
+}
+
 /// A fresh temporary directory, removed on drop.
 pub fn temp_dir() -> TempDir {
     tempfile::Builder::new()
@@ -497,6 +561,33 @@ impl Frontend {
     /// `127.0.0.1:port`.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The CPU of each worker, by index, as the kernel has them pinned
+    /// ([`worker_cpus_of`]); fails unless each worker has a CPU of its own.
+    pub fn worker_cpus(&self) -> Vec<u32> {
+        let cpus = worker_cpus_of(self.pid());
+        let one: Vec<u32> = cpus.iter().filter(|c| c.len() == 1).map(|c| c[0]).collect();
+        let distinct: std::collections::BTreeSet<_> = one.iter().collect();
+        assert!(
+            one.len() == cpus.len() && distinct.len() == cpus.len(),
+            "worker threads are not pinned one per CPU: {cpus:?}"
+        );
+        one
+    }
+
+    /// The worker that served `v`, as the kernel saw it: the one pinned to
+    /// the CPU that sent the connection's last segments (`cpus` from
+    /// [`Frontend::worker_cpus`]).
+    pub fn kernel_worker(&self, cpus: &[u32], v: &Visit) -> usize {
+        let cpu = v.incoming_cpu.expect("SO_INCOMING_CPU of the visit");
+        cpus.iter().position(|&c| c == cpu).unwrap_or_else(|| {
+            panic!("connection served from CPU {cpu}, where no worker runs ({cpus:?}): {v:?}")
+        })
     }
 
     /// Everything the process wrote to stderr so far.
@@ -1165,6 +1256,15 @@ impl TlsClient {
         Ok(c)
     }
 
+    /// The kernel's `SO_INCOMING_CPU` of this client's socket: the CPU that
+    /// processed the last segment it received. On loopback (and a veth
+    /// pair) a segment is processed on the CPU that sent it, so for a
+    /// server whose workers are pinned one per CPU this names the CPU of
+    /// the worker that served the connection, as the kernel saw it.
+    pub fn incoming_cpu(&self) -> io::Result<u32> {
+        incoming_cpu(&self.sock)
+    }
+
     /// The DER of the certificate the server presented.
     pub fn leaf_der(&self) -> Option<CertificateDer<'static>> {
         self.conn
@@ -1467,6 +1567,9 @@ pub struct Visit {
     /// The response started with an HTTP 200 status line.
     pub http_200: bool,
     pub end: End,
+    /// `SO_INCOMING_CPU` of the client's socket at the end: the CPU of the
+    /// worker that served it, as the kernel saw it ([`TlsClient::incoming_cpu`]).
+    pub incoming_cpu: Option<u32>,
 }
 
 /// One connection: handshake, `GET /`, read until the server ends the stream.
@@ -1484,6 +1587,7 @@ pub fn visit(
         version: c.version(),
         http_200: is_http_200(&resp),
         end,
+        incoming_cpu: c.incoming_cpu().ok(),
     })
 }
 

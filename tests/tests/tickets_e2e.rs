@@ -521,6 +521,7 @@ fn ticket_resumes_on_the_other_worker(versions: Versions) {
     const ATTEMPTS: usize = 60;
     let fe = Frontend::start(&[("worker.count", "2")]);
     let spec = ClientSpec::new(Trust::AnyCert).versions(versions);
+    let cpus = fe.worker_cpus();
     let mut before = fe.stats();
     assert_eq!(before.workers.len(), 2, "{before:?}");
     let mut handshakes = before.total.handshakes;
@@ -534,6 +535,11 @@ fn ticket_resumes_on_the_other_worker(versions: Versions) {
         handshakes += 1;
         let mid = stats_after_handshakes(&fe, handshakes);
         let issuer = single_worker(&before, &mid, "handshakes");
+        assert_eq!(
+            fe.kernel_worker(&cpus, &full),
+            issuer,
+            "pair {i}: the worker that counted the full handshake is not the one the kernel saw serve it"
+        );
         let issued = diff(&before, &mid, "tickets_issued");
         assert!(
             issued[issuer] >= 1,
@@ -553,6 +559,11 @@ fn ticket_resumes_on_the_other_worker(versions: Versions) {
         handshakes += 1;
         let after = stats_after_handshakes(&fe, handshakes);
         let redeemer = single_worker(&mid, &after, resumed_counter(versions));
+        assert_eq!(
+            fe.kernel_worker(&cpus, &again),
+            redeemer,
+            "pair {i}: the worker that counted the resumption is not the one the kernel saw serve it"
+        );
         let opened = decrypted_diff(&mid, &after);
         assert_eq!(
             opened.iter().sum::<u64>(),
