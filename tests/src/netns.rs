@@ -334,6 +334,14 @@ impl NsFrontend {
         }
     }
 
+    /// Its process id (`ip netns exec` execs tlsfront in place).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("the process was killed")
+    }
+
     /// Everything written to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

@@ -23,6 +23,10 @@ struct Conn {
     port: u16,
     resumed: bool,
     http_200: bool,
+    /// SO_INCOMING_CPU of the client's socket at the end: the CPU of the
+    /// worker that sent the response (a veth pair processes a segment on
+    /// the sending CPU), i.e. the kernel's view of who served it.
+    cpu: Option<u32>,
 }
 
 /// Opens `count` TLS connections (each from a new source port, each
@@ -45,6 +49,7 @@ fn run_clients(pair: &NetnsPair, port: u16, count: usize) -> (Vec<Conn>, Vec<Str
                         port,
                         resumed,
                         http_200: is_http_200(&resp),
+                        cpu: c.incoming_cpu().ok(),
                     });
                 }
                 Err(e) => failures.push(format!("connection {i}: {e}")),
@@ -66,6 +71,34 @@ fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str) -> NsFrontend {
         opts.push(("net.xdp.mode", xdp_mode));
     }
     NsFrontend::start(&pair.a, PORT, &opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The CPU of each worker as the kernel pins its thread; the start-up
+/// summary must say the same.
+fn kernel_cpus(fe: &NsFrontend) -> Vec<u32> {
+    let kernel = worker_cpus_of(fe.pid());
+    assert!(
+        kernel.iter().all(|c| c.len() == 1),
+        "worker threads not pinned to one CPU each: {kernel:?}"
+    );
+    let kernel: Vec<u32> = kernel.into_iter().map(|c| c[0]).collect();
+    let summary: Vec<u32> = fe.worker_cpus().into_iter().map(|c| c as u32).collect();
+    assert_eq!(
+        kernel, summary,
+        "worker CPUs: the kernel's vs the summary's"
+    );
+    kernel
+}
+
+/// The worker whose CPU served `c`, as the kernel saw it.
+fn kernel_worker(cpus: &[u32], c: &Conn) -> usize {
+    let cpu = c.cpu.expect("SO_INCOMING_CPU of a client socket");
+    cpus.iter().position(|&w| w == cpu).unwrap_or_else(|| {
+        panic!(
+            "port {} served from CPU {cpu}, where no worker runs ({cpus:?})",
+            c.port
+        )
+    })
 }
 
 /// Waits until the frontend logged `want` handshakes from namespace B.
@@ -108,7 +141,7 @@ fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
             pair.link_a()
         );
     }
-    let cpus = fe.worker_cpus();
+    let cpus = kernel_cpus(&fe);
     let (conns, failures) = run_clients(&pair, fe.port, count);
     assert!(
         failures.is_empty(),
@@ -134,25 +167,37 @@ fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
         count - 1
     );
 
-    let accepted = wait_accepted(&fe, count);
+    // The worker of each connection as the kernel saw it (the CPU that
+    // served it), and tlsfront's log (`handshake done worker=N`) checked
+    // against it.
+    let logged = wait_accepted(&fe, count);
     let mut per_worker = vec![0usize; cpus.len()];
     let mut resumed_per_worker = vec![0usize; cpus.len()];
     let mut wrong = Vec::new();
+    let mut log_disagrees = Vec::new();
     for c in &conns {
-        let worker = *accepted
-            .get(&c.port)
-            .unwrap_or_else(|| panic!("no `handshake done` for port {}\n{}", c.port, fe.output()));
+        let worker = kernel_worker(&cpus, c);
+        if logged.get(&c.port) != Some(&worker) {
+            log_disagrees.push((c.port, worker, logged.get(&c.port).copied()));
+        }
         per_worker[worker] += 1;
         resumed_per_worker[worker] += usize::from(c.resumed);
         if steering == "xdp" {
             let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, fe.port);
             let slot = worker_slot(&key, cpus.len() as u32).unwrap() as usize;
-            // Worker n runs on cpus[n]; the XDP program sends slot n to cpus[n].
-            if cpus[worker] != cpus[slot] {
+            // The XDP program sends slot n to cpus[n], where worker n runs.
+            if worker != slot {
                 wrong.push((c.port, slot, worker));
             }
         }
     }
+    assert!(
+        log_disagrees.is_empty(),
+        "{} connections logged on another worker than the kernel saw serve them (port, kernel, log): {:?}\n{}",
+        log_disagrees.len(),
+        &log_disagrees[..log_disagrees.len().min(10)],
+        fe.output()
+    );
     assert!(
         wrong.is_empty(),
         "{} of {count} connections on the wrong worker (port, expected, got): {:?}",
@@ -369,15 +414,14 @@ fn malformed_frames_do_not_break_steering() {
     // Valid connections right after the stream are still steered.
     let (conns, failures) = run_clients(&pair, fe.port, 100);
     assert!(failures.is_empty(), "{failures:?}\n{}", fe.output());
-    let accepted = wait_accepted(&fe, conns.len());
-    let cpus = fe.worker_cpus();
+    let cpus = kernel_cpus(&fe);
     for c in &conns {
         let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, fe.port);
         let slot = worker_slot(&key, cpus.len() as u32).unwrap() as usize;
-        let worker = accepted[&c.port];
+        let worker = kernel_worker(&cpus, c);
         assert_eq!(
-            cpus[worker], cpus[slot],
-            "port {} on worker {worker}, hash says {slot}",
+            worker, slot,
+            "port {} served by worker {worker} (the kernel's view), hash says {slot}",
             c.port
         );
     }
