@@ -3,8 +3,9 @@
 //! protocol below TLS 1.2, only forward-secret AEAD cipher suites, secure
 //! renegotiation without client-initiated renegotiation, no compression,
 //! not vulnerable to Heartbleed, CCS injection or ROBOT, downgrade
-//! protection (TLS_FALLBACK_SCSV), and TLS 1.2 resumption by session ID and
-//! by ticket. scripts/tls-scan.sh runs the same scanner by hand and prints
+//! protection (TLS_FALLBACK_SCSV), groups X25519/P-256/P-384 only,
+//! extended master secret, no 0-RTT, no OCSP stapling, and TLS 1.2
+//! resumption by session ID (sslyze) and by ticket (openssl s_client). scripts/tls-scan.sh runs the same scanner by hand and prints
 //! its summary.
 
 use std::path::PathBuf;
@@ -85,6 +86,10 @@ fn sslyze_finds_only_modern_tls() {
             "--robot",
             "--fallback",
             "--resum",
+            "--elliptic_curves",
+            "--ems",
+            "--early_data",
+            "--certinfo",
         ])
         .arg(format!("--resum_attempts={RESUMPTIONS}"))
         .arg(format!("127.0.0.1:{}", fe.port));
@@ -156,6 +161,37 @@ fn sslyze_finds_only_modern_tls() {
     assert_eq!(
         result(scan, "tls_fallback_scsv")["supports_fallback_scsv"],
         true
+    );
+
+    // Key exchange groups: exactly X25519, P-256 and P-384.
+    let mut groups: Vec<String> = result(scan, "elliptic_curves")["supported_curves"]
+        .as_array()
+        .expect("supported_curves")
+        .iter()
+        .map(|c| c["name"].as_str().expect("curve name").to_string())
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        ["X25519", "secp256r1", "secp384r1"],
+        "supported groups"
+    );
+    assert_eq!(
+        result(scan, "tls_extended_master_secret")["supports_ems_extension"],
+        true,
+        "extended master secret"
+    );
+    // No 0-RTT unless tls.early_data_max is set (it is not here).
+    assert_eq!(
+        result(scan, "tls_1_3_early_data")["supports_early_data"],
+        false,
+        "0-RTT accepted with the default configuration"
+    );
+    // No OCSP stapling (not implemented): no OCSP response is sent.
+    let deployment = &result(scan, "certificate_info")["certificate_deployments"][0];
+    assert!(
+        deployment.is_object() && deployment["ocsp_response"].is_null(),
+        "OCSP response stapled, or no certificate deployment: {deployment:#}"
     );
 
     // Resumption by session ID, as sslyze (the client) saw it, and
