@@ -32,3 +32,10 @@ pub mod tls;
 pub mod upstream;
 pub mod uring;
 pub mod worker;
+
+/// The suite's one prerequisite check (`tests/src/prereq.rs`), shared with
+/// the unit tests here: a missing prerequisite fails a test, never skips it.
+#[cfg(test)]
+#[path = "../../tests/src/prereq.rs"]
+#[allow(dead_code)] // shared file: the unit tests use part of it
+pub(crate) mod prereq;

@@ -158,9 +158,15 @@ fn ipv6_tcp_and_extension_headers() {
 
 #[test]
 fn hash_is_stable_and_spreads() {
-    // Pinned value: the XDP program and the tests must agree on it.
+    // Pinned values, computed outside this code (a Python transcription
+    // of the seed, murmur3 rounds and finaliser): the XDP program, the
+    // tests and anyone predicting a connection's worker must agree on
+    // them, so a change of the hash must show up here.
     let k = FlowKey::v4(CLIENT4, SERVER4, 40000, 443);
-    assert_eq!(flow_hash(&k), flow_hash(&k));
+    assert_eq!(flow_hash(&k), 0xb5cb_ba79);
+    assert_eq!(worker_slot(&k, 4), Some(0xb5cb_ba79 % 4));
+    let k = FlowKey::v4([10, 0, 0, 1], [10, 0, 0, 2], 12345, 8443);
+    assert_eq!(flow_hash(&k), 0xa62f_c8a6);
     let mut per = [0u32; 4];
     for port in 10000..18000u16 {
         let k = FlowKey::v4(CLIENT4, SERVER4, port, 443);

@@ -12,12 +12,11 @@
 //! Every address exists only inside namespaces the fleet creates; dropping
 //! the [`Fleet`] kills its processes and deletes the namespaces (also when
 //! a test fails). Needs root and `ip`, `redis-server`, `nginx` with the
-//! stream module; [`unavailable`] says what is missing.
+//! stream module; without them a test fails saying what is missing ([`NEEDS`]).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -25,6 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::netns::{must, NsFrontend};
+use crate::prereq::{require, Need};
 use crate::{temp_dir, write_file, Stats, TempDir};
 
 /// The balancer's address (on the balancer namespace's loopback).
@@ -50,48 +50,20 @@ fn gateway_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 11 + i as u8, 1)
 }
 
-fn nginx_bin() -> Option<&'static str> {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-}
+/// nginx as Debian installs it.
+pub const NGINX: &str = "/usr/sbin/nginx";
 
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-}
+/// What a fleet needs besides [`crate::netns::NEEDS`]: Redis and nginx
+/// with the stream module (`scripts/setup.sh` installs both).
+pub const NEEDS: &[Need] = &[
+    Need::Root,
+    Need::Program("ip"),
+    Need::Program("redis-server"),
+    Need::File(NGINX, "nginx, from scripts/setup.sh"),
+    Need::File(STREAM_MODULE, "nginx's stream module, libnginx-mod-stream"),
+];
 
-/// Why the fleet cannot run here, or `None`.
-pub fn unavailable() -> Option<String> {
-    if let Some(why) = crate::netns::unavailable() {
-        return Some(why);
-    }
-    if !which("redis-server") {
-        return Some("no redis-server (scripts/setup.sh installs it)".into());
-    }
-    if nginx_bin().is_none() || !Path::new(STREAM_MODULE).is_file() {
-        return Some("no nginx with the stream module (nginx, libnginx-mod-stream)".into());
-    }
-    None
-}
-
-/// Runs `f` on a thread that has joined network namespace `ns`: every
-/// socket it opens lives there. The calling thread is not moved.
-pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on a descriptor we own; it changes only the
-            // network namespace of this (scoped) thread.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns {path}: {}", io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
-}
+pub use crate::netns::in_netns;
 
 /// A child process killed (SIGKILL) and reaped on drop.
 pub struct Proc {
@@ -149,6 +121,7 @@ impl Fleet {
     /// Creates the namespaces and links of `hosts` hosts (at most 8) and
     /// writes `cert` (PEM chain, key) and a random secret into the temp dir.
     pub fn create(hosts: usize, leaf: &crate::Leaf) -> Fleet {
+        require(NEEDS);
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("tff{}x{n}", std::process::id() % 100_000);
@@ -337,7 +310,7 @@ impl Fleet {
     /// `ssl_session_cache shared:SSL:10m`, no tickets, no shared store)
     /// answering a fixed HTTP response.
     pub fn start_nginx_hosts(&mut self) {
-        let nginx = nginx_bin().expect("nginx");
+        let nginx = NGINX;
         for (i, ns) in self.hosts.clone().iter().enumerate() {
             let d = self.dir.path().join(format!("nginx-h{i}"));
             std::fs::create_dir_all(&d).expect("nginx dir");
@@ -377,7 +350,7 @@ stream {{
     /// Starts the balancer: nginx `stream` round robin over the hosts'
     /// tlsfront (:443) and nginx (:8443).
     pub fn start_balancer(&mut self) {
-        let nginx = nginx_bin().expect("nginx");
+        let nginx = NGINX;
         let d = self.dir.path().join("balancer");
         std::fs::create_dir_all(&d).expect("balancer dir");
         let servers = |port: u16| -> String {

@@ -70,10 +70,101 @@ pub fn bin() -> PathBuf {
     );
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound to :0, then released).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+/// A TCP port on 127.0.0.1 held for as long as this value lives, so that
+/// the server a test starts on it cannot lose it to another test.
+///
+/// It is a socket bound to 127.0.0.1:0 with SO_REUSEADDR and SO_REUSEPORT
+/// that never listens. While it exists the kernel gives the port to no one
+/// else: `bind(:0)` and the source ports of `connect` skip a port that has
+/// a bound socket. A server that binds the port itself with SO_REUSEADDR
+/// (tlsfront's listeners and metrics endpoint, nginx, redis) still can, as
+/// the holder does not listen; it gets the connections, the holder none.
+/// There is no window between choosing the port and the server's bind.
+pub struct ReservedPort {
+    _fd: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+impl ReservedPort {
+    /// Reserves a port the kernel picks.
+    pub fn new() -> ReservedPort {
+        Self::at(0).unwrap_or_else(|e| panic!("reserving a port on 127.0.0.1: {e}"))
+    }
+
+    /// Reserves `port` (0: any), or says why not (EADDRINUSE: someone else
+    /// has it).
+    pub fn at(port: u16) -> io::Result<ReservedPort> {
+        let (fd, port) = bound_socket(port, true)?;
+        Ok(ReservedPort { _fd: fd, port })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Default for ReservedPort {
+    fn default() -> Self {
+        ReservedPort::new()
+    }
+}
+
+/// A TCP socket bound to 127.0.0.1:`port` that does not listen (`reuse`:
+/// with SO_REUSEADDR and SO_REUSEPORT), and the port it got.
+fn bound_socket(port: u16, reuse: bool) -> io::Result<(std::os::fd::OwnedFd, u16)> {
+    use std::os::fd::FromRawFd;
+    let check = |r: libc::c_int| {
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    // SAFETY: plain socket calls on a descriptor we own; every result is checked.
+    unsafe {
+        let fd = check(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+        ))?;
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        if reuse {
+            let one: libc::c_int = 1;
+            for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+                check(libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    &one as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                ))?;
+            }
+        }
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        sa.sin_port = port.to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        check(libc::bind(
+            fd,
+            &sa as *const _ as *const libc::sockaddr,
+            len,
+        ))?;
+        let mut out: libc::sockaddr_in = std::mem::zeroed();
+        let mut olen = len;
+        check(libc::getsockname(
+            fd,
+            &mut out as *mut _ as *mut libc::sockaddr,
+            &mut olen,
+        ))?;
+        Ok((owned, u16::from_be(out.sin_port)))
+    }
 }
 
 /// A loopback port that refuses connections for as long as this value lives: a TCP
@@ -86,28 +177,9 @@ pub struct RefusingPort {
 
 impl RefusingPort {
     pub fn new() -> RefusingPort {
-        use std::os::fd::FromRawFd;
-        // SAFETY: plain socket calls on a descriptor we own; every result is checked.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
-            let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
-            let mut sa: libc::sockaddr_in = std::mem::zeroed();
-            sa.sin_family = libc::AF_INET as libc::sa_family_t;
-            sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-            sa.sin_port = 0;
-            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            let r = libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len);
-            assert!(r == 0, "bind: {}", io::Error::last_os_error());
-            let mut out: libc::sockaddr_in = std::mem::zeroed();
-            let mut olen = len;
-            let r = libc::getsockname(fd, &mut out as *mut _ as *mut libc::sockaddr, &mut olen);
-            assert!(r == 0, "getsockname: {}", io::Error::last_os_error());
-            RefusingPort {
-                _fd: owned,
-                port: u16::from_be(out.sin_port),
-            }
-        }
+        let (fd, port) = bound_socket(0, false)
+            .unwrap_or_else(|e| panic!("binding a socket to 127.0.0.1:0: {e}"));
+        RefusingPort { _fd: fd, port }
     }
 
     /// `127.0.0.1:PORT`.
@@ -120,6 +192,70 @@ impl Default for RefusingPort {
     fn default() -> Self {
         RefusingPort::new()
     }
+}
+
+/// `SO_INCOMING_CPU` of a socket (see [`TlsClient::incoming_cpu`]).
+pub fn incoming_cpu(sock: &TcpStream) -> io::Result<u32> {
+    let mut cpu: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a local int of the stated size, on an open socket.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_INCOMING_CPU,
+            &mut cpu as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(cpu).map_err(|_| io::Error::other(format!("SO_INCOMING_CPU = {cpu}")))
+}
+
+/// The CPUs the kernel lets each worker thread of process `pid` run on
+/// (`Cpus_allowed_list` of the threads named `tlsfront-w<N>`), by worker
+/// index: the kernel's view of the pinning, not tlsfront's summary.
+pub fn worker_cpus_of(pid: u32) -> Vec<Vec<u32>> {
+    let tasks = format!("/proc/{pid}/task");
+    let mut found: Vec<(usize, Vec<u32>)> = Vec::new();
+    for entry in std::fs::read_dir(&tasks).unwrap_or_else(|e| panic!("{tasks}: {e}")) {
+        let dir = entry.expect("task entry").path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        let Some(index) = comm.trim().strip_prefix("tlsfront-w") else {
+            continue;
+        };
+        let index: usize = index.parse().expect("worker index in the thread name");
+        let status = std::fs::read_to_string(dir.join("status")).expect("task status");
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list")
+            .trim()
+            .to_string();
+        found.push((index, parse_cpu_list(&list)));
+    }
+    found.sort();
+    assert!(
+        found.iter().enumerate().all(|(i, (w, _))| i == *w),
+        "worker threads of {pid}: {found:?}"
+    );
+    found.into_iter().map(|(_, cpus)| cpus).collect()
+}
+
+/// `0-2,5` -> `[0, 1, 2, 5]`.
+pub fn parse_cpu_list(list: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => out.extend(a.parse::<u32>().expect("CPU")..=b.parse().expect("CPU")),
+            None => out.push(part.parse().expect("CPU")),
+        }
+    }
+    out
 }
 
 /// A fresh temporary directory, removed on drop.
@@ -223,24 +359,38 @@ pub fn tlsfront_cmd(args: &[&str]) -> CmdOutput {
 // The frontend process
 // ---------------------------------------------------------------------------
 
+/// A `tlsfront run` command line for a test, from [`run_command`].
+pub struct RunCommand {
+    /// The command (stdio not set).
+    pub cmd: Command,
+    /// The port of `net.listen`.
+    pub port: u16,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// Holds the port when [`run_command`] chose it: keep it as long as the
+    /// process may bind or re-bind it.
+    pub reservation: Option<ReservedPort>,
+}
+
 /// `tlsfront run [-c config] -o k=v...` with, unless `opts` sets them, a
-/// free port (`net.listen`) and the control socket, session cache file and
-/// ticket ring in `dir`, so that tests never share a port or sessions.
-/// Returns the command (stdio not set), the port and the control socket.
-pub fn run_command(
-    dir: &Path,
-    config: Option<&Path>,
-    opts: &[(&str, &str)],
-) -> (Command, u16, PathBuf) {
+/// reserved port (`net.listen`, see [`ReservedPort`]), the control socket,
+/// session cache file and ticket ring in `dir` (so that tests never share a
+/// port or sessions), and `net.migrate_requests = 0` (tests do not write
+/// the host's `net.ipv4.tcp_migrate_req`; the one that tests it sets it in
+/// a network namespace of its own).
+pub fn run_command(dir: &Path, config: Option<&Path>, opts: &[(&str, &str)]) -> RunCommand {
     let given = |k: &str| opts.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
     let mut all: Vec<(String, String)> = Vec::new();
+    let mut reservation = None;
     let port = match given("net.listen") {
         Some(v) => v
             .parse::<SocketAddr>()
             .map(|a| a.port())
             .expect("net.listen given to a test's tlsfront must be a socket address"),
         None => {
-            let p = free_port();
+            let r = ReservedPort::new();
+            let p = r.port;
+            reservation = Some(r);
             all.push(("net.listen".into(), format!("127.0.0.1:{p}")));
             p
         }
@@ -261,6 +411,9 @@ pub fn run_command(
             all.push((key.into(), dir.join(file).display().to_string()));
         }
     }
+    if given("net.migrate_requests").is_none() {
+        all.push(("net.migrate_requests".into(), "0".into()));
+    }
     all.extend(opts.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let mut cmd = Command::new(bin());
     cmd.arg("run");
@@ -270,7 +423,12 @@ pub fn run_command(
     for (k, v) in &all {
         cmd.arg("-o").arg(format!("{k}={v}"));
     }
-    (cmd, port, socket)
+    RunCommand {
+        cmd,
+        port,
+        socket,
+        reservation,
+    }
 }
 
 /// A running `tlsfront run`, killed on drop.
@@ -280,15 +438,9 @@ pub struct Frontend {
     pub socket: PathBuf,
     /// Holds the control socket; removed on drop (after the child is killed).
     _dir: TempDir,
+    _reservation: Option<ReservedPort>,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
-}
-
-/// Why a start attempt failed.
-enum StartError {
-    /// The port was taken between `free_port` and the child's bind: retry.
-    PortRace(String),
-    Fatal(String),
 }
 
 impl Frontend {
@@ -302,27 +454,24 @@ impl Frontend {
 
     /// Same as [`Frontend::start`], with `-c config` first.
     pub fn start_with_config(config: Option<&Path>, opts: &[(&str, &str)]) -> Frontend {
-        let mut last = String::new();
-        for _attempt in 0..3 {
-            match Self::try_start(config, opts) {
-                Ok(f) => return f,
-                Err(StartError::PortRace(msg)) => last = msg,
-                Err(StartError::Fatal(msg)) => panic!("{msg}"),
-            }
-        }
-        panic!("tlsfront did not start after 3 attempts (address in use each time):\n{last}");
+        Self::try_start(config, opts).unwrap_or_else(|msg| panic!("{msg}"))
     }
 
-    fn try_start(config: Option<&Path>, opts: &[(&str, &str)]) -> Result<Frontend, StartError> {
+    /// Like [`Frontend::start_with_config`]; `Err` with the output when it
+    /// does not get ready.
+    pub fn try_start(config: Option<&Path>, opts: &[(&str, &str)]) -> Result<Frontend, String> {
         let dir = temp_dir();
-        let (mut cmd, port, socket) = run_command(dir.path(), config, opts);
+        let RunCommand {
+            mut cmd,
+            port,
+            socket,
+            reservation,
+        } = run_command(dir.path(), config, opts);
         let cmdline = format!("{cmd:?}");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| StartError::Fatal(format!("spawn {cmdline}: {e}")))?;
+        let mut child = cmd.spawn().map_err(|e| format!("spawn {cmdline}: {e}"))?;
 
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -373,6 +522,7 @@ impl Frontend {
             port,
             socket,
             _dir: dir,
+            _reservation: reservation,
             stdout,
             stderr,
         };
@@ -403,16 +553,7 @@ impl Frontend {
                     "tlsfront failed to start: {why}; exit status {status:?}\ncommand: {cmdline}\n{}",
                     fe.output()
                 );
-                let err = fe.stderr();
-                drop(fe);
-                let lower = err.to_lowercase();
-                if status.is_some()
-                    && (lower.contains("address already in use") || lower.contains("addrinuse"))
-                {
-                    Err(StartError::PortRace(msg))
-                } else {
-                    Err(StartError::Fatal(msg))
-                }
+                Err(msg)
             }
         }
     }
@@ -425,6 +566,29 @@ impl Frontend {
     /// `127.0.0.1:port`.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The CPU of each worker, by index, as the kernel has them pinned
+    /// ([`worker_cpus_of`]); fails unless each worker has a CPU of its own.
+    pub fn worker_cpus(&self) -> Vec<u32> {
+        let cpus = worker_cpus_of(self.pid());
+        let one: Vec<u32> = cpus.iter().filter(|c| c.len() == 1).map(|c| c[0]).collect();
+        let distinct: std::collections::BTreeSet<_> = one.iter().collect();
+        assert!(
+            one.len() == cpus.len() && distinct.len() == cpus.len(),
+            "worker threads are not pinned one per CPU: {cpus:?}"
+        );
+        one
+    }
+
+    /// The worker that served `v`, as the kernel saw it: the one pinned to
+    /// the CPU that sent the connection's last segments (`cpus` from
+    /// [`Frontend::worker_cpus`]).
+    pub fn kernel_worker(&self, cpus: &[u32], v: &Visit) -> usize {
+        let cpu = v.incoming_cpu.expect("SO_INCOMING_CPU of the visit");
+        cpus.iter().position(|&c| c == cpu).unwrap_or_else(|| {
+            panic!("connection served from CPU {cpu}, where no worker runs ({cpus:?}): {v:?}")
+        })
     }
 
     /// Everything the process wrote to stderr so far.
@@ -1051,10 +1215,21 @@ impl TlsClient {
         config: Arc<rustls::ClientConfig>,
         server_name: &str,
     ) -> io::Result<TlsClient> {
+        let sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        Self::handshake_over(sock, config, server_name)
+    }
+
+    /// Completes a TLS handshake over an already connected socket (e.g. one
+    /// the server's kernel queued while the server could not accept), within
+    /// [`IO_TIMEOUT`].
+    pub fn handshake_over(
+        sock: TcpStream,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<TlsClient> {
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
-        let sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
         sock.set_nodelay(true)?;
         sock.set_read_timeout(Some(IO_TIMEOUT))?;
         sock.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -1080,6 +1255,15 @@ impl TlsClient {
             c.conn.write_tls(&mut c.sock)?;
         }
         Ok(c)
+    }
+
+    /// The kernel's `SO_INCOMING_CPU` of this client's socket: the CPU that
+    /// processed the last segment it received. On loopback (and a veth
+    /// pair) a segment is processed on the CPU that sent it, so for a
+    /// server whose workers are pinned one per CPU this names the CPU of
+    /// the worker that served the connection, as the kernel saw it.
+    pub fn incoming_cpu(&self) -> io::Result<u32> {
+        incoming_cpu(&self.sock)
     }
 
     /// The DER of the certificate the server presented.
@@ -1384,6 +1568,9 @@ pub struct Visit {
     /// The response started with an HTTP 200 status line.
     pub http_200: bool,
     pub end: End,
+    /// `SO_INCOMING_CPU` of the client's socket at the end: the CPU of the
+    /// worker that served it, as the kernel saw it ([`TlsClient::incoming_cpu`]).
+    pub incoming_cpu: Option<u32>,
 }
 
 /// One connection: handshake, `GET /`, read until the server ends the stream.
@@ -1401,6 +1588,7 @@ pub fn visit(
         version: c.version(),
         http_200: is_http_200(&resp),
         end,
+        incoming_cpu: c.incoming_cpu().ok(),
     })
 }
 
@@ -1606,3 +1794,4 @@ pub mod ops_support;
 pub mod robust_support;
 
 pub mod fleet_support;
+pub mod prereq;

@@ -8,16 +8,19 @@
 //!   binary again, as a client, see `tests/steering.rs`).
 //!
 //! Everything needs root (CAP_SYS_ADMIN for namespaces, CAP_NET_ADMIN and
-//! CAP_BPF for XDP); [`unavailable`] says why a test must be skipped.
+//! CAP_BPF for XDP); without it a test fails saying so ([`NEEDS`]).
 
-use std::io::{BufRead, BufReader, Read};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use crate::prereq::{require, Need};
 use crate::{run_cmd, temp_dir, CmdOutput, Stats, TempDir, CLI_TIMEOUT, READY_TIMEOUT};
 
 /// Server address, inside namespace A.
@@ -25,21 +28,28 @@ pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// Client address, inside namespace B.
 pub const ADDR_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
-/// Why namespace tests cannot run here (not root, no `ip`), or `None`.
-pub fn unavailable() -> Option<String> {
-    let mut id = Command::new("id");
-    id.arg("-u");
-    let out = run_cmd(id, b"", CLI_TIMEOUT);
-    if out.stdout.trim() != "0" {
-        return Some("not root: network namespaces, veth and XDP need root".into());
-    }
-    let mut ip = Command::new("ip");
-    ip.arg("-V");
-    let out = run_cmd(ip, b"", CLI_TIMEOUT);
-    if out.code() != Some(0) {
-        return Some(format!("`ip` (iproute2) is not usable: {}", out.describe()));
-    }
-    None
+/// What every namespace test needs: root (CAP_SYS_ADMIN, CAP_NET_ADMIN,
+/// CAP_BPF) and iproute2. [`NetnsPair::create`] and [`NsFrontend::start`]
+/// fail the test, naming what is missing, without them.
+pub const NEEDS: &[Need] = &[Need::Root, Need::Program("ip")];
+
+/// Runs `f` on a thread that has joined network namespace `ns`: every
+/// socket it opens lives there, and so do the threads and processes it
+/// starts (they inherit its namespaces). The calling thread is not moved.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on a descriptor we own; it changes only the
+            // network namespace of this (scoped) thread.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}: {}", io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 /// Runs a command; panics with its output when it fails.
@@ -55,6 +65,35 @@ pub fn must(program: &str, args: &[&str]) -> CmdOutput {
         out.describe()
     );
     out
+}
+
+/// One network namespace with only its loopback (up), deleted on drop: a
+/// private copy of the per-namespace sysctls (`net.ipv4.tcp_migrate_req`)
+/// and ports, for a test that must change them. Run the test in it with
+/// [`in_netns`].
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn loopback_only() -> Netns {
+        require(NEEDS);
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("tfl{}x{n}", std::process::id() % 100_000);
+        must("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        must("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "del", &self.name]);
+        let _ = run_cmd(cmd, b"", CLI_TIMEOUT);
+    }
 }
 
 /// Two namespaces joined by a veth pair, deleted on drop.
@@ -74,6 +113,7 @@ impl NetnsPair {
     /// Creates `tfs<pid><n>a/b` with `198.18.0.1/24` on A's veth and
     /// `198.18.0.2/24` on B's, both up, loopback up in both.
     pub fn create() -> NetnsPair {
+        require(NEEDS);
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("tfs{}x{n}", std::process::id() % 100_000);
@@ -212,6 +252,7 @@ impl NsFrontend {
     /// waits for `tlsfront: ready`. `Err` carries the output when it does
     /// not get ready (e.g. a steering set-up that failed with fallback = fail).
     pub fn start(ns: &str, port: u16, opts: &[(&str, &str)]) -> Result<NsFrontend, String> {
+        require(NEEDS);
         let dir = temp_dir();
         let socket = dir.path().join("control.sock");
         let mut cmd = Command::new("ip");
@@ -291,6 +332,14 @@ impl NsFrontend {
                 ))
             }
         }
+    }
+
+    /// Its process id (`ip netns exec` execs tlsfront in place).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("the process was killed")
     }
 
     /// Everything written to stderr so far.

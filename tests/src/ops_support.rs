@@ -19,8 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::{
-    free_port, run_command, temp_dir, tlsfront_cmd, write_file, CmdOutput, Pattern, TempDir,
-    TlsClient, IO_TIMEOUT, READY_TIMEOUT,
+    run_command, temp_dir, tlsfront_cmd, write_file, CmdOutput, Pattern, ReservedPort, RunCommand,
+    TempDir, TlsClient, IO_TIMEOUT, READY_TIMEOUT,
 };
 
 /// Polls `cond` every 20 ms until it holds (true) or `timeout` passes (false).
@@ -49,6 +49,7 @@ pub struct Proc {
     pub socket: PathBuf,
     /// Holds the control socket, cache and ticket files.
     pub dir: TempDir,
+    _reservation: Option<ReservedPort>,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     status: Option<ExitStatus>,
@@ -82,22 +83,29 @@ fn pump_output<R: Read + Send + 'static>(
 }
 
 impl Proc {
-    /// `tlsfront run [-c config] -o k=v...` on a free port with its own
+    /// `tlsfront run [-c config] -o k=v...` on a reserved port with its own
     /// control socket, cache and ticket files (unless `opts` sets them);
-    /// waits for `tlsfront: ready`. Retries when the port was taken meanwhile.
+    /// waits for `tlsfront: ready`.
     pub fn start(config: Option<&Path>, opts: &[(&str, &str)]) -> Proc {
-        Self::start_wrapped(&[], config, opts)
+        Self::start_with_env(config, opts, &[])
+    }
+
+    /// [`Proc::start`] with these environment variables set for tlsfront.
+    pub fn start_with_env(
+        config: Option<&Path>,
+        opts: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        Self::launch(&[], config, opts, env).unwrap_or_else(|msg| panic!("{msg}"))
     }
 
     /// [`start`](Self::start) under a wrapper command that ends by exec'ing
     /// its arguments (the tlsfront command line), so that the pid is still
     /// tlsfront's: `setpriv --reuid=…` to start as another user, `unshare
-    /// -m … sh -c '…; exec "$0" "$@"'` to start in a mount namespace.
+    /// -m … sh -c '…; exec "$0" "$@"'` to start in a mount namespace,
+    /// `prlimit --nofile=…` to start with a descriptor limit.
     pub fn start_wrapped(wrapper: &[&str], config: Option<&Path>, opts: &[(&str, &str)]) -> Proc {
-        match Self::try_start_wrapped(wrapper, config, opts) {
-            Ok(p) => p,
-            Err(msg) => panic!("{msg}"),
-        }
+        Self::launch(wrapper, config, opts, &[]).unwrap_or_else(|msg| panic!("{msg}"))
     }
 
     /// [`start_wrapped`](Self::start_wrapped) that returns, instead of
@@ -107,26 +115,22 @@ impl Proc {
         config: Option<&Path>,
         opts: &[(&str, &str)],
     ) -> Result<Proc, String> {
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Self::try_start(wrapper, config, opts) {
-                Ok(p) => return Ok(p),
-                Err((true, msg)) => last = msg,
-                Err((false, msg)) => return Err(msg),
-            }
-        }
-        Err(format!(
-            "tlsfront did not start after 3 attempts (address in use):\n{last}"
-        ))
+        Self::launch(wrapper, config, opts, &[])
     }
 
-    fn try_start(
+    fn launch(
         wrapper: &[&str],
         config: Option<&Path>,
         opts: &[(&str, &str)],
-    ) -> Result<Proc, (bool, String)> {
+        env: &[(&str, &str)],
+    ) -> Result<Proc, String> {
         let dir = temp_dir();
-        let (cmd, port, socket) = run_command(dir.path(), config, opts);
+        let RunCommand {
+            cmd,
+            port,
+            socket,
+            reservation,
+        } = run_command(dir.path(), config, opts);
         let mut cmd = match wrapper.split_first() {
             None => cmd,
             Some((program, args)) => {
@@ -138,13 +142,14 @@ impl Proc {
                 wrapped
             }
         };
+        cmd.envs(env.iter().copied());
         let cmdline = format!("{cmd:?}");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .map_err(|e| (false, format!("spawn {cmdline}: {e}")))?;
+            .map_err(|e| format!("spawn {cmdline}: {e}"))?;
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
@@ -155,6 +160,7 @@ impl Proc {
             port,
             socket,
             dir,
+            _reservation: reservation,
             stdout,
             stderr,
             status: None,
@@ -164,13 +170,10 @@ impl Proc {
         }
         let status = p.wait_exit(Duration::from_secs(2));
         thread::sleep(Duration::from_millis(100));
-        let msg = format!(
+        Err(format!(
             "tlsfront did not become ready; exit status {status:?}\ncommand: {cmdline}\n{}",
             p.output()
-        );
-        let in_use =
-            status.is_some() && p.stderr().to_lowercase().contains("address already in use");
-        Err((in_use, msg))
+        ))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -499,26 +502,17 @@ pub struct Nginx {
     child: Child,
     pub port: u16,
     pub dir: TempDir,
+    _reservation: ReservedPort,
 }
 
 impl Nginx {
-    /// Starts nginx and waits until it accepts connections. `None` (with the
-    /// reason) if there is no nginx binary.
+    /// Starts nginx on a reserved port and waits until it accepts
+    /// connections; `Err` with its error log if it does not.
     pub fn start() -> Result<Nginx, String> {
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Self::try_start() {
-                Ok(n) => return Ok(n),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    fn try_start() -> Result<Nginx, String> {
         let dir = temp_dir();
         let d = dir.path().display().to_string();
-        let port = free_port();
+        let reservation = ReservedPort::new();
+        let port = reservation.port;
         let conf = format!(
             "daemon off;
 master_process off;
@@ -544,10 +538,11 @@ http {{
 "
         );
         let conf_path = write_file(dir.path(), "nginx.conf", &conf);
-        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file())
-            .ok_or("no nginx binary (apt-get install nginx)")?;
+        let nginx = crate::fleet_support::NGINX;
+        crate::prereq::require(&[crate::prereq::Need::File(
+            nginx,
+            "nginx, from scripts/setup.sh",
+        )]);
         let mut cmd = Command::new(nginx);
         cmd.arg("-p")
             .arg(dir.path())
@@ -559,7 +554,12 @@ http {{
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = cmd.spawn().map_err(|e| format!("spawn nginx: {e}"))?;
-        let mut n = Nginx { child, port, dir };
+        let mut n = Nginx {
+            child,
+            port,
+            dir,
+            _reservation: reservation,
+        };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

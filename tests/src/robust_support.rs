@@ -12,7 +12,6 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -530,7 +529,7 @@ pub const OPENSSL_TIMEOUT: Duration = Duration::from_secs(20);
 /// `openssl s_client -connect 127.0.0.1:PORT -servername NAME ARGS...` with
 /// `stdin` (then closed); panics if it does not finish in time.
 pub fn s_client(port: u16, server_name: &str, args: &[&str], stdin: &[u8]) -> CmdOutput {
-    let mut cmd = Command::new("openssl");
+    let mut cmd = crate::prereq::tool("openssl");
     cmd.args([
         "s_client",
         "-connect",
@@ -567,7 +566,7 @@ pub fn served_subject(out: &CmdOutput) -> String {
 
 /// `openssl sess_id ARGS -in FROM -out TO`.
 fn sess_id_convert(args: &[&str], from: &Path, to: &Path) {
-    let mut cmd = Command::new("openssl");
+    let mut cmd = crate::prereq::tool("openssl");
     cmd.arg("sess_id")
         .args(args)
         .arg("-in")
@@ -585,7 +584,7 @@ fn sess_id_convert(args: &[&str], from: &Path, to: &Path) {
 
 /// The `Session-ID:` of a saved s_client session (PEM), as bytes.
 pub fn session_id_of(sess: &Path) -> Vec<u8> {
-    let mut cmd = Command::new("openssl");
+    let mut cmd = crate::prereq::tool("openssl");
     cmd.args(["sess_id", "-noout", "-text", "-in"]).arg(sess);
     let out = run_cmd(cmd, b"", OPENSSL_TIMEOUT);
     assert_eq!(out.code(), Some(0), "{}", out.describe());

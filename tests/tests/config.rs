@@ -1,28 +1,18 @@
 //! Configuration: errors name the file, line and key (or the -o override), and
 //! `tlsfront sysctl` lists every key.
 
-use std::process::Command;
 use tlsfront_tests::*;
 
-/// `tlsfront run -c FILE` (with a private port and control socket, in case it
-/// starts anyway) with the given extra overrides.
+/// `tlsfront run -c FILE` with the given extra overrides, and (in case it
+/// starts anyway) its own reserved port, control socket, cache and ticket
+/// files in `dir` ([`run_command`]).
 fn run_with(config: Option<&std::path::Path>, overrides: &[&str], dir: &TempDir) -> CmdOutput {
-    let mut cmd = Command::new(bin());
-    cmd.arg("run");
-    if let Some(c) = config {
-        cmd.arg("-c").arg(c);
-    }
-    cmd.arg("-o")
-        .arg(format!("net.listen=127.0.0.1:{}", free_port()))
-        .arg("-o")
-        .arg(format!(
-            "control.socket={}",
-            dir.path().join("control.sock").display()
-        ));
-    for o in overrides {
-        cmd.arg("-o").arg(o);
-    }
-    run_cmd(cmd, b"", CLI_TIMEOUT)
+    let opts: Vec<(&str, &str)> = overrides
+        .iter()
+        .map(|o| o.split_once('=').expect("override is key=value"))
+        .collect();
+    let run = run_command(dir.path(), config, &opts);
+    run_cmd(run.cmd, b"", CLI_TIMEOUT)
 }
 
 /// A config file `bad.conf` whose third line is `line3`; expects exit code 2 and
@@ -127,20 +117,33 @@ fn override_bad_unit_is_an_error_naming_the_override_and_key() {
     );
 }
 
-const ALL_KEYS: &[&str] = &[
-    "net.listen",
-    "worker.count",
-    "worker.pin_cpus",
-    "tls.cert",
-    "tls.key",
-    "tls.alpn",
-    "tls.protocols",
-    "upstream.addr",
-    "upstream.connect_timeout",
-    "proxy.buffer_size",
-    "control.socket",
-    "log.level",
-];
+/// Every key and its default as published in `examples/tlsfront.conf`
+/// (generated from the key table of `frontend/src/config/mod.rs`; its unit
+/// test `config_reference_example_file_is_current_and_parses_to_the_defaults`
+/// fails when it is stale).
+fn published_defaults() -> Vec<(String, String)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tlsfront.conf");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains('='))
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("key = value");
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect()
+}
+
+/// `30s`, `5m`, `1h`, `3600` as seconds; `None` if `v` is not a duration.
+fn seconds(v: &str) -> Option<u64> {
+    let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return None,
+    })
+}
 
 fn sysctl_all(args: &[&str]) -> std::collections::HashMap<String, String> {
     let mut full = vec!["sysctl", "-a"];
@@ -159,14 +162,41 @@ fn sysctl_all(args: &[&str]) -> std::collections::HashMap<String, String> {
 #[test]
 fn sysctl_lists_every_key_with_its_default() {
     let keys = sysctl_all(&[]);
-    let missing: Vec<_> = ALL_KEYS
+    let published = published_defaults();
+    assert!(
+        published.len() >= 40,
+        "examples/tlsfront.conf lists only {} keys",
+        published.len()
+    );
+    let missing: Vec<_> = published
         .iter()
-        .filter(|k| !keys.contains_key(**k))
+        .filter(|(k, _)| !keys.contains_key(k))
+        .map(|(k, _)| k)
         .collect();
     assert!(
         missing.is_empty(),
-        "keys missing from sysctl -a: {missing:?}\ngot: {keys:?}"
+        "keys of examples/tlsfront.conf missing from sysctl -a: {missing:?}\ngot: {keys:?}"
     );
+    let unpublished: Vec<_> = keys
+        .keys()
+        .filter(|k| !published.iter().any(|(p, _)| p == *k))
+        .collect();
+    assert!(
+        unpublished.is_empty(),
+        "sysctl -a lists keys examples/tlsfront.conf does not: {unpublished:?}"
+    );
+    // The same default, written the same way or as the same duration
+    // (`1h` in the file, `3600s` from sysctl).
+    let wrong: Vec<_> = published
+        .iter()
+        .filter(|(k, v)| {
+            let got = &keys[k];
+            got != v && (seconds(got).is_none() || seconds(got) != seconds(v))
+        })
+        .map(|(k, v)| format!("{k}: published {v:?}, sysctl {:?}", keys[k]))
+        .collect();
+    assert!(wrong.is_empty(), "defaults differ: {wrong:#?}");
+    // A few defaults stated independently of the generated file.
     for (k, v) in [
         ("net.listen", "127.0.0.1:8443"),
         ("worker.count", "auto"),

@@ -147,3 +147,55 @@ fn binary_garbage_first_bytes_close_the_connection_and_next_tls_client_succeeds(
         tls_client_succeeds(&fe);
     }
 }
+
+/// The line of `stderr` at `level` that names the client `peer` and a
+/// worker, if any.
+fn log_line(stderr: &str, level: &str, peer: std::net::SocketAddr) -> Option<String> {
+    stderr
+        .lines()
+        .find(|l| {
+            l.split_whitespace().nth(1) == Some(level)
+                && l.contains(&format!("peer={peer}"))
+                && l.contains("worker=")
+        })
+        .map(str::to_string)
+}
+
+#[test]
+fn a_failed_handshake_is_logged_at_info_and_an_unreachable_upstream_at_warn_naming_client_and_worker(
+) {
+    let (pki, dir) = (Pki::new(), temp_dir());
+    let (fe, dead) = frontend_with_dead_upstream(&pki, &dir);
+    let wait_line = |level: &str, peer| {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            if let Some(l) = log_line(&fe.stderr(), level, peer) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {level} line naming peer={peer} and a worker\n{}",
+                fe.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    let mut garbage = TcpStream::connect_timeout(&fe.addr(), IO_TIMEOUT).expect("connect");
+    let peer = garbage.local_addr().expect("local_addr");
+    garbage
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .expect("write plain HTTP");
+    let line = wait_line("INFO", peer);
+    assert!(line.contains("handshake failed"), "{line}");
+
+    let mut c = TlsClient::connect(fe.addr(), ClientSpec::new(pki.trust()).build(), "localhost")
+        .unwrap_or_else(|e| panic!("handshake failed: {e}\n{}", fe.output()));
+    let peer = c.sock.local_addr().expect("local_addr");
+    expect_prompt_close(&mut c, &fe);
+    let line = wait_line("WARN", peer);
+    assert!(
+        line.contains(&dead.addr_string()),
+        "the upstream is not named: {line}"
+    );
+}

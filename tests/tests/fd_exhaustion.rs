@@ -98,13 +98,46 @@ fn out_of_descriptors_pauses_accepting_without_spinning_and_keeps_open_connectio
         p.output()
     );
 
-    // Descriptors back (the idle connections go away): new connections
-    // are served again.
+    // Descriptors back: the connections tlsfront accepted and that never
+    // spoke go away (accept is first come, first served: they are the
+    // first `spare`), and those the kernel queued meanwhile are served, as
+    // their clients see it: a handshake and the echo of a request. So are
+    // new ones.
+    let mut waiting = waiting;
+    let queued = waiting.split_off(spare.min(waiting.len()));
     drop(waiting);
-    let again = TlsClient::connect(p.addr(), ClientSpec::new(pki.trust()).build(), "localhost");
+    let cfg = ClientSpec::new(pki.trust()).build();
+    for (i, sock) in queued.into_iter().enumerate() {
+        let mut c = TlsClient::handshake_over(sock, cfg.clone(), "localhost").unwrap_or_else(|e| {
+            panic!(
+                "queued connection {i}: no handshake once descriptors came back: {e}\n{}",
+                p.output()
+            )
+        });
+        let mut src = pattern_source(i as u64, 100);
+        let mut check = PatternCheck::new(i as u64);
+        let mut sink = |d: &[u8]| check.feed(d);
+        let r = c.pump(
+            &mut src,
+            &mut sink,
+            &PumpOpts {
+                close_notify_after_send: false,
+                tcp_shutdown_after_close_notify: false,
+                recv_until: Some(100),
+                timeout: IO_TIMEOUT,
+            },
+        );
+        assert!(
+            r.end == End::Count && check.first_mismatch.is_none(),
+            "queued connection {i}: echo {r:?}, mismatch at {:?}\n{}",
+            check.first_mismatch,
+            p.output()
+        );
+    }
+    let again = TlsClient::connect(p.addr(), cfg, "localhost");
     assert!(
         again.is_ok(),
-        "no handshake after descriptors came back: {:?}\n{}",
+        "no handshake for a new connection once descriptors came back: {:?}\n{}",
         again.err(),
         p.output()
     );

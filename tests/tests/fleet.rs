@@ -8,8 +8,8 @@
 //! TLS servers with `ssl_session_cache shared:SSL:10m` (per host, no shared
 //! store), and what one Redis round trip adds to a resumed handshake.
 //!
-//! Needs root, redis-server and nginx with the stream module; skipped (with
-//! a message) otherwise.
+//! Needs root, redis-server and nginx with the stream module; fails, naming
+//! what is missing, otherwise (`fleet_support::NEEDS`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -30,16 +30,6 @@ const LOADED_MACHINE_BUDGET_MS: &str = "50";
 /// past an immediate reconnect (a full handshake, `remote_misses`); 10 ms
 /// was seen to miss 1 in 10 with the whole suite running on 2 cores.
 const PAIR_GAP: Duration = Duration::from_millis(100);
-
-fn skipped() -> bool {
-    match unavailable() {
-        Some(why) => {
-            eprintln!("skipped: {why}");
-            true
-        }
-        None => false,
-    }
-}
 
 /// A fleet with Redis and the balancer running, hosts not started yet.
 fn fleet(pki: &Pki) -> Fleet {
@@ -170,9 +160,6 @@ fn per_host(f: &Fleet, title: &str, counters: &[&str]) -> Vec<Stats> {
 
 #[test]
 fn tls12_session_ids_resume_on_every_host_and_nginx_for_comparison() {
-    if skipped() {
-        return;
-    }
     let pki = Pki::new();
     let mut f = fleet(&pki);
     f.start_tlsfront(&[("tickets.enabled", "0")]);
@@ -315,9 +302,6 @@ fn tls12_session_ids_resume_on_every_host_and_nginx_for_comparison() {
 
 #[test]
 fn tls12_tickets_and_tls13_resume_on_every_host() {
-    if skipped() {
-        return;
-    }
     let pki = Pki::new();
     let mut f = fleet(&pki);
     let key_source = format!("file:{}", f.secret.display());
@@ -409,9 +393,6 @@ fn tls12_tickets_and_tls13_resume_on_every_host() {
 
 #[test]
 fn redis_outage_falls_back_to_full_handshakes_and_tampered_values_are_rejected() {
-    if skipped() {
-        return;
-    }
     let pki = Pki::new();
     let mut f = fleet(&pki);
     f.start_tlsfront(&[

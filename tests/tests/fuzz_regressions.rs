@@ -10,23 +10,70 @@ use tlsfront::fuzzing;
 use tlsfront::tickets::{KeySource, TicketKeyRing};
 use tlsfront_tests::temp_dir;
 
-/// Every file under `fuzz/{regressions,seeds}/<target>/`, sorted.
+/// The fuzz targets of `fuzz/`; each has a replay test below.
+const TARGETS: &[&str] = &["cache_file", "config", "packet", "ticket_open"];
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+/// Every file under `fuzz/{regressions,seeds}/<target>/`, sorted. The seed
+/// corpus must exist and hold at least one input (a replay of nothing
+/// proves nothing); regressions exist only for targets that crashed once.
 fn inputs(target: &str) -> Vec<PathBuf> {
-    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let fuzz = fuzz_dir();
     let mut files = Vec::new();
+    let mut seeds = 0;
     for kind in ["regressions", "seeds"] {
-        let Ok(entries) = std::fs::read_dir(fuzz.join(kind).join(target)) else {
-            continue;
+        let dir = fuzz.join(kind).join(target);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if kind == "regressions" && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", dir.display()),
         };
         for entry in entries {
             let path = entry.expect("reading a fuzz input directory").path();
             if path.is_file() {
                 files.push(path);
+                seeds += usize::from(kind == "seeds");
             }
         }
     }
+    assert!(
+        seeds > 0,
+        "fuzz/seeds/{target}/ holds no input: the replay would check nothing"
+    );
     files.sort();
     files
+}
+
+/// Each target of `fuzz/Cargo.toml` is a thin wrapper around the entry
+/// point of the same name that this file replays, so that what the fuzzer
+/// runs cannot drift from what the suite checks.
+#[test]
+fn every_fuzz_target_wraps_the_entry_point_replayed_here() {
+    let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).expect("fuzz/Cargo.toml");
+    let mut bins: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("name = \""))
+        .filter_map(|l| l.strip_suffix('"'))
+        .filter(|name| *name != "tlsfront-fuzz")
+        .collect();
+    bins.sort_unstable();
+    assert_eq!(
+        bins, TARGETS,
+        "fuzz targets in fuzz/Cargo.toml vs replayed here"
+    );
+    for target in TARGETS {
+        let path = fuzz_dir().join("fuzz_targets").join(format!("{target}.rs"));
+        let src =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            src.contains(&format!("tlsfront::fuzzing::{target}(")),
+            "{} does not call tlsfront::fuzzing::{target}",
+            path.display()
+        );
+    }
 }
 
 /// Runs `body` on every input of `target`; reports all failing files at once.

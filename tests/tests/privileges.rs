@@ -18,13 +18,9 @@ fn status_field(pid: i32, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
 }
 
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0)
-}
-
 #[test]
 fn with_process_user_it_runs_as_that_user_without_capabilities_and_owns_its_files() {
-    assert!(is_root(), "this test needs root (CI runs as root)");
+    tlsfront_tests::prereq::require(&[tlsfront_tests::prereq::Need::Root]);
     let dir = temp_dir();
     let cache = dir.path().join("c.cache");
     let ring = dir.path().join("k.ring");
@@ -78,16 +74,19 @@ fn with_process_user_it_runs_as_that_user_without_capabilities_and_owns_its_file
 fn an_unknown_process_user_stops_start_up_naming_it() {
     let dir = temp_dir();
     let path = |name: &str| Path::new(dir.path()).join(name).display().to_string();
+    let port = ReservedPort::new();
     let out = tlsfront_cmd(&[
         "run",
         "-o",
-        &format!("net.listen=127.0.0.1:{}", free_port()),
+        &format!("net.listen={}", port.addr_string()),
         "-o",
         &format!("control.socket={}", path("s")),
         "-o",
         &format!("cache.path={}", path("c")),
         "-o",
         &format!("tickets.path={}", path("k")),
+        "-o",
+        "net.migrate_requests=0",
         "-o",
         "process.user=no-such-user-tlsfront",
     ]);

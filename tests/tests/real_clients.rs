@@ -1,13 +1,12 @@
 //! Real third-party clients (Debian's openssl s_client and curl) against tlsfront
 //! with its built-in upstream.
 
-use std::process::Command;
 use std::time::Duration;
 use tlsfront_tests::*;
 
 fn s_client(version_flag: &str, expect_protocol: &str) {
     let fe = Frontend::start(&[]);
-    let mut cmd = Command::new("openssl");
+    let mut cmd = tlsfront_tests::prereq::tool("openssl");
     cmd.args([
         "s_client",
         "-connect",
@@ -64,7 +63,7 @@ fn curl_gets_http_200_with_embedded_defaults() {
     // Only the port and the control socket are set: default self-signed cert,
     // built-in upstream.
     let fe = Frontend::start(&[]);
-    let mut cmd = Command::new("curl");
+    let mut cmd = tlsfront_tests::prereq::tool("curl");
     cmd.args([
         "-k",
         "-sS",

@@ -7,9 +7,10 @@
 //! scripts/setup.sh); fails naming the one that is missing.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use tlsfront_tests::prereq::Need;
 use tlsfront_tests::robust_support::{lines_starting, s_client};
 use tlsfront_tests::*;
 
@@ -23,6 +24,8 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Cluster {
     nodes: Vec<Child>,
     ports: Vec<u16>,
+    /// (client port, bus port) of each node, held while the cluster runs.
+    _reservations: Vec<(ReservedPort, ReservedPort)>,
 }
 
 impl Drop for Cluster {
@@ -34,17 +37,8 @@ impl Drop for Cluster {
     }
 }
 
-fn have(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
 fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
+    let out = tlsfront_tests::prereq::tool("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()
@@ -52,31 +46,34 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A free port whose cluster bus port (+10000) is free too.
-fn cluster_port(taken: &[u16]) -> u16 {
-    loop {
-        let p = free_port();
-        if p < 55000
-            && !taken.contains(&p)
-            && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
-        {
-            return p;
+/// A reserved port below 55000 and its cluster bus port (+10000), also
+/// reserved; another pair when the bus port is taken. Both are held until
+/// the cluster is gone (redis binds them with SO_REUSEADDR, see
+/// [`ReservedPort`]).
+fn cluster_ports() -> (ReservedPort, ReservedPort) {
+    for _ in 0..100 {
+        let client = ReservedPort::new();
+        if client.port >= 55000 {
+            continue;
+        }
+        if let Ok(bus) = ReservedPort::at(client.port + 10000) {
+            return (client, bus);
         }
     }
+    panic!("no port pair (p, p + 10000) free in 100 tries");
 }
 
 impl Cluster {
     fn start(dir: &Path) -> Cluster {
-        let mut ports = Vec::new();
-        for _ in 0..3 {
-            ports.push(cluster_port(&ports));
-        }
+        let reservations: Vec<_> = (0..3).map(|_| cluster_ports()).collect();
+        let ports: Vec<u16> = reservations.iter().map(|(p, _)| p.port).collect();
         let mut cluster = Cluster {
             nodes: Vec::new(),
             ports: ports.clone(),
+            _reservations: reservations,
         };
         for p in &ports {
-            let child = Command::new("redis-server")
+            let child = tlsfront_tests::prereq::tool("redis-server")
                 .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes"])
                 .arg("--cluster-config-file")
@@ -98,7 +95,7 @@ impl Cluster {
             }
         }
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let out = Command::new("redis-cli")
+        let out = tlsfront_tests::prereq::tool("redis-cli")
             .arg("--cluster")
             .arg("create")
             .args(&nodes)
@@ -145,9 +142,11 @@ impl Cluster {
 
 #[test]
 fn tls12_sessions_resume_across_hosts_through_a_redis_cluster() {
-    for program in ["redis-server", "redis-cli", "openssl"] {
-        assert!(have(program), "no {program}: run scripts/setup.sh");
-    }
+    tlsfront_tests::prereq::require(&[
+        Need::Program("redis-server"),
+        Need::Program("redis-cli"),
+        Need::Program("openssl"),
+    ]);
     let dir = temp_dir();
     let cluster = Cluster::start(dir.path());
     let secret = dir.path().join("secret");

@@ -57,9 +57,14 @@ fn tls12_session_ids_resume_on_both_workers_and_are_never_oversize() {
     );
     assert!(first.http_200, "{first:?}\n{}", fe.output());
     let mut not_resumed = Vec::new();
+    // Resumptions per worker as the kernel saw them (the CPU that served
+    // each connection).
+    let cpus = fe.worker_cpus();
+    let mut seen = vec![0u64; cpus.len()];
     for i in 0..N {
         let v = visit(fe.addr(), cfg.clone(), "localhost")
             .unwrap_or_else(|e| panic!("reconnect {i}: {e}\n{}", fe.output()));
+        seen[fe.kernel_worker(&cpus, &v)] += u64::from(v.resumed);
         assert_eq!(v.version, Some(rustls::ProtocolVersion::TLSv1_2), "{v:?}");
         assert!(v.http_200, "reconnect {i}: {v:?}\n{}", fe.output());
         if !v.resumed {
@@ -86,8 +91,12 @@ fn tls12_session_ids_resume_on_both_workers_and_are_never_oversize() {
         "resumed_tls12 per worker: {stats:?}"
     );
     assert!(
-        resumed.iter().all(|&r| r > 0),
-        "a worker resumed no session (it should find sessions the other one stored): {resumed:?}"
+        seen.iter().all(|&r| r > 0),
+        "a worker resumed no session as the kernel saw it (it should find sessions the other one stored): {seen:?}"
+    );
+    assert_eq!(
+        resumed, seen,
+        "resumed_tls12 per worker vs the resumptions the kernel saw each worker serve"
     );
     assert_eq!(stats.total.get("cache_hits"), N, "{stats:?}");
     assert_eq!(
@@ -114,6 +123,7 @@ fn tls13_stateful_tickets_resume_including_on_the_other_worker() {
     const PAIRS: usize = 40;
     let fe = Frontend::start(&[("worker.count", "2"), ("cache.size", "1m"), STATEFUL]);
     let spec = ClientSpec::new(Trust::AnyCert).versions(Versions::Tls13);
+    let cpus = fe.worker_cpus();
     let mut before = fe.stats();
     let mut handshakes = before.total.handshakes;
     // (worker of the full handshake, worker of the resumption), per pair.
@@ -134,6 +144,11 @@ fn tls13_stateful_tickets_resume_including_on_the_other_worker() {
         handshakes += 1;
         let mid = next_stats(handshakes);
         let issuer = single_worker(&before, &mid, "handshakes");
+        assert_eq!(
+            fe.kernel_worker(&cpus, &full),
+            issuer,
+            "pair {i}: the worker that counted the full handshake is not the one the kernel saw serve it"
+        );
         let again = visit(fe.addr(), cfg, "localhost")
             .unwrap_or_else(|e| panic!("pair {i}, resumption: {e}\n{}", fe.output()));
         assert_eq!(again.version, Some(rustls::ProtocolVersion::TLSv1_3));
@@ -146,6 +161,11 @@ fn tls13_stateful_tickets_resume_including_on_the_other_worker() {
         handshakes += 1;
         let after = next_stats(handshakes);
         let redeemer = single_worker(&mid, &after, "resumed_tls13");
+        assert_eq!(
+            fe.kernel_worker(&cpus, &again),
+            redeemer,
+            "pair {i}: the worker that counted the resumption is not the one the kernel saw serve it"
+        );
         pairs.push((issuer, redeemer));
         before = after;
     }

@@ -314,8 +314,12 @@ fn writers_killed_mid_write_leave_only_misses_or_whole_values() {
 #[test]
 fn two_processes_racing_to_take_the_same_tickets_take_each_exactly_once() {
     const ROUNDS: u32 = 5;
-    const N: u32 = 1000;
-    const SIZE: u64 = 4 << 20;
+    // Enough that one process's pass over the tickets outlasts the other's
+    // start (each spins on the go file): both take some in every round, or
+    // the round tested no race.
+    const N: u32 = 5_000;
+    // Sparse enough that no 8-slot set overflows while all N are in.
+    const SIZE: u64 = 64 << 20;
     let dir = temp_dir();
     let path = dir.path().join("tickets.cache");
     let cache = create(&path, SIZE);
@@ -378,6 +382,12 @@ fn two_processes_racing_to_take_the_same_tickets_take_each_exactly_once() {
         assert!(
             both.is_empty(),
             "round {round}: taken by both processes: {both:?}"
+        );
+        assert!(
+            !a.is_empty() && !b.is_empty(),
+            "round {round}: one process took every ticket (A {}, B {}): no race happened",
+            a.len(),
+            b.len()
         );
         assert_eq!(
             a.len() + b.len(),

@@ -215,7 +215,8 @@ fn after_process_user_a_restart_as_root_and_a_restart_as_that_user_both_resume_e
     let sessions = temp_dir();
     let path = |name: &str| run.join(name).display().to_string();
     let (cache, ring, socket) = (path("c.cache"), path("k.ring"), path("ctl.sock"));
-    let port = free_port();
+    let reserved = ReservedPort::new();
+    let port = reserved.port;
     let listen = format!("127.0.0.1:{port}");
     // One command line for every start: the set-up of systemd Restart=.
     let opts = [
@@ -335,7 +336,8 @@ fn a_takeover_that_changes_tickets_rotate_secs_keeps_every_ticket() {
     let dir = temp_dir();
     let path = |name: &str| dir.path().join(name).display().to_string();
     let (ring, socket, cache) = (path("k.ring"), path("ctl.sock"), path("c.cache"));
-    let listen = format!("127.0.0.1:{}", free_port());
+    let reserved = ReservedPort::new();
+    let listen = format!("127.0.0.1:{}", reserved.port);
     let opts = |rotate: &'static str| {
         vec![
             ("net.listen", listen.clone()),
@@ -397,7 +399,8 @@ fn root_finds_the_control_socket_of_a_server_running_as_another_user() {
     require_root();
     // The systemd set-up: the service runs as its user (User=), root asks
     // it for stats with the same configuration and no --socket.
-    let port = free_port();
+    let reserved = ReservedPort::new();
+    let port = reserved.port;
     let bin = bin().display().to_string();
     let script = format!(
         "mount -t tmpfs -o size=8m,mode=1777 t /dev/shm && \

@@ -1,110 +1,62 @@
 //! `net.steering = xdp | reuseport | none` end to end, in network
 //! namespaces: tlsfront in namespace A listens on 198.18.0.1 and (xdp)
 //! attaches its XDP program to A's veth end; the clients run in namespace B
-//! (this test binary again, `client_helper_in_netns`, started with
-//! `ip netns exec B`). Every connection must be accepted by the worker that
-//! the XDP program's hash (`tlsfront_shared::worker_slot`, the very code
+//! (threads of this test that joined B). Every connection must be accepted
+//! by the worker that the XDP program's hash (`tlsfront_shared::worker_slot`, the very code
 //! the program runs) chose for its 4-tuple.
 //!
-//! Needs root; skipped (with a message) otherwise.
+//! Needs root and iproute2; fails, naming what is missing, otherwise
+//! (`netns::NEEDS`, checked when the namespaces are made).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tlsfront_shared::{parse, worker_slot, FlowKey, Parsed};
-use tlsfront_tests::netns::{accepted_by, unavailable, NetnsPair, NsFrontend, ADDR_A, ADDR_B};
+use tlsfront_tests::netns::{accepted_by, in_netns, NetnsPair, NsFrontend, ADDR_A, ADDR_B};
 use tlsfront_tests::*;
 
 const PORT: u16 = 8443;
-const CLIENT_ENV: &str = "TLSFRONT_STEERING_CLIENT";
-
-/// Not a test of its own: the client side, run inside namespace B by
-/// [`run_clients`]. Without its environment variable it does nothing.
-#[test]
-fn client_helper_in_netns() {
-    let Ok(spec) = std::env::var(CLIENT_ENV) else {
-        return;
-    };
-    let (addr, count) = spec.split_once(',').expect("ADDR,COUNT");
-    let addr: SocketAddr = addr.parse().expect("address");
-    let count: usize = count.parse().expect("count");
-    let cfg = resuming_client_config(&ClientSpec::new(Trust::AnyCert));
-    for i in 0..count {
-        match TlsClient::connect(addr, cfg.clone(), "localhost") {
-            Ok(mut c) => {
-                let port = c.sock.local_addr().map(|a| a.port()).unwrap_or(0);
-                let resumed = c.resumed();
-                let (resp, _end) =
-                    c.request(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", IO_TIMEOUT);
-                println!(
-                    "CONN {port} {} {}",
-                    u8::from(resumed),
-                    u8::from(is_http_200(&resp))
-                );
-            }
-            Err(e) => println!("FAIL {i} {e}"),
-        }
-    }
-}
-
 /// One client connection as seen from namespace B.
 #[derive(Debug, Clone, Copy)]
 struct Conn {
     port: u16,
     resumed: bool,
     http_200: bool,
+    /// SO_INCOMING_CPU of the client's socket at the end: the CPU of the
+    /// worker that sent the response (a veth pair processes a segment on
+    /// the sending CPU), i.e. the kernel's view of who served it.
+    cpu: Option<u32>,
 }
 
 /// Opens `count` TLS connections (each from a new source port, each
-/// resuming the session of the one before) from namespace B.
+/// resuming the session of the one before) from namespace B, on a thread
+/// that joined it. Every connect and exchange is bounded by [`IO_TIMEOUT`].
 fn run_clients(pair: &NetnsPair, port: u16, count: usize) -> (Vec<Conn>, Vec<String>) {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = pair.command_in_b(
-        exe.to_str().expect("UTF-8 path"),
-        &[
-            "--exact",
-            "client_helper_in_netns",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ],
-    );
-    cmd.env(CLIENT_ENV, format!("{ADDR_A}:{port},{count}"));
-    let out = run_cmd(cmd, b"", Duration::from_secs(180));
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "clients in {}: {}",
-        pair.b,
-        out.describe()
-    );
-    let mut conns = Vec::new();
-    let mut failures = Vec::new();
-    for line in out.stdout.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.first() {
-            Some(&"CONN") if words.len() == 4 => conns.push(Conn {
-                port: words[1].parse().expect("port"),
-                resumed: words[2] == "1",
-                http_200: words[3] == "1",
-            }),
-            Some(&"FAIL") => failures.push(line.to_string()),
-            _ => {}
+    let addr = SocketAddr::from((ADDR_A, port));
+    in_netns(&pair.b, || {
+        let cfg = resuming_client_config(&ClientSpec::new(Trust::AnyCert));
+        let mut conns = Vec::new();
+        let mut failures = Vec::new();
+        for i in 0..count {
+            match TlsClient::connect(addr, cfg.clone(), "localhost") {
+                Ok(mut c) => {
+                    let port = c.sock.local_addr().map(|a| a.port()).unwrap_or(0);
+                    let resumed = c.resumed();
+                    let (resp, _end) =
+                        c.request(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", IO_TIMEOUT);
+                    conns.push(Conn {
+                        port,
+                        resumed,
+                        http_200: is_http_200(&resp),
+                        cpu: c.incoming_cpu().ok(),
+                    });
+                }
+                Err(e) => failures.push(format!("connection {i}: {e}")),
+            }
         }
-    }
-    (conns, failures)
-}
-
-fn skip() -> bool {
-    match unavailable() {
-        Some(why) => {
-            eprintln!("skipped: {why}");
-            true
-        }
-        None => false,
-    }
+        (conns, failures)
+    })
 }
 
 fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str) -> NsFrontend {
@@ -119,6 +71,34 @@ fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str) -> NsFrontend {
         opts.push(("net.xdp.mode", xdp_mode));
     }
     NsFrontend::start(&pair.a, PORT, &opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The CPU of each worker as the kernel pins its thread; the start-up
+/// summary must say the same.
+fn kernel_cpus(fe: &NsFrontend) -> Vec<u32> {
+    let kernel = worker_cpus_of(fe.pid());
+    assert!(
+        kernel.iter().all(|c| c.len() == 1),
+        "worker threads not pinned to one CPU each: {kernel:?}"
+    );
+    let kernel: Vec<u32> = kernel.into_iter().map(|c| c[0]).collect();
+    let summary: Vec<u32> = fe.worker_cpus().into_iter().map(|c| c as u32).collect();
+    assert_eq!(
+        kernel, summary,
+        "worker CPUs: the kernel's vs the summary's"
+    );
+    kernel
+}
+
+/// The worker whose CPU served `c`, as the kernel saw it.
+fn kernel_worker(cpus: &[u32], c: &Conn) -> usize {
+    let cpu = c.cpu.expect("SO_INCOMING_CPU of a client socket");
+    cpus.iter().position(|&w| w == cpu).unwrap_or_else(|| {
+        panic!(
+            "port {} served from CPU {cpu}, where no worker runs ({cpus:?})",
+            c.port
+        )
+    })
 }
 
 /// Waits until the frontend logged `want` handshakes from namespace B.
@@ -161,7 +141,7 @@ fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
             pair.link_a()
         );
     }
-    let cpus = fe.worker_cpus();
+    let cpus = kernel_cpus(&fe);
     let (conns, failures) = run_clients(&pair, fe.port, count);
     assert!(
         failures.is_empty(),
@@ -187,25 +167,37 @@ fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
         count - 1
     );
 
-    let accepted = wait_accepted(&fe, count);
+    // The worker of each connection as the kernel saw it (the CPU that
+    // served it), and tlsfront's log (`handshake done worker=N`) checked
+    // against it.
+    let logged = wait_accepted(&fe, count);
     let mut per_worker = vec![0usize; cpus.len()];
     let mut resumed_per_worker = vec![0usize; cpus.len()];
     let mut wrong = Vec::new();
+    let mut log_disagrees = Vec::new();
     for c in &conns {
-        let worker = *accepted
-            .get(&c.port)
-            .unwrap_or_else(|| panic!("no `handshake done` for port {}\n{}", c.port, fe.output()));
+        let worker = kernel_worker(&cpus, c);
+        if logged.get(&c.port) != Some(&worker) {
+            log_disagrees.push((c.port, worker, logged.get(&c.port).copied()));
+        }
         per_worker[worker] += 1;
         resumed_per_worker[worker] += usize::from(c.resumed);
         if steering == "xdp" {
             let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, fe.port);
             let slot = worker_slot(&key, cpus.len() as u32).unwrap() as usize;
-            // Worker n runs on cpus[n]; the XDP program sends slot n to cpus[n].
-            if cpus[worker] != cpus[slot] {
+            // The XDP program sends slot n to cpus[n], where worker n runs.
+            if worker != slot {
                 wrong.push((c.port, slot, worker));
             }
         }
     }
+    assert!(
+        log_disagrees.is_empty(),
+        "{} connections logged on another worker than the kernel saw serve them (port, kernel, log): {:?}\n{}",
+        log_disagrees.len(),
+        &log_disagrees[..log_disagrees.len().min(10)],
+        fe.output()
+    );
     assert!(
         wrong.is_empty(),
         "{} of {count} connections on the wrong worker (port, expected, got): {:?}",
@@ -261,41 +253,26 @@ fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
 
 #[test]
 fn xdp_generic_steers_each_connection_to_the_hashed_worker() {
-    if skip() {
-        return;
-    }
     end_to_end("xdp", "generic", 300);
 }
 
 #[test]
 fn xdp_native_steers_each_connection_to_the_hashed_worker() {
-    if skip() {
-        return;
-    }
     end_to_end("xdp", "native", 300);
 }
 
 #[test]
 fn reuseport_passes_the_end_to_end_test() {
-    if skip() {
-        return;
-    }
     end_to_end("reuseport", "", 300);
 }
 
 #[test]
 fn none_passes_the_end_to_end_test() {
-    if skip() {
-        return;
-    }
     end_to_end("none", "", 300);
 }
 
 #[test]
 fn attach_detach_reattach_leaves_no_program() {
-    if skip() {
-        return;
-    }
     let pair = NetnsPair::create();
     // SIGTERM: graceful stop, the Steering handle detaches.
     let mut fe = start(&pair, "xdp", "generic");
@@ -417,9 +394,6 @@ fn odd_frames(dst: [u8; 6], src: [u8; 6]) -> Vec<Vec<u8>> {
 
 #[test]
 fn malformed_frames_do_not_break_steering() {
-    if skip() {
-        return;
-    }
     let pair = NetnsPair::create();
     let fe = start(&pair, "xdp", "generic");
     let frames = odd_frames(pair.mac(&pair.a, &pair.if_a), pair.mac(&pair.b, &pair.if_b));
@@ -440,15 +414,14 @@ fn malformed_frames_do_not_break_steering() {
     // Valid connections right after the stream are still steered.
     let (conns, failures) = run_clients(&pair, fe.port, 100);
     assert!(failures.is_empty(), "{failures:?}\n{}", fe.output());
-    let accepted = wait_accepted(&fe, conns.len());
-    let cpus = fe.worker_cpus();
+    let cpus = kernel_cpus(&fe);
     for c in &conns {
         let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, fe.port);
         let slot = worker_slot(&key, cpus.len() as u32).unwrap() as usize;
-        let worker = accepted[&c.port];
+        let worker = kernel_worker(&cpus, c);
         assert_eq!(
-            cpus[worker], cpus[slot],
-            "port {} on worker {worker}, hash says {slot}",
+            worker, slot,
+            "port {} served by worker {worker} (the kernel's view), hash says {slot}",
             c.port
         );
     }
@@ -464,9 +437,6 @@ fn malformed_frames_do_not_break_steering() {
 
 #[test]
 fn unusable_xdp_falls_back_as_configured() {
-    if skip() {
-        return;
-    }
     let pair = NetnsPair::create();
     let base = [
         ("net.steering", "xdp"),
@@ -501,10 +471,11 @@ fn unusable_xdp_falls_back_as_configured() {
         err.contains("net.steering = xdp is not possible") && err.contains("tfnosuch0"),
         "{err}"
     );
-    // xdp without an interface is a configuration error (exit 2).
-    let mut cmd = Command::new(bin());
-    cmd.args(["run", "-o", "net.steering=xdp"]);
-    let out = run_cmd(cmd, b"", CLI_TIMEOUT);
+    // xdp without an interface is a configuration error (exit 2). Its own
+    // port, control socket and files, in case it started anyway.
+    let dir = temp_dir();
+    let run = run_command(dir.path(), None, &[("net.steering", "xdp")]);
+    let out = run_cmd(run.cmd, b"", CLI_TIMEOUT);
     assert_eq!(out.code(), Some(2), "{}", out.describe());
     assert!(
         out.stderr.contains("net.xdp.interface"),

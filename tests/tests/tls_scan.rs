@@ -3,8 +3,9 @@
 //! protocol below TLS 1.2, only forward-secret AEAD cipher suites, secure
 //! renegotiation without client-initiated renegotiation, no compression,
 //! not vulnerable to Heartbleed, CCS injection or ROBOT, downgrade
-//! protection (TLS_FALLBACK_SCSV), and TLS 1.2 resumption by session ID and
-//! by ticket. scripts/tls-scan.sh runs the same scanner by hand and prints
+//! protection (TLS_FALLBACK_SCSV), groups X25519/P-256/P-384 only,
+//! extended master secret, no 0-RTT, no OCSP stapling, and TLS 1.2
+//! resumption by session ID (sslyze) and by ticket (openssl s_client). scripts/tls-scan.sh runs the same scanner by hand and prints
 //! its summary.
 
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use tlsfront_tests::robust_support::{lines_starting, s_client};
 use tlsfront_tests::*;
 
 /// Resumptions sslyze attempts with each mechanism.
@@ -24,12 +26,10 @@ fn sslyze() -> PathBuf {
     }
     let home = std::env::var_os("HOME").expect("HOME is set");
     let path = PathBuf::from(home).join(".local/share/tlsfront/sslyze/bin/sslyze");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/setup.sh (it installs sslyze from PyPI), \
-         or point TLSFRONT_SSLYZE at an sslyze executable",
-        path.display()
-    );
+    tlsfront_tests::prereq::require(&[tlsfront_tests::prereq::Need::File(
+        path.to_str().expect("UTF-8 HOME"),
+        "sslyze: scripts/setup.sh installs it from PyPI; or point TLSFRONT_SSLYZE at one",
+    )]);
     path
 }
 
@@ -86,6 +86,10 @@ fn sslyze_finds_only_modern_tls() {
             "--robot",
             "--fallback",
             "--resum",
+            "--elliptic_curves",
+            "--ems",
+            "--early_data",
+            "--certinfo",
         ])
         .arg(format!("--resum_attempts={RESUMPTIONS}"))
         .arg(format!("127.0.0.1:{}", fe.port));
@@ -159,10 +163,39 @@ fn sslyze_finds_only_modern_tls() {
         true
     );
 
-    // Resumption. sslyze counts a ticket resumption only when the server
-    // sends no new ticket; rustls renews the ticket on every TLS 1.2
-    // resumption (RFC 5077 §3.3 allows it), so sslyze reports tickets as
-    // unsupported. tlsfront's own counters tell what really happened.
+    // Key exchange groups: exactly X25519, P-256 and P-384.
+    let mut groups: Vec<String> = result(scan, "elliptic_curves")["supported_curves"]
+        .as_array()
+        .expect("supported_curves")
+        .iter()
+        .map(|c| c["name"].as_str().expect("curve name").to_string())
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        ["X25519", "secp256r1", "secp384r1"],
+        "supported groups"
+    );
+    assert_eq!(
+        result(scan, "tls_extended_master_secret")["supports_ems_extension"],
+        true,
+        "extended master secret"
+    );
+    // No 0-RTT unless tls.early_data_max is set (it is not here).
+    assert_eq!(
+        result(scan, "tls_1_3_early_data")["supports_early_data"],
+        false,
+        "0-RTT accepted with the default configuration"
+    );
+    // No OCSP stapling (not implemented): no OCSP response is sent.
+    let deployment = &result(scan, "certificate_info")["certificate_deployments"][0];
+    assert!(
+        deployment.is_object() && deployment["ocsp_response"].is_null(),
+        "OCSP response stapled, or no certificate deployment: {deployment:#}"
+    );
+
+    // Resumption by session ID, as sslyze (the client) saw it, and
+    // tlsfront's counters checked against it.
     let resum = result(scan, "session_resumption");
     assert_eq!(
         resum["session_id_resumption_result"], "FULLY_SUPPORTED",
@@ -175,12 +208,43 @@ fn sslyze_finds_only_modern_tls() {
     let stats = fe.stats();
     assert!(
         stats.total.get("resumed_tls12_id") >= RESUMPTIONS,
-        "server-side session ID resumptions: {:?}",
+        "sslyze resumed {RESUMPTIONS} session IDs, the server counted: {:?}",
         stats.total
     );
+
+    // Resumption by ticket. sslyze counts one only when the server sends
+    // no new ticket; rustls renews the ticket on every TLS 1.2 resumption
+    // (RFC 5077 §3.3 allows it), so sslyze reports tickets as unsupported.
+    // Another client shows it: openssl s_client saves the session with its
+    // ticket and offers it again; every reconnect must say `Reused`, and
+    // tlsfront must have counted exactly those as ticket resumptions.
+    let before = fe.stats();
+    let sess = dir.path().join("tls12.sess");
+    let sess = sess.to_str().expect("UTF-8 path");
+    let first = s_client(fe.port, "localhost", &["-tls1_2", "-sess_out", sess], b"");
+    assert_eq!(lines_starting(&first, "New,"), 1, "{}", first.describe());
     assert!(
-        stats.total.get("resumed_tls12_ticket") >= RESUMPTIONS,
-        "server-side ticket resumptions (sslyze tried {RESUMPTIONS}): {:?}",
-        stats.total
+        first.stdout.contains("TLS session ticket:"),
+        "no ticket in the first session:\n{}",
+        first.describe()
+    );
+    for i in 0..RESUMPTIONS {
+        let again = s_client(fe.port, "localhost", &["-tls1_2", "-sess_in", sess], b"");
+        assert_eq!(
+            lines_starting(&again, "Reused,"),
+            1,
+            "s_client reconnect {i} with the saved ticket did not resume:\n{}\n{}",
+            again.describe(),
+            fe.output()
+        );
+    }
+    let want = before.total.handshakes + 1 + RESUMPTIONS;
+    let (after, ok) = fe.wait_stats(Duration::from_secs(5), |s| s.total.handshakes >= want);
+    assert!(ok, "handshakes never reached {want}: {:?}", after.total);
+    assert_eq!(
+        after.total.get("resumed_tls12_ticket") - before.total.get("resumed_tls12_ticket"),
+        RESUMPTIONS,
+        "s_client resumed {RESUMPTIONS} times by ticket; the server counted: {:?}",
+        after.total
     );
 }

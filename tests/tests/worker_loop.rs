@@ -182,7 +182,12 @@ fn two_thousand_idle_connections_cost_no_wake_ups() {
 #[test]
 fn a_garbage_flood_while_nobody_reads_the_log_stalls_no_worker() {
     let dir = temp_dir();
-    let (mut cmd, port, _socket) = run_command(dir.path(), None, &[("worker.count", "1"), ("log.level", "info")]);
+    let RunCommand {
+        mut cmd,
+        port,
+        reservation: _reservation,
+        ..
+    } = run_command(dir.path(), None, &[("worker.count", "1"), ("log.level", "info")]);
     // stderr is a pipe this test never reads: after 64 KiB every write to
     // it would block, as with a stuck journald.
     let mut child = cmd

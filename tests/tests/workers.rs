@@ -8,9 +8,19 @@ fn two_workers_both_handshake_and_stats_add_up() {
     const N: usize = 200;
     let fe = Frontend::start(&[("worker.count", "2")]);
     let cfg = ClientSpec::new(Trust::AnyCert).build();
+    // The kernel's view of the workers: each thread pinned to its own CPU.
+    let cpus = worker_cpus_of(fe.pid());
+    assert!(
+        cpus.len() == 2 && cpus.iter().all(|c| c.len() == 1) && cpus[0] != cpus[1],
+        "worker threads not pinned one per CPU: {cpus:?}"
+    );
     let mut handshakes = 0u64;
     let mut not_200 = Vec::new();
     let mut failures = Vec::new();
+    // Connections per worker as the kernel saw them: the CPU that sent the
+    // response segments (SO_INCOMING_CPU of the client's socket).
+    let mut seen = vec![0u64; cpus.len()];
+    let mut elsewhere = Vec::new();
     for i in 0..N {
         match TlsClient::connect(fe.addr(), cfg.clone(), "localhost") {
             Ok(mut c) => {
@@ -18,6 +28,11 @@ fn two_workers_both_handshake_and_stats_add_up() {
                 let (resp, end) = c.request(b"GET / HTTP/1.0\r\n\r\n", IO_TIMEOUT);
                 if !is_http_200(&resp) {
                     not_200.push((i, end, String::from_utf8_lossy(&resp).into_owned()));
+                }
+                let cpu = c.incoming_cpu().expect("SO_INCOMING_CPU");
+                match cpus.iter().position(|w| w[0] == cpu) {
+                    Some(w) => seen[w] += 1,
+                    None => elsewhere.push((i, cpu)),
                 }
             }
             Err(e) => failures.push((i, e.to_string())),
@@ -59,6 +74,15 @@ fn two_workers_both_handshake_and_stats_add_up() {
     assert!(
         per.iter().all(|&h| h > 0),
         "a worker got no connection: {per:?}"
+    );
+    eprintln!("per worker: stats {per:?}, kernel {seen:?}; elsewhere {elsewhere:?}");
+    assert!(
+        elsewhere.is_empty(),
+        "responses from a CPU no worker runs on: {elsewhere:?}"
+    );
+    assert_eq!(
+        per, seen,
+        "handshakes per worker: tlsfront's stats vs the CPU the kernel saw serve each connection"
     );
 }
 

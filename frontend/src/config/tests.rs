@@ -158,36 +158,36 @@ fn size_renders_in_the_largest_exact_unit() {
     assert_eq!(Size(1000).render(), "1000");
 }
 
+/// Fails when the generated file `path` (relative to the workspace) is not
+/// `expected`. With `TLSFRONT_UPDATE_DOCS` set it also rewrites the file,
+/// and still fails: a run that found it stale must not pass, so that the
+/// rewrite is noticed and committed (the next run passes).
+fn assert_generated_file_is_current(path: &str, expected: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    let actual = std::fs::read_to_string(&full).unwrap_or_default();
+    if actual == expected {
+        return actual;
+    }
+    if std::env::var_os("TLSFRONT_UPDATE_DOCS").is_some() {
+        std::fs::write(&full, expected).unwrap_or_else(|e| panic!("write {path}: {e}"));
+        panic!("{path} was stale and has been rewritten: review and commit it, then run again");
+    }
+    panic!("{path} is stale: run TLSFRONT_UPDATE_DOCS=1 cargo test -p tlsfront config_reference");
+}
+
 /// `docs/config.md` is generated from the key table; this fails when it is
-/// stale. `TLSFRONT_UPDATE_DOCS=1` rewrites it.
+/// stale. `TLSFRONT_UPDATE_DOCS=1` rewrites it (and fails once).
 #[test]
 fn config_reference_page_is_current() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.md");
-    let expected = reference_markdown();
-    if std::env::var_os("TLSFRONT_UPDATE_DOCS").is_some() {
-        std::fs::write(&path, &expected).expect("write docs/config.md");
-    }
-    let actual = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        actual == expected,
-        "docs/config.md is stale: run TLSFRONT_UPDATE_DOCS=1 cargo test -p tlsfront config_reference"
-    );
+    assert_generated_file_is_current("docs/config.md", &reference_markdown());
 }
 
 /// `examples/tlsfront.conf` lists every key at its default and parses to
-/// exactly the defaults; regenerated with `TLSFRONT_UPDATE_DOCS=1`.
+/// exactly the defaults; regenerated with `TLSFRONT_UPDATE_DOCS=1` (which
+/// fails once).
 #[test]
 fn config_reference_example_file_is_current_and_parses_to_the_defaults() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tlsfront.conf");
-    let expected = example_file();
-    if std::env::var_os("TLSFRONT_UPDATE_DOCS").is_some() {
-        std::fs::write(&path, &expected).expect("write examples/tlsfront.conf");
-    }
-    let actual = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        actual == expected,
-        "examples/tlsfront.conf is stale: run TLSFRONT_UPDATE_DOCS=1 cargo test -p tlsfront config_reference"
-    );
+    let actual = assert_generated_file_is_current("examples/tlsfront.conf", &example_file());
     let parsed = parse(&actual).expect("the example parses");
     assert_eq!(parsed.entries(), Config::default().entries());
 }

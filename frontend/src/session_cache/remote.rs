@@ -1162,8 +1162,7 @@ mod tests {
         drop(sock);
     }
 
-    /// A real redis-server on a unix socket of a temp dir (skipped when
-    /// redis-server is not installed).
+    /// A real redis-server on a unix socket of a temp dir.
     struct Redis {
         child: std::process::Child,
         socket: PathBuf,
@@ -1199,10 +1198,8 @@ mod tests {
     #[test]
     fn against_a_real_redis() {
         let dir = tempfile::tempdir().unwrap();
-        let Some(redis) = Redis::start(dir.path()) else {
-            eprintln!("skipped: no redis-server");
-            return;
-        };
+        crate::prereq::require(&[crate::prereq::Need::Program("redis-server")]);
+        let redis = Redis::start(dir.path()).expect("spawn redis-server");
         let mut s = settings(
             &format!("redis+unix://{}", redis.socket.display()),
             dir.path(),
