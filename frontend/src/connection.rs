@@ -331,7 +331,7 @@ impl Connection {
                     self.to_upstream.queued = Some(first);
                 }
             }
-            Err(e) => self.upstream_unreachable(now, format!("upstream: {e}"), pool),
+            Err(e) => self.upstream_unreachable(now, format!("connecting: {e}"), pool),
         }
     }
 
@@ -420,7 +420,7 @@ impl Connection {
                 self.connect_started = None;
                 self.upstream_unreachable(
                     now,
-                    format!("upstream: no answer within {limit:?}"),
+                    format!("no answer within {limit:?}"),
                     pool,
                 );
                 return;

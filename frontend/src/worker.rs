@@ -206,6 +206,8 @@ struct Conn {
     log_access: bool,
     /// Plaintext bytes (up, down) already added to the worker's counters.
     counted: (u64, u64),
+    /// Where the upstream connection goes (for the log).
+    upstream_addr: Option<SocketAddr>,
     /// Operations on this connection's descriptors not completed yet. The
     /// descriptors are closed only when this is zero: the threads of a
     /// process share one descriptor table, and an operation the kernel
@@ -625,6 +627,7 @@ impl Worker {
             touched: false,
             log_access: config.log_access,
             counted: (0, 0),
+            upstream_addr: None,
             ops: 0,
             closing: false,
         };
@@ -714,6 +717,7 @@ impl Worker {
                 Event::ConnectUpstream => match open_upstream(live) {
                     Ok((fd, addr)) => {
                         conn.upstream = Some(fd);
+                        conn.upstream_addr = addr.as_socket();
                         conn.connecting = true;
                         conn.machine.connect_started(now);
                         conn.ops += 1;
@@ -800,7 +804,7 @@ impl Worker {
                 Failure::Upstream => WorkerStats::inc(&counters.upstream_errors),
                 Failure::Client | Failure::Drain => {}
             }
-            self.log_failure(*failure, conn.peer, reason);
+            self.log_failure(*failure, conn.peer, conn.upstream_addr, reason);
         }
         if conn.log_access {
             self.log_access(&conn);
@@ -838,7 +842,13 @@ impl Worker {
         Ok(())
     }
 
-    fn log_failure(&mut self, failure: Failure, peer: SocketAddr, reason: &str) {
+    fn log_failure(
+        &mut self,
+        failure: Failure,
+        peer: SocketAddr,
+        upstream: Option<SocketAddr>,
+        reason: &str,
+    ) {
         let now = Instant::now();
         let log = &mut self.failures;
         if now.duration_since(log.second) >= Duration::from_secs(1) {
@@ -863,7 +873,8 @@ impl Worker {
                 info!(worker = self.index, %peer, "handshake failed: {reason}")
             }
             Failure::Upstream => {
-                warn!(worker = self.index, %peer, "{reason}; closing the client")
+                let upstream = upstream.map_or_else(|| "-".to_string(), |a| a.to_string());
+                warn!(worker = self.index, %peer, "upstream {upstream}: {reason}; closing the client")
             }
             Failure::Idle | Failure::Client | Failure::Drain => {
                 info!(worker = self.index, %peer, "connection closed: {reason}")
