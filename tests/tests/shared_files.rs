@@ -403,10 +403,11 @@ fn root_finds_the_control_socket_of_a_server_running_as_another_user() {
     let port = reserved.port;
     let bin = bin().display().to_string();
     let script = format!(
-        "mount -t tmpfs -o size=8m,mode=1777 t /dev/shm && \
+        "mount -t tmpfs -o size=8m,mode=1777 t /dev/shm || exit 1; \
          setpriv --reuid=65534 --regid=65534 --clear-groups {bin} run -o net.listen=127.0.0.1:{port} -o cache.size=1m >/dev/null 2>&1 & \
+         server=$!; \
          for i in $(seq 100); do [ -S /dev/shm/tlsfront-65534/{port}.sock ] && break; sleep 0.1; done; \
-         {bin} stats -o net.listen=127.0.0.1:{port}; rc=$?; kill %1; exit $rc"
+         {bin} stats -o net.listen=127.0.0.1:{port}; rc=$?; kill -9 $server; wait $server; exit $rc"
     );
     let mut cmd = std::process::Command::new("unshare");
     cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
