@@ -19,6 +19,10 @@ pub struct HelloInfo {
     pub first_psk_identity: Option<Vec<u8>>,
     /// Number of PSK identities offered.
     pub psk_identities: usize,
+    /// `supported_versions` lists TLS 1.3.
+    pub offers_tls13: bool,
+    /// A non-empty TLS 1.2 `session_ticket` extension (a ticket offered).
+    pub offers_ticket12: bool,
 }
 
 struct Reader<'a> {
@@ -57,6 +61,13 @@ impl<'a> Reader<'a> {
         let n = self.u16()?;
         self.take(n).map(|data| Reader { data })
     }
+}
+
+/// Length of the first TLS record in `data` (header included), once its
+/// header is there.
+pub fn first_record_len(data: &[u8]) -> Option<usize> {
+    let header = data.get(..5)?;
+    Some(5 + usize::from(u16::from_be_bytes([header[3], header[4]])))
 }
 
 /// Reads the ClientHello from the first bytes a client sent (one TLS
@@ -117,6 +128,15 @@ pub fn parse(first_record: &[u8]) -> Option<HelloInfo> {
                     }
                 }
             }
+            35 => info.offers_ticket12 = !ext.data.is_empty(),
+            43 => {
+                let mut versions = ext.vec8()?;
+                while !versions.data.is_empty() {
+                    if versions.u16()? == 0x0304 {
+                        info.offers_tls13 = true;
+                    }
+                }
+            }
             41 => {
                 let mut identities = ext.vec16()?;
                 while !identities.data.is_empty() {
@@ -161,6 +181,26 @@ mod tests {
         let info = parse(&hello_of("API.example.com")).expect("a hello");
         assert_eq!(info.server_name.as_deref(), Some("api.example.com"));
         assert_eq!(info.psk_identities, 0);
+        assert!(info.offers_tls13);
+        assert_eq!(first_record_len(&hello_of("localhost")), Some(hello_of("localhost").len()));
+    }
+
+    #[test]
+    fn a_tls12_only_client_offers_no_tls13_and_its_ticket_extension_is_empty() {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let mut client =
+            rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().expect("name"))
+                .expect("client");
+        let mut out = Vec::new();
+        client.write_tls(&mut out).expect("hello");
+        let info = parse(&out).expect("a hello");
+        assert!(!info.offers_tls13);
+        assert!(!info.offers_ticket12);
     }
 
     #[test]

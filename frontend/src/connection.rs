@@ -37,11 +37,13 @@
 //! machine's byte handling (docs/ARCHITECTURE.md).
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 
+use crate::client_hello::{self, HelloInfo};
 use crate::metrics::{ResumeHint, Resumption};
 use crate::uring::{Buf, BufPool};
 
@@ -62,7 +64,43 @@ pub enum Event {
     ConnectUpstream,
     /// The handshake completed (count it, log it).
     HandshakeDone,
+    /// Look a session up before rustls sees the ClientHello: the request is
+    /// [`Connection::lookup`]; answer with [`Connection::lookup_done`].
+    Lookup,
 }
+
+/// A session the connection wants fetched before its handshake goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// The TLS 1.2 session ID or the TLS 1.3 ticket (PSK identity).
+    pub key: Vec<u8>,
+    /// Redeem it (a single-use ticket: `GETDEL`) rather than read it.
+    pub take: bool,
+    /// Longest the handshake waits for the answer.
+    pub budget: Duration,
+}
+
+/// What a [`HelloGate`] decided for one ClientHello.
+#[derive(Default)]
+pub struct Decision {
+    /// Another rustls connection to hand the hello to (one made from a
+    /// configuration suited to this hello), or `None` to keep the first.
+    pub tls: Option<UnbufferedServerConnection>,
+    /// A session to fetch before rustls sees the hello.
+    pub lookup: Option<Lookup>,
+}
+
+/// Reads the ClientHello before rustls does and decides what must happen
+/// first (the worker's policy: whether the remote tier must be asked,
+/// which configuration resumes with fewer tickets).
+pub trait HelloGate: Send + Sync {
+    /// The decision for `hello`.
+    fn decide(&self, hello: &HelloInfo) -> Decision;
+}
+
+/// The longest first record gathered before the gate gives up and lets
+/// rustls judge the bytes (a TLS record is at most 16 KiB + 256).
+const MAX_HELLO_RECORD: usize = 5 + 16 * 1024 + 256;
 
 /// Why a connection failed, for counters and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +207,14 @@ pub struct Connection {
     server_name: Option<String>,
     bytes_up: u64,
     bytes_down: u64,
+    /// Reads the ClientHello first, if set.
+    gate: Option<Arc<dyn HelloGate>>,
+    /// Client bytes held back from rustls: the first record being gathered
+    /// for the gate, or everything received while a lookup is out.
+    held: Option<Buf>,
+    /// The lookup asked for, until the driver answers or its budget ends.
+    lookup: Option<Lookup>,
+    lookup_deadline: Option<Instant>,
 }
 
 impl Connection {
@@ -205,7 +251,17 @@ impl Connection {
             server_name: None,
             bytes_up: 0,
             bytes_down: 0,
+            gate: None,
+            held: None,
+            lookup: None,
+            lookup_deadline: None,
         }
+    }
+
+    /// The ClientHello goes through `gate` before rustls sees it.
+    pub fn with_gate(mut self, gate: Arc<dyn HelloGate>) -> Connection {
+        self.gate = Some(gate);
+        self
     }
 
     // ---- input -------------------------------------------------------
@@ -217,10 +273,118 @@ impl Connection {
             return;
         }
         self.last_activity = now;
-        if !self.hello_seen {
-            self.hello_seen = true;
-            self.server_name = crate::client_hello::parse(data).and_then(|h| h.server_name);
+        if self.lookup_deadline.is_some() {
+            // rustls waits for the lookup; so does everything after the hello.
+            if let Some(held) = self.held.as_mut() {
+                held.extend(data);
+            }
+            return;
         }
+        if !self.hello_seen {
+            if self.gate.is_some() {
+                if !self.gate_hello(now, data, pool) {
+                    return;
+                }
+            } else {
+                self.hello_seen = true;
+                self.server_name = client_hello::parse(data).and_then(|h| h.server_name);
+            }
+        }
+        self.feed(now, data, pool);
+    }
+
+    /// Gathers the first record for the gate and acts on its decision.
+    /// True: go on with `data` as usual; false: the bytes are held (the
+    /// record is incomplete, or a lookup is out) or were fed already.
+    fn gate_hello(&mut self, now: Instant, data: &mut [u8], pool: &mut BufPool) -> bool {
+        let whole_here = self.held.is_none()
+            && client_hello::first_record_len(data).is_some_and(|n| n <= data.len());
+        if !whole_here {
+            let held = self.held.get_or_insert_with(|| pool.take());
+            held.extend(data);
+            let have = held.len();
+            match client_hello::first_record_len(held.pending()) {
+                Some(n) if n <= have => {}
+                // Not a record rustls would take: let it say so.
+                Some(n) if n > MAX_HELLO_RECORD => {}
+                _ if have > MAX_HELLO_RECORD => {}
+                _ => return false,
+            }
+        }
+        self.hello_seen = true;
+        let hello = match &self.held {
+            Some(held) => client_hello::parse(held.pending()),
+            None => client_hello::parse(data),
+        };
+        let decision = match (&self.gate, &hello) {
+            (Some(gate), Some(hello)) => gate.decide(hello),
+            _ => Decision::default(),
+        };
+        self.server_name = hello.and_then(|h| h.server_name);
+        if let Some(tls) = decision.tls {
+            // Nothing was fed to the first one yet.
+            self.tls = tls;
+        }
+        if let Some(lookup) = decision.lookup {
+            if whole_here {
+                let mut held = pool.take();
+                held.extend(data);
+                self.held = Some(held);
+            }
+            self.lookup_deadline = Some(now + lookup.budget);
+            self.lookup = Some(lookup);
+            self.events.push(Event::Lookup);
+            return false;
+        }
+        if whole_here {
+            return true;
+        }
+        self.feed_held(now, None, pool);
+        false
+    }
+
+    /// The lookup the connection waits for ([`Event::Lookup`]).
+    pub fn lookup(&self) -> Option<&Lookup> {
+        self.lookup_deadline.and(self.lookup.as_ref())
+    }
+
+    /// The driver's answer to [`Event::Lookup`]: for a redeemed ticket, the
+    /// session Redis gave up (`None` for anything else: a session ID's
+    /// session is in the local cache already, or there was none). rustls
+    /// now gets the held bytes.
+    pub fn lookup_done(&mut self, now: Instant, redeemed: Option<Vec<u8>>, pool: &mut BufPool) {
+        if self.lookup_deadline.take().is_none() {
+            return;
+        }
+        let lookup = self.lookup.take();
+        if self.end.is_some() {
+            return;
+        }
+        let fetched = match (lookup, redeemed) {
+            (Some(l), Some(session)) if l.take => Some((l.key, session)),
+            _ => None,
+        };
+        self.feed_held(now, fetched, pool);
+    }
+
+    /// Hands the held bytes to rustls (with a redeemed ticket placed where
+    /// the store's `take` finds it while rustls reads the hello).
+    fn feed_held(&mut self, now: Instant, fetched: Option<(Vec<u8>, Vec<u8>)>, pool: &mut BufPool) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        debug_assert!(self.incoming.is_none());
+        self.incoming = Some(held);
+        match fetched {
+            Some((key, session)) => {
+                crate::session_cache::fetched::with(key, session, || self.feed(now, &mut [], pool))
+            }
+            None => self.feed(now, &mut [], pool),
+        }
+    }
+
+    /// Runs rustls over `data`, after whatever partial record is kept.
+    fn feed(&mut self, now: Instant, data: &mut [u8], pool: &mut BufPool) {
         let mut data = data;
         let result = loop {
             match self.incoming.take() {
@@ -406,6 +570,14 @@ impl Connection {
         if self.end.is_some() {
             return;
         }
+        if self.lookup_deadline.is_some_and(|at| now >= at) {
+            // No answer in time: the handshake goes on without it (a full
+            // one, unless the session is local after all).
+            self.lookup_done(now, None, pool);
+            if self.end.is_some() {
+                return;
+            }
+        }
         if self.tls.is_handshaking() && now >= self.started + self.limits.handshake {
             let limit = self.limits.handshake;
             self.fail(
@@ -513,7 +685,11 @@ impl Connection {
             return false;
         }
         match side {
-            Side::Client => !self.client_eof && self.to_upstream.backlog() < self.limits.buffer,
+            Side::Client => {
+                !self.client_eof
+                    && self.to_upstream.backlog() < self.limits.buffer
+                    && self.held.as_ref().map_or(0, Buf::len) < self.limits.buffer
+            }
             Side::Upstream => {
                 self.upstream_connected
                     && !self.upstream_eof
@@ -535,6 +711,9 @@ impl Connection {
         };
         if let Some(started) = self.connect_started {
             deadline = deadline.min(started + self.limits.connect);
+        }
+        if let Some(at) = self.lookup_deadline {
+            deadline = deadline.min(at);
         }
         Some(deadline)
     }
@@ -600,6 +779,7 @@ impl Connection {
     pub fn buffered(&self) -> usize {
         let held = |b: &Option<Buf>| b.as_ref().map_or(0, Buf::capacity);
         held(&self.incoming)
+            + held(&self.held)
             + held(&self.to_client.queued)
             + held(&self.to_client.resend)
             + held(&self.to_upstream.queued)
@@ -610,6 +790,7 @@ impl Connection {
     pub fn release(&mut self, pool: &mut BufPool) {
         for b in [
             self.incoming.take(),
+            self.held.take(),
             self.to_client.queued.take(),
             self.to_client.resend.take(),
             self.to_upstream.queued.take(),

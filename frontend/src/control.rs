@@ -193,6 +193,9 @@ pub type LogLevelSetter = Box<dyn Fn(LogLevel) + Send + Sync>;
 pub struct Live {
     config: ArcSwap<Config>,
     tls: ArcSwap<ServerConfig>,
+    /// The same, issuing at most one TLS 1.3 ticket (for ClientHellos that
+    /// offer one to resume).
+    tls_resumed: ArcSwap<ServerConfig>,
     file: Option<PathBuf>,
     overrides: Vec<String>,
     cache: Option<Arc<SessionCache>>,
@@ -216,6 +219,7 @@ impl Live {
     ) -> Live {
         Live {
             config: ArcSwap::from_pointee(config),
+            tls_resumed: ArcSwap::new(crate::tls::for_resumption(&tls)),
             tls: ArcSwap::new(tls),
             file,
             overrides,
@@ -235,6 +239,17 @@ impl Live {
     /// The rustls configuration new connections use.
     pub fn tls(&self) -> Arc<ServerConfig> {
         self.tls.load_full()
+    }
+
+    /// The rustls configuration for a ClientHello that offers a TLS 1.3
+    /// ticket: at most one new ticket (see [`crate::tls::for_resumption`]).
+    pub fn tls_resumed(&self) -> Arc<ServerConfig> {
+        self.tls_resumed.load_full()
+    }
+
+    /// The shared session cache, if on.
+    pub fn cache(&self) -> Option<&Arc<SessionCache>> {
+        self.cache.as_ref()
     }
 
     /// Where new connections' plaintext goes; starts the built-in
@@ -359,6 +374,7 @@ impl Live {
             ring.set_source(source);
         }
         self.apply_live(&next);
+        self.tls_resumed.store(crate::tls::for_resumption(&tls));
         self.tls.store(tls);
         self.config.store(Arc::new(next));
         let mut summary = String::from("reloaded: new connections use the new configuration\n");

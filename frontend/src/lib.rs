@@ -20,6 +20,7 @@ pub mod config;
 pub mod connection;
 pub mod control;
 pub mod fuzzing;
+pub mod hello_gate;
 pub mod metrics;
 pub mod proxy;
 pub mod session_cache;

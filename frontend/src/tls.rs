@@ -190,9 +190,24 @@ pub fn server_config(
         server.ticketer = ring;
     }
     server.send_tls13_tickets = config.tls13_tickets as usize;
+    // RFC 9149: a client that asks for fewer tickets (or none) gets them.
+    server.max_tls13_tickets = config.tls13_tickets as usize;
     // Validated to fit a u32 by Config::validate.
     server.max_early_data_size = u32::try_from(config.early_data_max.0).unwrap_or(0);
     Ok((Arc::new(server), source))
+}
+
+/// `full` for a ClientHello that offers a TLS 1.3 ticket: a resumed
+/// connection needs one ticket to resume again, not `tls.tls13_tickets`
+/// (each costs a seal and, stateful, a slot and a Redis write). rustls has
+/// one count for both kinds of handshake, so the worker picks this
+/// configuration once it has read the hello; should the offered ticket not
+/// resume, that full handshake gets one ticket too.
+pub fn for_resumption(full: &Arc<ServerConfig>) -> Arc<ServerConfig> {
+    let mut resumed = ServerConfig::clone(full);
+    resumed.send_tls13_tickets = full.send_tls13_tickets.min(1);
+    resumed.max_tls13_tickets = full.max_tls13_tickets.min(1);
+    Arc::new(resumed)
 }
 
 #[cfg(test)]

@@ -526,6 +526,22 @@ impl Driver {
         self.push_entry(entry)
     }
 
+    /// Reads up to `len` bytes from `fd` (an eventfd) into the spare room of
+    /// `buf`, which comes back with the completion (the count is not yet
+    /// committed to it).
+    pub fn read(&mut self, fd: RawFd, mut buf: Buf, len: usize, tag: u64) -> Result<(), UringError> {
+        let slot = self.slot(tag);
+        let spare = buf.spare(len);
+        let (ptr, len) = (spare.as_mut_ptr(), spare.len().min(len).min(u32::MAX as usize) as u32);
+        // As for a send: the heap block stays put while the Buf sits in the
+        // slot, until the completion hands it back.
+        self.inflight[slot as usize].buf = Some(buf);
+        let entry = opcode::Read::new(types::Fd(fd), ptr, len)
+            .build()
+            .user_data(u64::from(slot));
+        self.push_entry(entry)
+    }
+
     /// Connects `fd` to `addr`.
     pub fn connect(&mut self, fd: RawFd, addr: socket2::SockAddr, tag: u64) -> Result<(), UringError> {
         let slot = self.slot(tag);

@@ -28,10 +28,12 @@ use rustls::server::UnbufferedServerConnection;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, warn};
 
-use crate::connection::{Connection, End, Event, Failure, Limits, Side};
+use crate::connection::{Connection, End, Event, Failure, HelloGate, Limits, Side};
 use crate::control::Live;
+use crate::hello_gate::WorkerGate;
 use crate::metrics::{Stats, WorkerStats};
-use crate::uring::{BufPool, Completion, Driver, UringError};
+use crate::session_cache::remote::{Answer, Fetched};
+use crate::uring::{Buf, BufPool, Completion, Driver, UringError};
 
 /// Submission queue entries per worker ring (the completion queue is four
 /// times larger; a full submission queue is submitted early, never lost).
@@ -162,6 +164,10 @@ enum Op {
     Housekeeping = 7,
     /// A FIN (shutdown of the writing side).
     Shutdown = 8,
+    /// The read of the remote tier's eventfd: answers are in the mailbox.
+    Answers = 9,
+    /// Not an io_uring operation: the token of a remote lookup.
+    Lookup = 10,
 }
 
 impl Op {
@@ -175,6 +181,8 @@ impl Op {
             6 => Op::Connect,
             7 => Op::Housekeeping,
             8 => Op::Shutdown,
+            9 => Op::Answers,
+            10 => Op::Lookup,
             _ => return None,
         })
     }
@@ -249,6 +257,10 @@ struct Worker {
     accept_again_at: Option<Instant>,
     drain_deadline: Option<Instant>,
     failures: FailureLog,
+    /// Reads ClientHellos before rustls (remote lookups, fewer tickets).
+    gate: Option<Arc<WorkerGate>>,
+    /// Answers of the remote tier, drained from the mailbox.
+    answers: Vec<Answer>,
 }
 
 fn run_worker(
@@ -297,7 +309,14 @@ fn run_worker(
             logged: 0,
             suppressed: 0,
         },
+        gate: None,
+        answers: Vec::new(),
     };
+    worker.gate = WorkerGate::new(&worker.live, index);
+    if let Err(e) = worker.arm_answers(None) {
+        let _ = ready.send((index, Err(e.to_string())));
+        return;
+    }
     if let Err(e) = worker.arm_accept() {
         let _ = ready.send((index, Err(e.to_string())));
         return;
@@ -315,6 +334,68 @@ fn run_worker(
 impl Worker {
     fn counters(&self) -> &WorkerStats {
         &self.stats.workers[self.index].1
+    }
+
+    /// Arms the read of the remote tier's eventfd (if there is one), with
+    /// the 8-byte buffer of the previous read if it came back.
+    fn arm_answers(&mut self, buf: Option<Buf>) -> Result<(), UringError> {
+        let Some(remote) = self.live.cache().and_then(|c| c.remote()) else {
+            return Ok(());
+        };
+        let fd = remote.mailbox(self.index).fd();
+        let buf = buf.unwrap_or_else(|| self.pool.take());
+        self.driver.read(fd, buf, 8, tag(0, 0, Op::Answers))
+    }
+
+    /// The remote tier answered: each answer goes to its connection.
+    fn answered(&mut self, now: Instant, c: Completion) -> Result<(), UringError> {
+        let Some(cache) = self.live.cache().cloned() else {
+            return Ok(());
+        };
+        let Some(remote) = cache.remote() else {
+            return Ok(());
+        };
+        if c.result < 0 && c.result != -libc::EAGAIN && c.result != -libc::EINTR {
+            // An eventfd read does not fail; if it did, lookups would still
+            // end at their budget.
+            warn!(worker = self.index, "reading the remote tier's eventfd: {}", io::Error::from_raw_os_error(-c.result));
+        }
+        let mut buf = c.buf;
+        if let Some(b) = buf.as_mut() {
+            b.consume(b.len());
+        }
+        let mut answers = std::mem::take(&mut self.answers);
+        remote.mailbox(self.index).drain(&mut answers);
+        for answer in answers.drain(..) {
+            let (slot, generation) = untag(answer.token);
+            let Worker { slots, pool, .. } = self;
+            let Some(conn) = slots
+                .get_mut(slot as usize)
+                .filter(|s| s.generation & 0x00ff_ffff == generation)
+                .and_then(|s| s.conn.as_mut())
+                .filter(|c| !c.closing)
+            else {
+                continue;
+            };
+            let Some(lookup) = conn.machine.lookup() else {
+                // Its budget ran out first.
+                continue;
+            };
+            let redeemed = match answer.fetched {
+                Fetched::Hit { session, .. } if lookup.take => Some(session),
+                Fetched::Hit { expiry, session } => {
+                    // Where rustls's `get` will find it, and the next
+                    // connection of this session on this box too.
+                    cache.put_with_expiry(&lookup.key, &session, expiry);
+                    None
+                }
+                Fetched::Miss | Fetched::Unavailable => None,
+            };
+            conn.machine.lookup_done(now, redeemed, pool);
+            self.touch(slot);
+        }
+        self.answers = answers;
+        self.arm_answers(buf)
     }
 
     fn arm_accept(&mut self) -> Result<(), UringError> {
@@ -439,6 +520,9 @@ impl Worker {
         if op == Op::Accept {
             return self.accepted(now, c);
         }
+        if op == Op::Answers {
+            return self.answered(now, c);
+        }
         let (slot, generation) = untag(c.tag);
         let Completion {
             result, buf, rx, ..
@@ -551,7 +635,7 @@ impl Worker {
                     conn.machine.upstream_connected(now, outcome, pool);
                 }
             }
-            Op::Housekeeping | Op::Shutdown | Op::Accept => {}
+            Op::Housekeeping | Op::Shutdown | Op::Accept | Op::Answers | Op::Lookup => {}
         }
         self.touch(slot);
         Ok(())
@@ -615,8 +699,12 @@ impl Worker {
             connect: config.connect_timeout.0,
             buffer: usize::try_from(config.buffer_size.0).unwrap_or(usize::MAX),
         };
+        let mut machine = Connection::new(tls, limits, proxy_header, now);
+        if let Some(gate) = &self.gate {
+            machine = machine.with_gate(Arc::clone(gate) as Arc<dyn HelloGate>);
+        }
         let conn = Conn {
-            machine: Connection::new(tls, limits, proxy_header, now),
+            machine,
             client: fd,
             upstream: None,
             peer,
@@ -713,6 +801,21 @@ impl Worker {
                         resumed = conn.machine.resumption().name(),
                         "handshake done"
                     );
+                }
+                Event::Lookup => {
+                    let remote = live.cache().and_then(|c| c.remote());
+                    let asked = match (remote, conn.machine.lookup()) {
+                        (Some(remote), Some(lookup)) => remote.lookup(
+                            *index,
+                            tag(slot, generation, Op::Lookup),
+                            lookup.key.clone(),
+                            lookup.take,
+                        ),
+                        _ => false,
+                    };
+                    if !asked {
+                        conn.machine.lookup_done(now, None, &mut self.pool);
+                    }
                 }
                 Event::ConnectUpstream => match open_upstream(live) {
                     Ok((fd, addr)) => {

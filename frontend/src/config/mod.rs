@@ -234,13 +234,15 @@ config_keys! {
     cache_timeout: Duration = "300s", "cache.timeout_secs", change = Live,
         "How long a cached session can be resumed (like nginx's ssl_session_timeout).";
     cache_remote: crate::session_cache::remote::RemoteUrl = "", "cache.remote", change = Restart,
-        "A Redis shared by a fleet (redis://HOST:PORT[/DB], redis://:PASSWORD@HOST:PORT, redis+unix:///PATH) as a second tier behind the local cache, so sessions resume on any host behind a load balancer; empty = off. A Redis Cluster: redis+cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT...] (seed nodes; each lookup goes to the node owning its key's slot, with cache.remote.timeout_ms as connect and reply timeout, no retries). Values are sealed with cache.remote.secret; no TLS (rediss://).";
+        "A Redis shared by a fleet (redis://HOST:PORT[/DB], redis://:PASSWORD@HOST:PORT, redis+unix:///PATH) as a second tier behind the local cache, so sessions resume on any host behind a load balancer; empty = off. A Redis Cluster: redis+cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT...] (seed nodes; each lookup goes to the node owning its key's slot, with cache.remote.timeout_ms as connect and reply timeout, no retries). TLS: rediss://HOST:PORT (verified against cache.remote.ca or the system's roots). An ACL user: redis://USER:PASSWORD@HOST:PORT (never shown by sysctl -a or in logs). Values are sealed with cache.remote.secret. Lookups run on a thread of their own, never on a worker.";
     cache_remote_secret: crate::session_cache::remote::RemoteSecret = "", "cache.remote.secret", change = Restart,
         "file:PATH of a secret of 32+ bytes shared by the fleet (like tickets.key_source): seals the sessions kept in cache.remote and names their keys. Required with cache.remote.";
+    cache_remote_ca: OptPath = "", "cache.remote.ca", change = Restart,
+        "PEM file of the CA that signs Redis's certificate, for rediss:// (the server's name or address is verified against it); empty = the system's trusted roots.";
     cache_remote_timeout_ms: u32 = "5", "cache.remote.timeout_ms", change = Restart,
-        "Longest a handshake waits for cache.remote after a local miss (connect, send and answer together), in milliseconds (1 to 1000); past it the handshake goes on as a full one.";
+        "Longest a handshake waits for cache.remote after a local miss, in milliseconds (1 to 1000); past it the handshake goes on as a full one. Other connections of the worker never wait.";
     cache_remote_queue: u32 = "4096", "cache.remote.queue", change = Restart,
-        "Sessions waiting to be written to cache.remote (by one background thread, never by a handshake); when full, new ones are not written (counted as remote_put_dropped).";
+        "Writes to cache.remote that may wait at once (they are pipelined by the Redis thread, never by a handshake); past it new sessions are not written (counted as remote_put_dropped).";
     tickets_enabled: bool = "1", "tickets.enabled", change = Restart,
         "Issue session tickets sealed by the shared ticket-key ring (TLS 1.2 tickets; TLS 1.3 tickets in stateless mode).";
     tls13_mode: Tls13Mode = "stateless", "tickets.tls13_mode", change = Restart,

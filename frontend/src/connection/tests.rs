@@ -519,3 +519,85 @@ fn records_split_at_every_odd_boundary_arrive_byte_exact() {
         assert!(rig.upstream == data, "chunk {chunk}: {} of {} bytes", rig.upstream.len(), data.len());
     }
 }
+
+// ---- the hello gate ------------------------------------------------------
+
+/// A gate that asks for one lookup of every hello, recording what it saw.
+struct AskAlways {
+    seen: std::sync::Mutex<Vec<crate::client_hello::HelloInfo>>,
+}
+
+impl super::HelloGate for AskAlways {
+    fn decide(&self, hello: &crate::client_hello::HelloInfo) -> super::Decision {
+        self.seen.lock().expect("lock").push(hello.clone());
+        super::Decision {
+            tls: None,
+            lookup: Some(super::Lookup {
+                key: b"the-id".to_vec(),
+                take: false,
+                budget: Duration::from_millis(5),
+            }),
+        }
+    }
+}
+
+fn gated_rig(chunk: usize) -> (Rig, Arc<AskAlways>) {
+    let (server, client) = configs(0);
+    let mut rig = Rig::new(server, client);
+    let gate = Arc::new(AskAlways {
+        seen: std::sync::Mutex::new(Vec::new()),
+    });
+    let conn = std::mem::replace(
+        &mut rig.conn,
+        Connection::new(
+            UnbufferedServerConnection::new(configs(0).0).expect("server"),
+            limits(),
+            None,
+            rig.now,
+        ),
+    );
+    rig.conn = conn.with_gate(gate.clone());
+    rig.chunk = chunk;
+    (rig, gate)
+}
+
+#[test]
+fn a_lookup_holds_the_hello_back_from_rustls_until_it_is_answered() {
+    let (mut rig, gate) = gated_rig(usize::MAX);
+    rig.pump();
+    assert_eq!(gate.seen.lock().expect("lock").len(), 1);
+    assert!(rig.client.is_handshaking(), "the server answered before the lookup");
+    assert_eq!(rig.conn.lookup().map(|l| l.key.as_slice()), Some(&b"the-id"[..]));
+    rig.conn.lookup_done(rig.now, None, &mut rig.pool);
+    rig.pump();
+    assert!(!rig.client.is_handshaking(), "the handshake did not go on");
+    assert!(rig.conn.lookup().is_none());
+}
+
+#[test]
+fn an_unanswered_lookup_ends_at_its_budget_and_the_handshake_goes_on() {
+    let (mut rig, _) = gated_rig(usize::MAX);
+    rig.pump();
+    let deadline = rig.conn.poll_timeout().expect("a deadline");
+    assert!(deadline <= rig.now + Duration::from_millis(5));
+    rig.now = deadline;
+    rig.conn.handle_timeout(rig.now, &mut rig.pool);
+    rig.pump();
+    assert!(!rig.client.is_handshaking());
+    assert_eq!(rig.conn.end(), None);
+    // A late answer changes nothing.
+    rig.conn.lookup_done(rig.now, None, &mut rig.pool);
+    assert_eq!(rig.conn.end(), None);
+}
+
+#[test]
+fn a_hello_split_over_receives_is_gathered_before_the_gate_reads_it() {
+    let (mut rig, gate) = gated_rig(7);
+    rig.pump();
+    let seen = gate.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1, "the gate must decide once, on the whole hello");
+    assert_eq!(seen[0].server_name.as_deref(), Some("localhost"));
+    rig.conn.lookup_done(rig.now, None, &mut rig.pool);
+    rig.pump();
+    assert!(!rig.client.is_handshaking());
+}

@@ -15,6 +15,7 @@
 //! `put`/`take`, where `take` is one CAS on the slot's sequence, so a ticket
 //! is redeemed at most once on the whole box.
 
+pub mod fetched;
 pub mod layout;
 pub mod remote;
 pub mod slot;
@@ -208,12 +209,18 @@ impl SessionCache {
         read
     }
 
-    /// Finds `key`; with `remove`, also takes it out atomically.
-    fn lookup(&self, key: &[u8], remove: bool) -> Option<Vec<u8>> {
+    /// Finds `key`; with `remove`, also takes it out atomically. A probe
+    /// (`count` false) changes no counter and leaves no resumption hint.
+    fn lookup(&self, key: &[u8], remove: bool, count: bool) -> Option<Vec<u8>> {
         let counters = self.counters();
-        counters.lookups.fetch_add(1, Ordering::Relaxed);
+        let inc = |c: &AtomicU64| {
+            if count {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        inc(&counters.lookups);
         if key.len() > MAX_KEY {
-            counters.misses.fetch_add(1, Ordering::Relaxed);
+            inc(&counters.misses);
             return None;
         }
         let hash = key_hash(self.seed, key);
@@ -234,7 +241,7 @@ impl SessionCache {
                 continue;
             };
             if expiry <= now {
-                counters.expired.fetch_add(1, Ordering::Relaxed);
+                inc(&counters.expired);
                 break;
             }
             if remove {
@@ -242,12 +249,15 @@ impl SessionCache {
                 // or processes) redeems the entry: the winner saw the
                 // state unchanged since its validated read.
                 if !slot::take(slot, seq, now, slot::my_owner()) {
-                    counters.contended.fetch_add(1, Ordering::Relaxed);
+                    inc(&counters.contended);
                     break;
                 }
                 tag.store(0, Ordering::Relaxed);
             }
-            counters.hits.fetch_add(1, Ordering::Relaxed);
+            if !count {
+                return Some(value);
+            }
+            inc(&counters.hits);
             metrics::note_resume_hint(if remove {
                 metrics::ResumeHint::CacheTake
             } else {
@@ -255,20 +265,26 @@ impl SessionCache {
             });
             return Some(value);
         }
-        counters.misses.fetch_add(1, Ordering::Relaxed);
+        inc(&counters.misses);
         None
     }
 
     /// Looks `key` up without removing it (TLS 1.2 session IDs).
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.lookup(key, false)
+        self.lookup(key, false, true)
+    }
+
+    /// Whether `key` is here now, counting nothing (the worker's look
+    /// before rustls's own `get`).
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.lookup(key, false, false).is_some()
     }
 
     /// Looks `key` up and removes it; of any number of concurrent takers on
     /// the whole box, exactly one gets the value (TLS 1.3 single-use
     /// tickets).
     pub fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.lookup(key, true)
+        self.lookup(key, true, true)
     }
 
     /// Stores `value` under `key` for `cache.timeout_secs`. Refused (false)
@@ -430,8 +446,10 @@ impl PerWorkerCounters for SessionCache {
     }
 }
 
-/// What rustls calls: the local cache first, then the remote tier if one is
-/// attached (see [`remote`] for the rules).
+/// What rustls calls. Never Redis: the worker asked Redis before rustls
+/// saw the ClientHello (see [`remote`]), and placed what it found where
+/// these calls look — a session ID's session in the local cache, a
+/// single-use ticket in [`fetched`].
 impl rustls::server::StoresServerSessions for SessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
         let Some(r) = self.remote.get() else {
@@ -444,51 +462,26 @@ impl rustls::server::StoresServerSessions for SessionCache {
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let local = SessionCache::get(self, key);
-        let Some(r) = self.remote.get().filter(|_| local.is_none()) else {
-            return local;
-        };
-        match r.fetch(key, false) {
-            remote::Fetched::Hit { expiry, session } => {
-                self.put_with_expiry(key, &session, expiry);
-                metrics::note_resume_hint(metrics::ResumeHint::CacheGet);
-                Some(session)
-            }
-            remote::Fetched::Miss | remote::Fetched::Unavailable => None,
-        }
+        SessionCache::get(self, key)
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let Some(r) = self.remote.get() else {
+        if self.remote.get().is_none() {
             return SessionCache::take(self, key);
-        };
-        // Redis decides while it answers (GETDEL: once in the fleet); a
-        // local copy is then stale either way and is dropped.
-        match r.fetch(key, true) {
-            remote::Fetched::Hit { session, .. } => {
-                SessionCache::take(self, key);
-                metrics::note_resume_hint(metrics::ResumeHint::CacheTake);
-                Some(session)
-            }
-            remote::Fetched::Miss => {
-                // Not a resumption: keep the hint as it was before.
-                let hint = metrics::take_resume_hint();
-                SessionCache::take(self, key);
-                metrics::take_resume_hint();
-                if let Some(h) = hint {
-                    metrics::note_resume_hint(h);
-                }
-                None
-            }
-            remote::Fetched::Unavailable => {
-                // Once on this box; the copy in Redis goes when it answers.
-                let local = SessionCache::take(self, key);
-                if local.is_some() {
-                    r.forget(key);
-                }
-                local
-            }
         }
+        // With a remote tier a ticket is redeemed by Redis's GETDEL or not at
+        // all (fail closed): a local copy is stale either way and goes,
+        // without counting as a resumption.
+        let hint = metrics::take_resume_hint();
+        SessionCache::take(self, key);
+        metrics::take_resume_hint();
+        let session = fetched::take(key);
+        match (&session, hint) {
+            (Some(_), _) => metrics::note_resume_hint(metrics::ResumeHint::CacheTake),
+            (None, Some(h)) => metrics::note_resume_hint(h),
+            (None, None) => {}
+        }
+        session
     }
 
     fn can_cache(&self) -> bool {
