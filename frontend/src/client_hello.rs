@@ -21,8 +21,8 @@ pub struct HelloInfo {
     pub psk_identities: usize,
     /// `supported_versions` lists TLS 1.3.
     pub offers_tls13: bool,
-    /// A non-empty TLS 1.2 `session_ticket` extension (a ticket offered).
-    pub offers_ticket12: bool,
+    /// The TLS 1.2 ticket of a non-empty `session_ticket` extension.
+    pub ticket12: Option<Vec<u8>>,
 }
 
 struct Reader<'a> {
@@ -128,7 +128,7 @@ pub fn parse(first_record: &[u8]) -> Option<HelloInfo> {
                     }
                 }
             }
-            35 => info.offers_ticket12 = !ext.data.is_empty(),
+            35 => info.ticket12 = (!ext.data.is_empty()).then(|| ext.data.to_vec()),
             43 => {
                 let mut versions = ext.vec8()?;
                 while !versions.data.is_empty() {
@@ -200,7 +200,7 @@ mod tests {
         client.write_tls(&mut out).expect("hello");
         let info = parse(&out).expect("a hello");
         assert!(!info.offers_tls13);
-        assert!(!info.offers_ticket12);
+        assert_eq!(info.ticket12, None);
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //!
 //! Whether TLS 1.3 will be negotiated is read from the hello's
 //! `supported_versions` and the versions tlsfront allows, as rustls will
-//! decide it; a TLS 1.2 ticket offered (and tickets on) means rustls tries
-//! the ticket and needs no session ID lookup.
+//! decide it; a hello that carries a TLS 1.2 ticket is resumed by the
+//! ticket or not at all (rustls then ignores the session ID), so it needs
+//! no lookup.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,10 +84,9 @@ impl HelloGate for WorkerGate {
         let Some(id) = &hello.session_id else {
             return decision;
         };
-        // Stateful TLS 1.3 turns rustls's ticketer off for TLS 1.2 too.
-        let ticket_first = hello.offers_ticket12
-            && config.tickets_enabled
-            && config.tls13_mode != Tls13Mode::Stateful;
+        // rustls never looks at the session ID of a hello that carries a
+        // TLS 1.2 ticket, whether the ticket opens or not.
+        let ticket_first = hello.ticket12.is_some();
         if config.protocols.tls12 && !ticket_first && !cache.contains(id) {
             decision.lookup = Some(Lookup {
                 key: id.clone(),

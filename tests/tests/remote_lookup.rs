@@ -1,0 +1,307 @@
+//! Lookups in `cache.remote` never stall a worker: with Redis 2 ms away
+//! (a delaying relay of our own between tlsfront and a real redis-server;
+//! this kernel has no netem), a worker that must ask Redis for every
+//! resumption keeps most of the rate it has when every session is local,
+//! and full handshakes on the same worker are not held up.
+//!
+//! Two phases of one run on the same tlsfront (one worker), compared with
+//! each other, never with a fixed time:
+//! - local: sessions made on this tlsfront, resumed on it (local cache);
+//! - remote: sessions made on another tlsfront sharing the Redis, resumed
+//!   on this one: each resumption needs a `GET` through the relay.
+//!
+//! With a synchronous lookup on the worker (tlsfront before issue 14),
+//! the remote phase is capped at one resumption per round trip (≤ 500/s)
+//! and full handshakes wait behind the lookups: the test fails.
+//!
+//! Needs redis-server (scripts/setup.sh installs it).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tlsfront_tests::fleet_support::{resp, RespValue};
+use tlsfront_tests::{client_config, ClientSpec, Frontend, ReservedPort, TlsClient, Trust, Versions};
+
+/// Delay each way through the relay: a 2 ms round trip.
+const ONE_WAY: Duration = Duration::from_millis(1);
+/// Sessions resumed per phase.
+const SESSIONS: usize = 3000;
+/// Client threads resuming at once.
+const CONCURRENCY: usize = 64;
+
+/// A real redis-server on a reserved loopback port, killed on drop.
+struct Redis {
+    child: Child,
+    addr: SocketAddr,
+    _port: ReservedPort,
+}
+
+impl Redis {
+    fn start(dir: &std::path::Path) -> Redis {
+        let port = ReservedPort::new();
+        let child = tlsfront_tests::prereq::tool("redis-server")
+            .args(["--port", &port.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let addr = port.addr();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !matches!(resp(addr, &[b"PING"]), Ok(RespValue::Simple(ref s)) if s == "PONG") {
+            assert!(Instant::now() < deadline, "redis-server on {addr} did not answer PING");
+            thread::sleep(Duration::from_millis(20));
+        }
+        Redis {
+            child,
+            addr,
+            _port: port,
+        }
+    }
+
+    fn keys(&self) -> i64 {
+        match resp(self.addr, &[b"DBSIZE"]) {
+            Ok(RespValue::Int(n)) => n,
+            other => panic!("DBSIZE: {other:?}"),
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Copies `from` to `to`, each chunk delivered [`ONE_WAY`] after it was
+/// read; chunks queue behind each other, so pipelining is preserved.
+fn delayed_copy(mut from: TcpStream, mut to: TcpStream) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    thread::spawn(move || {
+        for (due, chunk) in rx {
+            let now = Instant::now();
+            if due > now {
+                thread::sleep(due - now);
+            }
+            if to.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tx.send((Instant::now() + ONE_WAY, buf[..n].to_vec())).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A TCP relay to `target` that adds [`ONE_WAY`] each way; runs until the
+/// test process ends.
+fn delaying_relay(target: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("relay listener");
+    let addr = listener.local_addr().expect("relay address");
+    thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(target) else {
+                continue;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let (c2, s2) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+            thread::spawn(move || delayed_copy(client, server));
+            thread::spawn(move || delayed_copy(s2, c2));
+        }
+    });
+    addr
+}
+
+/// A TLS 1.2 client config that offers only session IDs (no tickets) and
+/// remembers the sessions it is given.
+fn session_id_client() -> Arc<rustls::ClientConfig> {
+    let mut cfg = (*client_config(&ClientSpec::new(Trust::AnyCert).versions(Versions::Tls12))).clone();
+    let mut resumption =
+        rustls::client::Resumption::store(Arc::new(rustls::client::ClientSessionMemoryCache::new(4)));
+    resumption = resumption.tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+    cfg.resumption = resumption;
+    Arc::new(cfg)
+}
+
+/// One client config per session, each holding the session `addr` gave it
+/// in a full handshake.
+fn sessions_from(addr: SocketAddr, n: usize) -> Vec<Arc<rustls::ClientConfig>> {
+    let configs: Vec<_> = (0..n).map(|_| session_id_client()).collect();
+    let next = AtomicUsize::new(0);
+    thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(cfg) = configs.get(i) else {
+                    return;
+                };
+                let c = TlsClient::connect(addr, Arc::clone(cfg), "localhost")
+                    .unwrap_or_else(|e| panic!("full handshake {i} with {addr}: {e}"));
+                assert!(!c.resumed());
+            });
+        }
+    });
+    configs
+}
+
+struct Phase {
+    /// Resumptions per second, wall clock.
+    rate: f64,
+    /// Handshakes the clients saw resume.
+    resumed: usize,
+    /// p99 of the full handshakes made meanwhile on the same worker.
+    full_p99: Duration,
+    full_count: usize,
+}
+
+/// Resumes every session of `configs` once on `addr`, [`CONCURRENCY`] at
+/// a time, while one more client makes full handshakes there.
+fn resume_all(addr: SocketAddr, configs: &[Arc<rustls::ClientConfig>]) -> Phase {
+    let next = AtomicUsize::new(0);
+    let resumed = AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut full = Vec::new();
+    let start = Instant::now();
+    let mut elapsed = Duration::ZERO;
+    thread::scope(|s| {
+        let full_client = s.spawn(|| {
+            let mut samples = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let c = TlsClient::connect(addr, session_id_client(), "localhost")
+                    .unwrap_or_else(|e| panic!("full handshake with {addr}: {e}"));
+                samples.push(t.elapsed());
+                drop(c);
+                thread::sleep(Duration::from_millis(2));
+            }
+            samples
+        });
+        let workers: Vec<_> = (0..CONCURRENCY)
+            .map(|_| {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(cfg) = configs.get(i) else {
+                        return;
+                    };
+                    let c = TlsClient::connect(addr, Arc::clone(cfg), "localhost")
+                        .unwrap_or_else(|e| panic!("resumption {i} with {addr}: {e}"));
+                    if c.resumed() {
+                        resumed.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("client thread");
+        }
+        elapsed = start.elapsed();
+        done.store(true, Ordering::Relaxed);
+        full = full_client.join().expect("full-handshake thread");
+    });
+    full.sort();
+    let p99 = full
+        .get((full.len() * 99 / 100).min(full.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default();
+    Phase {
+        rate: configs.len() as f64 / elapsed.as_secs_f64(),
+        resumed: resumed.load(Ordering::Relaxed),
+        full_p99: p99,
+        full_count: full.len(),
+    }
+}
+
+#[test]
+fn a_worker_that_asks_a_slow_redis_for_every_resumption_keeps_its_rate_and_its_full_handshakes_on_time() {
+    tlsfront_tests::prereq::require(&[tlsfront_tests::prereq::Need::Program("redis-server")]);
+    let dir = tlsfront_tests::temp_dir();
+    let redis = Redis::start(dir.path());
+    let secret = tlsfront_tests::write_file(dir.path(), "fleet.secret", &"s".repeat(48));
+    let secret = format!("file:{}", secret.display());
+    let slow = format!("redis://{}", delaying_relay(redis.addr));
+    let direct = format!("redis://{}", redis.addr);
+    let common = [
+        ("worker.count", "1"),
+        ("cache.remote.secret", secret.as_str()),
+        // The budget is not what is measured: the worker's rate is.
+        ("cache.remote.timeout_ms", "200"),
+        ("tls.protocols", "1.2"),
+    ];
+    fn with<'a>(common: &[(&'a str, &'a str)], url: &'a str) -> Vec<(&'a str, &'a str)> {
+        let mut o = common.to_vec();
+        o.push(("cache.remote", url));
+        o
+    }
+    let measured = Frontend::start(&with(&common, &slow));
+    let issuer = Frontend::start(&with(&common, &direct));
+
+    // Warm-up (threads, buffers, the cache's pages), not measured.
+    let warm = sessions_from(measured.addr(), SESSIONS / 4);
+    resume_all(measured.addr(), &warm);
+
+    // Local: this tlsfront's own sessions.
+    let own = sessions_from(measured.addr(), SESSIONS);
+    let local = resume_all(measured.addr(), &own);
+
+    // Remote: sessions of the other tlsfront, in Redis once its writes land.
+    let before = redis.keys();
+    let foreign = sessions_from(issuer.addr(), SESSIONS);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis.keys() < before + SESSIONS as i64 {
+        assert!(Instant::now() < deadline, "the issuer's sessions did not reach Redis: {} keys", redis.keys());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let gets_before = measured.stats().total.get("remote_gets");
+    let remote = resume_all(measured.addr(), &foreign);
+    let gets = measured.stats().total.get("remote_gets") - gets_before;
+
+    eprintln!(
+        "local: {:.0} resumptions/s, {}/{} resumed, full-handshake p99 {:?} ({} samples); \
+         remote (2 ms away): {:.0} resumptions/s ({:.0}% of local), {}/{} resumed, {} GETs, \
+         full-handshake p99 {:?} ({} samples)",
+        local.rate,
+        local.resumed,
+        SESSIONS,
+        local.full_p99,
+        local.full_count,
+        remote.rate,
+        100.0 * remote.rate / local.rate,
+        remote.resumed,
+        SESSIONS,
+        gets,
+        remote.full_p99,
+        remote.full_count
+    );
+    assert_eq!(local.resumed, SESSIONS, "local sessions must all resume");
+    assert_eq!(remote.resumed, SESSIONS, "every session from the other host must resume through Redis");
+    assert!(gets >= SESSIONS as u64, "each remote resumption needs a GET: {gets}");
+    assert!(
+        remote.rate >= 0.8 * local.rate,
+        "asking Redis 2 ms away must not cost the worker its rate: {:.0}/s vs {:.0}/s local",
+        remote.rate,
+        local.rate
+    );
+    assert!(
+        remote.full_p99 <= local.full_p99 + Duration::from_millis(1),
+        "full handshakes on the same worker must not wait for Redis: p99 {:?} vs {:?}",
+        remote.full_p99,
+        local.full_p99
+    );
+}
