@@ -116,6 +116,17 @@ pub(super) enum Job {
     },
 }
 
+impl Job {
+    /// The worker whose counters the job's outcome goes to.
+    fn worker(&self) -> usize {
+        match self {
+            Job::Lookup { worker, .. } | Job::Set { worker, .. } => *worker,
+            // A ping comes from start-up or a tool: not a worker.
+            Job::Ping { .. } => usize::MAX,
+        }
+    }
+}
+
 /// Where the store is.
 pub(super) enum Target {
     Single(redis::Client),
@@ -278,7 +289,11 @@ impl Loop {
             }
             Event::Connected(Err(e)) => {
                 tracing::debug!("cache.remote: connecting failed: {e}; retrying in {:?}", self.backoff);
-                inc(&self.shared.counters[self.shared.counters.len() - 1].errors);
+                // Counted for the worker whose job waited for this connect
+                // (the start-up connect has none: the row of other threads).
+                let last = self.shared.counters.len() - 1;
+                let worker = self.waiting.first().map_or(last, |j| j.worker().min(last));
+                inc(&self.shared.counters[worker].errors);
                 self.went_down();
             }
             Event::Broken(generation) => {
