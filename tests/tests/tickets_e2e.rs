@@ -1150,3 +1150,24 @@ fn early_data_reaches_the_upstream_once_and_a_replayed_flight_gets_none_through(
     assert_eq!(rec.len(), 3, "{rec:?}");
     assert_eq!(rec[2].0, b"FRESH;");
 }
+
+/// TLS 1.3 tickets a handshake's s_client output says arrived.
+fn tickets_arrived(out: &CmdOutput) -> usize {
+    out.stdout.matches("Post-Handshake New Session Ticket arrived").count()
+}
+
+#[test]
+fn a_resumed_tls13_handshake_gets_one_new_ticket_a_full_one_tls13_tickets() {
+    let fe = Frontend::start(&[("tls.tls13_tickets", "3")]);
+    let dir = tlsfront_tests::temp_dir();
+    let sess = dir.path().join("s13.pem");
+    let full = s_client_save_session(&fe, "-tls1_3", &sess);
+    assert_eq!(tickets_arrived(&full), 3, "full handshake\n{}", full.describe());
+    let again = s_client(
+        fe.port,
+        &["-tls1_3", "-ign_eof", "-sess_in", sess.to_str().unwrap()],
+        b"GET / HTTP/1.0\r\n\r\n",
+    );
+    assert_eq!(lines_starting(&again, "Reused,"), 1, "no resumption\n{}", again.describe());
+    assert_eq!(tickets_arrived(&again), 1, "resumed handshake\n{}", again.describe());
+}
