@@ -297,6 +297,18 @@ impl Connection {
     /// True: go on with `data` as usual; false: the bytes are held (the
     /// record is incomplete, or a lookup is out) or were fed already.
     fn gate_hello(&mut self, now: Instant, data: &mut [u8], pool: &mut BufPool) -> bool {
+        let first = self.held.as_ref().map_or(&data[..], |h| h.pending());
+        if !first.is_empty() && (first[0] != 22 || first.get(1).is_some_and(|&v| v != 3)) {
+            // Not a TLS handshake record (plain HTTP, garbage): rustls
+            // refuses it at once; nothing to gather.
+            self.hello_seen = true;
+            if let Some(held) = self.held.as_mut() {
+                held.extend(data);
+                self.feed_held(now, None, pool);
+                return false;
+            }
+            return true;
+        }
         let whole_here = self.held.is_none()
             && client_hello::first_record_len(data).is_some_and(|n| n <= data.len());
         if !whole_here {

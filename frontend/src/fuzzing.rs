@@ -395,3 +395,31 @@ pub fn reference_parse(frame: &[u8]) -> Parsed {
         _ => Parsed::Other,
     }
 }
+
+/// The ClientHello reader ([`crate::client_hello`]) on arbitrary first
+/// bytes of a connection: it never panics and never reads past the first
+/// record.
+///
+/// Checked: what it returns respects the format's limits (a session ID of
+/// 1 to 32 bytes, a server name of lower-case ASCII of at most 253 bytes, a
+/// first PSK identity exactly when identities were counted); the first
+/// record lies within the input; bytes after it change nothing.
+pub fn client_hello(data: &[u8]) {
+    use crate::client_hello::{first_record_len, parse};
+    let Some(info) = parse(data) else {
+        return;
+    };
+    let len = first_record_len(data).expect("a parsed hello has a record header");
+    assert!(len <= data.len(), "parsed past the input");
+    if let Some(id) = &info.session_id {
+        assert!((1..=32).contains(&id.len()), "session ID of {} bytes", id.len());
+    }
+    if let Some(name) = &info.server_name {
+        assert!(!name.is_empty() && name.len() <= 253);
+        assert!(name.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()));
+    }
+    assert_eq!(info.first_psk_identity.is_some(), info.psk_identities > 0);
+    let mut longer = data[..len].to_vec();
+    longer.extend_from_slice(&[0x16; 64]);
+    assert_eq!(parse(&longer), Some(info), "bytes after the first record changed the result");
+}

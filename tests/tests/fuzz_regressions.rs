@@ -11,7 +11,7 @@ use tlsfront::tickets::{KeySource, TicketKeyRing};
 use tlsfront_tests::temp_dir;
 
 /// The fuzz targets of `fuzz/`; each has a replay test below.
-const TARGETS: &[&str] = &["cache_file", "config", "packet", "ticket_open"];
+const TARGETS: &[&str] = &["cache_file", "client_hello", "config", "packet", "ticket_open"];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -125,4 +125,9 @@ fn ticket_open() {
 #[test]
 fn packet() {
     replay("packet", fuzzing::packet);
+}
+
+#[test]
+fn client_hello() {
+    replay("client_hello", fuzzing::client_hello);
 }

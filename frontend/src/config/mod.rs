@@ -239,8 +239,8 @@ config_keys! {
         "file:PATH of a secret of 32+ bytes shared by the fleet (like tickets.key_source): seals the sessions kept in cache.remote and names their keys. Required with cache.remote.";
     cache_remote_ca: OptPath = "", "cache.remote.ca", change = Restart,
         "PEM file of the CA that signs Redis's certificate, for rediss:// (the server's name or address is verified against it); empty = the system's trusted roots.";
-    cache_remote_timeout_ms: u32 = "5", "cache.remote.timeout_ms", change = Restart,
-        "Longest a handshake waits for cache.remote after a local miss, in milliseconds (1 to 1000); past it the handshake goes on as a full one. Other connections of the worker never wait.";
+    cache_remote_timeout_ms: u32 = "20", "cache.remote.timeout_ms", change = Restart,
+        "Longest a handshake waits for cache.remote after a local miss, in milliseconds (1 to 1000); past it the handshake goes on as a full one. Only that handshake waits: other connections of the worker never do, so the budget can cover a loaded host's scheduling as well as Redis's round trip.";
     cache_remote_queue: u32 = "4096", "cache.remote.queue", change = Restart,
         "Writes to cache.remote that may wait at once (they are pipelined by the Redis thread, never by a handshake); past it new sessions are not written (counted as remote_put_dropped).";
     tickets_enabled: bool = "1", "tickets.enabled", change = Restart,

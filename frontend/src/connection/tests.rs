@@ -601,3 +601,17 @@ fn a_hello_split_over_receives_is_gathered_before_the_gate_reads_it() {
     rig.pump();
     assert!(!rig.client.is_handshaking());
 }
+
+#[test]
+fn bytes_that_are_not_a_tls_record_go_to_rustls_at_once_through_the_gate() {
+    let (mut rig, gate) = gated_rig(usize::MAX);
+    let mut http = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    rig.conn.client_data(rig.now, &mut http, &mut rig.pool);
+    assert!(gate.seen.lock().expect("lock").is_empty(), "the gate read a non-TLS record");
+    assert!(rig.conn.lookup().is_none());
+    let alert = rig.conn.poll_transmit(Side::Client);
+    assert!(
+        alert.is_some() || matches!(rig.conn.end(), Some(End::Failed(Failure::Handshake, _))),
+        "rustls must refuse the bytes at once"
+    );
+}

@@ -526,7 +526,7 @@ mod tests {
             "cache.remote.secret=file:/s",
         ])
         .unwrap();
-        assert_eq!(c.cache_remote_timeout_ms, 5);
+        assert_eq!(c.cache_remote_timeout_ms, 20);
     }
 
     fn settings(url: &str, dir: &Path) -> RemoteSettings {
