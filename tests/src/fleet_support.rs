@@ -582,3 +582,16 @@ pub fn first_session_client_config(
         rustls::client::Resumption::store(std::sync::Arc::new(FirstSessionStore::new()));
     std::sync::Arc::new(cfg)
 }
+
+/// A TLS 1.2 client config that offers only session IDs (no tickets),
+/// trusts any certificate, and remembers the sessions it is given: what a
+/// session-ID-resumption test across hosts needs.
+pub fn session_id_client() -> std::sync::Arc<rustls::ClientConfig> {
+    let spec = crate::ClientSpec::new(crate::Trust::AnyCert).versions(crate::Versions::Tls12);
+    let mut cfg = (*crate::client_config(&spec)).clone();
+    cfg.resumption = rustls::client::Resumption::store(std::sync::Arc::new(
+        rustls::client::ClientSessionMemoryCache::new(4),
+    ))
+    .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+    std::sync::Arc::new(cfg)
+}

@@ -1795,3 +1795,4 @@ pub mod robust_support;
 
 pub mod fleet_support;
 pub mod prereq;
+pub mod redis;

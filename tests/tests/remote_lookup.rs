@@ -18,14 +18,14 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tlsfront_tests::fleet_support::{resp, RespValue};
-use tlsfront_tests::{client_config, ClientSpec, Frontend, ReservedPort, TlsClient, Trust, Versions};
+use tlsfront_tests::fleet_support::session_id_client;
+use tlsfront_tests::redis::LocalRedis;
+use tlsfront_tests::{Frontend, TlsClient};
 
 /// Delay each way through the relay: a 2 ms round trip.
 const ONE_WAY: Duration = Duration::from_millis(1);
@@ -33,52 +33,6 @@ const ONE_WAY: Duration = Duration::from_millis(1);
 const SESSIONS: usize = 3000;
 /// Client threads resuming at once.
 const CONCURRENCY: usize = 64;
-
-/// A real redis-server on a reserved loopback port, killed on drop.
-struct Redis {
-    child: Child,
-    addr: SocketAddr,
-    _port: ReservedPort,
-}
-
-impl Redis {
-    fn start(dir: &std::path::Path) -> Redis {
-        let port = ReservedPort::new();
-        let child = tlsfront_tests::prereq::tool("redis-server")
-            .args(["--port", &port.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let addr = port.addr();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !matches!(resp(addr, &[b"PING"]), Ok(RespValue::Simple(ref s)) if s == "PONG") {
-            assert!(Instant::now() < deadline, "redis-server on {addr} did not answer PING");
-            thread::sleep(Duration::from_millis(20));
-        }
-        Redis {
-            child,
-            addr,
-            _port: port,
-        }
-    }
-
-    fn keys(&self) -> i64 {
-        match resp(self.addr, &[b"DBSIZE"]) {
-            Ok(RespValue::Int(n)) => n,
-            other => panic!("DBSIZE: {other:?}"),
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Copies `from` to `to`, each chunk delivered [`ONE_WAY`] after it was
 /// read; chunks queue behind each other, so pipelining is preserved.
@@ -127,17 +81,6 @@ fn delaying_relay(target: SocketAddr) -> SocketAddr {
         }
     });
     addr
-}
-
-/// A TLS 1.2 client config that offers only session IDs (no tickets) and
-/// remembers the sessions it is given.
-fn session_id_client() -> Arc<rustls::ClientConfig> {
-    let mut cfg = (*client_config(&ClientSpec::new(Trust::AnyCert).versions(Versions::Tls12))).clone();
-    let mut resumption =
-        rustls::client::Resumption::store(Arc::new(rustls::client::ClientSessionMemoryCache::new(4)));
-    resumption = resumption.tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
-    cfg.resumption = resumption;
-    Arc::new(cfg)
 }
 
 /// One client config per session, each holding the session `addr` gave it
@@ -232,7 +175,7 @@ fn resume_all(addr: SocketAddr, configs: &[Arc<rustls::ClientConfig>]) -> Phase 
 fn a_worker_that_asks_a_slow_redis_for_every_resumption_keeps_its_rate_and_its_full_handshakes_on_time() {
     tlsfront_tests::prereq::require(&[tlsfront_tests::prereq::Need::Program("redis-server")]);
     let dir = tlsfront_tests::temp_dir();
-    let redis = Redis::start(dir.path());
+    let redis = LocalRedis::start(dir.path());
     let secret = tlsfront_tests::write_file(dir.path(), "fleet.secret", &"s".repeat(48));
     let secret = format!("file:{}", secret.display());
     let slow = format!("redis://{}", delaying_relay(redis.addr));
