@@ -269,6 +269,11 @@ impl NsFrontend {
                 dir.path().join("tickets.ring").display().to_string(),
             ),
         ];
+        // Not tested here; and a test never writes a sysctl it does not test,
+        // even its namespace's own.
+        if !opts.iter().any(|(k, _)| *k == "net.migrate_requests") {
+            all.push(("net.migrate_requests".to_string(), "0".to_string()));
+        }
         all.extend(opts.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         for (k, v) in &all {
             cmd.arg("-o").arg(format!("{k}={v}"));
