@@ -985,6 +985,8 @@ impl Leaf {
 /// A throw-away CA that issues leaf certificates for the tests.
 pub struct Pki {
     pub ca_der: CertificateDer<'static>,
+    /// The CA certificate as PEM (for `curl --cacert`, `openssl -CAfile`).
+    pub ca_pem: String,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
@@ -1004,6 +1006,7 @@ impl Pki {
         let cert = p.self_signed(&key).expect("self-sign CA");
         Pki {
             ca_der: cert.der().clone(),
+            ca_pem: cert.pem(),
             issuer: rcgen::Issuer::new(p, key),
         }
     }

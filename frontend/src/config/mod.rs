@@ -113,7 +113,7 @@ pub const SNI_KEYS: &[KeyInfo] = &[
         kind: "path",
         default: "",
         change: Change::Reload,
-        doc: "Certificate chain (PEM) served to clients that ask for server name <name>.",
+        doc: "Certificate chain (PEM) served to clients that ask for server name <name> (matched case-insensitively). <name> may be a wildcard *.example.com: it matches exactly one leftmost label (www.example.com, not example.com or a.b.example.com), and an exact name wins over it. No SNI, or a name nothing matches, gets tls.cert.",
     },
     KeyInfo {
         name: "tls.sni.<name>.key",
@@ -279,6 +279,7 @@ impl Config {
             return result;
         }
         if let Some((name, which)) = sni_key(key) {
+            check_sni_name(name)?;
             let path = OptPath::parse(raw)?;
             let entry = self.sni.entry(name.to_ascii_lowercase()).or_default();
             match which {
@@ -559,11 +560,24 @@ fn sni_key(key: &str) -> Option<(&str, SniPart)> {
     } else {
         (rest.strip_suffix(".key")?, SniPart::Key)
     };
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*');
-    valid.then_some((name, part))
+    (!name.is_empty()).then_some((name, part))
+}
+
+/// A server name of `tls.sni.<name>`: DNS labels of letters, digits and
+/// `-`, or a wildcard `*.<name>` whose `*` is the whole leftmost label (it
+/// then stands for exactly one label, as clients match wildcards).
+fn check_sni_name(name: &str) -> Result<(), String> {
+    let plain = name.strip_prefix("*.").unwrap_or(name);
+    let label_ok = |l: &str| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.len() <= 253 && plain.split('.').all(label_ok) {
+        return Ok(());
+    }
+    Err(format!(
+        "{name:?} is not a server name: labels of letters, digits and '-', or a wildcard \
+         '*.' + a name (the '*' is the whole leftmost label and matches exactly one label)"
+    ))
 }
 
 /// The reference page `docs/config.md`, generated from [`KEYS`].

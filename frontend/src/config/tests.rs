@@ -133,6 +133,26 @@ fn sni_keys_collect_per_name_and_need_both_parts() {
 }
 
 #[test]
+fn a_wildcard_sni_name_is_accepted_as_the_whole_leftmost_label() {
+    let c = parse("tls.sni.*.Example.com.cert = /w.pem\ntls.sni.*.example.com.key = /w.key\n")
+        .expect("valid wildcard");
+    assert!(c.sni.contains_key("*.example.com"), "{:?}", c.sni);
+}
+
+#[test]
+fn a_wildcard_anywhere_but_the_whole_leftmost_label_is_refused_naming_the_key() {
+    for name in ["w*.example.com", "*.*.example.com", "www.*.com", "*", "a..b"] {
+        let msg = parse(&format!("tls.sni.{name}.cert = /w.pem\n"))
+            .expect_err(name)
+            .to_string();
+        assert!(
+            msg.contains(&format!("key 'tls.sni.{name}.cert'")) && msg.contains("not a server name"),
+            "{name}: {msg}"
+        );
+    }
+}
+
+#[test]
 fn cert_without_key_is_refused() {
     let msg = parse("tls.cert = /c.pem\n")
         .expect_err("no key")
