@@ -324,171 +324,133 @@ impl Config {
         out
     }
 
-    /// Applies a config file's text on top of `self`.
+    /// Applies a config file's text on top of `self`; stops at the first
+    /// problem.
     pub fn apply_text(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        for (index, raw_line) in text.lines().enumerate() {
-            let line = index + 1;
-            let content = raw_line.split('#').next().unwrap_or("").trim();
-            if content.is_empty() {
-                continue;
-            }
-            let Some((key, value)) = content.split_once('=') else {
-                return Err(ConfigError::Syntax {
-                    path: path.to_path_buf(),
-                    line,
-                    text: raw_line.trim().to_string(),
-                });
-            };
-            let (key, value) = (key.trim(), value.trim());
-            let located = |reason: String| ConfigError::Key {
-                path: path.to_path_buf(),
-                line,
-                key: key.to_string(),
-                reason,
-            };
-            if key.is_empty() {
-                return Err(ConfigError::Syntax {
-                    path: path.to_path_buf(),
-                    line,
-                    text: raw_line.trim().to_string(),
-                });
-            }
-            if let Some(first) = seen.insert(key.to_string(), line) {
-                return Err(located(format!("set twice (first on line {first})")));
-            }
-            self.set(key, value).map_err(located)?;
-        }
-        Ok(())
-    }
-
-    /// Reads and applies a config file.
-    pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        self.apply_text(path, &text)
+        let mut loaded = Loaded::new(std::mem::take(self));
+        loaded.apply_text(path, text);
+        *self = loaded.config;
+        loaded.problems.into_iter().next().map_or(Ok(()), Err)
     }
 
     /// Applies one `-o key=value` argument.
     pub fn apply_override(&mut self, arg: &str) -> Result<(), ConfigError> {
-        let Some((key, value)) = arg.split_once('=') else {
-            return Err(ConfigError::OverrideSyntax {
-                arg: arg.to_string(),
-            });
-        };
-        let key = key.trim();
-        self.set(key, value.trim())
-            .map_err(|reason| ConfigError::Override {
-                arg: arg.to_string(),
-                key: key.to_string(),
-                reason,
-            })
+        let mut loaded = Loaded::new(std::mem::take(self));
+        loaded.apply_override(arg);
+        *self = loaded.config;
+        loaded.problems.into_iter().next().map_or(Ok(()), Err)
     }
 
     /// Defaults, then the file (if any), then the overrides in order; then
-    /// the checks that involve several keys.
+    /// the checks that involve several keys. The first problem, located.
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
-        let mut config = Config::default();
-        if let Some(path) = file {
-            config.apply_file(path)?;
+        let loaded = Loaded::read(file, overrides);
+        match loaded.problems.into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(loaded.config),
         }
-        for arg in overrides {
-            config.apply_override(arg)?;
-        }
-        config.validate()?;
-        Ok(config)
     }
 
-    /// Checks that involve more than one key.
+    /// The first of [`problems`](Self::problems), unlocated.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, reason: &str| {
-            Err(ConfigError::Inconsistent {
-                key: key.to_string(),
-                reason: reason.to_string(),
-            })
-        };
+        match self.problems().into_iter().next() {
+            Some((key, reason)) => Err(ConfigError::Inconsistent { key, reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every value out of its range and every set of keys that do not fit
+    /// together: (the key to blame, why). Empty = usable.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = Vec::new();
+        let mut bad = |key: &str, reason: &str| found.push((key.to_string(), reason.to_string()));
         match (&self.cert.0, &self.key.0) {
-            (Some(_), None) => return bad("tls.key", "tls.cert is set but tls.key is not"),
-            (None, Some(_)) => return bad("tls.cert", "tls.key is set but tls.cert is not"),
+            (Some(_), None) => bad("tls.cert", "set, but tls.key is not"),
+            (None, Some(_)) => bad("tls.key", "set, but tls.cert is not"),
             _ => {}
         }
         if self.early_data_max.0 > 0 {
             if self.tls13_mode != Tls13Mode::Stateful {
-                return bad(
+                bad(
                     "tls.early_data_max",
                     "0-RTT needs tickets.tls13_mode = stateful (single-use tickets stop replays)",
                 );
             }
             if self.early_data_max.0 > u64::from(u32::MAX) {
-                return bad("tls.early_data_max", "at most 4g");
+                bad("tls.early_data_max", "at most 4g");
             }
         }
         if self.cache_remote.0.is_some() {
             if !self.cache_enabled {
-                return bad(
+                bad(
                     "cache.remote",
                     "the remote tier sits behind the session cache: needs cache.enabled = 1",
                 );
             }
             if self.cache_remote_secret.0.is_none() {
-                return bad(
+                bad(
                     "cache.remote.secret",
                     "cache.remote is set: a shared secret (file:PATH) must seal what it stores",
                 );
             }
         }
         if !(1..=1000).contains(&self.cache_remote_timeout_ms) {
-            return bad("cache.remote.timeout_ms", "must be from 1 to 1000");
+            bad("cache.remote.timeout_ms", "must be from 1 to 1000");
         }
         if self.cache_remote_queue == 0 {
-            return bad("cache.remote.queue", "must be at least 1");
+            bad("cache.remote.queue", "must be at least 1");
         }
         if self.tls13_mode == Tls13Mode::Stateful && !self.cache_enabled {
-            return bad(
+            bad(
                 "tickets.tls13_mode",
                 "stateful keeps TLS 1.3 tickets in the session cache: needs cache.enabled = 1",
             );
         }
         if self.steering == Steering::Xdp && self.xdp_interface.0.is_none() {
-            return bad(
+            bad(
                 "net.xdp.interface",
                 "net.steering = xdp needs the interface the clients' packets arrive on",
             );
         }
         if !(1..=16384).contains(&self.xdp_queue_size) {
-            return bad("net.xdp.queue_size", "must be from 1 to 16384");
+            bad("net.xdp.queue_size", "must be from 1 to 16384");
         }
         let keys = self.ticket_keys as usize;
         if !(crate::tickets::MIN_KEYS..=crate::tickets::MAX_KEYS).contains(&keys) {
-            return bad("tickets.keys", "must be from 3 to 16");
+            bad("tickets.keys", "must be from 3 to 16");
         }
         if !(1..=32768).contains(&self.rx_buffers) || !self.rx_buffers.is_power_of_two() {
-            return bad("worker.rx_buffers", "must be a power of two from 1 to 32768");
+            bad("worker.rx_buffers", "must be a power of two from 1 to 32768");
         }
         if !(1024..=1 << 20).contains(&self.rx_buffer_size.0) {
-            return bad("worker.rx_buffer_size", "must be from 1k to 1m");
+            bad("worker.rx_buffer_size", "must be from 1k to 1m");
         }
         if self.buffer_size.0 == 0 {
-            return bad("proxy.buffer_size", "must be at least 1 byte (0 would stall every connection)");
+            bad("proxy.buffer_size", "must be at least 1 byte (0 would stall every connection)");
         }
         if self.handshake_timeout.0.is_zero() {
-            return bad("limits.handshake_timeout_secs", "must be at least 1s");
+            bad("limits.handshake_timeout_secs", "must be at least 1s");
         }
         if self.idle_timeout.0.is_zero() {
-            return bad("limits.idle_timeout_secs", "must be at least 1s");
+            bad("limits.idle_timeout_secs", "must be at least 1s");
         }
         if self.ticket_rotate.0.as_secs() == 0 {
-            return bad("tickets.rotate_secs", "must be at least 1s");
+            bad("tickets.rotate_secs", "must be at least 1s");
         }
         for (name, sni) in &self.sni {
-            if sni.cert.is_none() || sni.key.is_none() {
-                let key = format!("tls.sni.{name}");
-                return bad(&key, "needs both .cert and .key");
+            match (&sni.cert, &sni.key) {
+                (Some(_), None) => bad(
+                    &format!("tls.sni.{name}.cert"),
+                    &format!("set, but tls.sni.{name}.key is not: needs both .cert and .key"),
+                ),
+                (None, Some(_)) => bad(
+                    &format!("tls.sni.{name}.key"),
+                    &format!("set, but tls.sni.{name}.cert is not: needs both .cert and .key"),
+                ),
+                _ => {}
             }
         }
-        Ok(())
+        found
     }
 
     /// The uid tlsfront runs as once set up: `process.user`'s, else this
@@ -580,6 +542,184 @@ fn check_sni_name(name: &str) -> Result<(), String> {
     ))
 }
 
+/// Where a key got its value: a line of a config file or a `-o` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Line `line` of the file `path`.
+    Line {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based.
+        line: usize,
+    },
+    /// The `-o` argument, as given.
+    Override(String),
+}
+
+impl Origin {
+    /// `reason` about `key`, located here.
+    pub fn error(&self, key: &str, reason: String) -> ConfigError {
+        match self {
+            Origin::Line { path, line } => ConfigError::Key {
+                path: path.clone(),
+                line: *line,
+                key: key.to_string(),
+                reason,
+            },
+            Origin::Override(arg) => ConfigError::Override {
+                arg: arg.clone(),
+                key: key.to_string(),
+                reason,
+            },
+        }
+    }
+}
+
+/// A configuration as read, with where each key was set and every problem
+/// found, not only the first (`tlsfront check` names them all).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The values; a key whose value was refused keeps the one before.
+    pub config: Config,
+    /// Where each key set was set, by key (SNI names lower-cased); the last
+    /// setting wins, as it does for the value.
+    pub origins: BTreeMap<String, Origin>,
+    /// Every problem, located where the file or `-o` could be blamed.
+    pub problems: Vec<ConfigError>,
+}
+
+impl Loaded {
+    fn new(config: Config) -> Loaded {
+        Loaded {
+            config,
+            ..Loaded::default()
+        }
+    }
+
+    /// Defaults, then the file (if any), then the overrides in order; then
+    /// the checks of [`Config::problems`], each located at the line or `-o`
+    /// that set its key. Reads nothing but the file.
+    pub fn read(file: Option<&Path>, overrides: &[String]) -> Loaded {
+        let mut loaded = Loaded::new(Config::default());
+        if let Some(path) = file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => loaded.apply_text(path, &text),
+                Err(source) => loaded.problems.push(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }),
+            }
+        }
+        for arg in overrides {
+            loaded.apply_override(arg);
+        }
+        // A key whose value was refused is reported once, for that.
+        let refused: Vec<String> = loaded.problems.iter().filter_map(ConfigError::key).collect();
+        for (key, reason) in loaded.config.problems() {
+            if !refused.contains(&key) {
+                let located = loaded.locate(&key, reason);
+                loaded.problems.push(located);
+            }
+        }
+        loaded
+    }
+
+    /// `reason` about `key`, at the line or `-o` that set it (unlocated
+    /// when the key has its default).
+    pub fn locate(&self, key: &str, reason: String) -> ConfigError {
+        match self.origins.get(key) {
+            Some(origin) => origin.error(key, reason),
+            None => ConfigError::Inconsistent {
+                key: key.to_string(),
+                reason,
+            },
+        }
+    }
+
+    /// Sets `key` from `origin`, recording where it came from.
+    fn set(&mut self, key: &str, value: &str, origin: Origin) {
+        match self.config.set(key, value) {
+            Ok(()) => {
+                self.origins.insert(canonical_key(key), origin);
+            }
+            Err(reason) => self.problems.push(origin.error(key, reason)),
+        }
+    }
+
+    /// Applies a config file's text, collecting every problem.
+    fn apply_text(&mut self, path: &Path, text: &str) {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (index, raw_line) in text.lines().enumerate() {
+            let line = index + 1;
+            let origin = Origin::Line {
+                path: path.to_path_buf(),
+                line,
+            };
+            let content = strip_comment(raw_line);
+            if content.is_empty() {
+                continue;
+            }
+            let syntax = || ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                text: raw_line.trim().to_string(),
+            };
+            let Some((key, value)) = content.split_once('=') else {
+                self.problems.push(syntax());
+                continue;
+            };
+            let (key, value) = (key.trim(), value.trim());
+            if key.is_empty() {
+                self.problems.push(syntax());
+                continue;
+            }
+            if let Some(first) = seen.insert(key.to_string(), line) {
+                let reason = format!("set twice (first on line {first})");
+                self.problems.push(origin.error(key, reason));
+                continue;
+            }
+            self.set(key, value, origin);
+        }
+    }
+
+    /// Applies one `-o key=value` argument (the whole value, `#` included).
+    fn apply_override(&mut self, arg: &str) {
+        let Some((key, value)) = arg.split_once('=') else {
+            self.problems.push(ConfigError::OverrideSyntax {
+                arg: arg.to_string(),
+            });
+            return;
+        };
+        self.set(key.trim(), value.trim(), Origin::Override(arg.to_string()));
+    }
+}
+
+impl ConfigError {
+    /// The key the problem is about, if it names one.
+    pub fn key(&self) -> Option<String> {
+        match self {
+            ConfigError::Key { key, .. }
+            | ConfigError::Override { key, .. }
+            | ConfigError::Inconsistent { key, .. } => Some(key.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// `key` as [`Config::problems`] names it: SNI names lower-cased.
+fn canonical_key(key: &str) -> String {
+    match sni_key(key) {
+        Some((name, SniPart::Cert)) => format!("tls.sni.{}.cert", name.to_ascii_lowercase()),
+        Some((name, SniPart::Key)) => format!("tls.sni.{}.key", name.to_ascii_lowercase()),
+        None => key.to_string(),
+    }
+}
+
+/// The `key = value` part of a config file line, without its comment.
+fn strip_comment(line: &str) -> &str {
+    line.split('#').next().unwrap_or("").trim()
+}
+
 /// The reference page `docs/config.md`, generated from [`KEYS`].
 pub fn reference_markdown() -> String {
     let mut out = String::new();
@@ -631,7 +771,7 @@ pub fn example_file() -> String {
     let mut out = String::from(
         "# tlsfront configuration: every key, at its default value.\n\
          # Generated from the key table (frontend/src/config/mod.rs); see docs/config.md.\n\
-         # Check a file with: tlsfront sysctl -a -c FILE\n",
+         # Check a file with: tlsfront check -c FILE (tlsfront sysctl -a -c FILE shows its values)\n",
     );
     let mut section = "";
     for k in KEYS {
