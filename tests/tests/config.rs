@@ -104,6 +104,11 @@ fn override_unknown_key_is_an_error_naming_the_override_and_key() {
 }
 
 #[test]
+fn a_zero_buffer_size_stops_run_naming_the_file_line_and_key() {
+    bad_line_3("proxy.buffer_size = 0", " key 'proxy.buffer_size': 0 is out of range");
+}
+
+#[test]
 fn override_bad_unit_is_an_error_naming_the_override_and_key() {
     let dir = temp_dir();
     let out = run_with(None, &["proxy.buffer_size=64q"], &dir);
@@ -310,7 +315,7 @@ fn check_names_every_problem_with_its_file_line_and_key() {
     let (_, other_key) = pki.leaf(&["localhost"]).write(dir.path(), "b");
     let text = format!(
         "# two bad keys, and a certificate with the key of another\n\
-         cache.sizee = 64m\nworker.count = 1\nproxy.buffer_size = 64q\n\
+         cache.sizee = 64m\nworker.count = 1\nproxy.buffer_size = 0\n\
          tls.cert = {}\ntls.key = {}\n",
         cert.display(),
         other_key.display()
@@ -321,7 +326,7 @@ fn check_names_every_problem_with_its_file_line_and_key() {
     let p = conf.display();
     for want in [
         format!("{p}:2: key 'cache.sizee': unknown key"),
-        format!("{p}:4: key 'proxy.buffer_size':"),
+        format!("{p}:4: key 'proxy.buffer_size': 0 is out of range: must be from 1k to 16m"),
         format!("{p}:6: key 'tls.key': certificate {}", cert.display()),
     ] {
         assert!(out.stderr.contains(&want), "no {want:?}\n{}", out.describe());

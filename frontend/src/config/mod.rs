@@ -172,6 +172,14 @@ macro_rules! config_keys {
                     _ => None,
                 }
             }
+
+            /// The number [`RANGES`] bounds for `key` ([`ConfigValue::magnitude`]).
+            fn magnitude(&self, key: &str) -> Option<u64> {
+                match key {
+                    $( $key => self.$field.magnitude(), )*
+                    _ => None,
+                }
+            }
         }
     };
 }
@@ -271,6 +279,57 @@ config_keys! {
         "One line per finished connection (info level): client, SNI, ALPN, TLS version, how it resumed (full, id, ticket, tls13, tls13-stateful), bytes each way, duration, worker.";
 }
 
+/// The values a numeric key accepts: a count, bytes for a size, seconds
+/// for a duration. Zero would stall or switch off what most of these keys
+/// are for, and the upper bounds keep deadlines, allocations and ticket
+/// lifetimes sane. Checked at start, by `check`, on reload and by
+/// `sysctl -w`; shown in docs/config.md.
+#[derive(Debug, Clone, Copy)]
+pub struct Range {
+    /// A key of [`KEYS`].
+    pub key: &'static str,
+    /// Smallest value accepted.
+    pub min: u64,
+    /// Largest value accepted.
+    pub max: u64,
+    /// The range as the reference page and messages word it.
+    pub shown: &'static str,
+}
+
+const fn range(key: &'static str, min: u64, max: u64, shown: &'static str) -> Range {
+    Range {
+        key,
+        min,
+        max,
+        shown,
+    }
+}
+
+/// RFC 8446 §4.6.1: a ticket lives at most 7 days; sessions and key
+/// rotations of tlsfront are held to the same.
+const WEEK: u64 = 7 * 24 * 3600;
+
+/// Every bounded key (see [`Range`]).
+pub const RANGES: &[Range] = &[
+    range("net.backlog", 1, 65535, "1 to 65535"),
+    range("net.xdp.queue_size", 1, 16384, "1 to 16384"),
+    range("worker.drain_secs", 0, 24 * 3600, "0s to 24h"),
+    range("worker.rx_buffers", 1, 32768, "1 to 32768, a power of two"),
+    range("worker.rx_buffer_size", 1 << 10, 1 << 20, "1k to 1m"),
+    range("tls.tls13_tickets", 0, 16, "0 (TLS 1.3 clients cannot resume) to 16"),
+    range("upstream.connect_timeout", 1, 600, "1s to 10m"),
+    range("proxy.buffer_size", 1 << 10, 16 << 20, "1k to 16m"),
+    range("limits.max_connections", 0, 1 << 24, "0 (no limit) to 16777216"),
+    range("limits.handshake_timeout_secs", 1, 3600, "1s to 1h"),
+    range("limits.idle_timeout_secs", 1, WEEK, "1s to 168h"),
+    range("cache.size", 8 << 10, 64 << 30, "8k (one set of 8 sessions) to 64g"),
+    range("cache.timeout_secs", 1, WEEK, "1s to 168h"),
+    range("cache.remote.timeout_ms", 1, 1000, "1 to 1000"),
+    range("cache.remote.queue", 1, 1 << 20, "1 to 1048576"),
+    range("tickets.keys", crate::tickets::MIN_KEYS as u64, crate::tickets::MAX_KEYS as u64, "3 to 16"),
+    range("tickets.rotate_secs", 1, WEEK, "1s to 168h"),
+];
+
 impl Config {
     /// Sets `key` from its textual value. `Err` carries the reason, without
     /// the location (the caller knows the file and line or the `-o`).
@@ -364,6 +423,19 @@ impl Config {
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut found: Vec<(String, String)> = Vec::new();
         let mut bad = |key: &str, reason: &str| found.push((key.to_string(), reason.to_string()));
+        for r in RANGES {
+            let value = self.magnitude(r.key);
+            if value.is_some_and(|v| !(r.min..=r.max).contains(&v)) {
+                let shown = self.get(r.key).unwrap_or_default();
+                bad(r.key, &format!("{shown} is out of range: must be from {}", r.shown));
+            }
+        }
+        if !self.rx_buffers.is_power_of_two() {
+            bad("worker.rx_buffers", "must be a power of two from 1 to 32768");
+        }
+        if self.listen.port() == 0 {
+            bad("net.listen", "port 0 would give each worker another random port: name the port");
+        }
         match (&self.cert.0, &self.key.0) {
             (Some(_), None) => bad("tls.cert", "set, but tls.key is not"),
             (None, Some(_)) => bad("tls.key", "set, but tls.cert is not"),
@@ -394,12 +466,6 @@ impl Config {
                 );
             }
         }
-        if !(1..=1000).contains(&self.cache_remote_timeout_ms) {
-            bad("cache.remote.timeout_ms", "must be from 1 to 1000");
-        }
-        if self.cache_remote_queue == 0 {
-            bad("cache.remote.queue", "must be at least 1");
-        }
         if self.tls13_mode == Tls13Mode::Stateful && !self.cache_enabled {
             bad(
                 "tickets.tls13_mode",
@@ -411,31 +477,6 @@ impl Config {
                 "net.xdp.interface",
                 "net.steering = xdp needs the interface the clients' packets arrive on",
             );
-        }
-        if !(1..=16384).contains(&self.xdp_queue_size) {
-            bad("net.xdp.queue_size", "must be from 1 to 16384");
-        }
-        let keys = self.ticket_keys as usize;
-        if !(crate::tickets::MIN_KEYS..=crate::tickets::MAX_KEYS).contains(&keys) {
-            bad("tickets.keys", "must be from 3 to 16");
-        }
-        if !(1..=32768).contains(&self.rx_buffers) || !self.rx_buffers.is_power_of_two() {
-            bad("worker.rx_buffers", "must be a power of two from 1 to 32768");
-        }
-        if !(1024..=1 << 20).contains(&self.rx_buffer_size.0) {
-            bad("worker.rx_buffer_size", "must be from 1k to 1m");
-        }
-        if self.buffer_size.0 == 0 {
-            bad("proxy.buffer_size", "must be at least 1 byte (0 would stall every connection)");
-        }
-        if self.handshake_timeout.0.is_zero() {
-            bad("limits.handshake_timeout_secs", "must be at least 1s");
-        }
-        if self.idle_timeout.0.is_zero() {
-            bad("limits.idle_timeout_secs", "must be at least 1s");
-        }
-        if self.ticket_rotate.0.as_secs() == 0 {
-            bad("tickets.rotate_secs", "must be at least 1s");
         }
         for (name, sni) in &self.sni {
             match (&sni.cert, &sni.key) {
@@ -613,15 +654,21 @@ impl Loaded {
         for arg in overrides {
             loaded.apply_override(arg);
         }
+        loaded.check_values();
+        loaded
+    }
+
+    /// Adds [`Config::problems`], each located at the line or `-o` that set
+    /// its key.
+    fn check_values(&mut self) {
         // A key whose value was refused is reported once, for that.
-        let refused: Vec<String> = loaded.problems.iter().filter_map(ConfigError::key).collect();
-        for (key, reason) in loaded.config.problems() {
+        let refused: Vec<String> = self.problems.iter().filter_map(ConfigError::key).collect();
+        for (key, reason) in self.config.problems() {
             if !refused.contains(&key) {
-                let located = loaded.locate(&key, reason);
-                loaded.problems.push(located);
+                let located = self.locate(&key, reason);
+                self.problems.push(located);
             }
         }
-        loaded
     }
 
     /// `reason` about `key`, at the line or `-o` that set it (unlocated
@@ -656,6 +703,7 @@ impl Loaded {
                 line,
             };
             let content = strip_comment(raw_line);
+            let content = content.as_str();
             if content.is_empty() {
                 continue;
             }
@@ -715,9 +763,26 @@ fn canonical_key(key: &str) -> String {
     }
 }
 
-/// The `key = value` part of a config file line, without its comment.
-fn strip_comment(line: &str) -> &str {
-    line.split('#').next().unwrap_or("").trim()
+/// The `key = value` part of a config file line, without its comment: a
+/// `#` at the start of the line or after a space or tab begins a comment;
+/// any other `#` is part of the value (`redis://:pa#ss@host:6379`), and
+/// `\#` is a `#` kept anywhere (`/etc/my \#1/cert.pem`).
+fn strip_comment(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    let mut after_blank = true;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'#') => {
+                chars.next();
+                out.push('#');
+            }
+            '#' if after_blank => break,
+            _ => out.push(c),
+        }
+        after_blank = c == ' ' || c == '\t';
+    }
+    out.trim().to_string()
 }
 
 /// The reference page `docs/config.md`, generated from [`KEYS`].
@@ -729,12 +794,18 @@ pub fn reference_markdown() -> String {
          (regenerate with `TLSFRONT_UPDATE_DOCS=1 cargo test -p tlsfront config_reference`).\n\n",
     );
     out.push_str(
-        "A config file has one `key = value` per line; `#` starts a comment. The same keys \
-         are accepted on the command line as `-o key=value` (applied after the file, in order). \
+        "A config file has one `key = value` per line. A `#` at the start of a line or after a \
+         space or tab starts a comment; any other `#` belongs to the value (a Redis password: \
+         `cache.remote = redis://:pa#ss@10.0.0.5:6379`), and `\\#` is a `#` kept anywhere, even \
+         after a space (`tls.cert = /etc/tls/my \\#1.pem`). The same keys \
+         are accepted on the command line as `-o key=value` (applied after the file, in order; \
+         the whole value is taken as given, `#` included). \
          Sizes take a unit `k`, `m` or `g` (powers of 1024); durations are seconds, or take a \
-         unit `s`, `m` or `h`; booleans are `0` or `1`. An unknown key, a bad value or a bad \
-         unit stops the process with the file, line and key named. A key set twice in one file \
-         is an error.\n\n",
+         unit `s`, `m` or `h`; booleans are `0` or `1`. Numbers, sizes and durations must lie in \
+         the range their description gives. An unknown key, a bad value, a bad unit or a value \
+         out of its range stops the process with the file, line and key named (`tlsfront check` \
+         names every one); `sysctl -w` refuses it and keeps the running value. A key set twice \
+         in one file is an error.\n\n",
     );
     out.push_str(
         "Changes take effect `live` (`tlsfront sysctl -w key=value` on the running process, every \
@@ -750,6 +821,10 @@ pub fn reference_markdown() -> String {
             format!("`{}`", k.default)
         };
         let rt = k.change.describe();
+        let doc = match RANGES.iter().find(|r| r.key == k.name) {
+            Some(r) => format!("{} Range: {}.", k.doc, r.shown),
+            None => k.doc.to_string(),
+        };
         // A `|` inside a cell would end it.
         let cell = |t: &str| t.replace('|', "\\|");
         let _ = writeln!(
@@ -759,7 +834,7 @@ pub fn reference_markdown() -> String {
             cell(k.kind),
             cell(&default),
             rt,
-            cell(k.doc)
+            cell(&doc)
         );
     }
     out
@@ -780,7 +855,11 @@ pub fn example_file() -> String {
             section = prefix;
             let _ = write!(out, "\n# --- {section} ---\n");
         }
-        let _ = writeln!(out, "# {} [{}; {}]", k.doc, k.kind, k.change.describe());
+        let kind = match RANGES.iter().find(|r| r.key == k.name) {
+            Some(r) => format!("{}: {}", k.kind, r.shown),
+            None => k.kind.to_string(),
+        };
+        let _ = writeln!(out, "# {} [{kind}; {}]", k.doc, k.change.describe());
         let _ = writeln!(out, "{} = {}", k.name, k.default);
     }
     out.push_str(

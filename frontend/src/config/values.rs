@@ -11,6 +11,11 @@ pub trait ConfigValue: Sized {
     fn parse(raw: &str) -> Result<Self, String>;
     /// Prints the value so that `parse(render())` gives it back.
     fn render(&self) -> String;
+    /// The number a [`Range`](super::Range) bounds: a count, bytes for a
+    /// size, seconds for a duration; `None` for values that are not numbers.
+    fn magnitude(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl ConfigValue for SocketAddr {
@@ -33,6 +38,9 @@ impl ConfigValue for u32 {
     }
     fn render(&self) -> String {
         self.to_string()
+    }
+    fn magnitude(&self) -> Option<u64> {
+        Some(u64::from(*self))
     }
 }
 
@@ -85,6 +93,9 @@ impl ConfigValue for Size {
         }
         n.to_string()
     }
+    fn magnitude(&self) -> Option<u64> {
+        Some(self.0)
+    }
 }
 
 /// A duration in whole seconds: a bare number, or a unit `s`, `m` or `h`.
@@ -115,6 +126,9 @@ impl ConfigValue for Duration {
     }
     fn render(&self) -> String {
         format!("{}s", self.0.as_secs())
+    }
+    fn magnitude(&self) -> Option<u64> {
+        Some(self.0.as_secs())
     }
 }
 
