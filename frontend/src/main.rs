@@ -487,23 +487,28 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
 
     if !args.takeover {
-        refuse_if_listening(config.listen)?;
+        for &addr in &config.listen.0 {
+            refuse_if_listening(addr)?;
+        }
     }
-    let listeners =
-        worker::bind_listeners(config.listen, count, config.backlog).map_err(|e| e.to_string())?;
+    // by_address[address][worker]
+    let by_address = worker::bind_listeners(&config.listen.0, count, config.backlog)
+        .map_err(|e| e.to_string())?;
     if config.migrate_requests {
         enable_request_migration();
     }
     // Duplicates of the listening sockets, to shut them down on SIGTERM
     // while the workers own the originals.
-    let shutters = listeners
+    let shutters = by_address
         .iter()
+        .flatten()
         .map(|l| l.try_clone().map(socket2::Socket::from))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("duplicating a listening socket: {e}"))?;
     let cpus = worker::plan_cpus(count, config.pin_cpus);
     // Kept until run() returns: dropping it removes XDP and SK_REUSEPORT.
-    let steering_handle = tlsfront::steering::setup(&config, &listeners, &cpus)?;
+    // One address when net.steering is not none (Config::problems).
+    let steering_handle = tlsfront::steering::setup(&config, &by_address[0], &cpus)?;
     let steering = steering_handle.description().to_string();
     let mut sources: Vec<Arc<dyn PerWorkerCounters>> = Vec::new();
     sources.extend(steering_handle.counters());
@@ -562,7 +567,13 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         }
         None => "unchanged (process.user not set)".to_string(),
     };
-    let handles = worker::start(listeners, Arc::clone(&live), Arc::clone(&stats))
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..count).map(|_| Vec::new()).collect();
+    for group in by_address {
+        for (worker, listener) in group.into_iter().enumerate() {
+            per_worker[worker].push(listener);
+        }
+    }
+    let handles = worker::start(per_worker, Arc::clone(&live), Arc::clone(&stats))
         .map_err(|e| e.to_string())?;
 
     let cache_line = match &cache {
@@ -731,7 +742,14 @@ fn print_summary(
     steering: &str,
     resumption: &[(&str, String)],
 ) {
-    let addr = config.listen;
+    let addr = config.listen.first();
+    let listening = config
+        .listen
+        .0
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let versions = config.protocols.render().replace(',', ", ");
     let pinned: Vec<String> = cpus.iter().flatten().map(|c| c.to_string()).collect();
     let pinning = if pinned.is_empty() {
@@ -757,7 +775,7 @@ fn print_summary(
     let port = addr.port();
     let summary = format!(
         "tlsfront {version}
-  listening on   {addr} (TLS {versions})
+  listening on   {listening} (TLS {versions})
   workers        {count} ({pinning})
   steering       {steering}
   certificate    {cert}

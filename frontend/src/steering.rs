@@ -372,6 +372,7 @@ fn setup_ebpf(
 }
 
 fn setup_xdp_maps(ebpf: &mut Ebpf, config: &Config, worker_cpus: &[u32]) -> Result<(), String> {
+    // Config::problems allows xdp with one net.listen address only.
     let port = config.listen.port();
     {
         let map = ebpf.map_mut(names::PORTS).ok_or("no PORTS map")?;

@@ -325,3 +325,31 @@ fn every_problem_of_a_file_is_collected_with_its_line() {
         "test.conf:3: key 'proxy.buffer_size': out"
     );
 }
+
+#[test]
+fn net_listen_takes_a_comma_separated_list_of_ipv4_and_ipv6_addresses() {
+    let c = parse("net.listen = 0.0.0.0:443, [::]:443,127.0.0.1:8443\n").expect("valid list");
+    let want: Vec<std::net::SocketAddr> = ["0.0.0.0:443", "[::]:443", "127.0.0.1:8443"]
+        .iter()
+        .map(|a| a.parse().expect("address"))
+        .collect();
+    assert_eq!(c.listen.0, want);
+    assert_eq!(c.listen.port(), 443);
+    assert_eq!(Listen::parse(&c.listen.render()).expect("renders back"), c.listen);
+}
+
+#[test]
+fn net_listen_refuses_an_empty_entry_a_duplicate_and_a_bad_address() {
+    for value in ["127.0.0.1:1,", "127.0.0.1:1, 127.0.0.1:1", "127.0.0.1:1, nowhere"] {
+        let msg = parse(&format!("net.listen = {value}\n")).expect_err(value).to_string();
+        assert!(msg.contains("test.conf:1: key 'net.listen'"), "{value}: {msg}");
+    }
+}
+
+#[test]
+fn steering_with_several_listen_addresses_is_refused() {
+    let msg = parse("net.listen = 127.0.0.1:1, 127.0.0.1:2\nnet.steering = reuseport\n")
+        .expect_err("steering two addresses")
+        .to_string();
+    assert!(msg.contains("test.conf:1: key 'net.listen'") && msg.contains("net.steering"), "{msg}");
+}

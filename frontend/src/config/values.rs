@@ -30,6 +30,49 @@ impl ConfigValue for SocketAddr {
     }
 }
 
+/// `net.listen`: one or more `IP:PORT` addresses, comma-separated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen(pub Vec<SocketAddr>);
+
+impl Listen {
+    /// The first address: its port names the `auto` shared files, and the
+    /// start-up summary's examples use it.
+    pub fn first(&self) -> SocketAddr {
+        // Never empty: `parse` refuses an empty list.
+        self.0
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)))
+    }
+
+    /// The port of [`first`](Self::first).
+    pub fn port(&self) -> u16 {
+        self.first().port()
+    }
+}
+
+impl ConfigValue for Listen {
+    const KIND: &'static str = "IP:PORT[, IP:PORT...]";
+    fn parse(raw: &str) -> Result<Self, String> {
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for item in raw.split(',').map(str::trim) {
+            let addr = <SocketAddr as ConfigValue>::parse(item)?;
+            if addrs.contains(&addr) {
+                return Err(format!("{addr} is listed twice"));
+            }
+            addrs.push(addr);
+        }
+        Ok(Listen(addrs))
+    }
+    fn render(&self) -> String {
+        self.0
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 impl ConfigValue for u32 {
     const KIND: &'static str = "integer";
     fn parse(raw: &str) -> Result<Self, String> {
