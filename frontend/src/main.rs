@@ -507,8 +507,7 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         .map_err(|e| format!("duplicating a listening socket: {e}"))?;
     let cpus = worker::plan_cpus(count, config.pin_cpus);
     // Kept until run() returns: dropping it removes XDP and SK_REUSEPORT.
-    // One address when net.steering is not none (Config::problems).
-    let steering_handle = tlsfront::steering::setup(&config, &by_address[0], &cpus)?;
+    let steering_handle = tlsfront::steering::setup(&config, &by_address, &cpus)?;
     let steering = steering_handle.description().to_string();
     let mut sources: Vec<Arc<dyn PerWorkerCounters>> = Vec::new();
     sources.extend(steering_handle.counters());

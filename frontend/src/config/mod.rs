@@ -186,7 +186,7 @@ macro_rules! config_keys {
 
 config_keys! {
     listen: Listen = "127.0.0.1:8443", "net.listen", change = Restart,
-        "Addresses and ports the TLS listeners bind, comma-separated (e.g. 0.0.0.0:443, [::]:443, 127.0.0.1:8443); every worker binds each with SO_REUSEPORT and serves them all. An IPv6 address takes only IPv6 (IPV6_V6ONLY): list 0.0.0.0:443 too for IPv4. The auto shared files are named by the first one's port. net.steering reuseport or xdp steers a single address.";
+        "Addresses and ports the TLS listeners bind, comma-separated (e.g. 0.0.0.0:443, [::]:443, 127.0.0.1:8443); every worker binds each with SO_REUSEPORT and serves them all. An IPv6 address takes only IPv6 (IPV6_V6ONLY): list 0.0.0.0:443 too for IPv4. The auto shared files are named by the first one's port. net.steering applies to each address.";
     migrate_requests: bool = "1", "net.migrate_requests", change = Restart,
         "Set net.ipv4.tcp_migrate_req = 1 at start (needs root), so connections queued at a draining process move to its successor.";
     backlog: u32 = "1024", "net.backlog", change = Restart,
@@ -435,12 +435,6 @@ impl Config {
         }
         if self.listen.0.iter().any(|a| a.port() == 0) {
             bad("net.listen", "port 0 would give each worker another random port: name the port");
-        }
-        if self.listen.0.len() > 1 && self.steering != Steering::None {
-            bad(
-                "net.listen",
-                "net.steering reuseport or xdp steers one address: list one, or use net.steering = none",
-            );
         }
         match (&self.cert.0, &self.key.0) {
             (Some(_), None) => bad("tls.cert", "set, but tls.key is not"),

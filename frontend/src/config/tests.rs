@@ -345,11 +345,3 @@ fn net_listen_refuses_an_empty_entry_a_duplicate_and_a_bad_address() {
         assert!(msg.contains("test.conf:1: key 'net.listen'"), "{value}: {msg}");
     }
 }
-
-#[test]
-fn steering_with_several_listen_addresses_is_refused() {
-    let msg = parse("net.listen = 127.0.0.1:1, 127.0.0.1:2\nnet.steering = reuseport\n")
-        .expect_err("steering two addresses")
-        .to_string();
-    assert!(msg.contains("test.conf:1: key 'net.listen'") && msg.contains("net.steering"), "{msg}");
-}
