@@ -64,6 +64,10 @@ pub struct Steering {
     /// CPU ids registered in `SOCKETS`.
     registered: Vec<u32>,
     counters: Option<Arc<SteeringCounters>>,
+    /// The SK_REUSEPORT set-ups of the other `net.listen` addresses (one
+    /// object each: a reuseport group needs its own `SOCKETS` map); their
+    /// counters are summed into `counters`.
+    others: Vec<Steering>,
 }
 
 impl std::fmt::Debug for Steering {
@@ -121,6 +125,7 @@ impl Steering {
             xdp_link: None,
             registered: Vec::new(),
             counters: None,
+            others: Vec::new(),
         }
     }
 }
@@ -163,19 +168,19 @@ pub fn remove_xdp(interface: &str) -> Result<(), String> {
 const NONE_TEXT: &str = "kernel SO_REUSEPORT hash over the workers' listeners";
 const REUSEPORT_TEXT: &str = "SK_REUSEPORT: the listener of the worker on the receiving CPU";
 
-/// Sets up `config.steering` for `listeners` (worker n's socket at index n)
-/// whose workers run on `cpus` (worker n on `cpus[n]`), with
-/// `net.steering.fallback` when that is impossible. `Err` only when the
-/// fallback is `fail`.
+/// Sets up `config.steering` for `groups` (one per `net.listen` address,
+/// worker n's socket at index n) whose workers run on `cpus` (worker n on
+/// `cpus[n]`), with `net.steering.fallback` when that is impossible. `Err`
+/// only when the fallback is `fail`.
 pub fn setup(
     config: &Config,
-    listeners: &[TcpListener],
+    groups: &[Vec<TcpListener>],
     cpus: &[Option<usize>],
 ) -> Result<Steering, String> {
     let fallback = config.steering_fallback;
     let mut failed: Vec<String> = Vec::new();
     if config.steering == Mode::Xdp {
-        match setup_ebpf(config, listeners, cpus, true) {
+        match setup_groups(config, groups, cpus, true) {
             Ok(s) => return Ok(s),
             Err(e) => {
                 let msg = format!("net.steering = xdp is not possible: {e}");
@@ -190,7 +195,7 @@ pub fn setup(
     let try_reuseport = config.steering == Mode::Reuseport
         || (config.steering == Mode::Xdp && fallback == SteeringFallback::Reuseport);
     if try_reuseport {
-        match setup_ebpf(config, listeners, cpus, false) {
+        match setup_groups(config, groups, cpus, false) {
             Ok(mut s) => {
                 if !failed.is_empty() {
                     s.description = format!("{} (fallback; {})", s.description, failed.join("; "));
@@ -227,6 +232,41 @@ impl RenderName for SteeringFallback {
             SteeringFallback::Fail => "fail",
         }
     }
+}
+
+/// [`setup_ebpf`] for the first group (with XDP when `xdp`: the XDP
+/// program steers every port of `net.listen`), then `reuseport` for each
+/// other group, all or nothing.
+fn setup_groups(
+    config: &Config,
+    groups: &[Vec<TcpListener>],
+    cpus: &[Option<usize>],
+    xdp: bool,
+) -> Result<Steering, String> {
+    let (first, rest) = groups.split_first().ok_or("no listeners")?;
+    let mut steering = setup_ebpf(config, first, cpus, xdp)?;
+    for (i, group) in rest.iter().enumerate() {
+        let addr = config.listen.0.get(i + 1).copied();
+        let mut other = setup_ebpf(config, group, cpus, false).map_err(|e| match addr {
+            Some(a) => format!("net.listen {a}: {e}"),
+            None => e,
+        })?;
+        let theirs = other.counters.take();
+        if let (Some(mine), Some(theirs)) = (&steering.counters, theirs) {
+            if let (Ok(mut mine), Ok(mut theirs)) = (mine.maps.lock(), theirs.maps.lock()) {
+                mine.append(&mut theirs);
+            }
+        }
+        steering.others.push(other);
+    }
+    if !rest.is_empty() {
+        steering.description = format!(
+            "{}, SK_REUSEPORT on each of the {} net.listen addresses",
+            steering.description,
+            groups.len()
+        );
+    }
+    Ok(steering)
 }
 
 /// Loads the object and sets up `reuseport`, and XDP too when `xdp`.
@@ -279,6 +319,7 @@ fn setup_ebpf(
         xdp_link: None,
         registered: Vec::new(),
         counters: None,
+        others: Vec::new(),
     };
     let ebpf = steering.ebpf.as_mut().expect("set just above");
     let program: &mut SkReuseport = ebpf
@@ -295,7 +336,7 @@ fn setup_ebpf(
     let stats_map: PerCpuArray<MapData, StatsValue> =
         PerCpuArray::try_from(stats_map).map_err(|e| explain(&e))?;
     steering.counters = Some(Arc::new(SteeringCounters {
-        map: Mutex::new(stats_map),
+        maps: Mutex::new(vec![stats_map]),
         cpus: worker_cpus.clone(),
     }));
 
@@ -372,13 +413,15 @@ fn setup_ebpf(
 }
 
 fn setup_xdp_maps(ebpf: &mut Ebpf, config: &Config, worker_cpus: &[u32]) -> Result<(), String> {
-    let port = config.listen.port();
     {
         let map = ebpf.map_mut(names::PORTS).ok_or("no PORTS map")?;
         let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(|e| explain(&e))?;
-        ports
-            .insert(port, 1, 0)
-            .map_err(|e| format!("PORTS: {}", explain(&e)))?;
+        // Every address's port: the hash spreads each over the workers.
+        for addr in &config.listen.0 {
+            ports
+                .insert(addr.port(), 1, 0)
+                .map_err(|e| format!("PORTS: {}", explain(&e)))?;
+        }
     }
     {
         let map = ebpf.map_mut(names::CPUMAP).ok_or("no CPUMAP map")?;
@@ -501,16 +544,25 @@ unsafe impl Pod for StatsValue {}
 /// counters of the CPU it is pinned to, and how many segments the XDP
 /// program steered to that CPU (from every CPU).
 struct SteeringCounters {
-    map: Mutex<PerCpuArray<MapData, StatsValue>>,
+    /// The STATS map of each loaded object (one per `net.listen` address).
+    maps: Mutex<Vec<PerCpuArray<MapData, StatsValue>>>,
     /// CPU of each worker.
     cpus: Vec<u32>,
 }
 
 impl SteeringCounters {
+    /// Per CPU, the sum over the objects.
     fn read(&self) -> Option<Vec<SteeringStats>> {
-        let map = self.map.lock().ok()?;
-        let values = map.get(&0, 0).ok()?;
-        Some(values.iter().map(|v| v.0).collect())
+        let maps = self.maps.lock().ok()?;
+        let mut sum: Vec<SteeringStats> = Vec::new();
+        for map in maps.iter() {
+            let values = map.get(&0, 0).ok()?;
+            sum.resize(sum.len().max(values.len()), SteeringStats::default());
+            for (total, v) in sum.iter_mut().zip(values.iter()) {
+                total.add(&v.0);
+            }
+        }
+        Some(sum)
     }
 }
 

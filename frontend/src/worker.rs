@@ -1,6 +1,6 @@
 //! Per-core workers: one thread per worker, pinned to its CPU, each the
 //! driver of its own io_uring ([`crate::uring`]) and its own SO_REUSEPORT
-//! listener. A connection is accepted, handshaken and proxied entirely on
+//! listener for each `net.listen` address (one multishot accept each). A connection is accepted, handshaken and proxied entirely on
 //! one worker.
 //!
 //! The loop: one `io_uring_enter` submits every request the previous turn
@@ -89,9 +89,22 @@ fn send_fin(fd: RawFd, finished: bool) {
     }
 }
 
-/// One listening socket per worker, all bound to `addr` with SO_REUSEPORT so
-/// that the kernel spreads connections over them.
+/// For each address of `addrs`, one listening socket per worker, all bound
+/// with SO_REUSEPORT so that the kernel spreads that address's connections
+/// over the workers: `result[address][worker]`.
 pub fn bind_listeners(
+    addrs: &[SocketAddr],
+    count: usize,
+    backlog: u32,
+) -> Result<Vec<Vec<std::net::TcpListener>>, WorkerError> {
+    addrs
+        .iter()
+        .map(|&addr| bind_group(addr, count, backlog))
+        .collect()
+}
+
+/// `count` listening sockets bound to `addr`, one per worker.
+fn bind_group(
     addr: SocketAddr,
     count: usize,
     backlog: u32,
@@ -134,11 +147,12 @@ pub fn plan_cpus(count: usize, pin: bool) -> Vec<Option<usize>> {
         .collect()
 }
 
-/// Starts one worker thread per listener and waits until each accepts.
-/// Workers read the running configuration from `live` for every new
+/// Starts one worker thread per entry of `listeners` (worker n's sockets,
+/// one per `net.listen` address) and waits until each accepts on all of
+/// them. Workers read the running configuration from `live` for every new
 /// connection.
 pub fn start(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Vec<std::net::TcpListener>>,
     live: Arc<Live>,
     stats: Arc<Stats>,
 ) -> Result<Vec<JoinHandle<()>>, WorkerError> {
@@ -259,7 +273,8 @@ struct Worker {
     index: usize,
     live: Arc<Live>,
     stats: Arc<Stats>,
-    listener: std::net::TcpListener,
+    /// One per `net.listen` address; the accept tag's slot is the index.
+    listeners: Vec<std::net::TcpListener>,
     driver: Driver,
     pool: BufPool,
     slots: Vec<Slot>,
@@ -270,7 +285,9 @@ struct Worker {
     /// Connections whose receive found the buffer ring empty: armed again
     /// next turn, once buffers went back to the kernel.
     starved: Vec<(u32, u32, Side)>,
-    accepting: bool,
+    /// Whether each listener's multishot accept is armed.
+    accepting: Vec<bool>,
+    /// When to arm again the accepts that stopped on an error.
     accept_again_at: Option<Instant>,
     drain_deadline: Option<Instant>,
     failures: FailureLog,
@@ -282,7 +299,7 @@ struct Worker {
 
 fn run_worker(
     index: usize,
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     live: Arc<Live>,
     stats: Arc<Stats>,
     ready: mpsc::Sender<(usize, Result<(), String>)>,
@@ -309,7 +326,8 @@ fn run_worker(
         index,
         live,
         stats,
-        listener,
+        accepting: vec![false; listeners.len()],
+        listeners,
         driver,
         pool: BufPool::new(POOL_KEEP),
         slots: Vec::new(),
@@ -318,7 +336,6 @@ fn run_worker(
         timers: BinaryHeap::new(),
         touched: Vec::new(),
         starved: Vec::new(),
-        accepting: false,
         accept_again_at: None,
         drain_deadline: None,
         failures: FailureLog {
@@ -334,9 +351,11 @@ fn run_worker(
         let _ = ready.send((index, Err(e.to_string())));
         return;
     }
-    if let Err(e) = worker.arm_accept() {
-        let _ = ready.send((index, Err(e.to_string())));
-        return;
+    for listener in 0..worker.listeners.len() {
+        if let Err(e) = worker.arm_accept(listener) {
+            let _ = ready.send((index, Err(e.to_string())));
+            return;
+        }
     }
     // The receiver only goes away when start-up failed elsewhere.
     let _ = ready.send((index, Ok(())));
@@ -415,10 +434,13 @@ impl Worker {
         self.arm_answers(buf)
     }
 
-    fn arm_accept(&mut self) -> Result<(), UringError> {
-        self.accepting = true;
-        self.driver
-            .accept_multi(self.listener.as_raw_fd(), tag(0, 0, Op::Accept))
+    /// Arms the multishot accept of listener `listener`.
+    fn arm_accept(&mut self, listener: usize) -> Result<(), UringError> {
+        let fd = self.listeners[listener].as_raw_fd();
+        self.accepting[listener] = true;
+        // Listener indexes are below the address count of a config line.
+        let slot = u32::try_from(listener).unwrap_or(u32::MAX);
+        self.driver.accept_multi(fd, tag(slot, 0, Op::Accept))
     }
 
     fn run(&mut self) -> Result<(), UringError> {
@@ -450,11 +472,13 @@ impl Worker {
                 self.driver.submit(0, None)?;
                 return Ok(());
             }
-            if !self.accepting && !self.live.draining() {
-                if let Some(at) = self.accept_again_at {
-                    if now >= at {
-                        self.accept_again_at = None;
-                        self.arm_accept()?;
+            if let Some(at) = self.accept_again_at {
+                if now >= at && !self.live.draining() {
+                    self.accept_again_at = None;
+                    for listener in 0..self.listeners.len() {
+                        if !self.accepting[listener] {
+                            self.arm_accept(listener)?;
+                        }
                     }
                 }
             }
@@ -659,8 +683,12 @@ impl Worker {
     }
 
     fn accepted(&mut self, now: Instant, c: Completion) -> Result<(), UringError> {
+        let listener = untag(c.tag).0 as usize;
+        if listener >= self.listeners.len() {
+            return Ok(());
+        }
         if !c.more {
-            self.accepting = false;
+            self.accepting[listener] = false;
         }
         if c.result < 0 {
             let e = io::Error::from_raw_os_error(-c.result);
@@ -669,7 +697,7 @@ impl Worker {
                 return Ok(());
             }
             warn!(worker = self.index, "accept failed: {e}");
-            if !self.accepting {
+            if !self.accepting[listener] {
                 // Out of descriptors or memory: trying again at once would
                 // spin; open connections are served meanwhile.
                 let pause = if matches!(
@@ -684,8 +712,8 @@ impl Worker {
             }
             return Ok(());
         }
-        if !self.accepting && !self.live.draining() {
-            self.arm_accept()?;
+        if !self.accepting[listener] && !self.live.draining() {
+            self.arm_accept(listener)?;
         }
         let fd = c.result;
         WorkerStats::inc(&self.counters().accepted);
@@ -707,7 +735,7 @@ impl Worker {
             }
         };
         let proxy_header = (config.proxy_protocol.0 > 0).then(|| {
-            let local = local_addr(fd).unwrap_or(config.listen);
+            let local = local_addr(fd).unwrap_or(config.listen.first());
             crate::proxy::proxy_protocol_header(config.proxy_protocol.0, peer, local)
         });
         let limits = Limits {

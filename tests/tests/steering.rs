@@ -17,6 +17,8 @@ use tlsfront_tests::netns::{accepted_by, in_netns, NetnsPair, NsFrontend, ADDR_A
 use tlsfront_tests::*;
 
 const PORT: u16 = 8443;
+/// The second `net.listen` address's port, when a test lists two.
+const SECOND_PORT: u16 = 8444;
 /// One client connection as seen from namespace B.
 #[derive(Debug, Clone, Copy)]
 struct Conn {
@@ -59,7 +61,9 @@ fn run_clients(pair: &NetnsPair, port: u16, count: usize) -> (Vec<Conn>, Vec<Str
     })
 }
 
-fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str) -> NsFrontend {
+/// With `second`, tlsfront listens on `ADDR_A:PORT, ADDR_A:second`.
+fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str, second: Option<u16>) -> NsFrontend {
+    let listen = second.map(|p| format!("{ADDR_A}:{PORT}, {ADDR_A}:{p}"));
     let mut opts = vec![
         ("net.steering", steering),
         ("net.steering.fallback", "fail"),
@@ -69,6 +73,9 @@ fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str) -> NsFrontend {
     if steering == "xdp" {
         opts.push(("net.xdp.interface", pair.if_a.as_str()));
         opts.push(("net.xdp.mode", xdp_mode));
+    }
+    if let Some(listen) = &listen {
+        opts.push(("net.listen", listen.as_str()));
     }
     NsFrontend::start(&pair.a, PORT, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -115,16 +122,25 @@ fn wait_accepted(fe: &NsFrontend, want: usize) -> BTreeMap<u16, usize> {
 
 /// The end-to-end check shared by every mode; returns connections per worker.
 fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
+    end_to_end_at(steering, xdp_mode, count, None)
+}
+
+/// [`end_to_end`]; with `second`, tlsfront listens on a second port too
+/// and the clients connect to that one.
+fn end_to_end_at(steering: &str, xdp_mode: &str, count: usize, second: Option<u16>) -> Vec<usize> {
     let pair = NetnsPair::create();
     if xdp_mode == "native" {
         pair.tx_checksum_off_b();
     }
-    let fe = start(&pair, steering, xdp_mode);
+    let fe = start(&pair, steering, xdp_mode, second);
     let line = fe.steering_line();
+    let suffix = match second {
+        Some(_) => "+ reuseport, SK_REUSEPORT on each of the 2 net.listen addresses",
+        None => "+ reuseport",
+    };
     match steering {
         "xdp" => assert!(
-            line.contains(&format!("xdp ({xdp_mode} on {}", pair.if_a))
-                && line.ends_with("+ reuseport"),
+            line.contains(&format!("xdp ({xdp_mode} on {}", pair.if_a)) && line.ends_with(suffix),
             "summary: {line}"
         ),
         "reuseport" => assert!(line.contains("reuseport (SK_REUSEPORT"), "summary: {line}"),
@@ -142,7 +158,8 @@ fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
         );
     }
     let cpus = kernel_cpus(&fe);
-    let (conns, failures) = run_clients(&pair, fe.port, count);
+    let port = second.unwrap_or(fe.port);
+    let (conns, failures) = run_clients(&pair, port, count);
     assert!(
         failures.is_empty(),
         "{} failures, first {:?}\n{}",
@@ -183,7 +200,7 @@ fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
         per_worker[worker] += 1;
         resumed_per_worker[worker] += usize::from(c.resumed);
         if steering == "xdp" {
-            let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, fe.port);
+            let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, port);
             let slot = worker_slot(&key, cpus.len() as u32).unwrap() as usize;
             // The XDP program sends slot n to cpus[n], where worker n runs.
             if worker != slot {
@@ -267,6 +284,16 @@ fn reuseport_passes_the_end_to_end_test() {
 }
 
 #[test]
+fn xdp_generic_steers_the_connections_of_a_second_listen_address() {
+    end_to_end_at("xdp", "generic", 100, Some(SECOND_PORT));
+}
+
+#[test]
+fn reuseport_steers_the_connections_of_a_second_listen_address() {
+    end_to_end_at("reuseport", "", 100, Some(SECOND_PORT));
+}
+
+#[test]
 fn none_passes_the_end_to_end_test() {
     end_to_end("none", "", 300);
 }
@@ -275,7 +302,7 @@ fn none_passes_the_end_to_end_test() {
 fn attach_detach_reattach_leaves_no_program() {
     let pair = NetnsPair::create();
     // SIGTERM: graceful stop, the Steering handle detaches.
-    let mut fe = start(&pair, "xdp", "generic");
+    let mut fe = start(&pair, "xdp", "generic", None);
     assert!(pair.xdp_attached(), "{}", pair.link_a());
     assert!(
         fe.terminate(Duration::from_secs(15)).is_some(),
@@ -289,7 +316,7 @@ fn attach_detach_reattach_leaves_no_program() {
     );
     assert!(!pair.xdp_attached(), "after SIGTERM: {}", pair.link_a());
     // Re-attach (native this time), then SIGKILL: the bpf_link dies with the process.
-    let mut fe = start(&pair, "xdp", "native");
+    let mut fe = start(&pair, "xdp", "native", None);
     assert!(pair.xdp_attached(), "{}", pair.link_a());
     fe.kill();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -298,7 +325,7 @@ fn attach_detach_reattach_leaves_no_program() {
     }
     assert!(!pair.xdp_attached(), "after SIGKILL: {}", pair.link_a());
     // And once more, generic; it still serves.
-    let fe = start(&pair, "xdp", "generic");
+    let fe = start(&pair, "xdp", "generic", None);
     assert!(pair.xdp_attached(), "{}", pair.link_a());
     let (conns, failures) = run_clients(&pair, fe.port, 5);
     assert!(failures.is_empty() && conns.len() == 5, "{failures:?}");
@@ -395,7 +422,7 @@ fn odd_frames(dst: [u8; 6], src: [u8; 6]) -> Vec<Vec<u8>> {
 #[test]
 fn malformed_frames_do_not_break_steering() {
     let pair = NetnsPair::create();
-    let fe = start(&pair, "xdp", "generic");
+    let fe = start(&pair, "xdp", "generic", None);
     let frames = odd_frames(pair.mac(&pair.a, &pair.if_a), pair.mac(&pair.b, &pair.if_b));
     let malformed = frames
         .iter()
