@@ -526,10 +526,9 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         sessions,
         tickets,
         set_log_level,
-    ));
-    let upstream_addr = live
-        .upstream()
-        .map_err(|e| format!("starting the built-in upstream on 127.0.0.1: {e}"))?;
+    )
+    .map_err(|e| format!("upstream.addr: {e}"))?);
+    let upstream_addr = live.builtin_upstream();
     let socket = config.control_socket_path();
     let control_socket = control::serve(
         &socket,
@@ -736,7 +735,7 @@ fn print_summary(
     config: &Config,
     cpus: &[Option<usize>],
     cert: &CertSource,
-    upstream_addr: std::net::SocketAddr,
+    upstream_addr: Option<std::net::SocketAddr>,
     socket: &std::path::Path,
     steering: &str,
     resumption: &[(&str, String)],
@@ -760,9 +759,9 @@ fn print_summary(
         CertSource::Files(p) => p.display().to_string(),
         CertSource::SelfSigned => "self-signed for localhost (generated at start)".to_string(),
     };
-    let upstream = match config.upstream {
-        Upstream::Builtin => format!("built-in HTTP responder on {upstream_addr}"),
-        Upstream::Addr(a) => a.to_string(),
+    let upstream = match (&config.upstream, upstream_addr) {
+        (Upstream::Builtin, Some(addr)) => format!("built-in HTTP responder on {addr}"),
+        (other, _) => other.render(),
     };
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()

@@ -54,10 +54,9 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// Picks the certificate by SNI: an exact name first, then a wildcard
-/// `*.<parent>` covering exactly one leftmost label (as RFC 6125 §6.4.3 has
-/// clients match them); unknown or absent names get the default. Names are
-/// compared case-insensitively (DNS names are, RFC 4343).
+/// Picks the certificate by SNI ([`crate::server_name::lookup`]: exact,
+/// then a one-label wildcard, case-insensitive); unknown or absent names get
+/// the default.
 #[derive(Debug)]
 pub struct CertResolver {
     default: Arc<CertifiedKey>,
@@ -73,20 +72,8 @@ impl CertResolver {
 
     /// The certificate for SNI `name` (`None`: the client sent none).
     pub fn for_name(&self, name: Option<&str>) -> &Arc<CertifiedKey> {
-        let Some(name) = name else {
-            return &self.default;
-        };
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(exact) = self.by_name.get(&name) {
-            return exact;
-        }
-        // `*.example.com` stands for one label: `www.example.com`, never
-        // `example.com` or `a.b.example.com` (that would be `*.b.example.com`).
-        let wildcard = name
-            .split_once('.')
-            .filter(|(label, parent)| !label.is_empty() && !parent.is_empty())
-            .and_then(|(_, parent)| self.by_name.get(&format!("*.{parent}")));
-        wildcard.unwrap_or(&self.default)
+        name.and_then(|name| crate::server_name::lookup(&self.by_name, name))
+            .unwrap_or(&self.default)
     }
 }
 

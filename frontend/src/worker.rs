@@ -33,6 +33,8 @@ use crate::control::Live;
 use crate::hello_gate::WorkerGate;
 use crate::metrics::{Stats, WorkerStats};
 use crate::session_cache::remote::{Answer, Fetched};
+use crate::config::UpstreamServer;
+use crate::upstream_pool::Pool;
 use crate::uring::{Buf, BufPool, Completion, Driver, UringError};
 
 /// Submission queue entries per worker ring (the completion queue is four
@@ -200,6 +202,10 @@ enum Op {
     Answers = 9,
     /// Not an io_uring operation: the token of a remote lookup.
     Lookup = 10,
+    /// The upstream connect of an odd-numbered attempt (a retry after
+    /// an even one timed out: its cancelled completion must not be taken
+    /// for this one's).
+    ConnectRetry = 11,
 }
 
 impl Op {
@@ -214,6 +220,7 @@ impl Op {
             7 => Op::Housekeeping,
             9 => Op::Answers,
             10 => Op::Lookup,
+            11 => Op::ConnectRetry,
             _ => return None,
         })
     }
@@ -247,6 +254,16 @@ struct Conn {
     counted: (u64, u64),
     /// Where the upstream connection goes (for the log).
     upstream_addr: Option<SocketAddr>,
+    /// The upstream servers this connection chooses from, once it asked.
+    pool: Option<Arc<Pool>>,
+    /// The server of `pool` being connected to, and those tried (a bit each).
+    server: usize,
+    tried: u64,
+    /// Connect attempts started (their parity tells the two connect ops
+    /// apart), and the socket of one that timed out, closed once its
+    /// cancelled connect has completed.
+    attempts: u32,
+    abandoned: Option<(RawFd, u32)>,
     /// Operations on this connection's descriptors not completed yet. The
     /// descriptors are closed only when this is zero: the threads of a
     /// process share one descriptor table, and an operation the kernel
@@ -573,6 +590,9 @@ impl Worker {
             driver,
             pool,
             starved,
+            live,
+            stats,
+            index,
             ..
         } = self;
         let conn = slots
@@ -669,11 +689,31 @@ impl Worker {
                     conn.machine.sent(now, side, buf, outcome, pool);
                 }
             }
-            Op::Connect => {
-                conn.connecting = false;
-                if result != -libc::ECANCELED {
-                    let outcome = if result == 0 { Ok(()) } else { Err(error()) };
-                    conn.machine.upstream_connected(now, outcome, pool);
+            Op::Connect | Op::ConnectRetry => {
+                let current = (op == Op::ConnectRetry) == (conn.attempts % 2 == 0);
+                if !current {
+                    // The cancelled connect of an attempt that timed out.
+                    if let Some((fd, _)) = conn.abandoned.take() {
+                        driver.close(fd, tag(0, 0, Op::Housekeeping))?;
+                    }
+                } else {
+                    conn.connecting = false;
+                    if result == 0 {
+                        conn.machine.upstream_connected(now, Ok(()), pool);
+                    } else if result != -libc::ECANCELED {
+                        // Refused, unreachable, reset: this server is down;
+                        // the next one gets this client.
+                        let e = error();
+                        let down = live.config().down_secs.0;
+                        if let Some(p) = &conn.pool {
+                            p.mark_down(conn.server, now, down);
+                        }
+                        if let Some(fd) = conn.upstream.take() {
+                            driver.close(fd, tag(0, 0, Op::Housekeeping))?;
+                        }
+                        let counters = &stats.workers[*index].1;
+                        connect_next(conn, driver, live, now, slot, generation, pool, counters, Some(e))?;
+                    }
                 }
             }
             Op::Housekeeping | Op::Accept | Op::Answers | Op::Lookup => {}
@@ -761,6 +801,11 @@ impl Worker {
             log_access: config.log_access,
             counted: (0, 0),
             upstream_addr: None,
+            pool: None,
+            server: 0,
+            tried: 0,
+            attempts: 0,
+            abandoned: None,
             ops: 0,
             closing: false,
         };
@@ -862,19 +907,35 @@ impl Worker {
                         conn.machine.lookup_done(now, None, &mut self.pool);
                     }
                 }
-                Event::ConnectUpstream => match open_upstream(live) {
-                    Ok((fd, addr)) => {
-                        conn.upstream = Some(fd);
-                        conn.upstream_addr = addr.as_socket();
-                        conn.connecting = true;
-                        conn.machine.connect_started(now);
-                        conn.ops += 1;
-                        driver.connect(fd, addr, tag(slot, generation, Op::Connect))?;
+                Event::ConnectUpstream => {
+                    let counters = &stats.workers[*index].1;
+                    connect_next(conn, driver, live, now, slot, generation, &mut self.pool, counters, None)?;
+                }
+                Event::ConnectTimedOut => {
+                    let config = live.config();
+                    if let Some(p) = &conn.pool {
+                        p.mark_down(conn.server, now, config.down_secs.0);
                     }
-                    Err(e) => {
+                    // Its connect is cancelled; the socket closes when the
+                    // cancellation completes (at most one such at a time).
+                    let retry = conn.abandoned.is_none();
+                    if let (Some(fd), true) = (conn.upstream, retry) {
+                        conn.upstream = None;
+                        conn.abandoned = Some((fd, conn.attempts));
+                        conn.connecting = false;
+                        driver.cancel(fd, tag(0, 0, Op::Housekeeping))?;
+                    }
+                    let e = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer within {:?}", config.connect_timeout.0),
+                    );
+                    if retry {
+                        let counters = &stats.workers[*index].1;
+                        connect_next(conn, driver, live, now, slot, generation, &mut self.pool, counters, Some(e))?;
+                    } else {
                         conn.machine.upstream_connected(now, Err(e), &mut self.pool);
                     }
-                },
+                }
             }
         }
         if conn.machine.end().is_none() {
@@ -985,6 +1046,9 @@ impl Worker {
         if let Some(fd) = conn.upstream {
             self.driver.close(fd, tag(0, 0, Op::Housekeeping))?;
         }
+        if let Some((fd, _)) = conn.abandoned {
+            self.driver.close(fd, tag(0, 0, Op::Housekeeping))?;
+        }
         Ok(())
     }
 
@@ -1085,17 +1149,73 @@ impl Worker {
 }
 
 /// Opens a non-blocking socket towards the upstream.
-fn open_upstream(live: &Live) -> io::Result<(RawFd, socket2::SockAddr)> {
-    let addr = live
-        .upstream()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the built-in upstream: {e}")))?;
-    let socket = Socket::new(
-        Domain::for_address(addr),
+/// Starts the connect of the next upstream server this connection has not
+/// tried ([`Pool::pick`]), or, when none is left, tells the connection it
+/// failed with `last` (the previous attempt's error).
+#[allow(clippy::too_many_arguments)]
+fn connect_next(
+    conn: &mut Conn,
+    driver: &mut Driver,
+    live: &Live,
+    now: Instant,
+    slot: u32,
+    generation: u32,
+    bufs: &mut BufPool,
+    counters: &WorkerStats,
+    last: Option<io::Error>,
+) -> Result<(), UringError> {
+    let pool = Arc::clone(
+        conn.pool
+            .get_or_insert_with(|| Arc::clone(live.pools().for_name(conn.machine.server_name()))),
+    );
+    // A new attempt must not share its connect op with the cancelled one
+    // still completing (they are told apart by parity).
+    let clash = conn
+        .abandoned
+        .is_some_and(|(_, attempt)| attempt % 2 == (conn.attempts + 1) % 2);
+    let next = if clash { None } else { pool.pick(now, conn.tried) };
+    let Some(i) = next else {
+        let e = last.unwrap_or_else(|| io::Error::other("no upstream server left to try"));
+        conn.machine.upstream_connected(now, Err(e), bufs);
+        return Ok(());
+    };
+    if i < 64 {
+        conn.tried |= 1 << i;
+    }
+    if last.is_some() {
+        WorkerStats::inc(&counters.upstream_retries);
+    }
+    let (server, addr) = pool.server(i);
+    let opened = Socket::new(
+        addr.domain(),
         Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
-    socket.set_nodelay(true)?;
-    Ok((socket.into_raw_fd(), addr.into()))
+        matches!(server, UpstreamServer::Tcp(_)).then_some(Protocol::TCP),
+    )
+    .and_then(|socket| {
+        if matches!(server, UpstreamServer::Tcp(_)) {
+            socket.set_nodelay(true)?;
+        }
+        Ok(socket)
+    });
+    match opened {
+        Ok(socket) => {
+            let fd = socket.into_raw_fd();
+            conn.server = i;
+            conn.upstream = Some(fd);
+            conn.upstream_addr = addr.as_socket();
+            conn.connecting = true;
+            conn.attempts += 1;
+            let op = if conn.attempts % 2 == 1 { Op::Connect } else { Op::ConnectRetry };
+            conn.machine.connect_started(now);
+            conn.ops += 1;
+            driver.connect(fd, addr.clone(), tag(slot, generation, op))
+        }
+        // Out of descriptors, or similar: not the server's fault.
+        Err(e) => {
+            conn.machine.upstream_connected(now, Err(e), bufs);
+            Ok(())
+        }
+    }
 }
 
 fn sockaddr(addr: nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {

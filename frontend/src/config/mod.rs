@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use values::{
     AutoPath, ConfigValue, Duration, KeySourceSpec, List, Listen, LogLevel, OptAddr, OptPath, OptUser,
-    Protocols, ProxyProtocol, Size, Steering, Tls13Mode, Upstream, WorkerCount,
+    Protocols, ProxyProtocol, Size, Steering, Tls13Mode, Upstream, UpstreamServer, WorkerCount,
 };
 pub use values::{Interface, SteeringFallback, XdpMode};
 
@@ -97,13 +97,16 @@ pub enum ConfigError {
     Inconsistent { key: String, reason: String },
 }
 
-/// An extra certificate chosen by SNI: `tls.sni.<name>.cert` / `.key`.
+/// What a server name gets of its own: `tls.sni.<name>.cert` / `.key`
+/// (a certificate) and `tls.sni.<name>.upstream` (where its plaintext goes).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SniCert {
     /// PEM certificate chain.
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// Servers for this name instead of `upstream.addr`.
+    pub upstream: Option<Upstream>,
 }
 
 /// Keys of the form `tls.sni.<name>.cert|key`; documented beside [`KEYS`].
@@ -121,6 +124,13 @@ pub const SNI_KEYS: &[KeyInfo] = &[
         default: "",
         change: Change::Reload,
         doc: "Private key (PEM) for tls.sni.<name>.cert.",
+    },
+    KeyInfo {
+        name: "tls.sni.<name>.upstream",
+        kind: "IP:PORT or unix:/path, comma-separated",
+        default: "",
+        change: Change::Live,
+        doc: "Where the plaintext of connections for server name <name> goes instead of upstream.addr (same form and matching as tls.sni.<name>.cert; a name may have an upstream without a certificate of its own). Empty = upstream.addr.",
     },
 ];
 
@@ -220,11 +230,13 @@ config_keys! {
     protocols: Protocols = "1.2,1.3", "tls.protocols", change = Reload,
         "TLS versions accepted, comma-separated, from 1.2 and 1.3.";
     upstream: Upstream = "builtin", "upstream.addr", change = Live,
-        "Where plaintext goes: IP:PORT, or builtin = a tiny HTTP responder inside tlsfront on a loopback port.";
+        "Where plaintext goes: one or more servers, comma-separated, each IP:PORT ([::1]:8080 for IPv6) or unix:/path, used round robin; a server whose connect fails is skipped for upstream.down_secs and the connection tries the next one. Or builtin = a tiny HTTP responder inside tlsfront on a loopback port.";
     proxy_protocol: ProxyProtocol = "0", "upstream.proxy_protocol", change = Live,
         "Send the client's address to the upstream first: 0 = no, 1 = PROXY protocol v1 (text), 2 = v2 (binary).";
     connect_timeout: Duration = "5s", "upstream.connect_timeout", change = Live,
-        "How long to wait for the upstream to accept before closing the client.";
+        "How long to wait for an upstream server to accept; then the next server of upstream.addr is tried, and when none is left the client is closed.";
+    down_secs: Duration = "10s", "upstream.down_secs", change = Live,
+        "How long a server whose connect failed or timed out is skipped (passive health check, per process). When every server is down, they are tried anyway.";
     buffer_size: Size = "64k", "proxy.buffer_size", change = Live,
         "Bytes buffered per connection and direction before reading from that side pauses (backpressure).";
     max_connections: u32 = "0", "limits.max_connections", change = Live,
@@ -318,6 +330,7 @@ pub const RANGES: &[Range] = &[
     range("worker.rx_buffer_size", 1 << 10, 1 << 20, "1k to 1m"),
     range("tls.tls13_tickets", 0, 16, "0 (TLS 1.3 clients cannot resume) to 16"),
     range("upstream.connect_timeout", 1, 600, "1s to 10m"),
+    range("upstream.down_secs", 1, 3600, "1s to 1h"),
     range("proxy.buffer_size", 1 << 10, 16 << 20, "1k to 16m"),
     range("limits.max_connections", 0, 1 << 24, "0 (no limit) to 16777216"),
     range("limits.handshake_timeout_secs", 1, 3600, "1s to 1h"),
@@ -339,11 +352,17 @@ impl Config {
         }
         if let Some((name, which)) = sni_key(key) {
             check_sni_name(name)?;
-            let path = OptPath::parse(raw)?;
             let entry = self.sni.entry(name.to_ascii_lowercase()).or_default();
             match which {
-                SniPart::Cert => entry.cert = path.0,
-                SniPart::Key => entry.key = path.0,
+                SniPart::Cert => entry.cert = OptPath::parse(raw)?.0,
+                SniPart::Key => entry.key = OptPath::parse(raw)?.0,
+                SniPart::Upstream => {
+                    entry.upstream = if raw.trim().is_empty() {
+                        None
+                    } else {
+                        Some(Upstream::parse(raw)?)
+                    }
+                }
             }
             return Ok(());
         }
@@ -357,11 +376,11 @@ impl Config {
         }
         let (name, which) = sni_key(key)?;
         let entry = self.sni.get(&name.to_ascii_lowercase())?;
-        let path = match which {
-            SniPart::Cert => entry.cert.clone(),
-            SniPart::Key => entry.key.clone(),
-        };
-        Some(OptPath(path).render())
+        Some(match which {
+            SniPart::Cert => OptPath(entry.cert.clone()).render(),
+            SniPart::Key => OptPath(entry.key.clone()).render(),
+            SniPart::Upstream => entry.upstream.as_ref().map(Upstream::render).unwrap_or_default(),
+        })
     }
 
     /// Every key with its value, `sysctl -a` order: fixed keys, then SNI.
@@ -379,6 +398,9 @@ impl Config {
                 format!("tls.sni.{name}.key"),
                 OptPath(sni.key.clone()).render(),
             ));
+            if let Some(upstream) = &sni.upstream {
+                out.push((format!("tls.sni.{name}.upstream"), upstream.render()));
+            }
         }
         out
     }
@@ -553,17 +575,35 @@ impl Config {
 enum SniPart {
     Cert,
     Key,
+    Upstream,
 }
 
-/// Splits `tls.sni.<name>.cert|key` into the name and the part.
+/// Splits `tls.sni.<name>.cert|key|upstream` into the name and the part.
 fn sni_key(key: &str) -> Option<(&str, SniPart)> {
     let rest = key.strip_prefix("tls.sni.")?;
     let (name, part) = if let Some(n) = rest.strip_suffix(".cert") {
         (n, SniPart::Cert)
+    } else if let Some(n) = rest.strip_suffix(".upstream") {
+        (n, SniPart::Upstream)
     } else {
         (rest.strip_suffix(".key")?, SniPart::Key)
     };
     (!name.is_empty()).then_some((name, part))
+}
+
+/// The description of `key`: a key of [`KEYS`], or a per-name key of
+/// [`SNI_KEYS`] (`tls.sni.api.example.com.upstream` →
+/// `tls.sni.<name>.upstream`).
+pub fn key_info(key: &str) -> Option<&'static KeyInfo> {
+    if let Some(k) = KEYS.iter().find(|k| k.name == key) {
+        return Some(k);
+    }
+    let pattern = match sni_key(key)?.1 {
+        SniPart::Cert => "tls.sni.<name>.cert",
+        SniPart::Key => "tls.sni.<name>.key",
+        SniPart::Upstream => "tls.sni.<name>.upstream",
+    };
+    SNI_KEYS.iter().find(|k| k.name == pattern)
 }
 
 /// A server name of `tls.sni.<name>`: DNS labels of letters, digits and
@@ -759,6 +799,7 @@ fn canonical_key(key: &str) -> String {
     match sni_key(key) {
         Some((name, SniPart::Cert)) => format!("tls.sni.{}.cert", name.to_ascii_lowercase()),
         Some((name, SniPart::Key)) => format!("tls.sni.{}.key", name.to_ascii_lowercase()),
+        Some((name, SniPart::Upstream)) => format!("tls.sni.{}.upstream", name.to_ascii_lowercase()),
         None => key.to_string(),
     }
 }

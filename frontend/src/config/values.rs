@@ -423,29 +423,67 @@ impl ConfigValue for Interface {
     }
 }
 
-/// `upstream.addr`: the built-in responder or a TCP address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One upstream server: a TCP address or a unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UpstreamServer {
+    /// `IP:PORT` (IPv6 as `[::1]:8080`).
+    Tcp(SocketAddr),
+    /// `unix:/path`: a unix stream socket.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for UpstreamServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamServer::Tcp(a) => write!(f, "{a}"),
+            UpstreamServer::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `upstream.addr`, `tls.sni.<name>.upstream`: the built-in responder, or
+/// servers used round robin.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upstream {
     /// tlsfront's own tiny HTTP responder on a loopback port.
     Builtin,
-    /// A TCP upstream.
-    Addr(SocketAddr),
+    /// One or more servers, in the order given (never empty).
+    Servers(Vec<UpstreamServer>),
 }
 
 impl ConfigValue for Upstream {
-    const KIND: &'static str = "builtin | IP:PORT";
+    const KIND: &'static str = "builtin | IP:PORT or unix:/path, comma-separated";
     fn parse(raw: &str) -> Result<Self, String> {
-        if raw == "builtin" {
+        if raw.trim() == "builtin" {
             return Ok(Upstream::Builtin);
         }
-        raw.parse()
-            .map(Upstream::Addr)
-            .map_err(|_| format!("{raw:?} is not builtin or an IP:PORT address"))
+        let mut servers = Vec::new();
+        for part in raw.split(',').map(str::trim) {
+            let server = if let Some(path) = part.strip_prefix("unix:") {
+                if !path.starts_with('/') {
+                    return Err(format!("{part:?}: a unix socket needs an absolute path (unix:/run/app.sock)"));
+                }
+                UpstreamServer::Unix(PathBuf::from(path))
+            } else {
+                UpstreamServer::Tcp(part.parse().map_err(|_| {
+                    format!("{part:?} is not an IP:PORT address or unix:/path (or builtin, alone)")
+                })?)
+            };
+            if servers.contains(&server) {
+                return Err(format!("{part} is listed twice"));
+            }
+            servers.push(server);
+        }
+        Ok(Upstream::Servers(servers))
     }
     fn render(&self) -> String {
         match self {
             Upstream::Builtin => "builtin".to_string(),
-            Upstream::Addr(a) => a.to_string(),
+            Upstream::Servers(list) => list
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 }
