@@ -422,6 +422,54 @@ fn reload_command_gives_new_clients_the_new_certificate_while_an_open_stream_con
     reload_swaps_certificate_for_new_clients_keeps_old_stream(Trigger::Command);
 }
 
+#[test]
+fn certificate_reloads_while_16_clients_handshake_fail_none_and_later_clients_get_the_new_one() {
+    let pki = Pki::new();
+    let dir = temp_dir();
+    let leaves = [pki.leaf(&["localhost"]), pki.leaf(&["localhost"])];
+    let (cert, key) = leaves[0].write(dir.path(), "served");
+    let conf = dir.path().join("tlsfront.conf");
+    std::fs::write(
+        &conf,
+        format!("tls.cert = {}\ntls.key = {}\n", cert.display(), key.display()),
+    )
+    .unwrap();
+    let p = Proc::start(Some(&conf), &[("worker.count", "2")]);
+    // 16 clients, each a full handshake (TLS 1.2 and 1.3) and a request
+    // per connection, all through the reloads.
+    let versions: Vec<Versions> = [Versions::Tls12, Versions::Tls13].repeat(8);
+    let load = tlsfront_tests::robust_support::LoadLoop::start(
+        p.addr(),
+        &versions,
+        Some(1),
+        Duration::ZERO,
+    );
+    thread::sleep(Duration::from_millis(300));
+    for round in 1..=6 {
+        let leaf = &leaves[round % 2];
+        leaf.write(dir.path(), "served");
+        let out = reload_cmd(&p.socket);
+        assert!(out.stdout.contains("reloaded"), "reload {round}: {}\n{}", out.describe(), p.output());
+        assert!(
+            served_leaf(&p, &pki) == leaf.der,
+            "reload {round}: a client that starts after it must get the new certificate"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let attempts = load.stop();
+    let failed: Vec<_> = attempts.iter().filter(|a| !a.ok).collect();
+    eprintln!("{} connections through 6 certificate reloads, {} failed", attempts.len(), failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed across the reloads: {:?}\n{}",
+        failed.len(),
+        attempts.len(),
+        failed.iter().take(5).map(|a| a.error.clone()).collect::<Vec<_>>(),
+        p.output()
+    );
+    assert!(attempts.len() >= 100, "too little load to judge: {} connections", attempts.len());
+}
+
 // ---------------------------------------------------------------------------
 // 3. SIGTERM drains
 // ---------------------------------------------------------------------------
