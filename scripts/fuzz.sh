@@ -4,7 +4,7 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
-# - Targets: config, cache_file, ticket_open, packet, client_hello (see
+# - Targets: config, cache_file, ticket_open, packet, client_hello, proxy_header (see
 #   frontend/src/fuzzing.rs for what each checks). Default: all.
 # - Corpora grow in fuzz/corpus/<target>/ (not in git), seeded from
 #   fuzz/seeds/<target>/ and fuzz/regressions/<target>/.
@@ -29,7 +29,7 @@ if ! command -v cargo >/dev/null && [[ -f "${CARGO_HOME:-$HOME/.cargo}/env" ]]; 
 fi
 
 CARGO_FUZZ_VERSION=0.13.2
-ALL_TARGETS=(config cache_file ticket_open packet client_hello)
+ALL_TARGETS=(config cache_file ticket_open packet client_hello proxy_header)
 
 say() { printf 'fuzz: %s\n' "$*"; }
 die() { printf 'fuzz: error: %s\n' "$*" >&2; exit 2; }

@@ -37,6 +37,7 @@
 //! machine's byte handling (docs/ARCHITECTURE.md).
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,7 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 
 use crate::client_hello::{self, HelloInfo};
 use crate::metrics::{ResumeHint, Resumption};
+use crate::proxy_protocol::{self, Header, Parsed, MAX_HEADER};
 use crate::uring::{Buf, BufPool};
 
 /// Which socket.
@@ -121,6 +123,9 @@ pub enum Failure {
     Client,
     /// The worker closed it (drain time over).
     Drain,
+    /// `net.proxy_protocol = 1` and the connection did not start with a
+    /// valid PROXY header.
+    ProxyHeader,
 }
 
 /// How a connection ended.
@@ -213,6 +218,16 @@ pub struct Connection {
     bytes_down: u64,
     /// Reads the ClientHello first, if set.
     gate: Option<Arc<dyn HelloGate>>,
+    /// `net.proxy_protocol`: the bytes of the PROXY header gathered so far,
+    /// until it is complete.
+    proxy_in: Option<Vec<u8>>,
+    /// The client's address and the one it connected to, as the PROXY
+    /// header said.
+    proxied: Option<(SocketAddr, SocketAddr)>,
+    /// `upstream.proxy_protocol`: the version and the connection's own
+    /// addresses; the header is built when the upstream is connected, with
+    /// the PROXY header's addresses if one came.
+    proxy_out: Option<(u8, SocketAddr, SocketAddr)>,
     /// Client bytes held back from rustls: the first record being gathered
     /// for the gate, or everything received while a lookup is out.
     held: Option<Buf>,
@@ -256,6 +271,9 @@ impl Connection {
             bytes_up: 0,
             bytes_down: 0,
             gate: None,
+            proxy_in: None,
+            proxied: None,
+            proxy_out: None,
             held: None,
             lookup: None,
             lookup_deadline: None,
@@ -277,6 +295,45 @@ impl Connection {
             return;
         }
         self.last_activity = now;
+        if let Some(gathered) = self.proxy_in.as_mut() {
+            let room = MAX_HEADER.saturating_sub(gathered.len());
+            let take = data.len().min(room);
+            gathered.extend_from_slice(&data[..take]);
+            match proxy_protocol::parse(gathered) {
+                Parsed::Incomplete if gathered.len() < MAX_HEADER => return,
+                Parsed::Incomplete => {
+                    self.fail(Failure::ProxyHeader, "PROXY header too long".into());
+                    return;
+                }
+                Parsed::Invalid(why) => {
+                    self.fail(Failure::ProxyHeader, format!("no valid PROXY header: {why}"));
+                    return;
+                }
+                Parsed::Complete { header, len } => {
+                    if let Header::Proxied {
+                        source,
+                        destination,
+                    } = header
+                    {
+                        self.proxied = Some((source, destination));
+                    }
+                    // What followed the header in the gathered bytes, then
+                    // the rest of this receive: the client's own bytes.
+                    let mut after = gathered.split_off(len);
+                    after.extend_from_slice(&data[take..]);
+                    self.proxy_in = None;
+                    if !after.is_empty() {
+                        self.client_bytes(now, &mut after, pool);
+                    }
+                    return;
+                }
+            }
+        }
+        self.client_bytes(now, data, pool);
+    }
+
+    /// The client's bytes after any PROXY header.
+    fn client_bytes(&mut self, now: Instant, data: &mut [u8], pool: &mut BufPool) {
         if self.lookup_deadline.is_some() {
             // rustls waits for the lookup; so does everything after the hello.
             if let Some(held) = self.held.as_mut() {
@@ -486,6 +543,27 @@ impl Connection {
         self.fail(failure, format!("{what} {whose}: {error}"));
     }
 
+    /// `net.proxy_protocol`: the connection starts with a PROXY header (v1
+    /// or v2), read and taken off before TLS; without a valid one it fails
+    /// ([`Failure::ProxyHeader`]).
+    pub fn with_proxy_in(mut self) -> Connection {
+        self.proxy_in = Some(Vec::new());
+        self
+    }
+
+    /// `upstream.proxy_protocol`: send the upstream a PROXY header of
+    /// `version` naming `client` and `local` — or the addresses of the
+    /// PROXY header the connection came with.
+    pub fn with_proxy_out(mut self, version: u8, client: SocketAddr, local: SocketAddr) -> Connection {
+        self.proxy_out = Some((version, client, local));
+        self
+    }
+
+    /// The client's address as the PROXY header named it, if one did.
+    pub fn proxied_client(&self) -> Option<SocketAddr> {
+        self.proxied.map(|(source, _)| source)
+    }
+
     /// The driver started the upstream connect.
     pub fn connect_started(&mut self, now: Instant) {
         self.connect_started = Some(now);
@@ -501,6 +579,10 @@ impl Connection {
             Ok(()) => {
                 self.upstream_connected = true;
                 self.last_activity = now;
+                if let Some((version, src, dst)) = self.proxy_out.take() {
+                    let (src, dst) = self.proxied.unwrap_or((src, dst));
+                    self.proxy_header = Some(proxy_protocol::proxy_protocol_header(version, src, dst));
+                }
                 if let Some(header) = self.proxy_header.take() {
                     let mut first = pool.take();
                     first.extend(&header);

@@ -423,3 +423,43 @@ pub fn client_hello(data: &[u8]) {
     longer.extend_from_slice(&[0x16; 64]);
     assert_eq!(parse(&longer), Some(info), "bytes after the first record changed the result");
 }
+
+/// The PROXY header reader ([`crate::proxy_protocol::parse`]) on arbitrary
+/// first bytes of a connection (target `proxy_header`): it never panics and
+/// never looks past [`crate::proxy_protocol::MAX_HEADER`] bytes.
+///
+/// Checked: a complete header lies within the input and the limit; bytes
+/// after it change nothing, and every shorter prefix of it asks for more;
+/// the addresses of a complete header survive being sent again by
+/// tlsfront's own writer ([`crate::proxy_protocol::proxy_protocol_header`])
+/// and read back.
+pub fn proxy_header(data: &[u8]) {
+    use crate::proxy_protocol::{parse, proxy_protocol_header, Header, Parsed, MAX_HEADER};
+    let Parsed::Complete { header, len } = parse(data) else {
+        return;
+    };
+    assert!(len <= data.len() && len <= MAX_HEADER, "a header of {len} bytes");
+    let mut longer = data[..len].to_vec();
+    longer.extend_from_slice(b"\x16\x03\x01PROXY \r\n");
+    assert_eq!(parse(&longer), Parsed::Complete { header, len }, "bytes after the header changed it");
+    // Every v2 prefix is incomplete; a v1 prefix too (a CRLF ends the line).
+    for cut in [0, 1, len / 2, len - 1] {
+        assert_eq!(parse(&data[..cut]), Parsed::Incomplete, "a prefix of {cut} of {len} bytes");
+    }
+    if let Header::Proxied {
+        source,
+        destination,
+    } = header
+    {
+        for version in [1, 2] {
+            if version == 1 && source.is_ipv4() != destination.is_ipv4() {
+                continue;
+            }
+            let again = proxy_protocol_header(version, source, destination);
+            match parse(&again) {
+                Parsed::Complete { header: h, .. } => assert_eq!(h, header, "v{version} round trip"),
+                other => panic!("tlsfront's own v{version} header does not read back: {other:?}"),
+            }
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! Each connection lives on one per-core io_uring worker ([`worker`], the
 //! driver of [`uring`]); TLS is rustls's unbuffered API ([`tls`]); the
 //! protocol logic is a sans-IO state machine per connection
-//! ([`connection`]); the PROXY protocol header is built by [`proxy`];
+//! ([`connection`]); the PROXY protocol headers are read and built by [`proxy_protocol`];
 //! configuration is sysctl-style ([`config`]); the running process answers
 //! on a unix control socket ([`control`]) with the counters of [`metrics`].
 //! The architecture is described in `docs/ARCHITECTURE.md`.
@@ -23,7 +23,7 @@ pub mod control;
 pub mod fuzzing;
 pub mod hello_gate;
 pub mod metrics;
-pub mod proxy;
+pub mod proxy_protocol;
 pub mod server_name;
 pub mod session_cache;
 #[allow(unsafe_code)]

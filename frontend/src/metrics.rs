@@ -190,6 +190,8 @@ counters! {
     rejected_over_limit: "Connections closed at accept because limits.max_connections was reached.",
     idle_timeouts: "Connections closed after limits.idle_timeout_secs without traffic.",
     upstream_errors: "Upstream connects that failed or timed out, and upstream resets.",
+    proxy_untrusted: "Connections closed at once: net.proxy_protocol = 1 and the peer is not in net.proxy_protocol.trusted.",
+    proxy_invalid: "Connections closed because they did not start with a valid PROXY header (net.proxy_protocol = 1).",
     upstream_retries: "Upstream connects that failed or timed out and went on to the next server of the list (that server is then skipped for upstream.down_secs).",
     bytes_client_to_upstream: "Plaintext bytes relayed from clients to the upstream.",
     bytes_upstream_to_client: "Plaintext bytes relayed from the upstream to clients.",

@@ -274,6 +274,14 @@ struct Conn {
     closing: bool,
 }
 
+impl Conn {
+    /// The client's address: the PROXY header's, if the connection came
+    /// with one, else the socket's peer.
+    fn client_addr(&self) -> SocketAddr {
+        self.machine.proxied_client().unwrap_or(self.peer)
+    }
+}
+
 struct Slot {
     generation: u32,
     conn: Option<Conn>,
@@ -767,6 +775,12 @@ impl Worker {
             return self.driver.close(fd, tag(0, 0, Op::Housekeeping));
         }
         let peer = peer_addr(fd).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        if config.proxy_in && !config.proxy_trusted.contains(peer.ip()) {
+            // Only a trusted balancer may say who the client is.
+            WorkerStats::inc(&self.counters().proxy_untrusted);
+            debug!(worker = self.index, %peer, "not in net.proxy_protocol.trusted: closed");
+            return self.driver.close(fd, tag(0, 0, Op::Housekeeping));
+        }
         let tls = match UnbufferedServerConnection::new(self.live.tls()) {
             Ok(tls) => tls,
             Err(e) => {
@@ -774,17 +788,21 @@ impl Worker {
                 return self.driver.close(fd, tag(0, 0, Op::Housekeeping));
             }
         };
-        let proxy_header = (config.proxy_protocol.0 > 0).then(|| {
-            let local = local_addr(fd).unwrap_or(config.listen.first());
-            crate::proxy::proxy_protocol_header(config.proxy_protocol.0, peer, local)
-        });
+
         let limits = Limits {
             handshake: config.handshake_timeout.0,
             idle: config.idle_timeout.0,
             connect: config.connect_timeout.0,
             buffer: usize::try_from(config.buffer_size.0).unwrap_or(usize::MAX),
         };
-        let mut machine = Connection::new(tls, limits, proxy_header, now);
+        let mut machine = Connection::new(tls, limits, None, now);
+        if config.proxy_protocol.0 > 0 {
+            let local = local_addr(fd).unwrap_or(config.listen.first());
+            machine = machine.with_proxy_out(config.proxy_protocol.0, peer, local);
+        }
+        if config.proxy_in {
+            machine = machine.with_proxy_in();
+        }
         if let Some(gate) = &self.gate {
             machine = machine.with_gate(Arc::clone(gate) as Arc<dyn HelloGate>);
         }
@@ -885,7 +903,7 @@ impl Worker {
                     }
                     debug!(
                         worker = *index,
-                        peer = %conn.peer,
+                        peer = %conn.client_addr(),
                         version = ?conn.machine.protocol_version(),
                         sni = conn.machine.server_name().unwrap_or("-"),
                         resumed = conn.machine.resumption().name(),
@@ -1000,7 +1018,7 @@ impl Worker {
         self.active -= 1;
         WorkerStats::dec(&self.counters().active);
         let end = conn.machine.end().cloned().unwrap_or(End::Finished);
-        debug!(worker = self.index, peer = %conn.peer, ?end, "closed");
+        debug!(worker = self.index, peer = %conn.client_addr(), ?end, "closed");
         if let End::Failed(failure, reason) = &end {
             let counters = &self.stats.workers[self.index].1;
             match failure {
@@ -1009,9 +1027,10 @@ impl Worker {
                 }
                 Failure::Idle => WorkerStats::inc(&counters.idle_timeouts),
                 Failure::Upstream => WorkerStats::inc(&counters.upstream_errors),
+                Failure::ProxyHeader => WorkerStats::inc(&counters.proxy_invalid),
                 Failure::Client | Failure::Drain => {}
             }
-            self.log_failure(*failure, conn.peer, conn.upstream_addr, reason);
+            self.log_failure(*failure, conn.client_addr(), conn.upstream_addr, reason);
         }
         if conn.log_access {
             self.log_access(&conn);
@@ -1086,7 +1105,7 @@ impl Worker {
                 let upstream = upstream.map_or_else(|| "-".to_string(), |a| a.to_string());
                 warn!(worker = self.index, %peer, "upstream {upstream}: {reason}; closing the client")
             }
-            Failure::Idle | Failure::Client | Failure::Drain => {
+            Failure::Idle | Failure::Client | Failure::Drain | Failure::ProxyHeader => {
                 info!(worker = self.index, %peer, "connection closed: {reason}")
             }
         }
@@ -1098,7 +1117,7 @@ impl Worker {
         let (bytes_in, bytes_out) = m.bytes();
         info!(
             target: "tlsfront::access",
-            client = %conn.peer,
+            client = %conn.client_addr(),
             sni = m.server_name().unwrap_or("-"),
             alpn = alpn.as_deref().unwrap_or("-"),
             version = tls_version(m.protocol_version()),

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 pub use values::{
     AutoPath, ConfigValue, Duration, KeySourceSpec, List, Listen, LogLevel, OptAddr, OptPath, OptUser,
-    Protocols, ProxyProtocol, Size, Steering, Tls13Mode, Upstream, UpstreamServer, WorkerCount,
+    Networks, Protocols, ProxyProtocol, Size, Steering, Tls13Mode, Upstream, UpstreamServer,
+    WorkerCount,
 };
 pub use values::{Interface, SteeringFallback, XdpMode};
 
@@ -197,6 +198,10 @@ macro_rules! config_keys {
 config_keys! {
     listen: Listen = "127.0.0.1:8443", "net.listen", change = Restart,
         "Addresses and ports the TLS listeners bind, comma-separated (e.g. 0.0.0.0:443, [::]:443, 127.0.0.1:8443); every worker binds each with SO_REUSEPORT and serves them all. An IPv6 address takes only IPv6 (IPV6_V6ONLY): list 0.0.0.0:443 too for IPv4. The auto shared files are named by the first one's port. net.steering applies to each address.";
+    proxy_in: bool = "0", "net.proxy_protocol", change = Live,
+        "1: every connection starts with a PROXY protocol header (v1 or v2, told apart by their signatures) from a balancer in net.proxy_protocol.trusted; the address it carries is the client's for the access log and upstream.proxy_protocol. A connection from elsewhere, or without a valid header, is closed and counted (proxy_untrusted, proxy_invalid). As HAProxy's accept-proxy, nginx's listen … proxy_protocol.";
+    proxy_trusted: Networks = "", "net.proxy_protocol.trusted", change = Live,
+        "Networks allowed to send PROXY headers, comma-separated (10.0.0.0/8, 2001:db8::/32, or one address); required when net.proxy_protocol = 1.";
     migrate_requests: bool = "1", "net.migrate_requests", change = Restart,
         "Set net.ipv4.tcp_migrate_req = 1 at start (needs root), so connections queued at a draining process move to its successor.";
     backlog: u32 = "1024", "net.backlog", change = Restart,
@@ -454,6 +459,12 @@ impl Config {
         }
         if !self.rx_buffers.is_power_of_two() {
             bad("worker.rx_buffers", "must be a power of two from 1 to 32768");
+        }
+        if self.proxy_in && self.proxy_trusted.0.is_empty() {
+            bad(
+                "net.proxy_protocol.trusted",
+                "empty, but net.proxy_protocol = 1: name the balancers allowed to send PROXY headers",
+            );
         }
         if self.listen.0.iter().any(|a| a.port() == 0) {
             bad("net.listen", "port 0 would give each worker another random port: name the port");

@@ -1,6 +1,6 @@
 //! The value types of configuration keys: how each parses and prints.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 /// A type a configuration key can hold.
@@ -420,6 +420,61 @@ impl ConfigValue for Interface {
     }
     fn render(&self) -> String {
         self.0.clone().unwrap_or_default()
+    }
+}
+
+/// `net.proxy_protocol.trusted`: networks (`10.0.0.0/8`, `2001:db8::/32`,
+/// or one address) whose connections may carry a PROXY header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Networks(pub Vec<(IpAddr, u8)>);
+
+impl Networks {
+    /// Whether `ip` lies in one of the networks (an IPv4 client seen on an
+    /// IPv6 socket, `::ffff:a.b.c.d`, counts as `a.b.c.d`).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|&(net, bits)| match (net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        })
+    }
+}
+
+impl ConfigValue for Networks {
+    const KIND: &'static str = "CIDR[, CIDR...]";
+    fn parse(raw: &str) -> Result<Self, String> {
+        let mut nets = Vec::new();
+        for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (addr, bits) = item.split_once('/').map_or((item, None), |(a, b)| (a, Some(b)));
+            let ip: IpAddr = addr
+                .parse()
+                .map_err(|_| format!("{item:?} is not an address or network (10.0.0.0/8, 2001:db8::/32)"))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let bits = match bits {
+                None => max,
+                Some(b) => b
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|&b| b <= max)
+                    .ok_or_else(|| format!("{item:?}: the prefix length must be 0 to {max}"))?,
+            };
+            nets.push((ip, bits));
+        }
+        Ok(Networks(nets))
+    }
+    fn render(&self) -> String {
+        self.0
+            .iter()
+            .map(|(ip, bits)| format!("{ip}/{bits}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

@@ -461,6 +461,58 @@ fn the_proxy_header_precedes_every_client_byte() {
 }
 
 #[test]
+fn a_proxy_header_in_comes_off_before_tls_and_its_client_goes_to_the_upstream() {
+    let (server, client) = configs(0);
+    let mut rig = Rig::new(server.clone(), client);
+    let balancer: std::net::SocketAddr = "10.0.0.1:40000".parse().unwrap();
+    let local: std::net::SocketAddr = "10.0.0.2:443".parse().unwrap();
+    rig.conn = Connection::new(
+        UnbufferedServerConnection::new(server).expect("server"),
+        limits(),
+        None,
+        rig.now,
+    )
+    .with_proxy_in()
+    .with_proxy_out(1, balancer, local);
+    // The header split over two receives, the ClientHello right after it
+    // in the second.
+    let header = b"PROXY TCP4 192.0.2.7 198.51.100.9 5555 443\r\n";
+    rig.conn.client_data(rig.now, &mut header[..10].to_vec(), &mut rig.pool);
+    let mut hello = Vec::new();
+    rig.client.write_tls(&mut hello).expect("hello");
+    let mut rest = [&header[10..], &hello[..]].concat();
+    rig.conn.client_data(rig.now, &mut rest, &mut rig.pool);
+    rig.pump();
+    assert!(!rig.client.is_handshaking(), "the handshake went on after the header");
+    assert_eq!(rig.conn.proxied_client(), Some("192.0.2.7:5555".parse().unwrap()));
+    rig.client.writer().write_all(b"GET /").expect("write");
+    rig.pump();
+    assert_eq!(rig.upstream, b"PROXY TCP4 192.0.2.7 198.51.100.9 5555 443\r\nGET /");
+}
+
+#[test]
+fn without_a_valid_proxy_header_the_connection_fails_before_tls() {
+    let (server, client) = configs(0);
+    let mut rig = Rig::new(server.clone(), client);
+    rig.conn = Connection::new(
+        UnbufferedServerConnection::new(server).expect("server"),
+        limits(),
+        None,
+        rig.now,
+    )
+    .with_proxy_in();
+    let mut hello = Vec::new();
+    rig.client.write_tls(&mut hello).expect("hello");
+    rig.conn.client_data(rig.now, &mut hello, &mut rig.pool);
+    assert!(
+        matches!(rig.conn.end(), Some(End::Failed(Failure::ProxyHeader, _))),
+        "{:?}",
+        rig.conn.end()
+    );
+    assert!(rig.conn.poll_transmit(Side::Client).is_none(), "nothing is sent to such a client");
+}
+
+#[test]
 fn a_send_that_took_part_of_a_buffer_sends_the_rest_first() {
     let mut rig = Rig::connected();
     rig.client.writer().write_all(b"abcdef").expect("write");

@@ -1,5 +1,5 @@
-//! The PROXY protocol (v1 text, v2 binary) header tlsfront sends to the
-//! upstream first, so that it learns the client's address.
+//! The header tlsfront sends the upstream first (`upstream.proxy_protocol`),
+//! so that it learns the client's address.
 
 use std::net::SocketAddr;
 
@@ -30,7 +30,7 @@ pub fn proxy_protocol_header(version: u8, src: SocketAddr, dst: SocketAddr) -> V
         }
         _ => {
             // Signature, version 2 + PROXY command, then family/transport.
-            let mut h = b"\r\n\r\n\x00\r\nQUIT\n".to_vec();
+            let mut h = super::V2_SIGNATURE.to_vec();
             h.push(0x21);
             match (src, dst) {
                 (SocketAddr::V4(s), SocketAddr::V4(d)) => {
@@ -58,6 +58,3 @@ pub fn proxy_protocol_header(version: u8, src: SocketAddr, dst: SocketAddr) -> V
         }
     }
 }
-
-#[cfg(test)]
-mod tests;
