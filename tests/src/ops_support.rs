@@ -397,6 +397,27 @@ pub fn log_lines(stderr: &str) -> Vec<LogLine> {
         .collect()
 }
 
+/// The one access log line (`log.access = 1`) of the connection from
+/// `peer`, waited for up to 5 s.
+pub fn access_line_for(fe: &crate::Frontend, peer: SocketAddr) -> LogLine {
+    let want = peer.to_string();
+    let find = || -> Vec<LogLine> {
+        log_lines(&fe.stderr())
+            .into_iter()
+            .filter(|l| l.target == "tlsfront::access" && l.field("client") == Some(want.as_str()))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || !find().is_empty()),
+        "no access line for {peer}\n{}",
+        fe.output()
+    );
+    thread::sleep(Duration::from_millis(100));
+    let lines = find();
+    assert_eq!(lines.len(), 1, "access lines for {peer}: {lines:#?}");
+    lines.into_iter().next().unwrap()
+}
+
 // ---------------------------------------------------------------------------
 // A client that keeps streaming on its own thread
 // ---------------------------------------------------------------------------
@@ -509,12 +530,9 @@ impl Nginx {
     /// Starts nginx on a reserved port and waits until it accepts
     /// connections; `Err` with its error log if it does not.
     pub fn start() -> Result<Nginx, String> {
-        let dir = temp_dir();
-        let d = dir.path().display().to_string();
-        let reservation = ReservedPort::new();
-        let port = reservation.port;
-        let conf = format!(
-            "daemon off;
+        Nginx::start_conf(|d, port| {
+            format!(
+                "daemon off;
 master_process off;
 worker_processes 1;
 pid {d}/nginx.pid;
@@ -536,7 +554,19 @@ http {{
     }}
 }}
 "
-        );
+            )
+        })
+    }
+
+    /// nginx with the configuration `conf(dir, port)` makes (its own temp
+    /// dir, a reserved port it must listen on at 127.0.0.1); waits until
+    /// that port accepts connections.
+    pub fn start_conf(conf: impl FnOnce(&str, u16) -> String) -> Result<Nginx, String> {
+        let dir = temp_dir();
+        let d = dir.path().display().to_string();
+        let reservation = ReservedPort::new();
+        let port = reservation.port;
+        let conf = conf(&d, port);
         let conf_path = write_file(dir.path(), "nginx.conf", &conf);
         let nginx = crate::fleet_support::NGINX;
         crate::prereq::require(&[crate::prereq::Need::File(

@@ -903,25 +903,6 @@ fn access_upstream() -> Upstream {
     })
 }
 
-fn access_line_for(fe: &Frontend, peer: SocketAddr) -> LogLine {
-    let want = peer.to_string();
-    let find = || -> Vec<LogLine> {
-        log_lines(&fe.stderr())
-            .into_iter()
-            .filter(|l| l.target == "tlsfront::access" && l.field("client") == Some(want.as_str()))
-            .collect()
-    };
-    assert!(
-        wait_until(Duration::from_secs(5), || !find().is_empty()),
-        "no access line for {peer}\n{}",
-        fe.output()
-    );
-    thread::sleep(Duration::from_millis(100));
-    let lines = find();
-    assert_eq!(lines.len(), 1, "access lines for {peer}: {lines:#?}");
-    lines.into_iter().next().unwrap()
-}
-
 fn access_log_full_then_resumed(tickets: bool, expect_resumed: &str) {
     let up = access_upstream();
     let fe = Frontend::start(&[

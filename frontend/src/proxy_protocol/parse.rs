@@ -83,6 +83,9 @@ fn parse_v1(data: &[u8]) -> Parsed {
         return Parsed::Incomplete;
     };
     let len = end + 2;
+    if data[..end].iter().any(|&b| b == b'\n' || b == b'\r') {
+        return Parsed::Invalid("v1 line has a CR or LF before its end");
+    }
     let Ok(line) = std::str::from_utf8(&data[prefix.len()..end]) else {
         return Parsed::Invalid("v1 line is not text");
     };
