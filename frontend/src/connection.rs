@@ -46,7 +46,7 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 
 use crate::client_hello::{self, HelloInfo};
 use crate::metrics::{ResumeHint, Resumption};
-use crate::proxy_protocol::{self, Header, Parsed, MAX_HEADER};
+use crate::proxy_protocol::{self, Header, Parsed, TlsFacts, MAX_HEADER};
 use crate::uring::{Buf, BufPool};
 
 /// Which socket.
@@ -581,7 +581,11 @@ impl Connection {
                 self.last_activity = now;
                 if let Some((version, src, dst)) = self.proxy_out.take() {
                     let (src, dst) = self.proxied.unwrap_or((src, dst));
-                    self.proxy_header = Some(proxy_protocol::proxy_protocol_header(version, src, dst));
+                    self.proxy_header = Some(if version == 2 {
+                        proxy_protocol::proxy_protocol_v2_with_tls(src, dst, &self.tls_facts())
+                    } else {
+                        proxy_protocol::proxy_protocol_header(version, src, dst)
+                    });
                 }
                 if let Some(header) = self.proxy_header.take() {
                     let mut first = pool.take();
@@ -830,6 +834,31 @@ impl Connection {
             (Some(rustls::ProtocolVersion::TLSv1_3), _) => Resumption::Tls13Ticket,
             (_, Some(ResumeHint::TicketOpened)) => Resumption::Tls12Ticket,
             _ => Resumption::SessionId,
+        }
+    }
+
+    /// What the upstream is told of this TLS connection (PROXY v2 TLVs).
+    pub fn tls_facts(&self) -> TlsFacts {
+        let certs = self.tls.peer_certificates();
+        TlsFacts {
+            alpn: self.tls.alpn_protocol().map(<[u8]>::to_vec),
+            authority: self.server_name.clone(),
+            version: match self.tls.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+                Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+                _ => None,
+            },
+            cipher: self
+                .tls
+                .negotiated_cipher_suite()
+                .and_then(|s| proxy_protocol::openssl_cipher_name(s.suite())),
+            // rustls finishes no handshake whose client certificate failed
+            // verification: one that is there was verified.
+            client_cert: certs.is_some_and(|c| !c.is_empty()),
+            client_cert_verified: certs.is_some_and(|c| !c.is_empty()),
+            client_cn: certs
+                .and_then(|c| c.first())
+                .and_then(|leaf| proxy_protocol::send::common_name(leaf)),
         }
     }
 

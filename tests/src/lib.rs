@@ -1841,4 +1841,5 @@ pub mod robust_support;
 
 pub mod fleet_support;
 pub mod prereq;
+pub mod pp2;
 pub mod redis;

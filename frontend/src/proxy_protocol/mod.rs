@@ -8,7 +8,7 @@ pub mod parse;
 pub mod send;
 
 pub use parse::{parse, Header, Parsed, MAX_HEADER};
-pub use send::proxy_protocol_header;
+pub use send::{openssl_cipher_name, proxy_protocol_header, proxy_protocol_v2_with_tls, TlsFacts};
 
 /// The 12 bytes a v2 header starts with.
 pub const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\x00\r\nQUIT\n";

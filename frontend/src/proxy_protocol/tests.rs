@@ -116,3 +116,20 @@ fn anything_else_is_invalid_at_once() {
     v3.extend_from_slice(&[0x31, 0x11, 0, 12]);
     assert!(matches!(parse(&v3), Parsed::Invalid(_)), "version 3");
 }
+
+#[test]
+fn a_v2_header_with_tls_tlvs_still_reads_as_its_addresses() {
+    let facts = super::TlsFacts {
+        alpn: Some(b"h2".to_vec()),
+        authority: Some("api.example.com".into()),
+        version: Some("TLSv1.3"),
+        cipher: Some("TLS_AES_128_GCM_SHA256"),
+        ..Default::default()
+    };
+    let (src, dst) = ("192.0.2.1:5000", "198.51.100.2:443");
+    let h = super::proxy_protocol_v2_with_tls(src.parse().unwrap(), dst.parse().unwrap(), &facts);
+    // 12 bytes of addresses, then ALPN (3 + 2), AUTHORITY (3 + 15) and SSL
+    // (3 + 5 + VERSION 3 + 7 + CIPHER 3 + 22).
+    assert_eq!(u16::from_be_bytes([h[14], h[15]]), 12 + 5 + 18 + 43);
+    assert_eq!(parse(&h), Parsed::Complete { header: proxied(src, dst), len: h.len() });
+}
