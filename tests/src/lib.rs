@@ -1840,6 +1840,7 @@ pub mod ops_support;
 pub mod robust_support;
 
 pub mod fleet_support;
+pub mod haproxy;
 pub mod prereq;
 pub mod pp2;
 pub mod redis;

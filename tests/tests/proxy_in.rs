@@ -11,66 +11,23 @@
 //! Needs haproxy, nginx with the stream module (scripts/setup.sh).
 
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tlsfront_tests::fleet_support::{HAPROXY, STREAM_MODULE};
+use tlsfront_tests::fleet_support::STREAM_MODULE;
+use tlsfront_tests::haproxy::Haproxy;
 use tlsfront_tests::ops_support::{access_line_for, Nginx};
 use tlsfront_tests::prereq::{require, Need};
-use tlsfront_tests::{client_config, write_file, ClientSpec, Frontend, ReservedPort, TlsClient, Trust};
+use tlsfront_tests::{client_config, ClientSpec, Frontend, TlsClient, Trust};
 
-/// HAProxy in `mode tcp` on a reserved port, forwarding to `to` with
-/// `send-proxy-v2`; killed on drop.
-struct Haproxy {
-    child: Child,
-    port: ReservedPort,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    fn start(to: SocketAddr) -> Haproxy {
-        require(&[Need::File(HAPROXY, "haproxy, from scripts/setup.sh")]);
-        let dir = tlsfront_tests::temp_dir();
-        let port = ReservedPort::new();
-        let conf = format!(
-            "global\n    maxconn 256\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
-             frontend in\n    bind 127.0.0.1:{}\n    default_backend tf\n\
-             backend tf\n    server tf {to} send-proxy-v2\n",
-            port.port
-        );
-        let path = write_file(dir.path(), "haproxy.cfg", &conf);
-        let child = Command::new(HAPROXY)
-            .args(["-db", "-f"])
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn haproxy");
-        let h = Haproxy {
-            child,
-            port,
-            _dir: dir,
-        };
-        wait_listening(h.port.addr(), "haproxy");
-        h
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_listening(addr: SocketAddr, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// HAProxy in `mode tcp` forwarding to `to` with `send-proxy-v2`.
+fn haproxy_to(to: SocketAddr) -> Haproxy {
+    Haproxy::start("", |port| {
+        format!(
+            "frontend in\n    bind 127.0.0.1:{port}\n    default_backend tf\n\
+             backend tf\n    server tf {to} send-proxy-v2\n"
+        )
+    })
 }
 
 /// nginx `stream` on a reserved port forwarding to `to` with a v1 header.
@@ -130,8 +87,8 @@ fn the_client_address_reaches_the_upstream_and_the_log(fe: &Frontend, balancer: 
 fn behind_haproxy_send_proxy_v2_the_upstream_and_the_access_log_see_the_client() {
     let consumer = Nginx::start().expect("nginx PROXY consumer");
     let fe = tlsfront_behind_a_balancer(&consumer.addr_string());
-    let haproxy = Haproxy::start(fe.addr());
-    the_client_address_reaches_the_upstream_and_the_log(&fe, haproxy.port.addr());
+    let haproxy = haproxy_to(fe.addr());
+    the_client_address_reaches_the_upstream_and_the_log(&fe, haproxy.addr());
 }
 
 #[test]

@@ -8,15 +8,13 @@
 //! Needs haproxy (scripts/setup.sh).
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
-use tlsfront_tests::fleet_support::HAPROXY;
+use tlsfront_tests::haproxy::Haproxy;
 use tlsfront_tests::pp2;
-use tlsfront_tests::prereq::{require, Need};
-use tlsfront_tests::{client_config, write_file, ClientSpec, Frontend, ReservedPort, TlsClient, Trust, Upstream};
+use tlsfront_tests::{client_config, ClientSpec, Frontend, TlsClient, Trust, Upstream};
 
 /// tlsfront offering ALPN, sending v2 headers to `upstream`.
 fn tlsfront_to(upstream: &str) -> Frontend {
@@ -66,62 +64,16 @@ fn the_upstream_learns_alpn_sni_tls_version_cipher_and_that_no_client_certificat
     assert_eq!(pp.text(0x22), None, "no SSL_CN without a client certificate");
 }
 
-/// HAProxy in `mode tcp` reading v2 headers (`accept-proxy`) and logging
+/// HAProxy in `mode tcp` reading v2 headers (`accept-proxy`), logging
 /// what it decoded, forwarding to `backend`.
-struct Haproxy {
-    child: Child,
-    port: ReservedPort,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    fn start(backend: SocketAddr) -> Haproxy {
-        require(&[Need::File(HAPROXY, "haproxy, from scripts/setup.sh")]);
-        let dir = tlsfront_tests::temp_dir();
-        let port = ReservedPort::new();
-        let conf = format!(
-            "global\n    log stdout format raw local0\n    maxconn 256\n\
-             defaults\n    mode tcp\n    log global\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
-             frontend in\n    bind 127.0.0.1:{} accept-proxy\n\
+fn haproxy_accept_proxy(backend: SocketAddr) -> Haproxy {
+    Haproxy::start("    log stdout format raw local0\n", |port| {
+        format!(
+            "frontend in\n    bind 127.0.0.1:{port} accept-proxy\n\
              \x20   log-format \"authority=%[fc_pp_authority] client=%ci:%cp\"\n    default_backend up\n\
-             backend up\n    server up {backend}\n",
-            port.port
-        );
-        let path = write_file(dir.path(), "haproxy.cfg", &conf);
-        let log = dir.path().join("haproxy.log");
-        let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(HAPROXY)
-            .args(["-db", "-f"])
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("clone"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn haproxy");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&port.addr(), Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "haproxy did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Haproxy {
-            child,
-            port,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+             backend up\n    server up {backend}\n"
+        )
+    })
 }
 
 #[test]
@@ -129,8 +81,8 @@ fn haproxy_accept_proxy_decodes_the_authority_and_client_tlsfront_sends() {
     let backend = Upstream::start(|mut s| {
         let _ = s.write_all(b"ok");
     });
-    let haproxy = Haproxy::start(backend.addr);
-    let fe = tlsfront_to(&haproxy.port.addr().to_string());
+    let haproxy = haproxy_accept_proxy(backend.addr);
+    let fe = tlsfront_to(&haproxy.addr().to_string());
     let me = connect(&fe, "api.example.com");
     let want = format!("authority=api.example.com client={me}");
     let deadline = Instant::now() + Duration::from_secs(10);
