@@ -370,8 +370,9 @@ fn an_idle_connection_ends_at_the_idle_limit_and_traffic_moves_it() {
     assert!(matches!(rig.conn.end(), Some(End::Failed(Failure::Idle, _))));
 }
 
-#[test]
-fn an_upstream_that_does_not_answer_ends_the_client_with_close_notify() {
+/// A handshaken connection whose upstream connect ran out of its time:
+/// the rig and that deadline.
+fn connect_timed_out() -> (Rig, Instant) {
     let (server, client) = configs(0);
     let mut rig = Rig::new(server, client);
     rig.auto_connect = false;
@@ -381,6 +382,12 @@ fn an_upstream_that_does_not_answer_ends_the_client_with_close_notify() {
     assert!(rig.conn.poll_timeout() <= Some(deadline));
     rig.conn.handle_timeout(deadline, &mut rig.pool);
     assert_eq!(rig.conn.poll_event(), Some(Event::ConnectTimedOut));
+    (rig, deadline)
+}
+
+#[test]
+fn an_upstream_that_does_not_answer_ends_the_client_with_close_notify() {
+    let (mut rig, deadline) = connect_timed_out();
     // The driver has no other server to try.
     rig.conn.upstream_connected(
         deadline,
@@ -403,14 +410,7 @@ fn an_upstream_that_does_not_answer_ends_the_client_with_close_notify() {
 
 #[test]
 fn a_connect_that_timed_out_can_go_to_another_server_with_a_deadline_of_its_own() {
-    let (server, client) = configs(0);
-    let mut rig = Rig::new(server, client);
-    rig.auto_connect = false;
-    rig.pump();
-    rig.conn.connect_started(rig.now);
-    let deadline = rig.now + limits().connect;
-    rig.conn.handle_timeout(deadline, &mut rig.pool);
-    assert_eq!(rig.conn.poll_event(), Some(Event::ConnectTimedOut));
+    let (mut rig, deadline) = connect_timed_out();
     assert!(rig.conn.end().is_none(), "the driver decides, not the connection");
     rig.now = deadline;
     rig.conn.connect_started(rig.now);
