@@ -237,9 +237,11 @@ impl Live {
         })
     }
 
-    /// The current configuration snapshot.
-    pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
+    /// The current configuration snapshot: a guard, not a clone of the
+    /// `Arc` (workers read it per connection on every core; a reference
+    /// count bump each time would make them all write one cache line).
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
     }
 
     /// The rustls configuration new connections use.
@@ -296,7 +298,7 @@ impl Live {
         if assignments.is_empty() {
             return Err("nothing to set: give KEY=VALUE".into());
         }
-        let mut next = (*self.config()).clone();
+        let mut next = Config::clone(&self.config());
         let mut changed = Vec::new();
         for arg in assignments {
             let (key, value) = arg

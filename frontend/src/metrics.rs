@@ -2,8 +2,11 @@
 //!
 //! Each worker owns one [`WorkerStats`] and is the only writer of it, so the
 //! counters are plain relaxed atomics: a reader wants a recent value, not an
-//! ordering with any other memory.
+//! ordering with any other memory. Each worker's counters (these, and the
+//! cache's, ring's and remote tier's) sit in a `CachePadded` of their own,
+//! so that workers on neighbouring cores never write one cache line.
 
+use crossbeam_utils::CachePadded;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -236,7 +239,7 @@ impl WorkerStats {
 /// components that count per worker.
 pub struct Stats {
     /// One entry per worker, by worker index.
-    pub workers: Vec<(Option<usize>, WorkerStats)>,
+    pub workers: Vec<(Option<usize>, CachePadded<WorkerStats>)>,
     sources: Vec<Arc<dyn PerWorkerCounters>>,
 }
 
@@ -244,7 +247,7 @@ impl Stats {
     /// Counters for `cpus.len()` workers, plus those of `sources`.
     pub fn new(cpus: &[Option<usize>], sources: Vec<Arc<dyn PerWorkerCounters>>) -> Stats {
         Stats {
-            workers: cpus.iter().map(|c| (*c, WorkerStats::default())).collect(),
+            workers: cpus.iter().map(|c| (*c, CachePadded::new(WorkerStats::default()))).collect(),
             sources,
         }
     }

@@ -33,6 +33,7 @@
 //! a `file:` secret are not stored in the file (only their epoch): every
 //! process recomputes them.
 
+use crossbeam_utils::CachePadded;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
@@ -282,7 +283,7 @@ pub struct TicketKeyRing {
     /// The shared flock on `<path>.users` held while this process lives.
     _users: File,
     decoded: ArcSwap<Decoded>,
-    counters: Box<[TicketCounters]>,
+    counters: Box<[CachePadded<TicketCounters>]>,
 }
 
 impl std::fmt::Debug for TicketKeyRing {
@@ -372,7 +373,7 @@ impl TicketKeyRing {
                 period: 1,
                 keys: Vec::new(),
             }),
-            counters: (0..=workers).map(|_| TicketCounters::default()).collect(),
+            counters: (0..=workers).map(|_| CachePadded::new(TicketCounters::default())).collect(),
         };
         if let Some(p) = ring.read_published().filter(|_| !alone) {
             let mine = ring.fingerprint.load(Ordering::Relaxed);
@@ -451,8 +452,12 @@ impl TicketKeyRing {
     /// The ring for time `now`: rotates the shared ring if its epoch is
     /// over or this process's settings are to be applied (one party does),
     /// and re-decodes when the publication moved.
-    fn current(&self, now: u64) -> Arc<Decoded> {
-        let decoded = self.decoded.load_full();
+    ///
+    /// A guard, not a clone of the `Arc`: sealing and opening run on every
+    /// core, and a reference count bump per ticket would make every core
+    /// write one shared cache line.
+    fn current(&self, now: u64) -> arc_swap::Guard<Arc<Decoded>> {
+        let decoded = self.decoded.load();
         // Acquire: pairs with the rotator's Release publication.
         let current = self.words()[W_CURRENT].load(Ordering::Acquire);
         // A ring already at a later epoch is current too: a caller whose
@@ -477,9 +482,8 @@ impl TicketKeyRing {
         };
         match published.and_then(|p| self.decode(&p)) {
             Some(fresh) => {
-                let fresh = Arc::new(fresh);
-                self.decoded.store(Arc::clone(&fresh));
-                fresh
+                self.decoded.store(Arc::new(fresh));
+                self.decoded.load()
             }
             // No ring yet, or one this process cannot decode: keep what it
             // has.
@@ -863,7 +867,7 @@ impl PerWorkerCounters for TicketKeyRing {
     fn worker_counters(&self, worker: usize) -> Vec<(&'static str, u64)> {
         self.counters
             .get(worker)
-            .map(TicketCounters::fields)
+            .map(|c| c.fields())
             .unwrap_or_default()
     }
 }

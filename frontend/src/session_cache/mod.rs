@@ -20,6 +20,7 @@ pub mod layout;
 pub mod remote;
 pub mod slot;
 
+use crossbeam_utils::CachePadded;
 use std::hint::spin_loop;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,7 +72,7 @@ pub struct SessionCache {
     sets: usize,
     seed: u64,
     timeout_secs: AtomicU64,
-    counters: Box<[CacheCounters]>,
+    counters: Box<[CachePadded<CacheCounters>]>,
     /// The fleet-wide second tier (`cache.remote`), if configured.
     remote: std::sync::OnceLock<remote::RemoteStore>,
 }
@@ -131,7 +132,7 @@ impl SessionCache {
             sets,
             seed,
             timeout_secs: AtomicU64::new(timeout_secs),
-            counters: (0..=workers).map(|_| CacheCounters::default()).collect(),
+            counters: (0..=workers).map(|_| CachePadded::new(CacheCounters::default())).collect(),
             remote: std::sync::OnceLock::new(),
         };
         Ok((cache, opened))
@@ -437,7 +438,7 @@ impl PerWorkerCounters for SessionCache {
         let mut fields = self
             .counters
             .get(worker)
-            .map(CacheCounters::fields)
+            .map(|c| c.fields())
             .unwrap_or_default();
         if let Some(r) = self.remote.get() {
             fields.extend(r.worker_counters(worker));

@@ -35,6 +35,7 @@
 mod client;
 pub mod seal;
 
+use crossbeam_utils::CachePadded;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -236,7 +237,7 @@ pub struct RemoteSettings {
 /// What the store's thread and its users share.
 struct Shared {
     keys: Keys,
-    counters: Box<[RemoteCounters]>,
+    counters: Box<[CachePadded<RemoteCounters>]>,
     mailboxes: Box<[Mailbox]>,
     /// Writes handed over and not finished.
     writes: AtomicUsize,
@@ -277,7 +278,7 @@ impl RemoteStore {
         let shared = Arc::new(Shared {
             keys,
             counters: (0..=settings.workers)
-                .map(|_| RemoteCounters::default())
+                .map(|_| CachePadded::new(RemoteCounters::default()))
                 .collect(),
             mailboxes: (0..=settings.workers)
                 .map(|_| Mailbox::new())
@@ -470,7 +471,7 @@ impl PerWorkerCounters for RemoteStore {
         self.shared
             .counters
             .get(worker)
-            .map(RemoteCounters::fields)
+            .map(|c| c.fields())
             .unwrap_or_default()
     }
 }
