@@ -5,7 +5,10 @@
 //! - `stats`: the counters as JSON ([`crate::metrics::Stats::to_json`]);
 //! - `sysctl`: the running configuration, one `key = value` per line;
 //! - `set KEY=VALUE...`: changes live keys on every worker at once;
-//! - `reload`: re-reads the config file and certificates.
+//! - `reload`: re-reads the config file and certificates;
+//! - `xdp-link IFNAME PID`: from a `--takeover` successor (pid PID): the
+//!   answer carries this process's XDP link on IFNAME as a descriptor
+//!   ([`crate::steering::XdpLink::hand_over`]).
 //!
 //! An answer that starts with `error: ` is a refusal, with the reason.
 //!
@@ -34,6 +37,7 @@ use rustls::ServerConfig;
 use crate::config::{Change, Config, KeySourceSpec, LogLevel, Upstream, KEYS};
 use crate::metrics::Stats;
 use crate::session_cache::SessionCache;
+use crate::steering::{XdpLink, XDP_LINK_COMMAND};
 use crate::tickets::{KeySource, TicketKeyRing};
 
 /// Why the control socket could not be served or queried.
@@ -91,6 +95,7 @@ pub fn serve(
     stats: Arc<Stats>,
     live: Arc<Live>,
     takeover: bool,
+    xdp_link: Option<Arc<XdpLink>>,
 ) -> Result<ControlSocket, ControlError> {
     use std::os::unix::fs::MetadataExt;
     if path.exists() {
@@ -112,7 +117,7 @@ pub fn serve(
         .name("tlsfront-control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &stats, &live) {
+                if let Err(e) = answer(stream, &stats, &live, xdp_link.as_deref()) {
                     debug!("control socket {}: {e}", owned.display());
                 }
             }
@@ -124,7 +129,12 @@ pub fn serve(
     })
 }
 
-fn answer(stream: UnixStream, stats: &Stats, live: &Live) -> io::Result<()> {
+fn answer(
+    stream: UnixStream,
+    stats: &Stats,
+    live: &Live,
+    xdp_link: Option<&XdpLink>,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(stream.try_clone()?)
@@ -147,6 +157,13 @@ fn answer(stream: UnixStream, stats: &Stats, live: &Live) -> io::Result<()> {
         "reload" => match live.reload() {
             Ok(summary) => summary,
             Err(e) => format!("error: {e}"),
+        },
+        XDP_LINK_COMMAND => match xdp_link {
+            Some(link) => {
+                link.hand_over(&stream, args)?;
+                return stream.shutdown(std::net::Shutdown::Write);
+            }
+            None => "error: no XDP link here (net.steering is not xdp, or it fell back)".into(),
         },
         other => format!("error: unknown command {other:?} (stats, sysctl, set, reload)"),
     };

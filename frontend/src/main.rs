@@ -375,7 +375,15 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         .map_err(|e| format!("duplicating a listening socket: {e}"))?;
     let cpus = worker::plan_cpus(count, config.pin_cpus);
     // Kept until run() returns: dropping it removes XDP and SK_REUSEPORT.
-    let steering_handle = tlsfront::steering::setup(&config, &listeners, &cpus)?;
+    // An upgrade takes the XDP link over from the process answering on the
+    // control socket (before this one replaces the socket).
+    let socket = config.control_socket_path();
+    let steering_handle = tlsfront::steering::setup(
+        &config,
+        &listeners,
+        &cpus,
+        args.takeover.then_some(socket.as_path()),
+    )?;
     let steering = steering_handle.description().to_string();
     let mut sources: Vec<Arc<dyn PerWorkerCounters>> = Vec::new();
     sources.extend(steering_handle.counters());
@@ -398,12 +406,12 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
     let upstream_addr = live
         .upstream()
         .map_err(|e| format!("starting the built-in upstream on 127.0.0.1: {e}"))?;
-    let socket = config.control_socket_path();
     let control_socket = control::serve(
         &socket,
         Arc::clone(&stats),
         Arc::clone(&live),
         args.takeover,
+        steering_handle.xdp_link(),
     )
     .map_err(|e| e.to_string())?;
     handle_signals(Arc::clone(&live), shutters)?;

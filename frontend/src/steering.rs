@@ -6,10 +6,12 @@
 //!   that processes the SYN; with no listener for that CPU the kernel's hash
 //!   chooses.
 //! - `xdp`: the XDP program `tlsfront_xdp` on `net.xdp.interface` hashes
-//!   each TCP segment to the listening port (`tlsfront_shared::flow_hash`
-//!   of its 4-tuple) onto a worker and moves it to that worker's CPU through
-//!   a CPUMAP; the kernel's TCP processing, and so the `reuseport` program,
-//!   then run on that CPU, and the connection lands on that worker.
+//!   each TCP segment to the listening port (`tlsfront_shared::worker_slot`:
+//!   SipHash-1-3 of its whole 4-tuple, keyed by 128 random bits drawn at
+//!   each start and written into the `FLOW_KEY` map) onto a worker and moves
+//!   it to that worker's CPU through a CPUMAP; the kernel's TCP processing,
+//!   and so the `reuseport` program, then run on that CPU, and the
+//!   connection lands on that worker.
 //!
 //! [`setup`] loads the object embedded at build time, fills the maps,
 //! attaches, and falls back as `net.steering.fallback` says when that is
@@ -19,7 +21,9 @@
 //! SK_REUSEPORT program then selects nothing, i.e. the kernel's hash; it
 //! goes away with the listeners). The XDP attachment is a bpf_link owned by
 //! this process, so the kernel also removes it when the process dies
-//! without unwinding (SIGKILL).
+//! without unwinding (SIGKILL). A `--takeover` successor is handed that
+//! link over the control socket and swaps its program in ([`XdpLink`]):
+//! the link then stays with the successor, without a moment without XDP.
 
 use std::collections::BTreeSet;
 use std::error::Error as StdError;
@@ -28,13 +32,19 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 use aya::maps::{Array, CpuMap, HashMap, MapData, PerCpuArray, ReusePortSockArray};
-use aya::programs::{SkReuseport, Xdp, XdpMode as AyaXdpMode};
+use std::os::fd::AsFd as _;
+use std::path::Path;
+
+use aya::programs::{SkReuseport, Xdp};
 use aya::{Ebpf, EbpfLoader, Pod};
-use tlsfront_shared::{names, SteeringStats, CONFIG_WORKERS, MAX_WORKERS, STATS_CPUS};
+use tlsfront_shared::{names, FlowHashKey, SteeringStats, CONFIG_WORKERS, MAX_WORKERS};
 use tracing::{info, warn};
 
 use crate::config::{Config, Steering as Mode, SteeringFallback, XdpMode};
 use crate::metrics::PerWorkerCounters;
+
+mod xdp_link;
+pub use xdp_link::{XdpLink, COMMAND as XDP_LINK_COMMAND};
 
 /// The eBPF object built by `build.rs` (empty when built with
 /// `AYA_BUILD_SKIP=1`).
@@ -60,7 +70,9 @@ pub struct Steering {
     description: String,
     /// Programs and maps; `None` for `none`.
     ebpf: Option<Ebpf>,
-    xdp_link: Option<(aya::programs::xdp::XdpLinkId, String)>,
+    /// The XDP bpf_link (shared with the control socket, which may hand it
+    /// to a successor).
+    xdp_link: Option<Arc<XdpLink>>,
     /// CPU ids registered in `SOCKETS`.
     registered: Vec<u32>,
     counters: Option<Arc<SteeringCounters>>,
@@ -95,22 +107,29 @@ impl Steering {
             .map(|c| Arc::clone(c) as Arc<dyn PerWorkerCounters>)
     }
 
-    /// Removes the XDP program from its interface now (also done on drop).
-    pub fn detach_xdp(&mut self) -> Result<(), String> {
-        let Some((link, interface)) = self.xdp_link.take() else {
-            return Ok(());
+    /// The XDP link, for the control socket to hand to a `--takeover`
+    /// successor.
+    pub fn xdp_link(&self) -> Option<Arc<XdpLink>> {
+        self.xdp_link.clone()
+    }
+
+    /// Closes this process's XDP link now (also done on drop): the program
+    /// leaves the interface, unless the link was handed to a successor,
+    /// which then keeps it.
+    pub fn detach_xdp(&mut self) {
+        let Some(link) = self.xdp_link.take() else {
+            return;
         };
-        let program = self
-            .ebpf
-            .as_mut()
-            .and_then(|e| e.program_mut(names::XDP_PROGRAM))
-            .ok_or("the XDP program is gone")?;
-        let program: &mut Xdp = program.try_into().map_err(|e| explain(&e))?;
-        program
-            .detach(link)
-            .map_err(|e| format!("removing XDP from {interface}: {}", explain(&e)))?;
-        info!("steering: XDP program removed from {interface}");
-        Ok(())
+        if !link.detach() {
+            return;
+        }
+        match link.handed_to() {
+            Some(pid) => info!(
+                "steering: XDP link on {} left to pid {pid}, which took it over",
+                link.interface()
+            ),
+            None => info!("steering: XDP program removed from {}", link.interface()),
+        }
     }
 
     fn none(description: String) -> Steering {
@@ -127,9 +146,7 @@ impl Steering {
 
 impl Drop for Steering {
     fn drop(&mut self) {
-        if let Err(e) = self.detach_xdp() {
-            warn!("steering: {e}");
-        }
+        self.detach_xdp();
         if let Some(map) = self.ebpf.as_mut().and_then(|e| e.map_mut(names::SOCKETS)) {
             if let Ok(mut sockets) = ReusePortSockArray::try_from(map) {
                 for cpu in self.registered.drain(..) {
@@ -166,16 +183,18 @@ const REUSEPORT_TEXT: &str = "SK_REUSEPORT: the listener of the worker on the re
 /// Sets up `config.steering` for `listeners` (worker n's socket at index n)
 /// whose workers run on `cpus` (worker n on `cpus[n]`), with
 /// `net.steering.fallback` when that is impossible. `Err` only when the
-/// fallback is `fail`.
+/// fallback is `fail`. `takeover`: the control socket of the process this
+/// one replaces (`--takeover`), whose XDP link is taken over.
 pub fn setup(
     config: &Config,
     listeners: &[TcpListener],
     cpus: &[Option<usize>],
+    takeover: Option<&Path>,
 ) -> Result<Steering, String> {
     let fallback = config.steering_fallback;
     let mut failed: Vec<String> = Vec::new();
     if config.steering == Mode::Xdp {
-        match setup_ebpf(config, listeners, cpus, true) {
+        match setup_ebpf(config, listeners, cpus, Some(takeover)) {
             Ok(s) => return Ok(s),
             Err(e) => {
                 let msg = format!("net.steering = xdp is not possible: {e}");
@@ -190,7 +209,7 @@ pub fn setup(
     let try_reuseport = config.steering == Mode::Reuseport
         || (config.steering == Mode::Xdp && fallback == SteeringFallback::Reuseport);
     if try_reuseport {
-        match setup_ebpf(config, listeners, cpus, false) {
+        match setup_ebpf(config, listeners, cpus, None) {
             Ok(mut s) => {
                 if !failed.is_empty() {
                     s.description = format!("{} (fallback; {})", s.description, failed.join("; "));
@@ -229,12 +248,13 @@ impl RenderName for SteeringFallback {
     }
 }
 
-/// Loads the object and sets up `reuseport`, and XDP too when `xdp`.
+/// Loads the object and sets up `reuseport`, and XDP too when `xdp` is
+/// `Some(takeover)` (see [`setup`]).
 fn setup_ebpf(
     config: &Config,
     listeners: &[TcpListener],
     cpus: &[Option<usize>],
-    xdp: bool,
+    xdp: Option<Option<&Path>>,
 ) -> Result<Steering, String> {
     if EBPF_OBJECT.is_empty() {
         return Err(
@@ -262,11 +282,7 @@ fn setup_ebpf(
         return Err(format!("CPU {too_big} is not a possible CPU"));
     }
 
-    let ebpf = EbpfLoader::new()
-        .map_max_entries(names::CPUMAP, possible)
-        .map_max_entries(names::SOCKETS, possible)
-        .load(EBPF_OBJECT)
-        .map_err(|e| format!("loading the eBPF object: {}", explain(&e)))?;
+    let ebpf = load_object(possible)?;
 
     // From here on `steering` owns the object: when a later step fails,
     // dropping it undoes the earlier ones (XDP link, SOCKETS entries; a
@@ -289,24 +305,17 @@ fn setup_ebpf(
     program
         .load()
         .map_err(|e| format!("loading the SK_REUSEPORT program: {}", explain(&e)))?;
-    let stats_map = ebpf
-        .take_map(names::STATS)
-        .ok_or("the eBPF object has no STATS map")?;
-    let stats_map: PerCpuArray<MapData, StatsValue> =
-        PerCpuArray::try_from(stats_map).map_err(|e| explain(&e))?;
-    steering.counters = Some(Arc::new(SteeringCounters {
-        map: Mutex::new(stats_map),
-        cpus: worker_cpus.clone(),
-    }));
+    steering.counters = Some(Arc::new(SteeringCounters::take(ebpf, worker_cpus.clone())?));
 
-    if xdp {
+    if let Some(takeover) = xdp {
         let interface = config
             .xdp_interface
             .0
             .clone()
             .ok_or("net.xdp.interface is not set")?;
         let ebpf = steering.ebpf.as_mut().expect("set above");
-        setup_xdp_maps(ebpf, config, &worker_cpus)?;
+        setup_workers(ebpf, config.listen.port(), &worker_cpus, &random_flow_key()?)?;
+        setup_cpumap(ebpf, config.xdp_queue_size, &worker_cpus)?;
         let program: &mut Xdp = ebpf
             .program_mut(names::XDP_PROGRAM)
             .ok_or("the eBPF object has no XDP program")?
@@ -315,11 +324,30 @@ fn setup_ebpf(
         program
             .load()
             .map_err(|e| format!("loading the XDP program: {}", explain(&e)))?;
-        let (link, native) = attach_xdp(program, &interface, config.xdp_mode)?;
-        steering.xdp_link = Some((link, interface.clone()));
+        let prog_fd = program
+            .fd()
+            .map_err(|e| format!("the XDP program: {}", explain(&e)))?
+            .as_fd();
+        let (link, origin) = match takeover.map(|s| XdpLink::take_over(s, &interface, prog_fd)) {
+            Some(Ok((link, pid))) => {
+                info!("steering: took the XDP link on {interface} over from pid {pid}");
+                (
+                    link,
+                    format!("; link taken over from pid {pid}, program replaced without a gap"),
+                )
+            }
+            Some(Err(e)) => {
+                info!("steering: no XDP link taken over ({e}); attaching a new one");
+                let link = attach_xdp(prog_fd, &interface, config.xdp_mode)?;
+                (link, format!("; new link, none taken over: {e}"))
+            }
+            None => (attach_xdp(prog_fd, &interface, config.xdp_mode)?, String::new()),
+        };
+        let native = link.native();
+        steering.xdp_link = Some(Arc::new(link));
         steering.active = Active::Xdp { native };
         steering.description = format!(
-            "xdp ({} on {interface}, CPUMAP queue {}, workers' CPUs {}) + reuseport",
+            "xdp ({} on {interface}, CPUMAP queue {}, workers' CPUs {}{origin}) + reuseport",
             if native { "native" } else { "generic" },
             config.xdp_queue_size,
             worker_cpus
@@ -371,8 +399,33 @@ fn setup_ebpf(
     Ok(steering)
 }
 
-fn setup_xdp_maps(ebpf: &mut Ebpf, config: &Config, worker_cpus: &[u32]) -> Result<(), String> {
-    let port = config.listen.port();
+/// Loads the eBPF object with `CPUMAP` and `SOCKETS` sized for `possible`
+/// CPUs (indexed by CPU id); the other maps have their compiled sizes
+/// (`CPUS`, `STEERED`: [`MAX_WORKERS`]).
+fn load_object(possible: u32) -> Result<Ebpf, String> {
+    EbpfLoader::new()
+        .map_max_entries(names::CPUMAP, possible)
+        .map_max_entries(names::SOCKETS, possible)
+        .load(EBPF_OBJECT)
+        .map_err(|e| format!("loading the eBPF object: {}", explain(&e)))
+}
+
+/// 128 bits from the OS random generator: the flow hash key of this start.
+fn random_flow_key() -> Result<FlowHashKey, String> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| "the OS random generator failed (flow hash key)".to_string())?;
+    Ok(FlowHashKey::from_bytes(bytes))
+}
+
+/// The maps the XDP program reads to pick a worker: the steered port, the
+/// CPU of each worker slot, the number of slots and the hash key.
+fn setup_workers(
+    ebpf: &mut Ebpf,
+    port: u16,
+    worker_cpus: &[u32],
+    key: &FlowHashKey,
+) -> Result<(), String> {
     {
         let map = ebpf.map_mut(names::PORTS).ok_or("no PORTS map")?;
         let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(|e| explain(&e))?;
@@ -381,14 +434,11 @@ fn setup_xdp_maps(ebpf: &mut Ebpf, config: &Config, worker_cpus: &[u32]) -> Resu
             .map_err(|e| format!("PORTS: {}", explain(&e)))?;
     }
     {
-        let map = ebpf.map_mut(names::CPUMAP).ok_or("no CPUMAP map")?;
-        let mut cpumap = CpuMap::try_from(map).map_err(|e| explain(&e))?;
-        let distinct: BTreeSet<u32> = worker_cpus.iter().copied().collect();
-        for cpu in distinct {
-            cpumap
-                .set(cpu, config.xdp_queue_size, None, 0)
-                .map_err(|e| format!("CPUMAP entry for CPU {cpu}: {}", explain(&e)))?;
-        }
+        let map = ebpf.map_mut(names::FLOW_KEY).ok_or("no FLOW_KEY map")?;
+        // `[u64; 2]` has the layout of the `#[repr(C)]` FlowHashKey.
+        let mut slot: Array<_, [u64; 2]> = Array::try_from(map).map_err(|e| explain(&e))?;
+        slot.set(0, [key.k0, key.k1], 0)
+            .map_err(|e| format!("FLOW_KEY: {}", explain(&e)))?;
     }
     {
         let map = ebpf.map_mut(names::CPUS).ok_or("no CPUS map")?;
@@ -409,44 +459,38 @@ fn setup_xdp_maps(ebpf: &mut Ebpf, config: &Config, worker_cpus: &[u32]) -> Resu
     Ok(())
 }
 
-fn attach_xdp(
-    program: &mut Xdp,
-    interface: &str,
-    mode: XdpMode,
-) -> Result<(aya::programs::xdp::XdpLinkId, bool), String> {
-    match mode {
-        XdpMode::Native => {
-            program_attach(program, interface, AyaXdpMode::Driver).map(|l| (l, true))
-        }
-        XdpMode::Generic => program_attach(program, interface, AyaXdpMode::Skb).map(|l| (l, false)),
-        XdpMode::Auto => match program_attach(program, interface, AyaXdpMode::Driver) {
-            Ok(link) => {
-                info!("steering: XDP attached to {interface} in native mode");
-                Ok((link, true))
-            }
-            Err(native_err) => {
-                info!("steering: native XDP on {interface} not possible ({native_err}); trying generic");
-                program_attach(program, interface, AyaXdpMode::Skb)
-                    .map(|l| (l, false))
-                    .map_err(|e| format!("{e} (native mode: {native_err})"))
-            }
-        },
+/// A CPUMAP queue of `queue_size` frames for each CPU a worker runs on.
+fn setup_cpumap(ebpf: &mut Ebpf, queue_size: u32, worker_cpus: &[u32]) -> Result<(), String> {
+    let map = ebpf.map_mut(names::CPUMAP).ok_or("no CPUMAP map")?;
+    let mut cpumap = CpuMap::try_from(map).map_err(|e| explain(&e))?;
+    let distinct: BTreeSet<u32> = worker_cpus.iter().copied().collect();
+    for cpu in distinct {
+        cpumap
+            .set(cpu, queue_size, None, 0)
+            .map_err(|e| format!("CPUMAP entry for CPU {cpu}: {}", explain(&e)))?;
     }
+    Ok(())
 }
 
-fn program_attach(
-    program: &mut Xdp,
+fn attach_xdp(
+    program: std::os::fd::BorrowedFd<'_>,
     interface: &str,
-    mode: AyaXdpMode,
-) -> Result<aya::programs::xdp::XdpLinkId, String> {
-    let name = match mode {
-        AyaXdpMode::Driver => "native",
-        AyaXdpMode::Skb => "generic",
-        _ => "other",
+    mode: XdpMode,
+) -> Result<XdpLink, String> {
+    let attach = |native: bool| {
+        XdpLink::attach(program, interface, native).map_err(|e| {
+            let name = if native { "native" } else { "generic" };
+            format!("attaching XDP ({name}) to {interface}: {}", explain(&e))
+        })
     };
-    program
-        .attach(interface, mode)
-        .map_err(|e| format!("attaching XDP ({name}) to {interface}: {}", explain(&e)))
+    match mode {
+        XdpMode::Native => attach(true),
+        XdpMode::Generic => attach(false),
+        XdpMode::Auto => attach(true).or_else(|native_err| {
+            info!("steering: native XDP on {interface} not possible ({native_err}); trying generic");
+            attach(false).map_err(|e| format!("{e} (native mode: {native_err})"))
+        }),
+    }
 }
 
 /// The error and its sources on one line, with a hint when the cause is a
@@ -472,6 +516,10 @@ fn explain(e: &dyn StdError) -> String {
         Some(libc::EPERM) | Some(libc::EACCES) => Some(PRIVILEGE_HINT),
         Some(libc::ENOSYS) => Some("the kernel has no bpf() system call (CONFIG_BPF_SYSCALL)"),
         Some(libc::EOPNOTSUPP) => Some("not supported by this kernel or driver"),
+        Some(libc::EBUSY) => Some(
+            "another XDP program is attached there (a running tlsfront? start the new one \
+             with --takeover to take its link over)",
+        ),
         _ if lower.contains("operation not permitted") || lower.contains("permission denied") => {
             Some(PRIVILEGE_HINT)
         }
@@ -491,58 +539,71 @@ const PRIVILEGE_HINT: &str = "missing privileges: eBPF steering needs CAP_BPF an
 #[derive(Debug, Clone, Copy, Default)]
 struct StatsValue(SteeringStats);
 
-// SAFETY: `SteeringStats` is `#[repr(C)]`, made only of `u64` fields and a
-// `u64` array (no padding, no pointers, every bit pattern valid), so it can
+// SAFETY: `SteeringStats` is `#[repr(C)]`, made only of `u64` fields (no
+// padding, no pointers, every bit pattern valid), so it can
 // be copied from and to the kernel's map memory byte for byte;
 // `StatsValue` is `repr(transparent)` over it.
 unsafe impl Pod for StatsValue {}
 
-/// The `STATS` per-CPU map, read per worker: worker n's column shows the
-/// counters of the CPU it is pinned to, and how many segments the XDP
-/// program steered to that CPU (from every CPU).
+/// The `STATS` and `STEERED` per-CPU maps, read per worker: worker n's
+/// column shows the counters of the CPU it is pinned to, and how many
+/// segments the XDP program steered to worker slot n (from every CPU).
 struct SteeringCounters {
-    map: Mutex<PerCpuArray<MapData, StatsValue>>,
+    stats: Mutex<PerCpuArray<MapData, StatsValue>>,
+    steered: Mutex<PerCpuArray<MapData, u64>>,
     /// CPU of each worker.
     cpus: Vec<u32>,
 }
 
 impl SteeringCounters {
-    fn read(&self) -> Option<Vec<SteeringStats>> {
-        let map = self.map.lock().ok()?;
+    /// Takes the counter maps out of `ebpf` (they stay alive with the
+    /// programs that use them).
+    fn take(ebpf: &mut Ebpf, cpus: Vec<u32>) -> Result<SteeringCounters, String> {
+        let stats = ebpf
+            .take_map(names::STATS)
+            .ok_or("the eBPF object has no STATS map")?;
+        let steered = ebpf
+            .take_map(names::STEERED)
+            .ok_or("the eBPF object has no STEERED map")?;
+        Ok(SteeringCounters {
+            stats: Mutex::new(PerCpuArray::try_from(stats).map_err(|e| explain(&e))?),
+            steered: Mutex::new(PerCpuArray::try_from(steered).map_err(|e| explain(&e))?),
+            cpus,
+        })
+    }
+
+    /// `STATS` of every possible CPU.
+    fn per_cpu(&self) -> Option<Vec<SteeringStats>> {
+        let map = self.stats.lock().ok()?;
         let values = map.get(&0, 0).ok()?;
         Some(values.iter().map(|v| v.0).collect())
+    }
+
+    /// Segments steered to worker `slot`, summed over the CPUs that
+    /// steered them.
+    fn steered_to(&self, slot: usize) -> u64 {
+        let Ok(slot) = u32::try_from(slot) else {
+            return 0;
+        };
+        let Ok(map) = self.steered.lock() else {
+            return 0;
+        };
+        map.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 }
 
 impl PerWorkerCounters for SteeringCounters {
     fn worker_counters(&self, worker: usize) -> Vec<(&'static str, u64)> {
-        let zero = || {
-            vec![
-                ("steer_xdp_seen", 0),
-                ("steer_xdp_passed", 0),
-                ("steer_xdp_parse_errors", 0),
-                ("steer_xdp_redirect_failed", 0),
-                ("steer_xdp_steered_here", 0),
-                ("steer_reuseport_selected", 0),
-                ("steer_reuseport_fallback", 0),
-            ]
-        };
-        let Some(&cpu) = self.cpus.get(worker) else {
-            return zero();
-        };
-        // A CPU shared by several workers is counted in the first one only,
-        // so that the totals stay right.
-        if self.cpus[..worker].contains(&cpu) {
-            return zero();
-        }
-        let Some(per_cpu) = self.read() else {
-            return zero();
-        };
-        let here = per_cpu.get(cpu as usize).copied().unwrap_or_default();
-        let steered: u64 = if (cpu as usize) < STATS_CPUS {
-            per_cpu.iter().map(|s| s.xdp_redirected[cpu as usize]).sum()
-        } else {
-            0
+        let steered = self.steered_to(worker);
+        let cpu = self.cpus.get(worker).copied();
+        // The per-CPU counters of a CPU shared by several workers are
+        // counted in the first one only, so that the totals stay right.
+        let here = match cpu {
+            Some(cpu) if !self.cpus[..worker].contains(&cpu) => self
+                .per_cpu()
+                .and_then(|all| all.get(cpu as usize).copied())
+                .unwrap_or_default(),
+            _ => SteeringStats::default(),
         };
         vec![
             ("steer_xdp_seen", here.xdp_seen),
@@ -555,3 +616,6 @@ impl PerWorkerCounters for SteeringCounters {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests;

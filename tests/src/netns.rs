@@ -20,6 +20,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use aya::maps::{Array, Map, MapData};
+use tlsfront_shared::{names, FlowHashKey};
+
 use crate::prereq::{require, Need};
 use crate::{run_cmd, temp_dir, CmdOutput, Stats, TempDir, CLI_TIMEOUT, READY_TIMEOUT};
 
@@ -162,6 +165,17 @@ impl NetnsPair {
         link.contains("prog/xdp") || link.contains(" xdp")
     }
 
+    /// Id of the XDP program attached to A's veth end (`prog/xdp id N`).
+    pub fn xdp_prog_id(&self) -> Option<u32> {
+        let link = self.link_a();
+        let mut words = link.split_whitespace();
+        words.find(|w| *w == "prog/xdp")?;
+        match (words.next(), words.next()) {
+            (Some("id"), Some(id)) => id.parse().ok(),
+            _ => None,
+        }
+    }
+
     /// Turns TX checksum offload off on B's veth end: with native XDP on
     /// A's end, frames redirected through a CPUMAP are otherwise dropped by
     /// TCP as checksum errors (their checksum is never filled in).
@@ -241,7 +255,8 @@ pub struct NsFrontend {
     pub port: u16,
     /// Its control socket (a path: reachable from any namespace).
     pub socket: std::path::PathBuf,
-    _dir: TempDir,
+    /// Shared with a successor started by [`NsFrontend::start_takeover`].
+    dir: Arc<TempDir>,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
 }
@@ -252,11 +267,30 @@ impl NsFrontend {
     /// waits for `tlsfront: ready`. `Err` carries the output when it does
     /// not get ready (e.g. a steering set-up that failed with fallback = fail).
     pub fn start(ns: &str, port: u16, opts: &[(&str, &str)]) -> Result<NsFrontend, String> {
+        Self::launch(ns, port, opts, Arc::new(temp_dir()), false)
+    }
+
+    /// Starts the upgrade of this process: the same command in namespace
+    /// `ns` with `opts` and `--takeover`, on the same port, control socket,
+    /// cache and ticket files; waits for `tlsfront: ready`.
+    pub fn start_takeover(&self, ns: &str, opts: &[(&str, &str)]) -> Result<NsFrontend, String> {
+        Self::launch(ns, self.port, opts, Arc::clone(&self.dir), true)
+    }
+
+    fn launch(
+        ns: &str,
+        port: u16,
+        opts: &[(&str, &str)],
+        dir: Arc<TempDir>,
+        takeover: bool,
+    ) -> Result<NsFrontend, String> {
         require(NEEDS);
-        let dir = temp_dir();
         let socket = dir.path().join("control.sock");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns]).arg(crate::bin()).arg("run");
+        if takeover {
+            cmd.arg("--takeover");
+        }
         let mut all = vec![
             ("net.listen".to_string(), format!("{ADDR_A}:{port}")),
             ("control.socket".to_string(), socket.display().to_string()),
@@ -318,7 +352,7 @@ impl NsFrontend {
             child: Some(child),
             port,
             socket,
-            _dir: dir,
+            dir,
             stdout,
             stderr,
         };
@@ -340,6 +374,11 @@ impl NsFrontend {
             .as_ref()
             .map(Child::id)
             .expect("the process was killed")
+    }
+
+    /// The flow hash key its XDP program uses, read from the kernel.
+    pub fn flow_key(&self) -> FlowHashKey {
+        flow_key_of(self.pid()).unwrap_or_else(|e| panic!("{e}\n{}", self.output()))
     }
 
     /// Everything written to stderr so far.
@@ -476,4 +515,70 @@ pub fn accepted_by(stderr: &str) -> Vec<(usize, u16)> {
         }
     }
     out
+}
+
+/// The key of the flow hash of process `pid`: the `FLOW_KEY` map among the
+/// BPF maps the process holds (`/proc/PID/fdinfo` names their ids), read
+/// from the kernel, i.e. the key its XDP program hashes with.
+pub fn flow_key_of(pid: u32) -> Result<FlowHashKey, String> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    for entry in entries.flatten() {
+        // Descriptors come and go; one that vanished is not a map.
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let Some(id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let data = MapData::from_id(id).map_err(|e| format!("BPF map {id} of pid {pid}: {e}"))?;
+        let info = data
+            .info()
+            .map_err(|e| format!("BPF map {id} of pid {pid}: {e}"))?;
+        if info.name_as_str() != Some(names::FLOW_KEY) {
+            continue;
+        }
+        let map: Array<_, [u64; 2]> =
+            Array::try_from(Map::Array(data)).map_err(|e| format!("{}: {e}", names::FLOW_KEY))?;
+        let [k0, k1] = map
+            .get(&0, 0)
+            .map_err(|e| format!("{}: {e}", names::FLOW_KEY))?;
+        return Ok(FlowHashKey { k0, k1 });
+    }
+    Err(format!("pid {pid} holds no {} map", names::FLOW_KEY))
+}
+
+/// The XDP bpf_links process `pid` holds, as (link id, program id), from
+/// its `/proc/PID/fdinfo` (the kernel's view: the same link id in two
+/// processes is one link).
+pub fn xdp_links_of(pid: u32) -> Vec<(u32, u32)> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut links = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        if field("link_type:").as_deref() != Some("xdp") {
+            continue;
+        }
+        let id = |name| field(name).and_then(|v| v.parse::<u32>().ok());
+        if let (Some(link), Some(prog)) = (id("link_id:"), id("prog_id:")) {
+            links.push((link, prog));
+        }
+    }
+    links.sort_unstable();
+    links.dedup();
+    links
 }

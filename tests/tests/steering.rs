@@ -3,7 +3,8 @@
 //! attaches its XDP program to A's veth end; the clients run in namespace B
 //! (threads of this test that joined B). Every connection must be accepted
 //! by the worker that the XDP program's hash (`tlsfront_shared::worker_slot`, the very code
-//! the program runs) chose for its 4-tuple.
+//! the program runs, with the key read from the process's `FLOW_KEY` map)
+//! chose for its 4-tuple.
 //!
 //! Needs root and iproute2; fails, naming what is missing, otherwise
 //! (`netns::NEEDS`, checked when the namespaces are made).
@@ -12,8 +13,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tlsfront_shared::{parse, worker_slot, FlowKey, Parsed};
-use tlsfront_tests::netns::{accepted_by, in_netns, NetnsPair, NsFrontend, ADDR_A, ADDR_B};
+use tlsfront_shared::{parse, worker_slot, FlowHashKey, FlowKey, Parsed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tlsfront_tests::netns::{
+    accepted_by, in_netns, xdp_links_of, NetnsPair, NsFrontend, ADDR_A, ADDR_B,
+};
 use tlsfront_tests::*;
 
 const PORT: u16 = 8443;
@@ -59,7 +65,7 @@ fn run_clients(pair: &NetnsPair, port: u16, count: usize) -> (Vec<Conn>, Vec<Str
     })
 }
 
-fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str) -> NsFrontend {
+fn options<'a>(pair: &'a NetnsPair, steering: &'a str, xdp_mode: &'a str) -> Vec<(&'a str, &'a str)> {
     let mut opts = vec![
         ("net.steering", steering),
         ("net.steering.fallback", "fail"),
@@ -70,7 +76,12 @@ fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str) -> NsFrontend {
         opts.push(("net.xdp.interface", pair.if_a.as_str()));
         opts.push(("net.xdp.mode", xdp_mode));
     }
-    NsFrontend::start(&pair.a, PORT, &opts).unwrap_or_else(|e| panic!("{e}"))
+    opts
+}
+
+fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str) -> NsFrontend {
+    NsFrontend::start(&pair.a, PORT, &options(pair, steering, xdp_mode))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The CPU of each worker as the kernel pins its thread; the start-up
@@ -171,6 +182,7 @@ fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
     // served it), and tlsfront's log (`handshake done worker=N`) checked
     // against it.
     let logged = wait_accepted(&fe, count);
+    let hash_key = (steering == "xdp").then(|| fe.flow_key());
     let mut per_worker = vec![0usize; cpus.len()];
     let mut resumed_per_worker = vec![0usize; cpus.len()];
     let mut wrong = Vec::new();
@@ -182,9 +194,9 @@ fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
         }
         per_worker[worker] += 1;
         resumed_per_worker[worker] += usize::from(c.resumed);
-        if steering == "xdp" {
+        if let Some(hash_key) = &hash_key {
             let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, fe.port);
-            let slot = worker_slot(&key, cpus.len() as u32).unwrap() as usize;
+            let slot = worker_slot(&key, hash_key, cpus.len() as u32).unwrap() as usize;
             // The XDP program sends slot n to cpus[n], where worker n runs.
             if worker != slot {
                 wrong.push((c.port, slot, worker));
@@ -277,6 +289,7 @@ fn attach_detach_reattach_leaves_no_program() {
     // SIGTERM: graceful stop, the Steering handle detaches.
     let mut fe = start(&pair, "xdp", "generic");
     assert!(pair.xdp_attached(), "{}", pair.link_a());
+    let mut keys = vec![fe.flow_key()];
     assert!(
         fe.terminate(Duration::from_secs(15)).is_some(),
         "no exit after SIGTERM\n{}",
@@ -291,6 +304,7 @@ fn attach_detach_reattach_leaves_no_program() {
     // Re-attach (native this time), then SIGKILL: the bpf_link dies with the process.
     let mut fe = start(&pair, "xdp", "native");
     assert!(pair.xdp_attached(), "{}", pair.link_a());
+    keys.push(fe.flow_key());
     fe.kill();
     let deadline = Instant::now() + Duration::from_secs(5);
     while pair.xdp_attached() && Instant::now() < deadline {
@@ -300,14 +314,149 @@ fn attach_detach_reattach_leaves_no_program() {
     // And once more, generic; it still serves.
     let fe = start(&pair, "xdp", "generic");
     assert!(pair.xdp_attached(), "{}", pair.link_a());
+    keys.push(fe.flow_key());
     let (conns, failures) = run_clients(&pair, fe.port, 5);
     assert!(failures.is_empty() && conns.len() == 5, "{failures:?}");
+    let port = fe.port;
     drop(fe);
+    assert_new_key_per_start(&keys, port);
     let deadline = Instant::now() + Duration::from_secs(5);
     while pair.xdp_attached() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!pair.xdp_attached(), "at the end: {}", pair.link_a());
+}
+
+/// Every start drew its own key, and the same 4-tuples land on other
+/// workers under them: 64 client ports over 2 workers all agree under two
+/// independent keys with probability 2^-64.
+fn assert_new_key_per_start(keys: &[FlowHashKey], port: u16) {
+    for (i, a) in keys.iter().enumerate() {
+        for b in &keys[i + 1..] {
+            assert_ne!(a, b, "two starts with the same flow hash key");
+            let moved = (40000..40064u16)
+                .map(|p| FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), p, port))
+                .filter(|k| worker_slot(k, a, 2) != worker_slot(k, b, 2))
+                .count();
+            assert!(moved > 0, "64 tuples on the same workers under two keys");
+        }
+    }
+}
+
+/// Connections from namespace B, one after the other, until `stop`: each a
+/// TLS handshake and a request that must get HTTP 200. Returns (served,
+/// failures with their reasons).
+fn client_loop(pair: &NetnsPair, port: u16, stop: &AtomicBool) -> (usize, Vec<String>) {
+    let addr = SocketAddr::from((ADDR_A, port));
+    in_netns(&pair.b, || {
+        let cfg = client_config(&ClientSpec::new(Trust::AnyCert));
+        let (mut served, mut failures) = (0, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            match TlsClient::connect(addr, cfg.clone(), "localhost") {
+                Ok(mut c) => {
+                    let (resp, _end) =
+                        c.request(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", IO_TIMEOUT);
+                    if is_http_200(&resp) {
+                        served += 1;
+                    } else {
+                        failures.push(format!("connection {served}: no HTTP 200"));
+                    }
+                }
+                Err(e) => failures.push(format!("connection {served}: {e}")),
+            }
+        }
+        (served, failures)
+    })
+}
+
+#[test]
+fn takeover_hands_the_xdp_link_to_the_successor_without_a_gap() {
+    let pair = NetnsPair::create();
+    let opts = options(&pair, "xdp", "generic");
+    let mut old = NsFrontend::start(&pair.a, PORT, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let old_pid = old.pid();
+    let old_links = xdp_links_of(old_pid);
+    assert_eq!(old_links.len(), 1, "XDP links of the old process: {old_links:?}");
+    let (link_id, old_prog) = old_links[0];
+    assert_eq!(pair.xdp_prog_id(), Some(old_prog), "{}", pair.link_a());
+
+    // Clients and a watcher of the interface run through the whole upgrade.
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples = Arc::new(AtomicUsize::new(0));
+    let (new, clients, unattached) = std::thread::scope(|s| {
+        let clients = s.spawn(|| client_loop(&pair, PORT, &stop));
+        let watcher = s.spawn(|| {
+            let mut unattached = 0;
+            while !stop.load(Ordering::Relaxed) {
+                unattached += usize::from(pair.xdp_prog_id().is_none());
+                samples.fetch_add(1, Ordering::Relaxed);
+            }
+            unattached
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let new = old.start_takeover(&pair.a, &opts);
+        if new.is_ok() {
+            std::thread::sleep(Duration::from_millis(500));
+            old.terminate(Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let clients = clients.join().expect("client thread");
+        (new, clients, watcher.join().expect("watcher thread"))
+    });
+    let new = new.unwrap_or_else(|e| panic!("successor: {e}\nold: {}", old.output()));
+    let (served, failures) = clients;
+    eprintln!(
+        "through the upgrade: {served} connections served, {} failed; interface sampled {} times, {unattached} without XDP",
+        failures.len(),
+        samples.load(Ordering::Relaxed)
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} connections failed, first {:?}\nold: {}\nnew: {}",
+        failures.len(),
+        served + failures.len(),
+        failures.first(),
+        old.output(),
+        new.output()
+    );
+    assert!(served >= 20, "only {served} connections in the upgrade");
+    assert_eq!(unattached, 0, "samples of the interface without XDP");
+    // The kernel's view: the successor holds the same link (never
+    // re-created) with its own program, which is what the interface runs.
+    let new_links = xdp_links_of(new.pid());
+    assert_eq!(new_links.len(), 1, "XDP links of the successor: {new_links:?}");
+    assert_eq!(new_links[0].0, link_id, "not the link of the old process");
+    assert_ne!(new_links[0].1, old_prog, "the program was not replaced");
+    assert_eq!(pair.xdp_prog_id(), Some(new_links[0].1), "{}", pair.link_a());
+    let line = new.steering_line();
+    assert!(
+        line.contains(&format!("link taken over from pid {}", old_pid))
+            && line.contains("without a gap"),
+        "summary: {line}"
+    );
+    assert!(
+        old.stderr().contains(&format!("left to pid {}", new.pid())),
+        "{}",
+        old.output()
+    );
+    // The successor steers exactly, with its own key.
+    let cpus = kernel_cpus(&new);
+    let hash_key = new.flow_key();
+    let (conns, failures) = run_clients(&pair, PORT, 50);
+    assert!(failures.is_empty(), "{failures:?}");
+    for c in &conns {
+        let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, PORT);
+        let slot = worker_slot(&key, &hash_key, cpus.len() as u32).unwrap() as usize;
+        assert_eq!(kernel_worker(&cpus, c), slot, "port {}", c.port);
+    }
+    // The link leaves with its last holder.
+    drop(new);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pair.xdp_attached() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!pair.xdp_attached(), "after the successor: {}", pair.link_a());
 }
 
 /// Malformed and unusual frames, Ethernet addressed from B's veth to A's.
@@ -415,9 +564,10 @@ fn malformed_frames_do_not_break_steering() {
     let (conns, failures) = run_clients(&pair, fe.port, 100);
     assert!(failures.is_empty(), "{failures:?}\n{}", fe.output());
     let cpus = kernel_cpus(&fe);
+    let hash_key = fe.flow_key();
     for c in &conns {
         let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, fe.port);
-        let slot = worker_slot(&key, cpus.len() as u32).unwrap() as usize;
+        let slot = worker_slot(&key, &hash_key, cpus.len() as u32).unwrap() as usize;
         let worker = kernel_worker(&cpus, c);
         assert_eq!(
             worker, slot,
