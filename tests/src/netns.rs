@@ -116,6 +116,13 @@ impl NetnsPair {
     /// Creates `tfs<pid><n>a/b` with `198.18.0.1/24` on A's veth and
     /// `198.18.0.2/24` on B's, both up, loopback up in both.
     pub fn create() -> NetnsPair {
+        Self::create_with_queues(1)
+    }
+
+    /// The same with `queues` receive and transmit queues on each veth end
+    /// (`numrxqueues`, `numtxqueues`): B's end spreads connections over its
+    /// transmit queues, A's receives them on as many queues.
+    pub fn create_with_queues(queues: u32) -> NetnsPair {
         require(NEEDS);
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -132,10 +139,13 @@ impl NetnsPair {
             pair.created.push(ns);
         }
         let (a, b, ia, ib) = (&pair.a, &pair.b, &pair.if_a, &pair.if_b);
-        must(
-            "ip",
-            &["link", "add", ia, "type", "veth", "peer", "name", ib],
-        );
+        let q = queues.to_string();
+        let per_end = ["numtxqueues", &q, "numrxqueues", &q];
+        let mut args = vec!["link", "add", ia.as_str()];
+        args.extend(per_end);
+        args.extend(["type", "veth", "peer", "name", ib.as_str()]);
+        args.extend(per_end);
+        must("ip", &args);
         // Moved at once: from here on deleting the namespaces removes them.
         must("ip", &["link", "set", ia, "netns", a]);
         must("ip", &["link", "set", ib, "netns", b]);
@@ -157,6 +167,32 @@ impl NetnsPair {
     /// `ip -n A link show <if_a>`.
     pub fn link_a(&self) -> String {
         must("ip", &["-n", &self.a, "link", "show", &self.if_a]).stdout
+    }
+
+    /// `numrxqueues` of A's veth end, as the kernel reports it.
+    pub fn rx_queues_a(&self) -> Option<u32> {
+        let text = must("ip", &["-d", "-n", &self.a, "link", "show", &self.if_a]).stdout;
+        let mut words = text.split_whitespace();
+        words.find(|w| *w == "numrxqueues")?;
+        words.next()?.parse().ok()
+    }
+
+    /// Packets the XDP program saw on each receive queue of A's veth end
+    /// (`ethtool -S`: `rx_queue_N_xdp_packets`; native XDP only).
+    pub fn xdp_packets_per_rx_queue(&self) -> Vec<u64> {
+        let text = must(
+            "ip",
+            &["netns", "exec", &self.a, "ethtool", "-S", &self.if_a],
+        )
+        .stdout;
+        text.lines()
+            .filter_map(|l| {
+                let (name, value) = l.trim().split_once(": ")?;
+                let queue = name.strip_prefix("rx_queue_")?;
+                queue.strip_suffix("_xdp_packets")?;
+                value.trim().parse().ok()
+            })
+            .collect()
     }
 
     /// Whether an XDP program is attached to A's veth end.

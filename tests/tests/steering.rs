@@ -126,11 +126,15 @@ fn wait_accepted(fe: &NsFrontend, want: usize) -> BTreeMap<u16, usize> {
 
 /// The end-to-end check shared by every mode; returns connections per worker.
 fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
-    let pair = NetnsPair::create();
+    end_to_end_on(&NetnsPair::create(), steering, xdp_mode, count)
+}
+
+/// [`end_to_end`] over `pair`.
+fn end_to_end_on(pair: &NetnsPair, steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
     if xdp_mode == "native" {
         pair.tx_checksum_off_b();
     }
-    let fe = start(&pair, steering, xdp_mode);
+    let fe = start(pair, steering, xdp_mode);
     let line = fe.steering_line();
     match steering {
         "xdp" => assert!(
@@ -153,7 +157,7 @@ fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
         );
     }
     let cpus = kernel_cpus(&fe);
-    let (conns, failures) = run_clients(&pair, fe.port, count);
+    let (conns, failures) = run_clients(pair, fe.port, count);
     assert!(
         failures.is_empty(),
         "{} failures, first {:?}\n{}",
@@ -271,6 +275,24 @@ fn xdp_generic_steers_each_connection_to_the_hashed_worker() {
 #[test]
 fn xdp_native_steers_each_connection_to_the_hashed_worker() {
     end_to_end("xdp", "native", 300);
+}
+
+#[test]
+fn xdp_native_on_a_multi_queue_veth_steers_each_connection() {
+    const QUEUES: u32 = 4;
+    let pair = NetnsPair::create_with_queues(QUEUES);
+    assert_eq!(pair.rx_queues_a(), Some(QUEUES), "{}", pair.link_a());
+    end_to_end_on(&pair, "xdp", "native", 300);
+    // The connections really arrived on several receive queues, each run
+    // through the XDP program.
+    let per_queue = pair.xdp_packets_per_rx_queue();
+    eprintln!("XDP packets per receive queue: {per_queue:?}");
+    assert_eq!(per_queue.len(), QUEUES as usize, "{per_queue:?}");
+    assert!(
+        per_queue.iter().filter(|&&n| n > 0).count() >= 2,
+        "one receive queue got everything: {per_queue:?}"
+    );
+    assert!(per_queue.iter().sum::<u64>() >= 4 * 300, "{per_queue:?}");
 }
 
 #[test]
