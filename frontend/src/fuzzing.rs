@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use tlsfront_shared::{
-    flow_hash, parse, worker_slot, FlowHashKey, FlowKey, Parsed, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP,
-    ETH_P_IPV6, IPPROTO_TCP, IPV6_EXT_DSTOPTS, IPV6_EXT_HOPOPTS, IPV6_EXT_ROUTING, IPV6_MAX_EXT,
+    flow_hash, parse, worker_slot, FlowHashKey, FlowKey, Parsed, ETH_HLEN, ETH_P_8021AD,
+    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPV6_EXT_DSTOPTS, IPV6_EXT_HOPOPTS,
+    IPV6_EXT_ROUTING, IPV6_MAX_EXT,
 };
 
 use crate::config::Config;

@@ -314,7 +314,12 @@ fn setup_ebpf(
             .clone()
             .ok_or("net.xdp.interface is not set")?;
         let ebpf = steering.ebpf.as_mut().expect("set above");
-        setup_workers(ebpf, config.listen.port(), &worker_cpus, &random_flow_key()?)?;
+        setup_workers(
+            ebpf,
+            config.listen.port(),
+            &worker_cpus,
+            &random_flow_key()?,
+        )?;
         setup_cpumap(ebpf, config.xdp_queue_size, &worker_cpus)?;
         let program: &mut Xdp = ebpf
             .program_mut(names::XDP_PROGRAM)
@@ -341,7 +346,10 @@ fn setup_ebpf(
                 let link = attach_xdp(prog_fd, &interface, config.xdp_mode)?;
                 (link, format!("; new link, none taken over: {e}"))
             }
-            None => (attach_xdp(prog_fd, &interface, config.xdp_mode)?, String::new()),
+            None => (
+                attach_xdp(prog_fd, &interface, config.xdp_mode)?,
+                String::new(),
+            ),
         };
         let native = link.native();
         steering.xdp_link = Some(Arc::new(link));
@@ -487,7 +495,9 @@ fn attach_xdp(
         XdpMode::Native => attach(true),
         XdpMode::Generic => attach(false),
         XdpMode::Auto => attach(true).or_else(|native_err| {
-            info!("steering: native XDP on {interface} not possible ({native_err}); trying generic");
+            info!(
+                "steering: native XDP on {interface} not possible ({native_err}); trying generic"
+            );
             attach(false).map_err(|e| format!("{e} (native mode: {native_err})"))
         }),
     }

@@ -194,7 +194,11 @@ fn siphash_rounds_agree_with_the_standard_library() {
             let mut std_sip = std::hash::SipHasher::new_with_keys(hk.k0, hk.k1);
             std_sip.write(&message(k));
             let (words, tail) = flow_message(k);
-            assert_eq!(siphash::<2, 4>(&hk, &words, tail), std_sip.finish(), "{k:?}");
+            assert_eq!(
+                siphash::<2, 4>(&hk, &words, tail),
+                std_sip.finish(),
+                "{k:?}"
+            );
         }
     }
 }
@@ -303,7 +307,9 @@ fn sequential_ipv4_clients_spread_uniformly() {
 #[test]
 fn ipv6_sources_with_equal_xor_folds_spread_uniformly() {
     assert_uniform("IPv6, one /64, equal folds, one port", || {
-        std::boxed::Box::new((0..TUPLES).map(|i| FlowKey::v6(equal_fold_v6(i), SERVER6, 40000, 443)))
+        std::boxed::Box::new(
+            (0..TUPLES).map(|i| FlowKey::v6(equal_fold_v6(i), SERVER6, 40000, 443)),
+        )
     });
     // The same with ports that cancel too: fold(src) ^ port constant.
     assert_uniform("IPv6, equal folds with ports", || {
@@ -324,8 +330,14 @@ fn folded_hash(k: &FlowKey) -> u64 {
         w(0) ^ w(4) ^ w(8) ^ w(12)
     };
     let round = |h: u32, k: u32| {
-        let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-        (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+        let k = k
+            .wrapping_mul(0xcc9e_2d51)
+            .rotate_left(15)
+            .wrapping_mul(0x1b87_3593);
+        (h ^ k)
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64)
     };
     let ports = (u32::from(k.src_port) << 16) | u32::from(k.dst_port);
     let h = round(round(round(0x7f4a_7c15, fold(&k.src)), fold(&k.dst)), ports);

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tlsfront_shared::{parse, worker_slot, FlowHashKey, FlowKey, Parsed};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use tlsfront_shared::{parse, worker_slot, FlowHashKey, FlowKey, Parsed};
 
 use tlsfront_tests::netns::{
     accepted_by, in_netns, xdp_links_of, NetnsPair, NsFrontend, ADDR_A, ADDR_B,
@@ -65,7 +65,11 @@ fn run_clients(pair: &NetnsPair, port: u16, count: usize) -> (Vec<Conn>, Vec<Str
     })
 }
 
-fn options<'a>(pair: &'a NetnsPair, steering: &'a str, xdp_mode: &'a str) -> Vec<(&'a str, &'a str)> {
+fn options<'a>(
+    pair: &'a NetnsPair,
+    steering: &'a str,
+    xdp_mode: &'a str,
+) -> Vec<(&'a str, &'a str)> {
     let mut opts = vec![
         ("net.steering", steering),
         ("net.steering.fallback", "fail"),
@@ -398,7 +402,11 @@ fn takeover_hands_the_xdp_link_to_the_successor_without_a_gap() {
     let mut old = NsFrontend::start(&pair.a, PORT, &opts).unwrap_or_else(|e| panic!("{e}"));
     let old_pid = old.pid();
     let old_links = xdp_links_of(old_pid);
-    assert_eq!(old_links.len(), 1, "XDP links of the old process: {old_links:?}");
+    assert_eq!(
+        old_links.len(),
+        1,
+        "XDP links of the old process: {old_links:?}"
+    );
     let (link_id, old_prog) = old_links[0];
     assert_eq!(pair.xdp_prog_id(), Some(old_prog), "{}", pair.link_a());
 
@@ -447,10 +455,19 @@ fn takeover_hands_the_xdp_link_to_the_successor_without_a_gap() {
     // The kernel's view: the successor holds the same link (never
     // re-created) with its own program, which is what the interface runs.
     let new_links = xdp_links_of(new.pid());
-    assert_eq!(new_links.len(), 1, "XDP links of the successor: {new_links:?}");
+    assert_eq!(
+        new_links.len(),
+        1,
+        "XDP links of the successor: {new_links:?}"
+    );
     assert_eq!(new_links[0].0, link_id, "not the link of the old process");
     assert_ne!(new_links[0].1, old_prog, "the program was not replaced");
-    assert_eq!(pair.xdp_prog_id(), Some(new_links[0].1), "{}", pair.link_a());
+    assert_eq!(
+        pair.xdp_prog_id(),
+        Some(new_links[0].1),
+        "{}",
+        pair.link_a()
+    );
     let line = new.steering_line();
     assert!(
         line.contains(&format!("link taken over from pid {}", old_pid))
@@ -478,7 +495,11 @@ fn takeover_hands_the_xdp_link_to_the_successor_without_a_gap() {
     while pair.xdp_attached() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!pair.xdp_attached(), "after the successor: {}", pair.link_a());
+    assert!(
+        !pair.xdp_attached(),
+        "after the successor: {}",
+        pair.link_a()
+    );
 }
 
 /// Malformed and unusual frames, Ethernet addressed from B's veth to A's.

@@ -59,7 +59,10 @@ fn maps_are_sized_for_every_cpu_and_every_worker() {
     }
     let config: Array<_, u32> =
         Array::try_from(ebpf.map(names::CONFIG).expect("CONFIG")).expect("array");
-    assert_eq!(config.get(&CONFIG_WORKERS, 0).expect("CONFIG"), SIMULATED_CPUS);
+    assert_eq!(
+        config.get(&CONFIG_WORKERS, 0).expect("CONFIG"),
+        SIMULATED_CPUS
+    );
     let key: Array<_, [u64; 2]> =
         Array::try_from(ebpf.map(names::FLOW_KEY).expect("FLOW_KEY")).expect("array");
     assert_eq!(key.get(&0, 0).expect("FLOW_KEY"), [7, 9]);

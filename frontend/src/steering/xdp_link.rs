@@ -96,8 +96,12 @@ impl XdpLink {
     /// Attaches `program` to `interface` in native (driver) or generic mode
     /// as a new bpf_link.
     pub fn attach(program: BorrowedFd<'_>, interface: &str, native: bool) -> io::Result<XdpLink> {
-        let ifindex = nix::net::if_::if_nametoindex(interface)
-            .map_err(|e| io::Error::new(io::ErrorKind::NotFound, format!("interface {interface}: {e}")))?;
+        let ifindex = nix::net::if_::if_nametoindex(interface).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("interface {interface}: {e}"),
+            )
+        })?;
         let attr = LinkCreate {
             prog_fd: raw(program),
             target_ifindex: ifindex,
@@ -146,7 +150,10 @@ impl XdpLink {
     /// Closes this process's descriptor: the program leaves the interface
     /// unless a successor holds the link too. `false` if already closed.
     pub fn detach(&self) -> bool {
-        self.fd.lock().map(|mut fd| fd.take().is_some()).unwrap_or(false)
+        self.fd
+            .lock()
+            .map(|mut fd| fd.take().is_some())
+            .unwrap_or(false)
     }
 
     /// Answers `xdp-link IFNAME` from `successor` (its pid) on `stream`:
@@ -244,7 +251,8 @@ impl XdpLink {
         let (native, pid) = match fields[..] {
             ["ok", got, mode, pid] if got == interface => (
                 mode == "native",
-                pid.parse::<u32>().map_err(|_| format!("bad answer {line:?}"))?,
+                pid.parse::<u32>()
+                    .map_err(|_| format!("bad answer {line:?}"))?,
             ),
             _ => return Err(format!("bad answer {line:?}")),
         };
