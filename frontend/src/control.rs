@@ -8,7 +8,9 @@
 //! - `reload`: re-reads the config file and certificates;
 //! - `xdp-link IFNAME PID`: from a `--takeover` successor (pid PID): the
 //!   answer carries this process's XDP link on IFNAME as a descriptor
-//!   ([`crate::steering::XdpLink::hand_over`]).
+//!   ([`crate::steering::XdpLink::hand_over`]);
+//! - `flow CLIENT_IP:PORT[=SERVER_IP]`: the worker the XDP program sends
+//!   that client's connection to ([`SteeringControl::flow_worker`]).
 //!
 //! An answer that starts with `error: ` is a refusal, with the reason.
 //!
@@ -37,7 +39,7 @@ use rustls::ServerConfig;
 use crate::config::{Change, Config, KeySourceSpec, LogLevel, Upstream, KEYS};
 use crate::metrics::Stats;
 use crate::session_cache::SessionCache;
-use crate::steering::{XdpLink, XDP_LINK_COMMAND};
+use crate::steering::{SteeringControl, XDP_LINK_COMMAND};
 use crate::tickets::{KeySource, TicketKeyRing};
 
 /// Why the control socket could not be served or queried.
@@ -95,7 +97,7 @@ pub fn serve(
     stats: Arc<Stats>,
     live: Arc<Live>,
     takeover: bool,
-    xdp_link: Option<Arc<XdpLink>>,
+    steering: Arc<SteeringControl>,
 ) -> Result<ControlSocket, ControlError> {
     use std::os::unix::fs::MetadataExt;
     if path.exists() {
@@ -117,7 +119,7 @@ pub fn serve(
         .name("tlsfront-control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &stats, &live, xdp_link.as_deref()) {
+                if let Err(e) = answer(stream, &stats, &live, &steering) {
                     debug!("control socket {}: {e}", owned.display());
                 }
             }
@@ -133,7 +135,7 @@ fn answer(
     stream: UnixStream,
     stats: &Stats,
     live: &Live,
-    xdp_link: Option<&XdpLink>,
+    steering: &SteeringControl,
 ) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
@@ -158,14 +160,18 @@ fn answer(
             Ok(summary) => summary,
             Err(e) => format!("error: {e}"),
         },
-        XDP_LINK_COMMAND => match xdp_link {
+        "flow" => match steering.flow_worker(args) {
+            Ok(answer) => answer,
+            Err(e) => format!("error: {e}"),
+        },
+        XDP_LINK_COMMAND => match steering.xdp_link() {
             Some(link) => {
                 link.hand_over(&stream, args)?;
                 return stream.shutdown(std::net::Shutdown::Write);
             }
             None => "error: no XDP link here (net.steering is not xdp, or it fell back)".into(),
         },
-        other => format!("error: unknown command {other:?} (stats, sysctl, set, reload)"),
+        other => format!("error: unknown command {other:?} (stats, sysctl, set, reload, flow)"),
     };
     let mut stream = stream;
     stream.write_all(reply.as_bytes())?;

@@ -27,6 +27,9 @@ usage:
   tlsfront sysctl [--socket PATH] -w KEY=VALUE...  change live keys of the running process
   tlsfront reload [-c FILE] [--socket PATH]        re-read config and certificates (as SIGHUP)
   tlsfront stats  [-c FILE] [--socket PATH] [--json]  counters of the running process
+  tlsfront stats  [-c FILE] [--socket PATH] --flow CLIENT_IP:PORT[=SERVER_IP]
+                                                   the worker net.steering = xdp sends that
+                                                   client's connection to
   tlsfront --version
 
 sysctl reads the running process (its control socket) when --socket is
@@ -47,6 +50,7 @@ struct Args {
     json: bool,
     takeover: bool,
     socket: Option<PathBuf>,
+    flow: Option<String>,
     keys: Vec<String>,
 }
 
@@ -62,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
         json: false,
         takeover: false,
         socket: None,
+        flow: None,
         keys: Vec::new(),
     };
     while let Some(arg) = it.next() {
@@ -73,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
             "--json" => args.json = true,
             "--takeover" => args.takeover = true,
             "--socket" => args.socket = Some(it.next().ok_or("--socket needs a path")?.into()),
+            "--flow" => args.flow = Some(it.next().ok_or("--flow needs CLIENT_IP:PORT")?),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             _ => args.keys.push(arg),
         }
@@ -198,6 +204,12 @@ fn sysctl(config: &Config, args: &Args) -> Result<(), String> {
 }
 
 fn stats(config: &Config, args: &Args) -> Result<(), String> {
+    if let Some(flow) = &args.flow {
+        let reply = control::query(&control_socket(config, args), &format!("flow {flow}"))
+            .map_err(|e| e.to_string())?;
+        print!("{reply}");
+        return Ok(());
+    }
     let json = control::query_stats(&control_socket(config, args)).map_err(|e| e.to_string())?;
     if args.json {
         println!("{json}");
@@ -411,7 +423,7 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         Arc::clone(&stats),
         Arc::clone(&live),
         args.takeover,
-        steering_handle.xdp_link(),
+        steering_handle.control(),
     )
     .map_err(|e| e.to_string())?;
     handle_signals(Arc::clone(&live), shutters)?;

@@ -28,7 +28,7 @@
 use std::collections::BTreeSet;
 use std::error::Error as StdError;
 use std::io;
-use std::net::TcpListener;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
 use aya::maps::{Array, CpuMap, HashMap, MapData, PerCpuArray, ReusePortSockArray};
@@ -37,7 +37,9 @@ use std::path::Path;
 
 use aya::programs::{SkReuseport, Xdp};
 use aya::{Ebpf, EbpfLoader, Pod};
-use tlsfront_shared::{names, FlowHashKey, SteeringStats, CONFIG_WORKERS, MAX_WORKERS};
+use tlsfront_shared::{
+    names, worker_slot, FlowHashKey, FlowKey, SteeringStats, CONFIG_WORKERS, MAX_WORKERS,
+};
 use tracing::{info, warn};
 
 use crate::config::{Config, Steering as Mode, SteeringFallback, XdpMode};
@@ -73,6 +75,8 @@ pub struct Steering {
     /// The XDP bpf_link (shared with the control socket, which may hand it
     /// to a successor).
     xdp_link: Option<Arc<XdpLink>>,
+    /// The flow hash in effect (xdp only).
+    flow: Option<FlowWorkers>,
     /// CPU ids registered in `SOCKETS`.
     registered: Vec<u32>,
     counters: Option<Arc<SteeringCounters>>,
@@ -107,10 +111,14 @@ impl Steering {
             .map(|c| Arc::clone(c) as Arc<dyn PerWorkerCounters>)
     }
 
-    /// The XDP link, for the control socket to hand to a `--takeover`
-    /// successor.
-    pub fn xdp_link(&self) -> Option<Arc<XdpLink>> {
-        self.xdp_link.clone()
+    /// What the control socket needs: the XDP link (to hand to a
+    /// `--takeover` successor) and the flow hash (to answer which worker a
+    /// client's connection goes to).
+    pub fn control(&self) -> Arc<SteeringControl> {
+        Arc::new(SteeringControl {
+            xdp_link: self.xdp_link.clone(),
+            flow: self.flow.clone(),
+        })
     }
 
     /// Closes this process's XDP link now (also done on drop): the program
@@ -138,6 +146,7 @@ impl Steering {
             description,
             ebpf: None,
             xdp_link: None,
+            flow: None,
             registered: Vec::new(),
             counters: None,
         }
@@ -175,6 +184,74 @@ pub fn remove_xdp(interface: &str) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// The steering's part of the control socket (see [`Steering::control`]).
+pub struct SteeringControl {
+    xdp_link: Option<Arc<XdpLink>>,
+    flow: Option<FlowWorkers>,
+}
+
+impl SteeringControl {
+    /// The XDP link, if XDP is attached.
+    pub fn xdp_link(&self) -> Option<&XdpLink> {
+        self.xdp_link.as_deref()
+    }
+
+    /// Answers `flow CLIENT_IP:PORT[=SERVER_IP]`: the worker (and its CPU)
+    /// the XDP program sends that client's connection to, computed with
+    /// this start's key, which never leaves the process. The server address
+    /// defaults to `net.listen`'s.
+    pub fn flow_worker(&self, args: &str) -> Result<String, String> {
+        let flow = self
+            .flow
+            .as_ref()
+            .ok_or("no flow hash here (net.steering is not xdp, or it fell back)")?;
+        let (client, server) = match args.trim().split_once('=') {
+            Some((c, s)) => (c, Some(s)),
+            None => (args.trim(), None),
+        };
+        let client: SocketAddr = client
+            .parse()
+            .map_err(|_| format!("{client:?} is not CLIENT_IP:PORT"))?;
+        let server: IpAddr = match server {
+            Some(s) => s
+                .parse()
+                .map_err(|_| format!("{s:?} is not an IP address"))?,
+            None if flow.listen.ip().is_unspecified() => {
+                return Err(format!(
+                    "net.listen is {}: give the server address, CLIENT_IP:PORT=SERVER_IP",
+                    flow.listen
+                ))
+            }
+            None => flow.listen.ip(),
+        };
+        let octets = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
+        };
+        let key = FlowKey::v6(
+            octets(client.ip()),
+            octets(server),
+            client.port(),
+            flow.listen.port(),
+        );
+        let workers = u32::try_from(flow.cpus.len()).map_err(|_| "too many workers")?;
+        let slot = worker_slot(&key, &flow.key, workers).ok_or("no workers")?;
+        let cpu = flow.cpus.get(slot as usize).ok_or("no such worker")?;
+        Ok(format!(
+            "{client} -> {server}:{}: worker {slot} cpu {cpu}\n",
+            flow.listen.port()
+        ))
+    }
+}
+
+/// The flow hash in effect: key, worker CPUs, and the steered address.
+#[derive(Clone)]
+struct FlowWorkers {
+    key: FlowHashKey,
+    cpus: Vec<u32>,
+    listen: SocketAddr,
 }
 
 const NONE_TEXT: &str = "kernel SO_REUSEPORT hash over the workers' listeners";
@@ -293,6 +370,7 @@ fn setup_ebpf(
         description: format!("reuseport ({REUSEPORT_TEXT})"),
         ebpf: Some(ebpf),
         xdp_link: None,
+        flow: None,
         registered: Vec::new(),
         counters: None,
     };
@@ -314,12 +392,8 @@ fn setup_ebpf(
             .clone()
             .ok_or("net.xdp.interface is not set")?;
         let ebpf = steering.ebpf.as_mut().expect("set above");
-        setup_workers(
-            ebpf,
-            config.listen.port(),
-            &worker_cpus,
-            &random_flow_key()?,
-        )?;
+        let key = random_flow_key()?;
+        setup_workers(ebpf, config.listen.port(), &worker_cpus, &key)?;
         setup_cpumap(ebpf, config.xdp_queue_size, &worker_cpus)?;
         let program: &mut Xdp = ebpf
             .program_mut(names::XDP_PROGRAM)
@@ -353,6 +427,11 @@ fn setup_ebpf(
         };
         let native = link.native();
         steering.xdp_link = Some(Arc::new(link));
+        steering.flow = Some(FlowWorkers {
+            key,
+            cpus: worker_cpus.clone(),
+            listen: config.listen,
+        });
         steering.active = Active::Xdp { native };
         steering.description = format!(
             "xdp ({} on {interface}, CPUMAP queue {}, workers' CPUs {}{origin}) + reuseport",

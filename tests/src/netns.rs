@@ -478,6 +478,21 @@ impl NsFrontend {
         Stats::parse(&out.stdout).unwrap_or_else(|e| panic!("stats JSON: {e}: {}", out.stdout))
     }
 
+    /// The worker `tlsfront stats --flow 198.18.0.2:<client_port>` names:
+    /// the process's own answer, from its key.
+    pub fn flow_worker(&self, client_port: u16) -> usize {
+        let sock = self.socket.display().to_string();
+        let flow = format!("{ADDR_B}:{client_port}");
+        let out = crate::tlsfront_cmd(&["stats", "--socket", &sock, "--flow", &flow]);
+        assert_eq!(out.code(), Some(0), "stats --flow: {}", out.describe());
+        let mut words = out.stdout.split_whitespace();
+        words
+            .find(|w| *w == "worker")
+            .and_then(|_| words.next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("stats --flow {flow}: {}", out.stdout))
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for the exit (graceful stop).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         if let Some(child) = &self.child {

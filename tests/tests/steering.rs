@@ -211,6 +211,18 @@ fn end_to_end_on(pair: &NetnsPair, steering: &str, xdp_mode: &str, count: usize)
             }
         }
     }
+    if hash_key.is_some() {
+        // `tlsfront stats --flow` computes the same worker in the process.
+        for c in conns.iter().take(20) {
+            let answer = fe.flow_worker(c.port);
+            assert_eq!(
+                answer,
+                kernel_worker(&cpus, c),
+                "stats --flow, port {}",
+                c.port
+            );
+        }
+    }
     assert!(
         log_disagrees.is_empty(),
         "{} connections logged on another worker than the kernel saw serve them (port, kernel, log): {:?}\n{}",
