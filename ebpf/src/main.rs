@@ -136,7 +136,6 @@ pub fn tlsfront_xdp(ctx: XdpContext) -> u32 {
         stats.xdp_passed += 1;
         return xdp_action::XDP_PASS;
     };
-    stats.xdp_steered += 1;
     if let Some(n) = STEERED.get_ptr_mut(slot) {
         // SAFETY: a per-CPU array value, reachable only from this CPU and
         // not shared with a concurrently running program (see `stats`).

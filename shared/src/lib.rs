@@ -96,9 +96,6 @@ pub struct SteeringStats {
     pub xdp_passed: u64,
     /// Of those passed, packets that were truncated or malformed.
     pub xdp_parse_errors: u64,
-    /// Steered packets (per worker slot in the `STEERED` map), whether
-    /// the target was this CPU (left in place) or another (CPUMAP redirect).
-    pub xdp_steered: u64,
     /// `bpf_redirect_map` failures (no CPUMAP entry for the target).
     pub xdp_redirect_failed: u64,
     /// SK_REUSEPORT runs that selected the listener of the current CPU.
@@ -114,7 +111,6 @@ impl SteeringStats {
         self.xdp_seen += other.xdp_seen;
         self.xdp_passed += other.xdp_passed;
         self.xdp_parse_errors += other.xdp_parse_errors;
-        self.xdp_steered += other.xdp_steered;
         self.xdp_redirect_failed += other.xdp_redirect_failed;
         self.reuseport_selected += other.reuseport_selected;
         self.reuseport_fallback += other.reuseport_fallback;

@@ -400,11 +400,11 @@ fn stats_add() {
     let mut a = SteeringStats::default();
     let b = SteeringStats {
         xdp_seen: 2,
-        xdp_steered: 5,
+        xdp_passed: 5,
         ..SteeringStats::default()
     };
     a.add(&b);
     a.add(&b);
     assert_eq!(a.xdp_seen, 4);
-    assert_eq!(a.xdp_steered, 10);
+    assert_eq!(a.xdp_passed, 10);
 }
