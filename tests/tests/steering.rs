@@ -409,8 +409,22 @@ fn client_loop(pair: &NetnsPair, port: u16, stop: &AtomicBool) -> (usize, Vec<St
 
 #[test]
 fn takeover_hands_the_xdp_link_to_the_successor_without_a_gap() {
+    takeover_keeps_xdp_attached("generic");
+}
+
+#[test]
+fn takeover_hands_a_native_xdp_link_to_the_successor_without_a_gap() {
+    takeover_keeps_xdp_attached("native");
+}
+
+/// An upgrade through `--takeover` with XDP in `xdp_mode`, under a client
+/// loop, checked against the kernel's view of the link.
+fn takeover_keeps_xdp_attached(xdp_mode: &str) {
     let pair = NetnsPair::create();
-    let opts = options(&pair, "xdp", "generic");
+    if xdp_mode == "native" {
+        pair.tx_checksum_off_b();
+    }
+    let opts = options(&pair, "xdp", xdp_mode);
     let mut old = NsFrontend::start(&pair.a, PORT, &opts).unwrap_or_else(|e| panic!("{e}"));
     let old_pid = old.pid();
     let old_links = xdp_links_of(old_pid);
@@ -449,7 +463,7 @@ fn takeover_hands_the_xdp_link_to_the_successor_without_a_gap() {
     let new = new.unwrap_or_else(|e| panic!("successor: {e}\nold: {}", old.output()));
     let (served, failures) = clients;
     eprintln!(
-        "through the upgrade: {served} connections served, {} failed; interface sampled {} times, {unattached} without XDP",
+        "{xdp_mode}: through the upgrade: {served} connections served, {} failed; interface sampled {} times, {unattached} without XDP",
         failures.len(),
         samples.load(Ordering::Relaxed)
     );
@@ -482,8 +496,9 @@ fn takeover_hands_the_xdp_link_to_the_successor_without_a_gap() {
     );
     let line = new.steering_line();
     assert!(
-        line.contains(&format!("link taken over from pid {}", old_pid))
-            && line.contains("without a gap"),
+        line.contains(&format!("link taken over from pid {old_pid}"))
+            && line.contains("without a gap")
+            && line.contains(&format!("xdp ({xdp_mode} on")),
         "summary: {line}"
     );
     assert!(
@@ -512,6 +527,23 @@ fn takeover_hands_the_xdp_link_to_the_successor_without_a_gap() {
         "after the successor: {}",
         pair.link_a()
     );
+}
+
+#[test]
+fn takeover_from_a_process_without_xdp_attaches_a_new_link_and_says_so() {
+    let pair = NetnsPair::create();
+    let old = start(&pair, "reuseport", "");
+    let new = old
+        .start_takeover(&pair.a, &options(&pair, "xdp", "generic"))
+        .unwrap_or_else(|e| panic!("successor: {e}"));
+    let line = new.steering_line();
+    assert!(
+        line.contains("new link, none taken over: no XDP link here"),
+        "summary: {line}"
+    );
+    let links = xdp_links_of(new.pid());
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert_eq!(pair.xdp_prog_id(), Some(links[0].1), "{}", pair.link_a());
 }
 
 /// Malformed and unusual frames, Ethernet addressed from B's veth to A's.
