@@ -67,6 +67,10 @@ pub enum Event {
     /// Look a session up before rustls sees the ClientHello: the request is
     /// [`Connection::lookup`]; answer with [`Connection::lookup_done`].
     Lookup,
+    /// The upstream connect ran out of `upstream.connect_timeout`: the
+    /// driver tries another server ([`Connection::connect_started`] again)
+    /// or gives up ([`Connection::upstream_connected`] with the error).
+    ConnectTimedOut,
 }
 
 /// A session the connection wants fetched before its handshake goes on.
@@ -600,13 +604,8 @@ impl Connection {
         }
         if let Some(started) = self.connect_started {
             if now >= started + self.limits.connect {
-                let limit = self.limits.connect;
                 self.connect_started = None;
-                self.upstream_unreachable(
-                    now,
-                    format!("no answer within {limit:?}"),
-                    pool,
-                );
+                self.events.push(Event::ConnectTimedOut);
                 return;
             }
         }

@@ -36,7 +36,8 @@ use std::sync::OnceLock;
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 
-use crate::config::{Change, Config, KeySourceSpec, LogLevel, Upstream, KEYS};
+use crate::config::{Change, Config, KeySourceSpec, LogLevel, KEYS};
+use crate::upstream_pool::Pools;
 use crate::metrics::Stats;
 use crate::session_cache::SessionCache;
 use crate::steering::{SteeringControl, XDP_LINK_COMMAND};
@@ -223,7 +224,9 @@ pub struct Live {
     overrides: Vec<String>,
     cache: Option<Arc<SessionCache>>,
     ring: Option<Arc<TicketKeyRing>>,
-    builtin: OnceLock<SocketAddr>,
+    builtin: Arc<OnceLock<SocketAddr>>,
+    /// The upstream servers of `config`, with their health.
+    pools: ArcSwap<Pools>,
     set_log_level: LogLevelSetter,
     draining: AtomicBool,
 }
@@ -239,8 +242,10 @@ impl Live {
         cache: Option<Arc<SessionCache>>,
         ring: Option<Arc<TicketKeyRing>>,
         set_log_level: LogLevelSetter,
-    ) -> Live {
-        Live {
+    ) -> io::Result<Live> {
+        let builtin = Arc::new(OnceLock::new());
+        let pools = Pools::new(&config, builtin_responder(&builtin))?;
+        Ok(Live {
             config: ArcSwap::from_pointee(config),
             tls_resumed: ArcSwap::new(crate::tls::for_resumption(&tls)),
             tls: ArcSwap::new(tls),
@@ -248,10 +253,11 @@ impl Live {
             overrides,
             cache,
             ring,
-            builtin: OnceLock::new(),
+            builtin,
+            pools: ArcSwap::from_pointee(pools),
             set_log_level,
             draining: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The current configuration snapshot.
@@ -275,21 +281,27 @@ impl Live {
         self.cache.as_ref()
     }
 
-    /// Where new connections' plaintext goes; starts the built-in
-    /// responder the first time it is needed.
-    pub fn upstream(&self) -> io::Result<SocketAddr> {
-        match self.config.load().upstream {
-            Upstream::Addr(addr) => Ok(addr),
-            Upstream::Builtin => {
-                if let Some(addr) = self.builtin.get() {
-                    return Ok(*addr);
-                }
-                let addr = crate::upstream::start_builtin()?;
-                // Two racing first users may both start one; the loser's
-                // responder simply goes unused.
-                Ok(*self.builtin.get_or_init(|| addr))
-            }
+    /// The built-in responder's address, if it was started
+    /// (`upstream.addr = builtin`).
+    pub fn builtin_upstream(&self) -> Option<SocketAddr> {
+        self.builtin.get().copied()
+    }
+
+    /// Where new connections' plaintext goes.
+    pub fn pools(&self) -> arc_swap::Guard<Arc<Pools>> {
+        self.pools.load()
+    }
+
+    /// The pools of `next`, if its servers differ from the running ones
+    /// (the running pools, and what they learnt of their servers' health,
+    /// stay otherwise).
+    fn pools_for(&self, next: &Config) -> Result<Option<Pools>, String> {
+        if self.pools.load().same_servers(next) {
+            return Ok(None);
         }
+        Pools::new(next, builtin_responder(&self.builtin))
+            .map(Some)
+            .map_err(|e| format!("upstream: {e}"))
     }
 
     /// True once SIGTERM asked the workers to stop accepting.
@@ -313,9 +325,7 @@ impl Live {
             let (key, value) = arg
                 .split_once('=')
                 .ok_or_else(|| format!("{arg:?}: expected KEY=VALUE"))?;
-            let info = KEYS
-                .iter()
-                .find(|k| k.name == key)
+            let info = crate::config::key_info(key)
                 .ok_or_else(|| format!("key '{key}': unknown key"))?;
             match info.change {
                 Change::Live => {}
@@ -331,7 +341,11 @@ impl Live {
             changed.push(key);
         }
         next.validate().map_err(|e| e.to_string())?;
+        let pools = self.pools_for(&next)?;
         self.apply_live(&next);
+        if let Some(pools) = pools {
+            self.pools.store(Arc::new(pools));
+        }
         self.config.store(Arc::new(next));
         let config = self.config();
         Ok(changed
@@ -393,18 +407,38 @@ impl Live {
         };
         let (tls, _) = crate::tls::server_config(&next, self.cache.clone(), self.ring.clone())
             .map_err(|e| refused(&e))?;
+        let pools = self.pools_for(&next).map_err(|e| refused(&e))?;
         if let (Some(ring), Some(source)) = (&self.ring, new_source) {
             ring.set_source(source);
         }
         self.apply_live(&next);
         self.tls_resumed.store(crate::tls::for_resumption(&tls));
         self.tls.store(tls);
+        if let Some(pools) = pools {
+            self.pools.store(Arc::new(pools));
+        }
         self.config.store(Arc::new(next));
         let mut summary = String::from("reloaded: new connections use the new configuration\n");
         for k in kept {
             summary.push_str(&format!("needs restart, kept: {k}\n"));
         }
         Ok(summary)
+    }
+}
+
+/// Starts tlsfront's built-in HTTP responder the first time it is asked
+/// for, and gives its address.
+fn builtin_responder(
+    cell: &Arc<OnceLock<SocketAddr>>,
+) -> impl Fn() -> io::Result<SocketAddr> + '_ {
+    move || {
+        if let Some(addr) = cell.get() {
+            return Ok(*addr);
+        }
+        let addr = crate::upstream::start_builtin()?;
+        // Two racing first users may both start one; the loser's
+        // responder simply goes unused.
+        Ok(*cell.get_or_init(|| addr))
     }
 }
 

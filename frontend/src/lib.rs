@@ -16,6 +16,7 @@
 //! invariant above it.
 #![deny(unsafe_code)]
 
+pub mod check;
 pub mod client_hello;
 pub mod config;
 pub mod connection;
@@ -24,6 +25,7 @@ pub mod fuzzing;
 pub mod hello_gate;
 pub mod metrics;
 pub mod proxy;
+pub mod server_name;
 pub mod session_cache;
 #[allow(unsafe_code)]
 pub mod shm;
@@ -32,6 +34,7 @@ pub mod steering;
 pub mod tickets;
 pub mod tls;
 pub mod upstream;
+pub mod upstream_pool;
 pub mod uring;
 pub mod worker;
 

@@ -1,4 +1,4 @@
-//! The `tlsfront` command: `run`, `sysctl`, `stats`, `reload`.
+//! The `tlsfront` command: `run`, `check`, `sysctl`, `stats`, `reload`.
 #![deny(unsafe_code)]
 
 use std::io::Write;
@@ -22,15 +22,17 @@ usage:
   tlsfront run    [-c FILE] [-o key=value]... [--takeover]
                                                    start the frontend (--takeover: replace a
                                                    running one on the same control socket)
+  tlsfront check  [-c FILE] [-o key=value]...      verify what `run` would load, start nothing
   tlsfront sysctl -a [-c FILE] [-o key=value]...   every key with its value
   tlsfront sysctl [-c FILE] [-o key=value]... KEY...
   tlsfront sysctl [--socket PATH] -w KEY=VALUE...  change live keys of the running process
   tlsfront reload [-c FILE] [--socket PATH]        re-read config and certificates (as SIGHUP)
   tlsfront stats  [-c FILE] [--socket PATH] [--json]  counters of the running process
-  tlsfront stats  [-c FILE] [--socket PATH] --flow CLIENT_IP:PORT[=SERVER_IP]
+  tlsfront stats  [-c FILE] [--socket PATH] --flow CLIENT_IP:PORT[=SERVER_IP[:PORT]]
                                                    the worker net.steering = xdp sends that
                                                    client's connection to
   tlsfront --version
+  tlsfront COMMAND --help
 
 sysctl reads the running process (its control socket) when --socket is
 given, or when neither -c nor -o is; otherwise it shows what the file and
@@ -38,11 +40,92 @@ overrides say. With no -c, `run` starts the embedded default: 127.0.0.1:8443,
 a self-signed certificate for localhost, a built-in HTTP responder as
 upstream. Every key is listed by `tlsfront sysctl -a` and in docs/config.md.";
 
+/// The options every command that reads a configuration takes.
+const CONFIG_OPTIONS: &str = concat!(
+    "  -c, --config FILE   the config file (default: none, the built-in defaults)\n",
+    "  -o KEY=VALUE        set a key after the file; repeatable, applied in order",
+);
+
 /// Exit code for a bad command line or configuration.
 const EXIT_USAGE: u8 = 2;
 
+/// A subcommand: its name, what it takes, what it does.
+struct CommandSpec {
+    name: &'static str,
+    synopsis: &'static str,
+    about: &'static str,
+    /// Options beyond -c and -o, for its help.
+    options: &'static str,
+    /// Long options it accepts beyond --config (and --help).
+    flags: &'static [&'static str],
+    /// Short options it accepts beyond -c and -o.
+    shorts: &'static [char],
+    /// Takes KEY or KEY=VALUE arguments.
+    positional: bool,
+}
+
+const COMMANDS: &[CommandSpec] = &[
+    CommandSpec {
+        name: "run",
+        synopsis: "tlsfront run [-c FILE] [-o KEY=VALUE]... [--takeover]",
+        about: "Start the frontend.",
+        options: "  --takeover          share the port with a running tlsfront and take over from it\n                      (an upgrade, see scripts/upgrade.sh; with net.steering = xdp,\n                      its XDP link too)",
+        flags: &["takeover"],
+        shorts: &[],
+        positional: false,
+    },
+    CommandSpec {
+        name: "check",
+        synopsis: "tlsfront check [-c FILE] [-o KEY=VALUE]...",
+        about: "Load and verify everything `run` would (keys and values, certificates and their\nkeys, CA and secret files, shared paths writable, process.user) without binding a\nport or touching a shared file. Exit 0 with a one-line summary, or 2 with every\nproblem named by file:line (or -o) and key.",
+        options: "",
+        flags: &[],
+        shorts: &[],
+        positional: false,
+    },
+    CommandSpec {
+        name: "sysctl",
+        synopsis: "tlsfront sysctl [-c FILE] [-o KEY=VALUE]... [--socket PATH] (-a | KEY... | -w KEY=VALUE...)",
+        about: "Show keys and values (of the running process when --socket is given or neither\n-c nor -o is; else of the file and overrides), or change live keys (-w).",
+        options: "  -a, --all           every key\n  -w, --write         set live keys of the running process (all or none)\n  --socket PATH       the running process's control socket",
+        flags: &["all", "write", "socket"],
+        shorts: &['a', 'w'],
+        positional: true,
+    },
+    CommandSpec {
+        name: "reload",
+        synopsis: "tlsfront reload [-c FILE] [-o KEY=VALUE]... [--socket PATH]",
+        about: "Make the running process re-read its config file and certificates (as SIGHUP).",
+        options: "  --socket PATH       the running process's control socket",
+        flags: &["socket"],
+        shorts: &[],
+        positional: false,
+    },
+    CommandSpec {
+        name: "stats",
+        synopsis: "tlsfront stats [-c FILE] [-o KEY=VALUE]... [--socket PATH] [--json | --flow CLIENT_IP:PORT[=SERVER_IP[:PORT]]]",
+        about: "Print the counters of the running process, or (--flow) the worker net.steering = xdp\nsends that client's connection to (the server address defaults to the first\nnet.listen address; another port must be a net.listen port).",
+        options: "  --socket PATH       the running process's control socket\n  --json              as JSON\n  --flow CLIENT_IP:PORT[=SERVER_IP[:PORT]]\n                      the worker of that connection, from the running process's hash key",
+        flags: &["socket", "json", "flow"],
+        shorts: &[],
+        positional: false,
+    },
+];
+
+impl CommandSpec {
+    fn help(&self) -> String {
+        let mut text = format!("usage: {}\n\n{}\n\noptions:\n{CONFIG_OPTIONS}\n", self.synopsis, self.about);
+        if !self.options.is_empty() {
+            text.push_str(self.options);
+            text.push('\n');
+        }
+        text.push_str("  -h, --help          this help\n");
+        text
+    }
+}
+
 struct Args {
-    command: String,
+    command: &'static str,
     file: Option<PathBuf>,
     overrides: Vec<String>,
     all: bool,
@@ -54,11 +137,34 @@ struct Args {
     keys: Vec<String>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
-    let command = it.next().ok_or("no command given")?;
+/// What the command line asks for.
+enum Parsed {
+    Command(Args),
+    /// Print this on stdout and exit 0.
+    Print(String),
+}
+
+fn parse_args(raw: Vec<std::ffi::OsString>) -> Result<Parsed, String> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(raw);
+    let spec = match parser.next().map_err(|e| e.to_string())? {
+        Some(Long("version") | Short('V')) => {
+            return Ok(Parsed::Print(format!("tlsfront {}", env!("CARGO_PKG_VERSION"))))
+        }
+        Some(Long("help") | Short('h')) => return Ok(Parsed::Print(USAGE.to_string())),
+        Some(Value(v)) if v == "help" => return Ok(Parsed::Print(USAGE.to_string())),
+        Some(Value(v)) => {
+            let name = v.string().map_err(|e| e.to_string())?;
+            COMMANDS
+                .iter()
+                .find(|c| c.name == name)
+                .ok_or_else(|| format!("unknown command {name:?}"))?
+        }
+        Some(other) => return Err(format!("expected a command, found {}", other.unexpected())),
+        None => return Err("no command given".to_string()),
+    };
     let mut args = Args {
-        command,
+        command: spec.name,
         file: None,
         overrides: Vec::new(),
         all: false,
@@ -69,43 +175,51 @@ fn parse_args() -> Result<Args, String> {
         flow: None,
         keys: Vec::new(),
     };
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "-c" | "--config" => args.file = Some(it.next().ok_or("-c needs a file")?.into()),
-            "-o" => args.overrides.push(it.next().ok_or("-o needs key=value")?),
-            "-a" | "--all" => args.all = true,
-            "-w" | "--write" => args.write = true,
-            "--json" => args.json = true,
-            "--takeover" => args.takeover = true,
-            "--socket" => args.socket = Some(it.next().ok_or("--socket needs a path")?.into()),
-            "--flow" => args.flow = Some(it.next().ok_or("--flow needs CLIENT_IP:PORT")?),
-            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
-            _ => args.keys.push(arg),
+    let err = |e: lexopt::Error| format!("{}: {e}", spec.name);
+    while let Some(arg) = parser.next().map_err(err)? {
+        let allowed = match &arg {
+            Short('c' | 'o' | 'h') | Long("config" | "help") => true,
+            Short(c) => spec.shorts.contains(c),
+            Long(l) => spec.flags.contains(l),
+            Value(_) => spec.positional,
+        };
+        if !allowed {
+            return Err(err(arg.unexpected()));
+        }
+        match arg {
+            Short('h') | Long("help") => return Ok(Parsed::Print(spec.help())),
+            Short('c') | Long("config") => args.file = Some(parser.value().map_err(err)?.into()),
+            Short('o') => args
+                .overrides
+                .push(parser.value().map_err(err)?.string().map_err(err)?),
+            Short('a') | Long("all") => args.all = true,
+            Short('w') | Long("write") => args.write = true,
+            Long("json") => args.json = true,
+            Long("takeover") => args.takeover = true,
+            Long("socket") => args.socket = Some(parser.value().map_err(err)?.into()),
+            Long("flow") => args.flow = Some(parser.value().map_err(err)?.string().map_err(err)?),
+            Value(v) => args.keys.push(v.string().map_err(err)?),
+            other => return Err(err(other.unexpected())),
         }
     }
-    Ok(args)
+    Ok(Parsed::Command(args))
 }
 
 fn main() -> ExitCode {
-    let first = std::env::args().nth(1);
-    match first.as_deref() {
-        Some("--version" | "-V") => {
-            println!("tlsfront {}", env!("CARGO_PKG_VERSION"));
+    let args = match parse_args(std::env::args_os().skip(1).collect()) {
+        Ok(Parsed::Command(a)) => a,
+        Ok(Parsed::Print(text)) => {
+            println!("{}", text.trim_end());
             return ExitCode::SUCCESS;
         }
-        Some("--help" | "-h" | "help") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        _ => {}
-    }
-    let args = match parse_args() {
-        Ok(a) => a,
         Err(e) => {
-            eprintln!("tlsfront: {e}\n{USAGE}");
+            eprintln!("tlsfront: {e}\n(tlsfront --help lists the commands; tlsfront COMMAND --help their options)");
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if args.command == "check" {
+        return check(&args);
+    }
     let config = match Config::load(args.file.as_deref(), &args.overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -113,21 +227,35 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let outcome = match args.command.as_str() {
+    let outcome = match args.command {
         "run" => run(config, &args),
         "sysctl" => sysctl(&config, &args),
         "stats" => stats(&config, &args),
-        "reload" => reload(&config, &args),
-        other => {
-            eprintln!("tlsfront: unknown command {other:?}\n{USAGE}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        _ => reload(&config, &args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tlsfront: error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tlsfront check`: the summary on stdout and 0, or every problem on
+/// stderr and 2.
+fn check(args: &Args) -> ExitCode {
+    match tlsfront::check::check(args.file.as_deref(), &args.overrides) {
+        Ok(summary) => {
+            println!("tlsfront check: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("tlsfront: error: {p}");
+            }
+            eprintln!("tlsfront check: {} problem(s)", problems.len());
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }
@@ -371,17 +499,21 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
 
     if !args.takeover {
-        refuse_if_listening(config.listen)?;
+        for &addr in &config.listen.0 {
+            refuse_if_listening(addr)?;
+        }
     }
-    let listeners =
-        worker::bind_listeners(config.listen, count, config.backlog).map_err(|e| e.to_string())?;
+    // by_address[address][worker]
+    let by_address = worker::bind_listeners(&config.listen.0, count, config.backlog)
+        .map_err(|e| e.to_string())?;
     if config.migrate_requests {
         enable_request_migration();
     }
     // Duplicates of the listening sockets, to shut them down on SIGTERM
     // while the workers own the originals.
-    let shutters = listeners
+    let shutters = by_address
         .iter()
+        .flatten()
         .map(|l| l.try_clone().map(socket2::Socket::from))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("duplicating a listening socket: {e}"))?;
@@ -392,7 +524,7 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
     let socket = config.control_socket_path();
     let steering_handle = tlsfront::steering::setup(
         &config,
-        &listeners,
+        &by_address,
         &cpus,
         args.takeover.then_some(socket.as_path()),
     )?;
@@ -414,10 +546,9 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         sessions,
         tickets,
         set_log_level,
-    ));
-    let upstream_addr = live
-        .upstream()
-        .map_err(|e| format!("starting the built-in upstream on 127.0.0.1: {e}"))?;
+    )
+    .map_err(|e| format!("upstream.addr: {e}"))?);
+    let upstream_addr = live.builtin_upstream();
     let control_socket = control::serve(
         &socket,
         Arc::clone(&stats),
@@ -454,7 +585,13 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         }
         None => "unchanged (process.user not set)".to_string(),
     };
-    let handles = worker::start(listeners, Arc::clone(&live), Arc::clone(&stats))
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..count).map(|_| Vec::new()).collect();
+    for group in by_address {
+        for (worker, listener) in group.into_iter().enumerate() {
+            per_worker[worker].push(listener);
+        }
+    }
+    let handles = worker::start(per_worker, Arc::clone(&live), Arc::clone(&stats))
         .map_err(|e| e.to_string())?;
 
     let cache_line = match &cache {
@@ -618,12 +755,19 @@ fn print_summary(
     config: &Config,
     cpus: &[Option<usize>],
     cert: &CertSource,
-    upstream_addr: std::net::SocketAddr,
+    upstream_addr: Option<std::net::SocketAddr>,
     socket: &std::path::Path,
     steering: &str,
     resumption: &[(&str, String)],
 ) {
-    let addr = config.listen;
+    let addr = config.listen.first();
+    let listening = config
+        .listen
+        .0
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let versions = config.protocols.render().replace(',', ", ");
     let pinned: Vec<String> = cpus.iter().flatten().map(|c| c.to_string()).collect();
     let pinning = if pinned.is_empty() {
@@ -635,9 +779,9 @@ fn print_summary(
         CertSource::Files(p) => p.display().to_string(),
         CertSource::SelfSigned => "self-signed for localhost (generated at start)".to_string(),
     };
-    let upstream = match config.upstream {
-        Upstream::Builtin => format!("built-in HTTP responder on {upstream_addr}"),
-        Upstream::Addr(a) => a.to_string(),
+    let upstream = match (&config.upstream, upstream_addr) {
+        (Upstream::Builtin, Some(addr)) => format!("built-in HTTP responder on {addr}"),
+        (other, _) => other.render(),
     };
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
@@ -649,7 +793,7 @@ fn print_summary(
     let port = addr.port();
     let summary = format!(
         "tlsfront {version}
-  listening on   {addr} (TLS {versions})
+  listening on   {listening} (TLS {versions})
   workers        {count} ({pinning})
   steering       {steering}
   certificate    {cert}

@@ -190,6 +190,7 @@ counters! {
     rejected_over_limit: "Connections closed at accept because limits.max_connections was reached.",
     idle_timeouts: "Connections closed after limits.idle_timeout_secs without traffic.",
     upstream_errors: "Upstream connects that failed or timed out, and upstream resets.",
+    upstream_retries: "Upstream connects that failed or timed out and went on to the next server of the list (that server is then skipped for upstream.down_secs).",
     bytes_client_to_upstream: "Plaintext bytes relayed from clients to the upstream.",
     bytes_upstream_to_client: "Plaintext bytes relayed from the upstream to clients.",
     uring_enters: "io_uring_enter calls of the worker loop (one per loop turn).",

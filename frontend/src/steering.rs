@@ -80,6 +80,10 @@ pub struct Steering {
     /// CPU ids registered in `SOCKETS`.
     registered: Vec<u32>,
     counters: Option<Arc<SteeringCounters>>,
+    /// The SK_REUSEPORT set-ups of the other `net.listen` addresses (one
+    /// object each: a reuseport group needs its own `SOCKETS` map); their
+    /// counters are summed into `counters`.
+    others: Vec<Steering>,
 }
 
 impl std::fmt::Debug for Steering {
@@ -149,6 +153,7 @@ impl Steering {
             flow: None,
             registered: Vec::new(),
             counters: None,
+            others: Vec::new(),
         }
     }
 }
@@ -198,10 +203,11 @@ impl SteeringControl {
         self.xdp_link.as_deref()
     }
 
-    /// Answers `flow CLIENT_IP:PORT[=SERVER_IP]`: the worker (and its CPU)
-    /// the XDP program sends that client's connection to, computed with
-    /// this start's key, which never leaves the process. The server address
-    /// defaults to `net.listen`'s.
+    /// Answers `flow CLIENT_IP:PORT[=SERVER_IP[:PORT]]`: the worker (and
+    /// its CPU) the XDP program sends that client's connection to, computed
+    /// with this start's key, which never leaves the process. The server
+    /// address defaults to the first `net.listen` address, its port to that
+    /// address's port; another port must be one of `net.listen`'s.
     pub fn flow_worker(&self, args: &str) -> Result<String, String> {
         let flow = self
             .flow
@@ -214,64 +220,74 @@ impl SteeringControl {
         let client: SocketAddr = client
             .parse()
             .map_err(|_| format!("{client:?} is not CLIENT_IP:PORT"))?;
-        let server: IpAddr = match server {
-            Some(s) => s
-                .parse()
-                .map_err(|_| format!("{s:?} is not an IP address"))?,
-            None if flow.listen.ip().is_unspecified() => {
+        let first = flow
+            .listen
+            .first()
+            .copied()
+            .ok_or("no net.listen address")?;
+        let server: SocketAddr = match server {
+            Some(s) => match (s.parse::<SocketAddr>(), s.parse::<IpAddr>()) {
+                (Ok(addr), _) => addr,
+                (_, Ok(ip)) => SocketAddr::new(ip, first.port()),
+                _ => return Err(format!("{s:?} is not SERVER_IP or SERVER_IP:PORT")),
+            },
+            None if first.ip().is_unspecified() => {
                 return Err(format!(
-                    "net.listen is {}: give the server address, CLIENT_IP:PORT=SERVER_IP",
-                    flow.listen
+                    "net.listen is {first}: give the server address, CLIENT_IP:PORT=SERVER_IP"
                 ))
             }
-            None => flow.listen.ip(),
+            None => first,
         };
+        if !flow.listen.iter().any(|a| a.port() == server.port()) {
+            return Err(format!(
+                "port {} is not a net.listen port: XDP does not steer it",
+                server.port()
+            ));
+        }
         let octets = |ip: IpAddr| match ip {
             IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
             IpAddr::V6(a) => a.octets(),
         };
         let key = FlowKey::v6(
             octets(client.ip()),
-            octets(server),
+            octets(server.ip()),
             client.port(),
-            flow.listen.port(),
+            server.port(),
         );
         let workers = u32::try_from(flow.cpus.len()).map_err(|_| "too many workers")?;
         let slot = worker_slot(&key, &flow.key, workers).ok_or("no workers")?;
         let cpu = flow.cpus.get(slot as usize).ok_or("no such worker")?;
-        Ok(format!(
-            "{client} -> {server}:{}: worker {slot} cpu {cpu}\n",
-            flow.listen.port()
-        ))
+        Ok(format!("{client} -> {server}: worker {slot} cpu {cpu}\n"))
     }
 }
 
-/// The flow hash in effect: key, worker CPUs, and the steered address.
+/// The flow hash in effect: key, worker CPUs, and the steered addresses
+/// (`net.listen`).
 #[derive(Clone)]
 struct FlowWorkers {
     key: FlowHashKey,
     cpus: Vec<u32>,
-    listen: SocketAddr,
+    listen: Vec<SocketAddr>,
 }
 
 const NONE_TEXT: &str = "kernel SO_REUSEPORT hash over the workers' listeners";
 const REUSEPORT_TEXT: &str = "SK_REUSEPORT: the listener of the worker on the receiving CPU";
 
-/// Sets up `config.steering` for `listeners` (worker n's socket at index n)
-/// whose workers run on `cpus` (worker n on `cpus[n]`), with
-/// `net.steering.fallback` when that is impossible. `Err` only when the
-/// fallback is `fail`. `takeover`: the control socket of the process this
-/// one replaces (`--takeover`), whose XDP link is taken over.
+/// Sets up `config.steering` for `groups` (one per `net.listen` address,
+/// worker n's socket at index n) whose workers run on `cpus` (worker n on
+/// `cpus[n]`), with `net.steering.fallback` when that is impossible. `Err`
+/// only when the fallback is `fail`. `takeover`: the control socket of the
+/// process this one replaces (`--takeover`), whose XDP link is taken over.
 pub fn setup(
     config: &Config,
-    listeners: &[TcpListener],
+    groups: &[Vec<TcpListener>],
     cpus: &[Option<usize>],
     takeover: Option<&Path>,
 ) -> Result<Steering, String> {
     let fallback = config.steering_fallback;
     let mut failed: Vec<String> = Vec::new();
     if config.steering == Mode::Xdp {
-        match setup_ebpf(config, listeners, cpus, Some(takeover)) {
+        match setup_groups(config, groups, cpus, Some(takeover)) {
             Ok(s) => return Ok(s),
             Err(e) => {
                 let msg = format!("net.steering = xdp is not possible: {e}");
@@ -286,7 +302,7 @@ pub fn setup(
     let try_reuseport = config.steering == Mode::Reuseport
         || (config.steering == Mode::Xdp && fallback == SteeringFallback::Reuseport);
     if try_reuseport {
-        match setup_ebpf(config, listeners, cpus, None) {
+        match setup_groups(config, groups, cpus, None) {
             Ok(mut s) => {
                 if !failed.is_empty() {
                     s.description = format!("{} (fallback; {})", s.description, failed.join("; "));
@@ -323,6 +339,52 @@ impl RenderName for SteeringFallback {
             SteeringFallback::Fail => "fail",
         }
     }
+}
+
+/// [`setup_ebpf`] for the first group (with XDP when `xdp` is
+/// `Some(takeover)`: the one XDP program, with the one flow hash key,
+/// steers every port of `net.listen`, and a takeover hands over its link),
+/// then `reuseport` for each other group, all or nothing. The other
+/// objects' SK_REUSEPORT programs select by the receiving CPU, not by the
+/// hash (XDP has moved the segment to the worker's CPU already), so one
+/// key decides the worker on every address.
+fn setup_groups(
+    config: &Config,
+    groups: &[Vec<TcpListener>],
+    cpus: &[Option<usize>],
+    xdp: Option<Option<&Path>>,
+) -> Result<Steering, String> {
+    let (first, rest) = groups.split_first().ok_or("no listeners")?;
+    let mut steering = setup_ebpf(config, first, cpus, xdp)?;
+    let key = steering.flow.as_ref().map(|f| f.key);
+    for (i, group) in rest.iter().enumerate() {
+        let addr = config.listen.0.get(i + 1).copied();
+        let mut other = setup_ebpf(config, group, cpus, None).map_err(|e| match addr {
+            Some(a) => format!("net.listen {a}: {e}"),
+            None => e,
+        })?;
+        if let (Some(key), Some(ebpf)) = (&key, other.ebpf.as_mut()) {
+            // Unused by its SK_REUSEPORT program, but every object of this
+            // process then holds the one key in effect: whoever reads a
+            // FLOW_KEY map of it (tests, bpftool) reads the XDP program's.
+            write_flow_key(ebpf, key)?;
+        }
+        let theirs = other.counters.take();
+        if let (Some(mine), Some(theirs)) = (&steering.counters, theirs) {
+            if let (Ok(mut mine), Ok(mut theirs)) = (mine.maps.lock(), theirs.maps.lock()) {
+                mine.append(&mut theirs);
+            }
+        }
+        steering.others.push(other);
+    }
+    if !rest.is_empty() {
+        steering.description = format!(
+            "{}, SK_REUSEPORT on each of the {} net.listen addresses",
+            steering.description,
+            groups.len()
+        );
+    }
+    Ok(steering)
 }
 
 /// Loads the object and sets up `reuseport`, and XDP too when `xdp` is
@@ -373,6 +435,7 @@ fn setup_ebpf(
         flow: None,
         registered: Vec::new(),
         counters: None,
+        others: Vec::new(),
     };
     let ebpf = steering.ebpf.as_mut().expect("set just above");
     let program: &mut SkReuseport = ebpf
@@ -393,7 +456,8 @@ fn setup_ebpf(
             .ok_or("net.xdp.interface is not set")?;
         let ebpf = steering.ebpf.as_mut().expect("set above");
         let key = random_flow_key()?;
-        setup_workers(ebpf, config.listen.port(), &worker_cpus, &key)?;
+        let ports: Vec<u16> = config.listen.0.iter().map(SocketAddr::port).collect();
+        setup_workers(ebpf, &ports, &worker_cpus, &key)?;
         setup_cpumap(ebpf, config.xdp_queue_size, &worker_cpus)?;
         let program: &mut Xdp = ebpf
             .program_mut(names::XDP_PROGRAM)
@@ -430,7 +494,7 @@ fn setup_ebpf(
         steering.flow = Some(FlowWorkers {
             key,
             cpus: worker_cpus.clone(),
-            listen: config.listen,
+            listen: config.listen.0.clone(),
         });
         steering.active = Active::Xdp { native };
         steering.description = format!(
@@ -505,28 +569,24 @@ fn random_flow_key() -> Result<FlowHashKey, String> {
     Ok(FlowHashKey::from_bytes(bytes))
 }
 
-/// The maps the XDP program reads to pick a worker: the steered port, the
+/// The maps the XDP program reads to pick a worker: the steered ports, the
 /// CPU of each worker slot, the number of slots and the hash key.
 fn setup_workers(
     ebpf: &mut Ebpf,
-    port: u16,
+    ports: &[u16],
     worker_cpus: &[u32],
     key: &FlowHashKey,
 ) -> Result<(), String> {
     {
         let map = ebpf.map_mut(names::PORTS).ok_or("no PORTS map")?;
-        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(|e| explain(&e))?;
-        ports
-            .insert(port, 1, 0)
-            .map_err(|e| format!("PORTS: {}", explain(&e)))?;
+        let mut map: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(|e| explain(&e))?;
+        // Every address's port: the hash spreads each over the workers.
+        for &port in ports {
+            map.insert(port, 1, 0)
+                .map_err(|e| format!("PORTS: {}", explain(&e)))?;
+        }
     }
-    {
-        let map = ebpf.map_mut(names::FLOW_KEY).ok_or("no FLOW_KEY map")?;
-        // `[u64; 2]` has the layout of the `#[repr(C)]` FlowHashKey.
-        let mut slot: Array<_, [u64; 2]> = Array::try_from(map).map_err(|e| explain(&e))?;
-        slot.set(0, [key.k0, key.k1], 0)
-            .map_err(|e| format!("FLOW_KEY: {}", explain(&e)))?;
-    }
+    write_flow_key(ebpf, key)?;
     {
         let map = ebpf.map_mut(names::CPUS).ok_or("no CPUS map")?;
         let mut list: Array<_, u32> = Array::try_from(map).map_err(|e| explain(&e))?;
@@ -544,6 +604,15 @@ fn setup_workers(
             .map_err(|e| format!("CONFIG: {}", explain(&e)))?;
     }
     Ok(())
+}
+
+/// `FLOW_KEY[0] = key`.
+fn write_flow_key(ebpf: &mut Ebpf, key: &FlowHashKey) -> Result<(), String> {
+    let map = ebpf.map_mut(names::FLOW_KEY).ok_or("no FLOW_KEY map")?;
+    // `[u64; 2]` has the layout of the `#[repr(C)]` FlowHashKey.
+    let mut slot: Array<_, [u64; 2]> = Array::try_from(map).map_err(|e| explain(&e))?;
+    slot.set(0, [key.k0, key.k1], 0)
+        .map_err(|e| format!("FLOW_KEY: {}", explain(&e)))
 }
 
 /// A CPUMAP queue of `queue_size` frames for each CPU a worker runs on.
@@ -634,14 +703,21 @@ struct StatsValue(SteeringStats);
 // `StatsValue` is `repr(transparent)` over it.
 unsafe impl Pod for StatsValue {}
 
-/// The `STATS` and `STEERED` per-CPU maps, read per worker: worker n's
-/// column shows the counters of the CPU it is pinned to, and how many
-/// segments the XDP program steered to worker slot n (from every CPU).
+/// The `STATS` and `STEERED` per-CPU maps of every loaded object (one per
+/// `net.listen` address), read per worker and summed over the objects:
+/// worker n's column shows the counters of the CPU it is pinned to, and how
+/// many segments the XDP program steered to worker slot n (from every CPU).
 struct SteeringCounters {
-    stats: Mutex<PerCpuArray<MapData, StatsValue>>,
-    steered: Mutex<PerCpuArray<MapData, u64>>,
+    maps: Mutex<Vec<ObjectCounters>>,
     /// CPU of each worker.
     cpus: Vec<u32>,
+}
+
+/// The counter maps of one object.
+struct ObjectCounters {
+    stats: PerCpuArray<MapData, StatsValue>,
+    /// Counted by the XDP program, which only the first object attaches.
+    steered: PerCpuArray<MapData, u64>,
 }
 
 impl SteeringCounters {
@@ -654,30 +730,42 @@ impl SteeringCounters {
         let steered = ebpf
             .take_map(names::STEERED)
             .ok_or("the eBPF object has no STEERED map")?;
+        let object = ObjectCounters {
+            stats: PerCpuArray::try_from(stats).map_err(|e| explain(&e))?,
+            steered: PerCpuArray::try_from(steered).map_err(|e| explain(&e))?,
+        };
         Ok(SteeringCounters {
-            stats: Mutex::new(PerCpuArray::try_from(stats).map_err(|e| explain(&e))?),
-            steered: Mutex::new(PerCpuArray::try_from(steered).map_err(|e| explain(&e))?),
+            maps: Mutex::new(vec![object]),
             cpus,
         })
     }
 
-    /// `STATS` of every possible CPU.
+    /// `STATS` of every possible CPU, summed over the objects.
     fn per_cpu(&self) -> Option<Vec<SteeringStats>> {
-        let map = self.stats.lock().ok()?;
-        let values = map.get(&0, 0).ok()?;
-        Some(values.iter().map(|v| v.0).collect())
+        let maps = self.maps.lock().ok()?;
+        let mut sum: Vec<SteeringStats> = Vec::new();
+        for object in maps.iter() {
+            let values = object.stats.get(&0, 0).ok()?;
+            sum.resize(sum.len().max(values.len()), SteeringStats::default());
+            for (total, v) in sum.iter_mut().zip(values.iter()) {
+                total.add(&v.0);
+            }
+        }
+        Some(sum)
     }
 
     /// Segments steered to worker `slot`, summed over the CPUs that
-    /// steered them.
+    /// steered them and the objects.
     fn steered_to(&self, slot: usize) -> u64 {
         let Ok(slot) = u32::try_from(slot) else {
             return 0;
         };
-        let Ok(map) = self.steered.lock() else {
+        let Ok(maps) = self.maps.lock() else {
             return 0;
         };
-        map.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        maps.iter()
+            .map(|o| o.steered.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0))
+            .sum()
     }
 }
 

@@ -54,7 +54,9 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// Picks the certificate by SNI; unknown or absent names get the default.
+/// Picks the certificate by SNI ([`crate::server_name::lookup`]: exact,
+/// then a one-label wildcard, case-insensitive); unknown or absent names get
+/// the default.
 #[derive(Debug)]
 pub struct CertResolver {
     default: Arc<CertifiedKey>,
@@ -62,20 +64,22 @@ pub struct CertResolver {
 }
 
 impl CertResolver {
-    /// A resolver serving `default` unless the SNI name is in `by_name`
-    /// (lower-case names).
+    /// A resolver serving `default` unless the SNI name matches a key of
+    /// `by_name` (lower-case names; a wildcard is written `*.example.com`).
     pub fn new(default: Arc<CertifiedKey>, by_name: HashMap<String, Arc<CertifiedKey>>) -> Self {
         CertResolver { default, by_name }
+    }
+
+    /// The certificate for SNI `name` (`None`: the client sent none).
+    pub fn for_name(&self, name: Option<&str>) -> &Arc<CertifiedKey> {
+        name.and_then(|name| crate::server_name::lookup(&self.by_name, name))
+            .unwrap_or(&self.default)
     }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let chosen = hello
-            .server_name()
-            .and_then(|name| self.by_name.get(&name.to_ascii_lowercase()))
-            .unwrap_or(&self.default);
-        Some(Arc::clone(chosen))
+        Some(Arc::clone(self.for_name(hello.server_name())))
     }
 }
 
@@ -160,10 +164,7 @@ pub fn server_config(
             );
         }
     }
-    let resolver = CertResolver {
-        default: Arc::new(default),
-        by_name,
-    };
+    let resolver = CertResolver::new(Arc::new(default), by_name);
 
     let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
     if config.protocols.tls13 {
@@ -256,6 +257,46 @@ mod tests {
             msg.contains(&*cert.to_string_lossy()) && msg.contains(&*other_key.to_string_lossy()),
             "{msg}"
         );
+    }
+
+    /// A resolver whose certificates are told apart by pointer: the
+    /// default, `api.example.com` and `*.example.com`.
+    fn resolver() -> (CertResolver, [Arc<CertifiedKey>; 3]) {
+        let p = provider();
+        let made = [(); 3].map(|_| Arc::new(self_signed(&p).expect("self-signed")));
+        let by_name = HashMap::from([
+            ("api.example.com".to_string(), Arc::clone(&made[1])),
+            ("*.example.com".to_string(), Arc::clone(&made[2])),
+        ]);
+        (CertResolver::new(Arc::clone(&made[0]), by_name), made)
+    }
+
+    #[test]
+    fn an_exact_name_wins_over_a_wildcard_that_also_matches() {
+        let (r, [_, exact, _]) = resolver();
+        assert!(Arc::ptr_eq(r.for_name(Some("api.example.com")), &exact));
+    }
+
+    #[test]
+    fn a_wildcard_covers_exactly_one_leftmost_label() {
+        let (r, [default, _, wild]) = resolver();
+        assert!(Arc::ptr_eq(r.for_name(Some("www.example.com")), &wild));
+        assert!(Arc::ptr_eq(r.for_name(Some("a.b.example.com")), &default));
+        assert!(Arc::ptr_eq(r.for_name(Some("example.com")), &default));
+        assert!(Arc::ptr_eq(r.for_name(Some(".example.com")), &default));
+    }
+
+    #[test]
+    fn names_match_case_insensitively_and_without_the_root_dot() {
+        let (r, [_, exact, wild]) = resolver();
+        assert!(Arc::ptr_eq(r.for_name(Some("API.Example.COM")), &exact));
+        assert!(Arc::ptr_eq(r.for_name(Some("WWW.EXAMPLE.COM.")), &wild));
+    }
+
+    #[test]
+    fn no_server_name_gets_the_default() {
+        let (r, [default, _, _]) = resolver();
+        assert!(Arc::ptr_eq(r.for_name(None), &default));
     }
 
     #[test]

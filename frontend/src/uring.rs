@@ -555,16 +555,6 @@ impl Driver {
         self.push_entry(entry)
     }
 
-    /// Shuts down the writing side of `fd` (a TCP FIN) once everything
-    /// queued before it on this ring has been submitted.
-    pub fn shutdown_write(&mut self, fd: RawFd, tag: u64) -> Result<(), UringError> {
-        let slot = self.slot(tag);
-        let entry = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
-            .build()
-            .user_data(u64::from(slot));
-        self.push_entry(entry)
-    }
-
     /// Cancels every operation still pending on `fd`: they complete at once
     /// with `-ECANCELED`.
     pub fn cancel(&mut self, fd: RawFd, tag: u64) -> Result<(), UringError> {

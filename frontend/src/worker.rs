@@ -1,6 +1,6 @@
 //! Per-core workers: one thread per worker, pinned to its CPU, each the
 //! driver of its own io_uring ([`crate::uring`]) and its own SO_REUSEPORT
-//! listener. A connection is accepted, handshaken and proxied entirely on
+//! listener for each `net.listen` address (one multishot accept each). A connection is accepted, handshaken and proxied entirely on
 //! one worker.
 //!
 //! The loop: one `io_uring_enter` submits every request the previous turn
@@ -33,6 +33,8 @@ use crate::control::Live;
 use crate::hello_gate::WorkerGate;
 use crate::metrics::{Stats, WorkerStats};
 use crate::session_cache::remote::{Answer, Fetched};
+use crate::config::UpstreamServer;
+use crate::upstream_pool::Pool;
 use crate::uring::{Buf, BufPool, Completion, Driver, UringError};
 
 /// Submission queue entries per worker ring (the completion queue is four
@@ -69,9 +71,42 @@ pub enum WorkerError {
     Start { index: usize, reason: String },
 }
 
-/// One listening socket per worker, all bound to `addr` with SO_REUSEPORT so
-/// that the kernel spreads connections over them.
+/// Sends the FIN on `fd` (shutdown of its writing side) — unless the
+/// connection has just finished, when the close that follows sends it:
+/// both directions reached their end, every byte was read, so `close`
+/// ends with a FIN, not a reset, and one system call is saved.
+///
+/// A plain `shutdown(2)` rather than an io_uring one: io_uring always
+/// runs a shutdown on an io-wq thread, a thread hop per FIN that cost a
+/// worker 11 % of its CPU per resumed connection in the profile of
+/// bench/RESULTS.md ("Where a resumed connection's CPU goes"); on a TCP
+/// socket the call does not block. A failure (the peer reset meanwhile)
+/// is the next read's or send's to report.
+fn send_fin(fd: RawFd, finished: bool) {
+    if finished {
+        return;
+    }
+    if let Err(e) = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write) {
+        debug!(fd, "shutdown(SHUT_WR): {e}");
+    }
+}
+
+/// For each address of `addrs`, one listening socket per worker, all bound
+/// with SO_REUSEPORT so that the kernel spreads that address's connections
+/// over the workers: `result[address][worker]`.
 pub fn bind_listeners(
+    addrs: &[SocketAddr],
+    count: usize,
+    backlog: u32,
+) -> Result<Vec<Vec<std::net::TcpListener>>, WorkerError> {
+    addrs
+        .iter()
+        .map(|&addr| bind_group(addr, count, backlog))
+        .collect()
+}
+
+/// `count` listening sockets bound to `addr`, one per worker.
+fn bind_group(
     addr: SocketAddr,
     count: usize,
     backlog: u32,
@@ -114,11 +149,12 @@ pub fn plan_cpus(count: usize, pin: bool) -> Vec<Option<usize>> {
         .collect()
 }
 
-/// Starts one worker thread per listener and waits until each accepts.
-/// Workers read the running configuration from `live` for every new
+/// Starts one worker thread per entry of `listeners` (worker n's sockets,
+/// one per `net.listen` address) and waits until each accepts on all of
+/// them. Workers read the running configuration from `live` for every new
 /// connection.
 pub fn start(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Vec<std::net::TcpListener>>,
     live: Arc<Live>,
     stats: Arc<Stats>,
 ) -> Result<Vec<JoinHandle<()>>, WorkerError> {
@@ -162,12 +198,14 @@ enum Op {
     Connect = 6,
     /// Cancellations and closes: nothing to do when they complete.
     Housekeeping = 7,
-    /// A FIN (shutdown of the writing side).
-    Shutdown = 8,
     /// The read of the remote tier's eventfd: answers are in the mailbox.
     Answers = 9,
     /// Not an io_uring operation: the token of a remote lookup.
     Lookup = 10,
+    /// The upstream connect of an odd-numbered attempt (a retry after
+    /// an even one timed out: its cancelled completion must not be taken
+    /// for this one's).
+    ConnectRetry = 11,
 }
 
 impl Op {
@@ -180,9 +218,9 @@ impl Op {
             5 => Op::UpstreamSend,
             6 => Op::Connect,
             7 => Op::Housekeeping,
-            8 => Op::Shutdown,
             9 => Op::Answers,
             10 => Op::Lookup,
+            11 => Op::ConnectRetry,
             _ => return None,
         })
     }
@@ -216,11 +254,21 @@ struct Conn {
     counted: (u64, u64),
     /// Where the upstream connection goes (for the log).
     upstream_addr: Option<SocketAddr>,
+    /// The upstream servers this connection chooses from, once it asked.
+    pool: Option<Arc<Pool>>,
+    /// The server of `pool` being connected to, and those tried (a bit each).
+    server: usize,
+    tried: u64,
+    /// Connect attempts started (their parity tells the two connect ops
+    /// apart), and the socket of one that timed out, closed once its
+    /// cancelled connect has completed.
+    attempts: u32,
+    abandoned: Option<(RawFd, u32)>,
     /// Operations on this connection's descriptors not completed yet. The
     /// descriptors are closed only when this is zero: the threads of a
     /// process share one descriptor table, and an operation the kernel
-    /// runs later (a shutdown is always run by an io-wq thread) must never
-    /// find its descriptor number reused by another worker's socket.
+    /// runs later (on an io-wq thread) must never find its descriptor
+    /// number reused by another worker's socket.
     ops: u32,
     /// Ended: waiting for `ops` to reach zero before closing.
     closing: bool,
@@ -242,7 +290,8 @@ struct Worker {
     index: usize,
     live: Arc<Live>,
     stats: Arc<Stats>,
-    listener: std::net::TcpListener,
+    /// One per `net.listen` address; the accept tag's slot is the index.
+    listeners: Vec<std::net::TcpListener>,
     driver: Driver,
     pool: BufPool,
     slots: Vec<Slot>,
@@ -253,7 +302,9 @@ struct Worker {
     /// Connections whose receive found the buffer ring empty: armed again
     /// next turn, once buffers went back to the kernel.
     starved: Vec<(u32, u32, Side)>,
-    accepting: bool,
+    /// Whether each listener's multishot accept is armed.
+    accepting: Vec<bool>,
+    /// When to arm again the accepts that stopped on an error.
     accept_again_at: Option<Instant>,
     drain_deadline: Option<Instant>,
     failures: FailureLog,
@@ -265,7 +316,7 @@ struct Worker {
 
 fn run_worker(
     index: usize,
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     live: Arc<Live>,
     stats: Arc<Stats>,
     ready: mpsc::Sender<(usize, Result<(), String>)>,
@@ -292,7 +343,8 @@ fn run_worker(
         index,
         live,
         stats,
-        listener,
+        accepting: vec![false; listeners.len()],
+        listeners,
         driver,
         pool: BufPool::new(POOL_KEEP),
         slots: Vec::new(),
@@ -301,7 +353,6 @@ fn run_worker(
         timers: BinaryHeap::new(),
         touched: Vec::new(),
         starved: Vec::new(),
-        accepting: false,
         accept_again_at: None,
         drain_deadline: None,
         failures: FailureLog {
@@ -317,9 +368,11 @@ fn run_worker(
         let _ = ready.send((index, Err(e.to_string())));
         return;
     }
-    if let Err(e) = worker.arm_accept() {
-        let _ = ready.send((index, Err(e.to_string())));
-        return;
+    for listener in 0..worker.listeners.len() {
+        if let Err(e) = worker.arm_accept(listener) {
+            let _ = ready.send((index, Err(e.to_string())));
+            return;
+        }
     }
     // The receiver only goes away when start-up failed elsewhere.
     let _ = ready.send((index, Ok(())));
@@ -398,10 +451,13 @@ impl Worker {
         self.arm_answers(buf)
     }
 
-    fn arm_accept(&mut self) -> Result<(), UringError> {
-        self.accepting = true;
-        self.driver
-            .accept_multi(self.listener.as_raw_fd(), tag(0, 0, Op::Accept))
+    /// Arms the multishot accept of listener `listener`.
+    fn arm_accept(&mut self, listener: usize) -> Result<(), UringError> {
+        let fd = self.listeners[listener].as_raw_fd();
+        self.accepting[listener] = true;
+        // Listener indexes are below the address count of a config line.
+        let slot = u32::try_from(listener).unwrap_or(u32::MAX);
+        self.driver.accept_multi(fd, tag(slot, 0, Op::Accept))
     }
 
     fn run(&mut self) -> Result<(), UringError> {
@@ -433,11 +489,13 @@ impl Worker {
                 self.driver.submit(0, None)?;
                 return Ok(());
             }
-            if !self.accepting && !self.live.draining() {
-                if let Some(at) = self.accept_again_at {
-                    if now >= at {
-                        self.accept_again_at = None;
-                        self.arm_accept()?;
+            if let Some(at) = self.accept_again_at {
+                if now >= at && !self.live.draining() {
+                    self.accept_again_at = None;
+                    for listener in 0..self.listeners.len() {
+                        if !self.accepting[listener] {
+                            self.arm_accept(listener)?;
+                        }
                     }
                 }
             }
@@ -532,6 +590,9 @@ impl Worker {
             driver,
             pool,
             starved,
+            live,
+            stats,
+            index,
             ..
         } = self;
         let conn = slots
@@ -628,22 +689,46 @@ impl Worker {
                     conn.machine.sent(now, side, buf, outcome, pool);
                 }
             }
-            Op::Connect => {
-                conn.connecting = false;
-                if result != -libc::ECANCELED {
-                    let outcome = if result == 0 { Ok(()) } else { Err(error()) };
-                    conn.machine.upstream_connected(now, outcome, pool);
+            Op::Connect | Op::ConnectRetry => {
+                let current = (op == Op::ConnectRetry) == (conn.attempts % 2 == 0);
+                if !current {
+                    // The cancelled connect of an attempt that timed out.
+                    if let Some((fd, _)) = conn.abandoned.take() {
+                        driver.close(fd, tag(0, 0, Op::Housekeeping))?;
+                    }
+                } else {
+                    conn.connecting = false;
+                    if result == 0 {
+                        conn.machine.upstream_connected(now, Ok(()), pool);
+                    } else if result != -libc::ECANCELED {
+                        // Refused, unreachable, reset: this server is down;
+                        // the next one gets this client.
+                        let e = error();
+                        let down = live.config().down_secs.0;
+                        if let Some(p) = &conn.pool {
+                            p.mark_down(conn.server, now, down);
+                        }
+                        if let Some(fd) = conn.upstream.take() {
+                            driver.close(fd, tag(0, 0, Op::Housekeeping))?;
+                        }
+                        let counters = &stats.workers[*index].1;
+                        connect_next(conn, driver, live, now, slot, generation, pool, counters, Some(e))?;
+                    }
                 }
             }
-            Op::Housekeeping | Op::Shutdown | Op::Accept | Op::Answers | Op::Lookup => {}
+            Op::Housekeeping | Op::Accept | Op::Answers | Op::Lookup => {}
         }
         self.touch(slot);
         Ok(())
     }
 
     fn accepted(&mut self, now: Instant, c: Completion) -> Result<(), UringError> {
+        let listener = untag(c.tag).0 as usize;
+        if listener >= self.listeners.len() {
+            return Ok(());
+        }
         if !c.more {
-            self.accepting = false;
+            self.accepting[listener] = false;
         }
         if c.result < 0 {
             let e = io::Error::from_raw_os_error(-c.result);
@@ -652,7 +737,7 @@ impl Worker {
                 return Ok(());
             }
             warn!(worker = self.index, "accept failed: {e}");
-            if !self.accepting {
+            if !self.accepting[listener] {
                 // Out of descriptors or memory: trying again at once would
                 // spin; open connections are served meanwhile.
                 let pause = if matches!(
@@ -667,8 +752,8 @@ impl Worker {
             }
             return Ok(());
         }
-        if !self.accepting && !self.live.draining() {
-            self.arm_accept()?;
+        if !self.accepting[listener] && !self.live.draining() {
+            self.arm_accept(listener)?;
         }
         let fd = c.result;
         WorkerStats::inc(&self.counters().accepted);
@@ -690,7 +775,7 @@ impl Worker {
             }
         };
         let proxy_header = (config.proxy_protocol.0 > 0).then(|| {
-            let local = local_addr(fd).unwrap_or(config.listen);
+            let local = local_addr(fd).unwrap_or(config.listen.first());
             crate::proxy::proxy_protocol_header(config.proxy_protocol.0, peer, local)
         });
         let limits = Limits {
@@ -716,6 +801,11 @@ impl Worker {
             log_access: config.log_access,
             counted: (0, 0),
             upstream_addr: None,
+            pool: None,
+            server: 0,
+            tried: 0,
+            attempts: 0,
+            abandoned: None,
             ops: 0,
             closing: false,
         };
@@ -817,19 +907,35 @@ impl Worker {
                         conn.machine.lookup_done(now, None, &mut self.pool);
                     }
                 }
-                Event::ConnectUpstream => match open_upstream(live) {
-                    Ok((fd, addr)) => {
-                        conn.upstream = Some(fd);
-                        conn.upstream_addr = addr.as_socket();
-                        conn.connecting = true;
-                        conn.machine.connect_started(now);
-                        conn.ops += 1;
-                        driver.connect(fd, addr, tag(slot, generation, Op::Connect))?;
+                Event::ConnectUpstream => {
+                    let counters = &stats.workers[*index].1;
+                    connect_next(conn, driver, live, now, slot, generation, &mut self.pool, counters, None)?;
+                }
+                Event::ConnectTimedOut => {
+                    let config = live.config();
+                    if let Some(p) = &conn.pool {
+                        p.mark_down(conn.server, now, config.down_secs.0);
                     }
-                    Err(e) => {
+                    // Its connect is cancelled; the socket closes when the
+                    // cancellation completes (at most one such at a time).
+                    let retry = conn.abandoned.is_none();
+                    if let (Some(fd), true) = (conn.upstream, retry) {
+                        conn.upstream = None;
+                        conn.abandoned = Some((fd, conn.attempts));
+                        conn.connecting = false;
+                        driver.cancel(fd, tag(0, 0, Op::Housekeeping))?;
+                    }
+                    let e = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer within {:?}", config.connect_timeout.0),
+                    );
+                    if retry {
+                        let counters = &stats.workers[*index].1;
+                        connect_next(conn, driver, live, now, slot, generation, &mut self.pool, counters, Some(e))?;
+                    } else {
                         conn.machine.upstream_connected(now, Err(e), &mut self.pool);
                     }
-                },
+                }
             }
         }
         if conn.machine.end().is_none() {
@@ -843,13 +949,11 @@ impl Worker {
                     driver.send(fd, buf, tag(slot, generation, Op::UpstreamSend))?;
                 }
                 if conn.machine.poll_shutdown(Side::Upstream) {
-                    conn.ops += 1;
-                    driver.shutdown_write(fd, tag(slot, generation, Op::Shutdown))?;
+                    send_fin(fd, conn.machine.end().is_some());
                 }
             }
             if conn.machine.poll_shutdown(Side::Client) {
-                conn.ops += 1;
-                driver.shutdown_write(conn.client, tag(slot, generation, Op::Shutdown))?;
+                send_fin(conn.client, conn.machine.end().is_some());
             }
             if !conn.client_recv && conn.machine.wants_read(Side::Client) {
                 conn.client_recv = true;
@@ -940,6 +1044,9 @@ impl Worker {
         self.free.push(slot);
         self.driver.close(conn.client, tag(0, 0, Op::Housekeeping))?;
         if let Some(fd) = conn.upstream {
+            self.driver.close(fd, tag(0, 0, Op::Housekeeping))?;
+        }
+        if let Some((fd, _)) = conn.abandoned {
             self.driver.close(fd, tag(0, 0, Op::Housekeeping))?;
         }
         Ok(())
@@ -1042,17 +1149,73 @@ impl Worker {
 }
 
 /// Opens a non-blocking socket towards the upstream.
-fn open_upstream(live: &Live) -> io::Result<(RawFd, socket2::SockAddr)> {
-    let addr = live
-        .upstream()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the built-in upstream: {e}")))?;
-    let socket = Socket::new(
-        Domain::for_address(addr),
+/// Starts the connect of the next upstream server this connection has not
+/// tried ([`Pool::pick`]), or, when none is left, tells the connection it
+/// failed with `last` (the previous attempt's error).
+#[allow(clippy::too_many_arguments)]
+fn connect_next(
+    conn: &mut Conn,
+    driver: &mut Driver,
+    live: &Live,
+    now: Instant,
+    slot: u32,
+    generation: u32,
+    bufs: &mut BufPool,
+    counters: &WorkerStats,
+    last: Option<io::Error>,
+) -> Result<(), UringError> {
+    let pool = Arc::clone(
+        conn.pool
+            .get_or_insert_with(|| Arc::clone(live.pools().for_name(conn.machine.server_name()))),
+    );
+    // A new attempt must not share its connect op with the cancelled one
+    // still completing (they are told apart by parity).
+    let clash = conn
+        .abandoned
+        .is_some_and(|(_, attempt)| attempt % 2 == (conn.attempts + 1) % 2);
+    let next = if clash { None } else { pool.pick(now, conn.tried) };
+    let Some(i) = next else {
+        let e = last.unwrap_or_else(|| io::Error::other("no upstream server left to try"));
+        conn.machine.upstream_connected(now, Err(e), bufs);
+        return Ok(());
+    };
+    if i < 64 {
+        conn.tried |= 1 << i;
+    }
+    if last.is_some() {
+        WorkerStats::inc(&counters.upstream_retries);
+    }
+    let (server, addr) = pool.server(i);
+    let opened = Socket::new(
+        addr.domain(),
         Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
-    socket.set_nodelay(true)?;
-    Ok((socket.into_raw_fd(), addr.into()))
+        matches!(server, UpstreamServer::Tcp(_)).then_some(Protocol::TCP),
+    )
+    .and_then(|socket| {
+        if matches!(server, UpstreamServer::Tcp(_)) {
+            socket.set_nodelay(true)?;
+        }
+        Ok(socket)
+    });
+    match opened {
+        Ok(socket) => {
+            let fd = socket.into_raw_fd();
+            conn.server = i;
+            conn.upstream = Some(fd);
+            conn.upstream_addr = addr.as_socket();
+            conn.connecting = true;
+            conn.attempts += 1;
+            let op = if conn.attempts % 2 == 1 { Op::Connect } else { Op::ConnectRetry };
+            conn.machine.connect_started(now);
+            conn.ops += 1;
+            driver.connect(fd, addr.clone(), tag(slot, generation, op))
+        }
+        // Out of descriptors, or similar: not the server's fault.
+        Err(e) => {
+            conn.machine.upstream_connected(now, Err(e), bufs);
+            Ok(())
+        }
+    }
 }
 
 fn sockaddr(addr: nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {

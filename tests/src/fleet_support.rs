@@ -4,7 +4,9 @@
 //! ```text
 //!   namespace <tag>lb                          namespace <tag>h<i> (i = 0, 1, 2)
 //!   lo: 198.18.0.1  nginx stream balancer      veth 198.18.<11+i>.2/24
-//!       198.18.0.2  redis-server :6379  ◄────► tlsfront on :443 (nginx on :8443)
+//!                   (:443, :8443) and HAProxy  tlsfront on :443 (nginx on :8443)
+//!                   (:1443, :9443)
+//!       198.18.0.2  redis-server :6379  ◄────►
 //!   veth 198.18.<11+i>.1/24 to each host       default route via 198.18.<11+i>.1
 //!   clients: threads of the test that setns() here
 //! ```
@@ -37,6 +39,12 @@ pub const STORE_PORT: u16 = 6379;
 pub const TLSFRONT_PORT: u16 = 443;
 /// Port of the nginx fleet, on the hosts and on the balancer.
 pub const NGINX_PORT: u16 = 8443;
+/// The HAProxy balancer's port for the tlsfront fleet.
+pub const HAPROXY_TLSFRONT_PORT: u16 = 1443;
+/// The HAProxy balancer's port for the nginx fleet.
+pub const HAPROXY_NGINX_PORT: u16 = 9443;
+/// HAProxy as Debian installs it.
+pub const HAPROXY: &str = "/usr/sbin/haproxy";
 /// nginx's stream module as Debian installs it.
 pub const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
@@ -108,6 +116,8 @@ pub struct Fleet {
     pub nginx: Vec<Proc>,
     /// The balancer.
     pub balancer: Option<Proc>,
+    /// The HAProxy balancer, when started.
+    pub haproxy: Option<Proc>,
     /// redis-server.
     pub redis: Option<Proc>,
     /// Certificate and key every host serves.
@@ -127,12 +137,8 @@ impl Fleet {
         let tag = format!("tff{}x{n}", std::process::id() % 100_000);
         let dir = temp_dir();
         let cert = leaf.write(dir.path(), "leaf");
-        let mut secret = [0u8; 64];
-        File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut secret))
-            .expect("read /dev/urandom");
         let secret_path = dir.path().join("fleet.secret");
-        std::fs::write(&secret_path, secret).expect("write secret");
+        std::fs::write(&secret_path, random_bytes(64)).expect("write secret");
         let mut fleet = Fleet {
             lb: format!("{tag}lb"),
             hosts: (0..hosts).map(|i| format!("{tag}h{i}")).collect(),
@@ -140,6 +146,7 @@ impl Fleet {
             tlsfront: Vec::new(),
             nginx: Vec::new(),
             balancer: None,
+            haproxy: None,
             redis: None,
             cert,
             secret: secret_path,
@@ -306,11 +313,16 @@ impl Fleet {
         stats.iter().map(|s| s.total.get(name)).sum()
     }
 
-    /// Starts one nginx per host: a TLS server on :8443 (stream module,
-    /// `ssl_session_cache shared:SSL:10m`, no tickets, no shared store)
-    /// answering a fixed HTTP response.
+    /// Starts one nginx per host, at its best documented configuration for
+    /// a fleet: a TLS server on :8443 (stream module, `ssl_session_cache
+    /// shared:SSL:10m` per host, tickets on with the same
+    /// `ssl_session_ticket_key` file on every host; nginx has no shared
+    /// session store) answering a fixed HTTP response.
     pub fn start_nginx_hosts(&mut self) {
         let nginx = NGINX;
+        // 80 bytes: nginx's AES-256 ticket key format.
+        let ticket_key = self.dir.path().join("nginx-ticket.key");
+        std::fs::write(&ticket_key, random_bytes(80)).expect("write nginx ticket key");
         for (i, ns) in self.hosts.clone().iter().enumerate() {
             let d = self.dir.path().join(format!("nginx-h{i}"));
             std::fs::create_dir_all(&d).expect("nginx dir");
@@ -330,7 +342,8 @@ stream {{
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:SSL:10m;
         ssl_session_timeout 300s;
-        ssl_session_tickets off;
+        ssl_session_tickets on;
+        ssl_session_ticket_key {ticket_key};
         return \"HTTP/1.0 200 OK\\r\\nContent-Length: 6\\r\\n\\r\\nnginx\\n\";
     }}
 }}
@@ -339,6 +352,7 @@ stream {{
                 addr = host_addr(i),
                 cert = self.cert.0.display(),
                 key = self.cert.1.display(),
+                ticket_key = ticket_key.display(),
             );
             let path = write_file(&d, "nginx.conf", &conf);
             let p = spawn_nginx(nginx, ns, &d, &path);
@@ -383,6 +397,58 @@ stream {{
         let lb = self.lb.clone();
         self.balancer = Some(spawn_nginx(nginx, &lb, &d, &path));
         self.wait_listening(&lb, self.balancer_addr(TLSFRONT_PORT), &d);
+    }
+
+    /// Starts HAProxy (`mode tcp`, `balance roundrobin`) as a second
+    /// balancer in the balancer namespace: :1443 over the hosts' tlsfront,
+    /// :9443 over their nginx.
+    pub fn start_haproxy_balancer(&mut self) {
+        require(&[Need::File(HAPROXY, "haproxy, from scripts/setup.sh")]);
+        let d = self.dir.path().join("haproxy");
+        std::fs::create_dir_all(&d).expect("haproxy dir");
+        let servers = |port: u16| -> String {
+            (0..self.hosts.len())
+                .map(|i| format!("    server h{i} {}:{port}\n", host_addr(i)))
+                .collect()
+        };
+        let conf = format!(
+            "global
+    maxconn 1024
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend tlsfront_in
+    bind {BALANCER}:{HAPROXY_TLSFRONT_PORT}
+    default_backend tlsfront_hosts
+frontend nginx_in
+    bind {BALANCER}:{HAPROXY_NGINX_PORT}
+    default_backend nginx_hosts
+backend tlsfront_hosts
+    balance roundrobin
+{tls}backend nginx_hosts
+    balance roundrobin
+{ngx}",
+            tls = servers(TLSFRONT_PORT),
+            ngx = servers(NGINX_PORT),
+        );
+        let path = write_file(&d, "haproxy.cfg", &conf);
+        let log = File::create(d.join("error.log")).expect("haproxy log");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.lb, HAPROXY, "-db", "-f"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("haproxy log"))
+            .stderr(log);
+        self.haproxy = Some(Proc {
+            child: cmd.spawn().expect("spawn haproxy"),
+            what: "haproxy balancer".into(),
+        });
+        let lb = self.lb.clone();
+        for port in [HAPROXY_TLSFRONT_PORT, HAPROXY_NGINX_PORT] {
+            self.wait_listening(&lb, SocketAddr::from((BALANCER, port)), &d);
+        }
     }
 
     /// The balancer's error log (for failure messages).
@@ -433,6 +499,7 @@ impl Drop for Fleet {
         self.tlsfront.clear();
         self.nginx.clear();
         self.balancer = None;
+        self.haproxy = None;
         self.redis = None;
         for ns in self.created.drain(..) {
             let mut cmd = Command::new("ip");
@@ -454,6 +521,15 @@ pub enum RespValue {
     Int(i64),
     Bulk(Option<Vec<u8>>),
     Array(Vec<RespValue>),
+}
+
+/// `n` bytes from /dev/urandom.
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("read /dev/urandom");
+    b
 }
 
 /// Sends one command on a new connection and reads the reply (2 s limit).
@@ -572,13 +648,27 @@ impl rustls::client::ClientSessionStore for FirstSessionStore {
     }
 }
 
-/// A TLS 1.2 client config that offers its first session on every
-/// connection ([`FirstSessionStore`]).
+/// A TLS 1.2 client config that offers its first session's ID (no
+/// tickets) on every connection ([`FirstSessionStore`]).
 pub fn first_session_client_config(
     spec: &crate::ClientSpec,
 ) -> std::sync::Arc<rustls::ClientConfig> {
     let mut cfg = (*crate::client_config(spec)).clone();
     cfg.resumption =
-        rustls::client::Resumption::store(std::sync::Arc::new(FirstSessionStore::new()));
+        rustls::client::Resumption::store(std::sync::Arc::new(FirstSessionStore::new()))
+            .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+    std::sync::Arc::new(cfg)
+}
+
+/// A TLS 1.2 client config that offers only session IDs (no tickets),
+/// trusts any certificate, and remembers the sessions it is given: what a
+/// session-ID-resumption test across hosts needs.
+pub fn session_id_client() -> std::sync::Arc<rustls::ClientConfig> {
+    let spec = crate::ClientSpec::new(crate::Trust::AnyCert).versions(crate::Versions::Tls12);
+    let mut cfg = (*crate::client_config(&spec)).clone();
+    cfg.resumption = rustls::client::Resumption::store(std::sync::Arc::new(
+        rustls::client::ClientSessionMemoryCache::new(4),
+    ))
+    .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
     std::sync::Arc::new(cfg)
 }

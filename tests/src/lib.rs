@@ -83,6 +83,7 @@ pub fn bin() -> PathBuf {
 pub struct ReservedPort {
     _fd: std::os::fd::OwnedFd,
     pub port: u16,
+    ip: std::net::IpAddr,
 }
 
 impl ReservedPort {
@@ -95,17 +96,46 @@ impl ReservedPort {
     /// has it).
     pub fn at(port: u16) -> io::Result<ReservedPort> {
         let (fd, port) = bound_socket(port, true)?;
-        Ok(ReservedPort { _fd: fd, port })
+        Ok(ReservedPort {
+            _fd: fd,
+            port,
+            ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        })
     }
 
-    /// `127.0.0.1:PORT`.
+    /// Reserves a port on `[::1]` the same way (an IPv6-only socket): for
+    /// an IPv6 listener of a test's tlsfront.
+    pub fn new_v6() -> ReservedPort {
+        let reserve = || -> io::Result<ReservedPort> {
+            use socket2::{Domain, Socket, Type};
+            let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_only_v6(true)?;
+            let loopback = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
+            socket.bind(&loopback.into())?;
+            let port = socket
+                .local_addr()?
+                .as_socket()
+                .map(|a| a.port())
+                .ok_or_else(|| io::Error::other("not an IP socket"))?;
+            Ok(ReservedPort {
+                _fd: socket.into(),
+                port,
+                ip: std::net::Ipv6Addr::LOCALHOST.into(),
+            })
+        };
+        reserve().unwrap_or_else(|e| panic!("reserving a port on [::1] (IPv6 loopback): {e}"))
+    }
+
+    /// `IP:PORT` (`127.0.0.1`, or `[::1]` for [`new_v6`](Self::new_v6)).
     pub fn addr_string(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.addr().to_string()
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `IP:PORT` (`127.0.0.1`, or `[::1]` for [`new_v6`](Self::new_v6)).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.ip, self.port)
     }
 }
 
@@ -383,7 +413,12 @@ pub fn run_command(dir: &Path, config: Option<&Path>, opts: &[(&str, &str)]) -> 
     let mut all: Vec<(String, String)> = Vec::new();
     let mut reservation = None;
     let port = match given("net.listen") {
+        // The first of a list names the port.
         Some(v) => v
+            .split(',')
+            .next()
+            .unwrap_or(v)
+            .trim()
             .parse::<SocketAddr>()
             .map(|a| a.port())
             .expect("net.listen given to a test's tlsfront must be a socket address"),
@@ -774,7 +809,15 @@ impl Upstream {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        Upstream::start_at("127.0.0.1:0", handler)
+    }
+
+    /// Like [`start`](Self::start), listening on `bind` (e.g. `[::1]:0`).
+    pub fn start_at<F>(bind: &str, handler: F) -> Upstream
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind upstream {bind}: {e}"));
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
@@ -985,6 +1028,8 @@ impl Leaf {
 /// A throw-away CA that issues leaf certificates for the tests.
 pub struct Pki {
     pub ca_der: CertificateDer<'static>,
+    /// The CA certificate as PEM (for `curl --cacert`, `openssl -CAfile`).
+    pub ca_pem: String,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
@@ -1004,6 +1049,7 @@ impl Pki {
         let cert = p.self_signed(&key).expect("self-sign CA");
         Pki {
             ca_der: cert.der().clone(),
+            ca_pem: cert.pem(),
             issuer: rcgen::Issuer::new(p, key),
         }
     }
@@ -1795,3 +1841,4 @@ pub mod robust_support;
 
 pub mod fleet_support;
 pub mod prereq;
+pub mod redis;

@@ -339,6 +339,11 @@ impl NsFrontend {
                 dir.path().join("tickets.ring").display().to_string(),
             ),
         ];
+        // Not tested here; and a test never writes a sysctl it does not test,
+        // even its namespace's own.
+        if !opts.iter().any(|(k, _)| *k == "net.migrate_requests") {
+            all.push(("net.migrate_requests".to_string(), "0".to_string()));
+        }
         all.extend(opts.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         for (k, v) in &all {
             cmd.arg("-o").arg(format!("{k}={v}"));
@@ -478,11 +483,17 @@ impl NsFrontend {
         Stats::parse(&out.stdout).unwrap_or_else(|e| panic!("stats JSON: {e}: {}", out.stdout))
     }
 
-    /// The worker `tlsfront stats --flow 198.18.0.2:<client_port>` names:
-    /// the process's own answer, from its key.
-    pub fn flow_worker(&self, client_port: u16) -> usize {
+    /// The worker `tlsfront stats --flow 198.18.0.2:<client_port>` names
+    /// for a connection to `server_port` of 198.18.0.1: the process's own
+    /// answer, from its key.
+    pub fn flow_worker(&self, client_port: u16, server_port: u16) -> usize {
         let sock = self.socket.display().to_string();
-        let flow = format!("{ADDR_B}:{client_port}");
+        // The first net.listen port is the default; another one is named.
+        let flow = if server_port == self.port {
+            format!("{ADDR_B}:{client_port}")
+        } else {
+            format!("{ADDR_B}:{client_port}={ADDR_A}:{server_port}")
+        };
         let out = crate::tlsfront_cmd(&["stats", "--socket", &sock, "--flow", &flow]);
         assert_eq!(out.code(), Some(0), "stats --flow: {}", out.describe());
         let mut words = out.stdout.split_whitespace();
@@ -568,12 +579,15 @@ pub fn accepted_by(stderr: &str) -> Vec<(usize, u16)> {
     out
 }
 
-/// The key of the flow hash of process `pid`: the `FLOW_KEY` map among the
-/// BPF maps the process holds (`/proc/PID/fdinfo` names their ids), read
-/// from the kernel, i.e. the key its XDP program hashes with.
+/// The key of the flow hash of process `pid`: the `FLOW_KEY` maps among
+/// the BPF maps the process holds (`/proc/PID/fdinfo` names their ids),
+/// read from the kernel, i.e. the key its XDP program hashes with. With
+/// several objects (one per `net.listen` address) every one must hold the
+/// same key.
 pub fn flow_key_of(pid: u32) -> Result<FlowHashKey, String> {
     let dir = format!("/proc/{pid}/fdinfo");
     let entries = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    let mut keys: Vec<(u32, FlowHashKey)> = Vec::new();
     for entry in entries.flatten() {
         // Descriptors come and go; one that vanished is not a map.
         let Ok(text) = std::fs::read_to_string(entry.path()) else {
@@ -586,6 +600,10 @@ pub fn flow_key_of(pid: u32) -> Result<FlowHashKey, String> {
         else {
             continue;
         };
+        // Two descriptors of one map: read it once.
+        if keys.iter().any(|&(seen, _)| seen == id) {
+            continue;
+        }
         let data = MapData::from_id(id).map_err(|e| format!("BPF map {id} of pid {pid}: {e}"))?;
         let info = data
             .info()
@@ -598,9 +616,18 @@ pub fn flow_key_of(pid: u32) -> Result<FlowHashKey, String> {
         let [k0, k1] = map
             .get(&0, 0)
             .map_err(|e| format!("{}: {e}", names::FLOW_KEY))?;
-        return Ok(FlowHashKey { k0, k1 });
+        keys.push((id, FlowHashKey { k0, k1 }));
     }
-    Err(format!("pid {pid} holds no {} map", names::FLOW_KEY))
+    let Some(&(_, key)) = keys.first() else {
+        return Err(format!("pid {pid} holds no {} map", names::FLOW_KEY));
+    };
+    if keys.iter().any(|&(_, k)| k != key) {
+        return Err(format!(
+            "pid {pid}'s {} maps hold different keys: {keys:?}",
+            names::FLOW_KEY
+        ));
+    }
+    Ok(key)
 }
 
 /// The XDP bpf_links process `pid` holds, as (link id, program id), from

@@ -529,11 +529,27 @@ pub const OPENSSL_TIMEOUT: Duration = Duration::from_secs(20);
 /// `openssl s_client -connect 127.0.0.1:PORT -servername NAME ARGS...` with
 /// `stdin` (then closed); panics if it does not finish in time.
 pub fn s_client(port: u16, server_name: &str, args: &[&str], stdin: &[u8]) -> CmdOutput {
+    s_client_to(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        server_name,
+        args,
+        stdin,
+    )
+}
+
+/// [`s_client`] to any address (in a namespace: call it from
+/// [`crate::netns::in_netns`]; the child inherits the thread's namespace).
+pub fn s_client_to(
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    args: &[&str],
+    stdin: &[u8],
+) -> CmdOutput {
     let mut cmd = crate::prereq::tool("openssl");
     cmd.args([
         "s_client",
         "-connect",
-        &format!("127.0.0.1:{port}"),
+        &addr.to_string(),
         "-servername",
         server_name,
     ])

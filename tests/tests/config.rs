@@ -104,6 +104,11 @@ fn override_unknown_key_is_an_error_naming_the_override_and_key() {
 }
 
 #[test]
+fn a_zero_buffer_size_stops_run_naming_the_file_line_and_key() {
+    bad_line_3("proxy.buffer_size = 0", " key 'proxy.buffer_size': 0 is out of range");
+}
+
+#[test]
 fn override_bad_unit_is_an_error_naming_the_override_and_key() {
     let dir = temp_dir();
     let out = run_with(None, &["proxy.buffer_size=64q"], &dir);
@@ -263,4 +268,125 @@ fn sysctl_single_key_prints_key_and_value() {
     let out = tlsfront_cmd(&["sysctl", "-o", "worker.count=3", "worker.count"]);
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     assert_eq!(out.stdout.trim(), "worker.count = 3", "{}", out.describe());
+}
+
+/// `tlsfront check ARGS...`.
+fn check(args: &[&str]) -> CmdOutput {
+    let mut full = vec!["check"];
+    full.extend_from_slice(args);
+    tlsfront_cmd(&full)
+}
+
+#[test]
+fn check_passes_a_good_file_with_a_one_line_summary_and_touches_nothing() {
+    let (pki, dir) = (Pki::new(), temp_dir());
+    let (c, k) = pki.leaf(&["localhost"]).write(dir.path(), "default");
+    let (ac, ak) = pki.leaf(&["*.example.com"]).write(dir.path(), "wild");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    let text = format!(
+        "net.listen = 127.0.0.1:9\ntls.cert = {}\ntls.key = {}\n\
+         tls.sni.*.example.com.cert = {}\ntls.sni.*.example.com.key = {}\n\
+         cache.path = {s}/c.cache\ntickets.path = {s}/t.ring\ncontrol.socket = {s}/c.sock\n",
+        c.display(),
+        k.display(),
+        ac.display(),
+        ak.display(),
+        s = shared.display()
+    );
+    let conf = write_file(dir.path(), "good.conf", &text);
+    let out = check(&["-c", conf.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one line of summary\n{}", out.describe());
+    assert!(
+        lines[0].contains("OK") && lines[0].contains("2 certificate(s)"),
+        "{}",
+        out.describe()
+    );
+    let left: Vec<_> = std::fs::read_dir(&shared).expect("read dir").flatten().collect();
+    assert!(left.is_empty(), "check made shared files: {left:?}");
+}
+
+#[test]
+fn check_names_every_problem_with_its_file_line_and_key() {
+    let (pki, dir) = (Pki::new(), temp_dir());
+    let (cert, _) = pki.leaf(&["localhost"]).write(dir.path(), "a");
+    let (_, other_key) = pki.leaf(&["localhost"]).write(dir.path(), "b");
+    let text = format!(
+        "# two bad keys, and a certificate with the key of another\n\
+         cache.sizee = 64m\nworker.count = 1\nproxy.buffer_size = 0\n\
+         tls.cert = {}\ntls.key = {}\n",
+        cert.display(),
+        other_key.display()
+    );
+    let conf = write_file(dir.path(), "bad.conf", &text);
+    let out = check(&["-c", conf.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    let p = conf.display();
+    for want in [
+        format!("{p}:2: key 'cache.sizee': unknown key"),
+        format!("{p}:4: key 'proxy.buffer_size': 0 is out of range: must be from 1k to 16m"),
+        format!("{p}:6: key 'tls.key': certificate {}", cert.display()),
+    ] {
+        assert!(out.stderr.contains(&want), "no {want:?}\n{}", out.describe());
+    }
+    assert!(
+        out.stderr.contains(&*other_key.to_string_lossy()),
+        "the mismatched key file is named\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn check_blames_an_override_by_its_argument() {
+    let out = check(&["-o", "tls.cert=/nonexistent/c.pem", "-o", "tls.key=/nonexistent/c.key"]);
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("-o tls.cert=/nonexistent/c.pem: key 'tls.cert': certificate /nonexistent/c.pem"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn every_command_answers_help_with_its_usage() {
+    for command in ["run", "check", "sysctl", "reload", "stats"] {
+        let out = tlsfront_cmd(&[command, "--help"]);
+        assert_eq!(out.code(), Some(0), "{command} --help\n{}", out.describe());
+        assert!(
+            out.stdout.starts_with(&format!("usage: tlsfront {command} ")) && out.stdout.contains("-c, --config FILE"),
+            "{command} --help\n{}",
+            out.describe()
+        );
+    }
+}
+
+#[test]
+fn a_stray_argument_to_run_is_an_error_and_nothing_starts() {
+    let dir = temp_dir();
+    let mut run = run_command(dir.path(), None, &[]);
+    run.cmd.arg("stray");
+    let out = run_cmd(run.cmd, b"", CLI_TIMEOUT);
+    assert!(!out.timed_out(), "run started with a stray argument\n{}", out.describe());
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("run: unexpected argument \"stray\""),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn an_option_a_command_does_not_take_is_an_error() {
+    for args in [&["check", "--takeover"][..], &["stats", "-a"], &["reload", "extra"]] {
+        let out = tlsfront_cmd(args);
+        assert_eq!(out.code(), Some(2), "{args:?}\n{}", out.describe());
+        assert!(
+            out.stderr.starts_with(&format!("tlsfront: {}: ", args[0])),
+            "{args:?}\n{}",
+            out.describe()
+        );
+    }
 }

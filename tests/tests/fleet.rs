@@ -5,8 +5,11 @@
 //! consecutive connections land on different hosts.
 //!
 //! Also measured, for comparison: the same reconnects against three nginx
-//! TLS servers with `ssl_session_cache shared:SSL:10m` (per host, no shared
-//! store), and what one Redis round trip adds to a resumed handshake.
+//! TLS servers at their best for a fleet (`ssl_session_cache shared:SSL:10m`
+//! per host, tickets with the same `ssl_session_ticket_key` file on every
+//! host; nginx has no shared session store), and what one Redis round trip
+//! adds to a resumed handshake. The same fleets behind HAProxy (`mode tcp`,
+//! `balance roundrobin`) as the balancer, judged by `openssl s_client`.
 //!
 //! Needs root, redis-server and nginx with the stream module; fails, naming
 //! what is missing, otherwise (`fleet_support::NEEDS`).
@@ -261,7 +264,15 @@ fn tls12_session_ids_resume_on_every_host_and_nginx_for_comparison() {
         RECONNECTS,
         Duration::ZERO,
     );
-    let ngx = reconnects(&lb, f.balancer_addr(NGINX_PORT), &tls12, RECONNECTS);
+    // Session IDs only: nginx's tickets (a shared key file, its best) are
+    // compared in the HAProxy test below.
+    let ngx = reconnects_with(
+        &lb,
+        f.balancer_addr(NGINX_PORT),
+        session_id_client(),
+        RECONNECTS,
+        Duration::ZERO,
+    );
     let ngx_first = reconnects_with(
         &lb,
         f.balancer_addr(NGINX_PORT),
@@ -279,7 +290,7 @@ fn tls12_session_ids_resume_on_every_host_and_nginx_for_comparison() {
     println!(
         "comparison, TLS 1.2 session ID, {RECONNECTS} reconnects through the same round-robin balancer:\n\
          \x20 client keeps the newest session: tlsfront fleet + Redis {}/{}, \
-         nginx fleet (ssl_session_cache shared:SSL:10m per host) {}/{}{}\n\
+         nginx fleet (ssl_session_cache shared:SSL:10m per host; session IDs only) {}/{}{}\n\
          \x20 client offers its first session: tlsfront fleet + Redis {}/{}, nginx fleet {}/{}{}",
         run.resumed,
         run.attempts,
@@ -504,4 +515,106 @@ fn redis_outage_falls_back_to_full_handshakes_and_tampered_values_are_rejected()
     );
     assert!(!second.0, "a tampered session resumed");
     assert_eq!(Fleet::sum(&stats, "remote_rejected"), rejected + 1);
+}
+
+/// What `openssl s_client` saw of `n` reconnects through `addr`, each
+/// offering the one session a first full handshake saved (`-sess_in`, as a
+/// client that keeps its first session does).
+#[derive(Debug, Default)]
+struct SClientRun {
+    reused: usize,
+    new: usize,
+    failed: Vec<String>,
+}
+
+fn s_client_reconnects(lb: &str, addr: SocketAddr, args: &[&str], n: usize, dir: &std::path::Path) -> SClientRun {
+    use tlsfront_tests::robust_support::{lines_starting, s_client_to};
+    let sess = dir.join(format!("sess-{}-{}.pem", addr.port(), args.join("")));
+    let sess_arg = sess.display().to_string();
+    in_netns(lb, || {
+        let mut first = args.to_vec();
+        first.extend(["-ign_eof", "-sess_out", &sess_arg]);
+        let out = s_client_to(addr, "localhost", &first, b"GET / HTTP/1.0\r\n\r\n");
+        assert!(
+            lines_starting(&out, "New,") == 1 && sess.is_file(),
+            "first handshake through {addr} {args:?} saved no session\n{}",
+            out.describe()
+        );
+        // The session reaches Redis through a background writer.
+        std::thread::sleep(PAIR_GAP);
+        let mut run = SClientRun::default();
+        let mut again = args.to_vec();
+        again.extend(["-sess_in", &sess_arg]);
+        for i in 0..n {
+            let out = s_client_to(addr, "localhost", &again, b"");
+            match (lines_starting(&out, "Reused,"), lines_starting(&out, "New,")) {
+                (1, 0) => run.reused += 1,
+                (0, 1) => run.new += 1,
+                _ => run.failed.push(format!("reconnect {i}: {}", out.describe())),
+            }
+        }
+        run
+    })
+}
+
+#[test]
+fn behind_haproxy_session_ids_resume_on_every_host_and_only_tickets_resume_on_an_nginx_fleet() {
+    let pki = Pki::new();
+    let mut f = fleet(&pki);
+    let key_source = format!("file:{}", f.secret.display());
+    f.start_tlsfront(&[
+        ("tickets.enabled", "1"),
+        ("tickets.key_source", &key_source),
+        ("cache.remote.timeout_ms", LOADED_MACHINE_BUDGET_MS),
+    ]);
+    f.start_nginx_hosts();
+    f.start_haproxy_balancer();
+    let lb = f.lb.clone();
+    let dir = f.dir.path().to_path_buf();
+    let tlsfront = SocketAddr::from((BALANCER, HAPROXY_TLSFRONT_PORT));
+    let nginx = SocketAddr::from((BALANCER, HAPROXY_NGINX_PORT));
+
+    let mut table = Vec::new();
+    for (mode, args) in [
+        ("TLS 1.2 session ID", &["-tls1_2", "-no_ticket"][..]),
+        ("TLS 1.2 ticket", &["-tls1_2"][..]),
+        ("TLS 1.3 ticket", &["-tls1_3"][..]),
+    ] {
+        let before = f.stats();
+        let ours = s_client_reconnects(&lb, tlsfront, args, RECONNECTS, &dir);
+        let after = per_host(&f, mode, &["handshakes", "resumed_tls12_id", "resumed_tls12_ticket", "resumed_tls13_ticket", "remote_hits"]);
+        let theirs = s_client_reconnects(&lb, nginx, args, RECONNECTS, &dir);
+        table.push(format!(
+            "| {mode} (`s_client {}`) | {}/{RECONNECTS} | {}/{RECONNECTS} |",
+            args.join(" "),
+            ours.reused,
+            theirs.reused
+        ));
+        assert!(ours.failed.is_empty() && theirs.failed.is_empty(), "{ours:?}\n{theirs:?}\n{}", hosts_output(&f));
+        assert_eq!(ours.reused, RECONNECTS, "tlsfront through HAProxy, {mode}\n{}", hosts_output(&f));
+        // Every host resumed some: HAProxy spread the reconnects.
+        let counter = match mode {
+            "TLS 1.2 session ID" => "resumed_tls12_id",
+            "TLS 1.2 ticket" => "resumed_tls12_ticket",
+            _ => "resumed_tls13_ticket",
+        };
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            assert!(a.total.get(counter) > b.total.get(counter), "host {i} resumed no {mode}: {a:?}");
+        }
+        let resumed: u64 = after.iter().zip(&before).map(|(a, b)| a.total.get(counter) - b.total.get(counter)).sum();
+        assert_eq!(resumed, RECONNECTS as u64, "tlsfront's counters must agree with the client");
+        if mode == "TLS 1.2 session ID" {
+            // Only the host that made the session knows it.
+            assert!(theirs.reused < RECONNECTS / 2, "nginx fleet, session IDs: {theirs:?}");
+        } else {
+            // The shared key file: nginx at its best resumes tickets anywhere.
+            assert_eq!(theirs.reused, RECONNECTS, "nginx fleet with a shared ssl_session_ticket_key, {mode}");
+        }
+    }
+    println!(
+        "through HAProxy (mode tcp, balance roundrobin) over 3 hosts, {RECONNECTS} reconnects offering one saved session:\n\
+         | client | tlsfront ×3 + Redis, shared ticket keys | nginx ×3, shared ssl_session_ticket_key |\n\
+         |---|---:|---:|\n{}",
+        table.join("\n")
+    );
 }

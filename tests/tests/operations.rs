@@ -140,6 +140,36 @@ fn sysctl_w_changes_log_level_and_rotate_secs_of_the_running_process_on_every_wo
 }
 
 #[test]
+fn sysctl_w_refuses_out_of_range_values_naming_the_key_and_the_running_value_stays() {
+    let fe = Frontend::start(&[("worker.count", "1")]);
+    for (assignment, key) in [
+        ("proxy.buffer_size=0", "proxy.buffer_size"),
+        ("limits.idle_timeout_secs=0", "limits.idle_timeout_secs"),
+        ("upstream.connect_timeout=100000h", "upstream.connect_timeout"),
+    ] {
+        let out = sysctl_write(&fe.socket, &[assignment]);
+        assert_ne!(out.code(), Some(0), "sysctl -w {assignment} accepted\n{}", out.describe());
+        assert!(
+            out.stderr.contains(&format!("key '{key}'")) && out.stderr.contains("out of range"),
+            "sysctl -w {assignment}: the key and the range are not named\n{}",
+            out.describe()
+        );
+    }
+    let v = sysctl_read(
+        &fe.socket,
+        &["proxy.buffer_size", "limits.idle_timeout_secs", "upstream.connect_timeout"],
+    );
+    assert_eq!(v["proxy.buffer_size"], "64k");
+    assert_eq!(v["limits.idle_timeout_secs"], "300s");
+    assert_eq!(v["upstream.connect_timeout"], "5s");
+    // New connections still get through with the running buffer size (a
+    // buffer of 0 would have stalled them).
+    let (resp, end) = https_get(fe.addr(), ClientSpec::new(Trust::AnyCert).build(), "localhost")
+        .unwrap_or_else(|e| panic!("handshake after the refused writes: {e}\n{}", fe.output()));
+    assert!(is_http_200(&resp), "no HTTP 200 ({end:?})\n{}", fe.output());
+}
+
+#[test]
 fn sysctl_w_refuses_restart_reload_unknown_and_bad_keys_and_a_refused_write_changes_nothing() {
     let fe = Frontend::start(&[("worker.count", "1")]);
     let sock = fe.socket.display().to_string();

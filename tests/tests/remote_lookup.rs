@@ -4,8 +4,8 @@
 //! resumption keeps most of the rate it has when every session is local,
 //! and full handshakes on the same worker are not held up.
 //!
-//! Two phases of one run on the same tlsfront (one worker), compared with
-//! each other, never with a fixed time:
+//! Two phases of one run on the same tlsfront (one worker), alternating in
+//! rounds and compared with each other, never with a fixed time:
 //! - local: sessions made on this tlsfront, resumed on it (local cache);
 //! - remote: sessions made on another tlsfront sharing the Redis, resumed
 //!   on this one: each resumption needs a `GET` through the relay.
@@ -18,14 +18,14 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tlsfront_tests::fleet_support::{resp, RespValue};
-use tlsfront_tests::{client_config, ClientSpec, Frontend, ReservedPort, TlsClient, Trust, Versions};
+use tlsfront_tests::fleet_support::session_id_client;
+use tlsfront_tests::redis::LocalRedis;
+use tlsfront_tests::{Frontend, TlsClient};
 
 /// Delay each way through the relay: a 2 ms round trip.
 const ONE_WAY: Duration = Duration::from_millis(1);
@@ -33,52 +33,8 @@ const ONE_WAY: Duration = Duration::from_millis(1);
 const SESSIONS: usize = 3000;
 /// Client threads resuming at once.
 const CONCURRENCY: usize = 64;
-
-/// A real redis-server on a reserved loopback port, killed on drop.
-struct Redis {
-    child: Child,
-    addr: SocketAddr,
-    _port: ReservedPort,
-}
-
-impl Redis {
-    fn start(dir: &std::path::Path) -> Redis {
-        let port = ReservedPort::new();
-        let child = tlsfront_tests::prereq::tool("redis-server")
-            .args(["--port", &port.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let addr = port.addr();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !matches!(resp(addr, &[b"PING"]), Ok(RespValue::Simple(ref s)) if s == "PONG") {
-            assert!(Instant::now() < deadline, "redis-server on {addr} did not answer PING");
-            thread::sleep(Duration::from_millis(20));
-        }
-        Redis {
-            child,
-            addr,
-            _port: port,
-        }
-    }
-
-    fn keys(&self) -> i64 {
-        match resp(self.addr, &[b"DBSIZE"]) {
-            Ok(RespValue::Int(n)) => n,
-            other => panic!("DBSIZE: {other:?}"),
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// Rounds per phase (local and remote alternate).
+const ROUNDS: usize = 6;
 
 /// Copies `from` to `to`, each chunk delivered [`ONE_WAY`] after it was
 /// read; chunks queue behind each other, so pipelining is preserved.
@@ -129,17 +85,6 @@ fn delaying_relay(target: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// A TLS 1.2 client config that offers only session IDs (no tickets) and
-/// remembers the sessions it is given.
-fn session_id_client() -> Arc<rustls::ClientConfig> {
-    let mut cfg = (*client_config(&ClientSpec::new(Trust::AnyCert).versions(Versions::Tls12))).clone();
-    let mut resumption =
-        rustls::client::Resumption::store(Arc::new(rustls::client::ClientSessionMemoryCache::new(4)));
-    resumption = resumption.tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
-    cfg.resumption = resumption;
-    Arc::new(cfg)
-}
-
 /// One client config per session, each holding the session `addr` gave it
 /// in a full handshake.
 fn sessions_from(addr: SocketAddr, n: usize) -> Vec<Arc<rustls::ClientConfig>> {
@@ -161,14 +106,36 @@ fn sessions_from(addr: SocketAddr, n: usize) -> Vec<Arc<rustls::ClientConfig>> {
     configs
 }
 
+/// What one phase measured, summed over its rounds.
+#[derive(Default)]
 struct Phase {
-    /// Resumptions per second, wall clock.
-    rate: f64,
+    /// Sessions offered and the wall-clock time their resumptions took.
+    offered: usize,
+    elapsed: Duration,
     /// Handshakes the clients saw resume.
     resumed: usize,
-    /// p99 of the full handshakes made meanwhile on the same worker.
-    full_p99: Duration,
-    full_count: usize,
+    /// Durations of the full handshakes made meanwhile on the same worker.
+    full: Vec<Duration>,
+}
+
+impl Phase {
+    fn add(&mut self, round: Phase) {
+        self.offered += round.offered;
+        self.elapsed += round.elapsed;
+        self.resumed += round.resumed;
+        self.full.extend(round.full);
+    }
+
+    /// Resumptions per second.
+    fn rate(&self) -> f64 {
+        self.offered as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn full_p99(&mut self) -> Duration {
+        self.full.sort();
+        let i = (self.full.len() * 99 / 100).min(self.full.len().saturating_sub(1));
+        self.full.get(i).copied().unwrap_or_default()
+    }
 }
 
 /// Resumes every session of `configs` once on `addr`, [`CONCURRENCY`] at
@@ -215,16 +182,11 @@ fn resume_all(addr: SocketAddr, configs: &[Arc<rustls::ClientConfig>]) -> Phase 
         done.store(true, Ordering::Relaxed);
         full = full_client.join().expect("full-handshake thread");
     });
-    full.sort();
-    let p99 = full
-        .get((full.len() * 99 / 100).min(full.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or_default();
     Phase {
-        rate: configs.len() as f64 / elapsed.as_secs_f64(),
+        offered: configs.len(),
+        elapsed,
         resumed: resumed.load(Ordering::Relaxed),
-        full_p99: p99,
-        full_count: full.len(),
+        full,
     }
 }
 
@@ -232,7 +194,7 @@ fn resume_all(addr: SocketAddr, configs: &[Arc<rustls::ClientConfig>]) -> Phase 
 fn a_worker_that_asks_a_slow_redis_for_every_resumption_keeps_its_rate_and_its_full_handshakes_on_time() {
     tlsfront_tests::prereq::require(&[tlsfront_tests::prereq::Need::Program("redis-server")]);
     let dir = tlsfront_tests::temp_dir();
-    let redis = Redis::start(dir.path());
+    let redis = LocalRedis::start(dir.path());
     let secret = tlsfront_tests::write_file(dir.path(), "fleet.secret", &"s".repeat(48));
     let secret = format!("file:{}", secret.display());
     let slow = format!("redis://{}", delaying_relay(redis.addr));
@@ -240,8 +202,9 @@ fn a_worker_that_asks_a_slow_redis_for_every_resumption_keeps_its_rate_and_its_f
     let common = [
         ("worker.count", "1"),
         ("cache.remote.secret", secret.as_str()),
-        // The budget is not what is measured: the worker's rate is.
-        ("cache.remote.timeout_ms", "200"),
+        // The budget is not what is measured: the worker's rate is; it
+        // covers a loaded test machine's scheduling of the relay threads.
+        ("cache.remote.timeout_ms", "1000"),
         ("tls.protocols", "1.2"),
     ];
     fn with<'a>(common: &[(&'a str, &'a str)], url: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -256,11 +219,9 @@ fn a_worker_that_asks_a_slow_redis_for_every_resumption_keeps_its_rate_and_its_f
     let warm = sessions_from(measured.addr(), SESSIONS / 4);
     resume_all(measured.addr(), &warm);
 
-    // Local: this tlsfront's own sessions.
+    // Local: this tlsfront's own sessions. Remote: sessions of the other
+    // tlsfront, in Redis once its writes land.
     let own = sessions_from(measured.addr(), SESSIONS);
-    let local = resume_all(measured.addr(), &own);
-
-    // Remote: sessions of the other tlsfront, in Redis once its writes land.
     let before = redis.keys();
     let foreign = sessions_from(issuer.addr(), SESSIONS);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -268,40 +229,52 @@ fn a_worker_that_asks_a_slow_redis_for_every_resumption_keeps_its_rate_and_its_f
         assert!(Instant::now() < deadline, "the issuer's sessions did not reach Redis: {} keys", redis.keys());
         thread::sleep(Duration::from_millis(50));
     }
+    // The phases alternate in rounds (and which goes first alternates
+    // too), so that a change of the machine's load during the run weighs
+    // on both alike.
     let gets_before = measured.stats().total.get("remote_gets");
-    let remote = resume_all(measured.addr(), &foreign);
+    let chunk = SESSIONS / ROUNDS;
+    let (mut local, mut remote) = (Phase::default(), Phase::default());
+    for round in 0..ROUNDS {
+        let part = round * chunk..(round + 1) * chunk;
+        if round % 2 == 0 {
+            local.add(resume_all(measured.addr(), &own[part.clone()]));
+            remote.add(resume_all(measured.addr(), &foreign[part]));
+        } else {
+            remote.add(resume_all(measured.addr(), &foreign[part.clone()]));
+            local.add(resume_all(measured.addr(), &own[part]));
+        }
+    }
     let gets = measured.stats().total.get("remote_gets") - gets_before;
+    let (local_rate, remote_rate) = (local.rate(), remote.rate());
+    let (local_p99, remote_p99) = (local.full_p99(), remote.full_p99());
 
     eprintln!(
         "local: {:.0} resumptions/s, {}/{} resumed, full-handshake p99 {:?} ({} samples); \
          remote (2 ms away): {:.0} resumptions/s ({:.0}% of local), {}/{} resumed, {} GETs, \
          full-handshake p99 {:?} ({} samples)",
-        local.rate,
+        local_rate,
         local.resumed,
         SESSIONS,
-        local.full_p99,
-        local.full_count,
-        remote.rate,
-        100.0 * remote.rate / local.rate,
+        local_p99,
+        local.full.len(),
+        remote_rate,
+        100.0 * remote_rate / local_rate,
         remote.resumed,
         SESSIONS,
         gets,
-        remote.full_p99,
-        remote.full_count
+        remote_p99,
+        remote.full.len()
     );
     assert_eq!(local.resumed, SESSIONS, "local sessions must all resume");
     assert_eq!(remote.resumed, SESSIONS, "every session from the other host must resume through Redis");
     assert!(gets >= SESSIONS as u64, "each remote resumption needs a GET: {gets}");
     assert!(
-        remote.rate >= 0.8 * local.rate,
-        "asking Redis 2 ms away must not cost the worker its rate: {:.0}/s vs {:.0}/s local",
-        remote.rate,
-        local.rate
+        remote_rate >= 0.8 * local_rate,
+        "asking Redis 2 ms away must not cost the worker its rate: {remote_rate:.0}/s vs {local_rate:.0}/s local"
     );
     assert!(
-        remote.full_p99 <= local.full_p99 + Duration::from_millis(1),
-        "full handshakes on the same worker must not wait for Redis: p99 {:?} vs {:?}",
-        remote.full_p99,
-        local.full_p99
+        remote_p99 <= local_p99 + Duration::from_millis(1),
+        "full handshakes on the same worker must not wait for Redis: p99 {remote_p99:?} vs {local_p99:?}"
     );
 }

@@ -5,29 +5,13 @@
 //!
 //! Needs redis-server built with TLS (Debian's is) and openssl.
 
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use tlsfront_tests::{
-    client_config, tlsfront_cmd, write_file, ClientSpec, Frontend, Pki, ReservedPort, TlsClient,
-    Trust, Versions,
-};
+use tlsfront_tests::fleet_support::session_id_client;
+use tlsfront_tests::redis::LocalRedis;
+use tlsfront_tests::{tlsfront_cmd, write_file, Frontend, Pki, TlsClient};
 
 const PASSWORD: &str = "Zq7-acl-secret-Xw";
-
-struct Redis {
-    child: Child,
-    addr: SocketAddr,
-    _port: ReservedPort,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// PEM of a DER certificate, by openssl.
 fn pem_of(dir: &std::path::Path, name: &str, der: &[u8]) -> std::path::PathBuf {
@@ -45,52 +29,24 @@ fn pem_of(dir: &std::path::Path, name: &str, der: &[u8]) -> std::path::PathBuf {
     pem_path
 }
 
-fn start_redis(dir: &std::path::Path, pki: &Pki) -> Redis {
+fn start_redis(dir: &std::path::Path, pki: &Pki) -> LocalRedis {
     let leaf = pki.leaf(&["127.0.0.1"]);
     let (cert, key) = leaf.write(dir, "redis");
     let ca = pem_of(dir, "redis-ca", &pki.ca_der);
-    let port = ReservedPort::new();
-    let child = tlsfront_tests::prereq::tool("redis-server")
-        .args(["--port", "0", "--bind", "127.0.0.1"])
-        .args(["--tls-port", &port.port.to_string()])
-        .arg("--tls-cert-file")
-        .arg(&cert)
-        .arg("--tls-key-file")
-        .arg(&key)
-        .arg("--tls-ca-cert-file")
-        .arg(&ca)
-        .args(["--tls-auth-clients", "no"])
-        // Only tlsfront's user, allowed only its keys and commands.
-        .args(["--user", "default", "off"])
-        .args(["--user", "tlsfront", "on", &format!(">{PASSWORD}"), "~tlsfront:*"])
-        .args(["+get", "+getdel", "+set", "+ping", "+hello", "+auth"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
-    let addr = port.addr();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not listen on {addr} (TLS)");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Redis {
-        child,
-        addr,
-        _port: port,
-    }
-}
-
-fn session_id_client() -> std::sync::Arc<rustls::ClientConfig> {
-    let mut cfg =
-        (*client_config(&ClientSpec::new(Trust::AnyCert).versions(Versions::Tls12))).clone();
-    cfg.resumption = rustls::client::Resumption::store(std::sync::Arc::new(
-        rustls::client::ClientSessionMemoryCache::new(4),
-    ))
-    .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
-    std::sync::Arc::new(cfg)
+    LocalRedis::spawn(dir, |cmd, port| {
+        cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--tls-ca-cert-file")
+            .arg(&ca)
+            .args(["--tls-auth-clients", "no"])
+            // Only tlsfront's user, allowed only its keys and commands.
+            .args(["--user", "default", "off"])
+            .args(["--user", "tlsfront", "on", &format!(">{PASSWORD}"), "~tlsfront:*"])
+            .args(["+get", "+getdel", "+set", "+ping", "+hello", "+auth"]);
+    })
 }
 
 /// Waits until `f` holds the session `from` gave, then offers it to `to`:

@@ -23,6 +23,8 @@ use tlsfront_tests::netns::{
 use tlsfront_tests::*;
 
 const PORT: u16 = 8443;
+/// The second `net.listen` address's port, when a test lists two.
+const SECOND_PORT: u16 = 8444;
 /// One client connection as seen from namespace B.
 #[derive(Debug, Clone, Copy)]
 struct Conn {
@@ -65,10 +67,12 @@ fn run_clients(pair: &NetnsPair, port: u16, count: usize) -> (Vec<Conn>, Vec<Str
     })
 }
 
+/// The options of a steering test; `listen`, when given, is `net.listen`.
 fn options<'a>(
     pair: &'a NetnsPair,
     steering: &'a str,
     xdp_mode: &'a str,
+    listen: Option<&'a str>,
 ) -> Vec<(&'a str, &'a str)> {
     let mut opts = vec![
         ("net.steering", steering),
@@ -80,12 +84,21 @@ fn options<'a>(
         opts.push(("net.xdp.interface", pair.if_a.as_str()));
         opts.push(("net.xdp.mode", xdp_mode));
     }
+    if let Some(listen) = listen {
+        opts.push(("net.listen", listen));
+    }
     opts
 }
 
-fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str) -> NsFrontend {
-    NsFrontend::start(&pair.a, PORT, &options(pair, steering, xdp_mode))
-        .unwrap_or_else(|e| panic!("{e}"))
+/// With `second`, tlsfront listens on `ADDR_A:PORT, ADDR_A:second`.
+fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str, second: Option<u16>) -> NsFrontend {
+    let listen = second.map(|p| format!("{ADDR_A}:{PORT}, {ADDR_A}:{p}"));
+    NsFrontend::start(
+        &pair.a,
+        PORT,
+        &options(pair, steering, xdp_mode, listen.as_deref()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The CPU of each worker as the kernel pins its thread; the start-up
@@ -130,20 +143,35 @@ fn wait_accepted(fe: &NsFrontend, want: usize) -> BTreeMap<u16, usize> {
 
 /// The end-to-end check shared by every mode; returns connections per worker.
 fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
-    end_to_end_on(&NetnsPair::create(), steering, xdp_mode, count)
+    end_to_end_at(steering, xdp_mode, count, None)
 }
 
-/// [`end_to_end`] over `pair`.
-fn end_to_end_on(pair: &NetnsPair, steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
+/// [`end_to_end`]; with `second`, tlsfront listens on a second port too
+/// and the clients connect to that one.
+fn end_to_end_at(steering: &str, xdp_mode: &str, count: usize, second: Option<u16>) -> Vec<usize> {
+    end_to_end_on(&NetnsPair::create(), steering, xdp_mode, count, second)
+}
+
+/// [`end_to_end_at`] over `pair`.
+fn end_to_end_on(
+    pair: &NetnsPair,
+    steering: &str,
+    xdp_mode: &str,
+    count: usize,
+    second: Option<u16>,
+) -> Vec<usize> {
     if xdp_mode == "native" {
         pair.tx_checksum_off_b();
     }
-    let fe = start(pair, steering, xdp_mode);
+    let fe = start(pair, steering, xdp_mode, second);
     let line = fe.steering_line();
+    let suffix = match second {
+        Some(_) => "+ reuseport, SK_REUSEPORT on each of the 2 net.listen addresses",
+        None => "+ reuseport",
+    };
     match steering {
         "xdp" => assert!(
-            line.contains(&format!("xdp ({xdp_mode} on {}", pair.if_a))
-                && line.ends_with("+ reuseport"),
+            line.contains(&format!("xdp ({xdp_mode} on {}", pair.if_a)) && line.ends_with(suffix),
             "summary: {line}"
         ),
         "reuseport" => assert!(line.contains("reuseport (SK_REUSEPORT"), "summary: {line}"),
@@ -161,7 +189,8 @@ fn end_to_end_on(pair: &NetnsPair, steering: &str, xdp_mode: &str, count: usize)
         );
     }
     let cpus = kernel_cpus(&fe);
-    let (conns, failures) = run_clients(pair, fe.port, count);
+    let port = second.unwrap_or(fe.port);
+    let (conns, failures) = run_clients(pair, port, count);
     assert!(
         failures.is_empty(),
         "{} failures, first {:?}\n{}",
@@ -203,7 +232,7 @@ fn end_to_end_on(pair: &NetnsPair, steering: &str, xdp_mode: &str, count: usize)
         per_worker[worker] += 1;
         resumed_per_worker[worker] += usize::from(c.resumed);
         if let Some(hash_key) = &hash_key {
-            let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, fe.port);
+            let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, port);
             let slot = worker_slot(&key, hash_key, cpus.len() as u32).unwrap() as usize;
             // The XDP program sends slot n to cpus[n], where worker n runs.
             if worker != slot {
@@ -214,7 +243,7 @@ fn end_to_end_on(pair: &NetnsPair, steering: &str, xdp_mode: &str, count: usize)
     if hash_key.is_some() {
         // `tlsfront stats --flow` computes the same worker in the process.
         for c in conns.iter().take(20) {
-            let answer = fe.flow_worker(c.port);
+            let answer = fe.flow_worker(c.port, port);
             assert_eq!(
                 answer,
                 kernel_worker(&cpus, c),
@@ -298,7 +327,7 @@ fn xdp_native_on_a_multi_queue_veth_steers_each_connection() {
     const QUEUES: u32 = 4;
     let pair = NetnsPair::create_with_queues(QUEUES);
     assert_eq!(pair.rx_queues_a(), Some(QUEUES), "{}", pair.link_a());
-    end_to_end_on(&pair, "xdp", "native", 300);
+    end_to_end_on(&pair, "xdp", "native", 300, None);
     // The connections really arrived on several receive queues, each run
     // through the XDP program.
     let per_queue = pair.xdp_packets_per_rx_queue();
@@ -317,6 +346,16 @@ fn reuseport_passes_the_end_to_end_test() {
 }
 
 #[test]
+fn xdp_generic_steers_the_connections_of_a_second_listen_address() {
+    end_to_end_at("xdp", "generic", 100, Some(SECOND_PORT));
+}
+
+#[test]
+fn reuseport_steers_the_connections_of_a_second_listen_address() {
+    end_to_end_at("reuseport", "", 100, Some(SECOND_PORT));
+}
+
+#[test]
 fn none_passes_the_end_to_end_test() {
     end_to_end("none", "", 300);
 }
@@ -325,7 +364,7 @@ fn none_passes_the_end_to_end_test() {
 fn attach_detach_reattach_leaves_no_program() {
     let pair = NetnsPair::create();
     // SIGTERM: graceful stop, the Steering handle detaches.
-    let mut fe = start(&pair, "xdp", "generic");
+    let mut fe = start(&pair, "xdp", "generic", None);
     assert!(pair.xdp_attached(), "{}", pair.link_a());
     let mut keys = vec![fe.flow_key()];
     assert!(
@@ -340,7 +379,7 @@ fn attach_detach_reattach_leaves_no_program() {
     );
     assert!(!pair.xdp_attached(), "after SIGTERM: {}", pair.link_a());
     // Re-attach (native this time), then SIGKILL: the bpf_link dies with the process.
-    let mut fe = start(&pair, "xdp", "native");
+    let mut fe = start(&pair, "xdp", "native", None);
     assert!(pair.xdp_attached(), "{}", pair.link_a());
     keys.push(fe.flow_key());
     fe.kill();
@@ -350,7 +389,7 @@ fn attach_detach_reattach_leaves_no_program() {
     }
     assert!(!pair.xdp_attached(), "after SIGKILL: {}", pair.link_a());
     // And once more, generic; it still serves.
-    let fe = start(&pair, "xdp", "generic");
+    let fe = start(&pair, "xdp", "generic", None);
     assert!(pair.xdp_attached(), "{}", pair.link_a());
     keys.push(fe.flow_key());
     let (conns, failures) = run_clients(&pair, fe.port, 5);
@@ -424,7 +463,7 @@ fn takeover_keeps_xdp_attached(xdp_mode: &str) {
     if xdp_mode == "native" {
         pair.tx_checksum_off_b();
     }
-    let opts = options(&pair, "xdp", xdp_mode);
+    let opts = options(&pair, "xdp", xdp_mode, None);
     let mut old = NsFrontend::start(&pair.a, PORT, &opts).unwrap_or_else(|e| panic!("{e}"));
     let old_pid = old.pid();
     let old_links = xdp_links_of(old_pid);
@@ -532,9 +571,9 @@ fn takeover_keeps_xdp_attached(xdp_mode: &str) {
 #[test]
 fn takeover_from_a_process_without_xdp_attaches_a_new_link_and_says_so() {
     let pair = NetnsPair::create();
-    let old = start(&pair, "reuseport", "");
+    let old = start(&pair, "reuseport", "", None);
     let new = old
-        .start_takeover(&pair.a, &options(&pair, "xdp", "generic"))
+        .start_takeover(&pair.a, &options(&pair, "xdp", "generic", None))
         .unwrap_or_else(|e| panic!("successor: {e}"));
     let line = new.steering_line();
     assert!(
@@ -631,7 +670,7 @@ fn odd_frames(dst: [u8; 6], src: [u8; 6]) -> Vec<Vec<u8>> {
 #[test]
 fn malformed_frames_do_not_break_steering() {
     let pair = NetnsPair::create();
-    let fe = start(&pair, "xdp", "generic");
+    let fe = start(&pair, "xdp", "generic", None);
     let frames = odd_frames(pair.mac(&pair.a, &pair.if_a), pair.mac(&pair.b, &pair.if_b));
     let malformed = frames
         .iter()

@@ -179,3 +179,143 @@ fn tls_protocols_13_only_refuses_a_tls12_only_client() {
     .unwrap_or_else(|e| panic!("TLS 1.3 handshake failed: {e}\n{}", fe.output()));
     assert_eq!(r13.version(), Some(rustls::ProtocolVersion::TLSv1_3));
 }
+
+/// A frontend with a default certificate (`localhost`), a wildcard
+/// `*.example.com` and an exact `api.example.com`, each from the test CA.
+struct WildcardSetup {
+    pki: Pki,
+    default: Leaf,
+    wild: Leaf,
+    exact: Leaf,
+    fe: Frontend,
+    dir: TempDir,
+}
+
+fn wildcard_setup() -> WildcardSetup {
+    let pki = Pki::new();
+    let dir = temp_dir();
+    let default = pki.leaf(&["localhost"]);
+    let wild = pki.leaf(&["*.example.com"]);
+    let exact = pki.leaf(&["api.example.com"]);
+    let (dc, dk) = default.write(dir.path(), "default");
+    let (wc, wk) = wild.write(dir.path(), "wild");
+    let (ec, ek) = exact.write(dir.path(), "exact");
+    let fe = Frontend::start(&[
+        ("tls.cert", dc.to_str().unwrap()),
+        ("tls.key", dk.to_str().unwrap()),
+        ("tls.sni.*.example.com.cert", wc.to_str().unwrap()),
+        ("tls.sni.*.example.com.key", wk.to_str().unwrap()),
+        ("tls.sni.api.example.com.cert", ec.to_str().unwrap()),
+        ("tls.sni.api.example.com.key", ek.to_str().unwrap()),
+    ]);
+    WildcardSetup {
+        pki,
+        default,
+        wild,
+        exact,
+        fe,
+        dir,
+    }
+}
+
+/// `pem` without its line breaks, to compare two PEM texts.
+fn pem_body(pem: &str) -> String {
+    pem.split_whitespace().collect()
+}
+
+impl WildcardSetup {
+    /// The leaf `openssl s_client` is served when it sends SNI `name`
+    /// (`None`: `-noservername`, no SNI at all), as PEM without line breaks.
+    fn served_to_s_client(&self, name: Option<&str>) -> String {
+        let mut cmd = tlsfront_tests::prereq::tool("openssl");
+        cmd.args(["s_client", "-connect", &format!("127.0.0.1:{}", self.fe.port)]);
+        match name {
+            Some(n) => cmd.args(["-servername", n]),
+            None => cmd.arg("-noservername"),
+        };
+        let out = run_cmd(cmd, b"", CLI_TIMEOUT);
+        let begin = out.stdout.find("-----BEGIN CERTIFICATE-----");
+        let end = out.stdout.find("-----END CERTIFICATE-----");
+        match (begin, end) {
+            (Some(b), Some(e)) if b < e => {
+                pem_body(&out.stdout[b..e + "-----END CERTIFICATE-----".len()])
+            }
+            _ => panic!(
+                "s_client (SNI {name:?}) printed no certificate\n{}\n{}",
+                out.describe(),
+                self.fe.output()
+            ),
+        }
+    }
+
+    /// Asserts that SNI `name` is served `leaf` (called `which` in the message).
+    fn assert_served(&self, name: Option<&str>, leaf: &Leaf, which: &str) {
+        assert_eq!(
+            self.served_to_s_client(name),
+            pem_body(&leaf.cert_pem),
+            "SNI {name:?} was not served the {which} certificate"
+        );
+    }
+
+    /// `curl --resolve NAME:PORT:127.0.0.1 --cacert CA https://NAME:PORT/`:
+    /// curl verifies the served certificate against the CA and `name`.
+    fn curl(&self, name: &str) -> CmdOutput {
+        let ca = write_file(self.dir.path(), "ca.pem", &self.pki.ca_pem);
+        let port = self.fe.port;
+        let mut cmd = tlsfront_tests::prereq::tool("curl");
+        cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]);
+        cmd.arg("--resolve").arg(format!("{name}:{port}:127.0.0.1"));
+        cmd.arg("--cacert").arg(&ca);
+        cmd.arg(format!("https://{name}:{port}/"));
+        run_cmd(cmd, b"", CLI_TIMEOUT)
+    }
+}
+
+#[test]
+fn a_wildcard_certificate_is_served_for_one_leftmost_label() {
+    let s = wildcard_setup();
+    s.assert_served(Some("www.example.com"), &s.wild, "*.example.com");
+    s.assert_served(Some("a.b.example.com"), &s.default, "default");
+    s.assert_served(Some("example.com"), &s.default, "default");
+}
+
+#[test]
+fn an_exact_sni_name_wins_over_a_matching_wildcard() {
+    let s = wildcard_setup();
+    s.assert_served(Some("api.example.com"), &s.exact, "api.example.com");
+}
+
+#[test]
+fn sni_names_match_case_insensitively() {
+    let s = wildcard_setup();
+    s.assert_served(Some("WWW.Example.COM"), &s.wild, "*.example.com");
+    s.assert_served(Some("API.EXAMPLE.com"), &s.exact, "api.example.com");
+}
+
+#[test]
+fn a_client_without_sni_gets_the_default_certificate() {
+    let s = wildcard_setup();
+    s.assert_served(None, &s.default, "default");
+}
+
+#[test]
+fn curl_verifies_the_wildcard_certificate_for_its_name() {
+    let s = wildcard_setup();
+    let out = s.curl("www.example.com");
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (Some(0), "200"),
+        "curl to www.example.com\n{}\n{}",
+        out.describe(),
+        s.fe.output()
+    );
+    // Two labels below example.com: the default (localhost) certificate,
+    // which curl refuses for that name (exit 60: peer certificate).
+    let out = s.curl("a.b.example.com");
+    assert_eq!(
+        out.code(),
+        Some(60),
+        "curl to a.b.example.com should fail verification\n{}",
+        out.describe()
+    );
+}

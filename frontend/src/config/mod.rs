@@ -13,8 +13,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 pub use values::{
-    AutoPath, ConfigValue, Duration, KeySourceSpec, List, LogLevel, OptAddr, OptPath, OptUser,
-    Protocols, ProxyProtocol, Size, Steering, Tls13Mode, Upstream, WorkerCount,
+    AutoPath, ConfigValue, Duration, KeySourceSpec, List, Listen, LogLevel, OptAddr, OptPath, OptUser,
+    Protocols, ProxyProtocol, Size, Steering, Tls13Mode, Upstream, UpstreamServer, WorkerCount,
 };
 pub use values::{Interface, SteeringFallback, XdpMode};
 
@@ -97,13 +97,16 @@ pub enum ConfigError {
     Inconsistent { key: String, reason: String },
 }
 
-/// An extra certificate chosen by SNI: `tls.sni.<name>.cert` / `.key`.
+/// What a server name gets of its own: `tls.sni.<name>.cert` / `.key`
+/// (a certificate) and `tls.sni.<name>.upstream` (where its plaintext goes).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SniCert {
     /// PEM certificate chain.
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// Servers for this name instead of `upstream.addr`.
+    pub upstream: Option<Upstream>,
 }
 
 /// Keys of the form `tls.sni.<name>.cert|key`; documented beside [`KEYS`].
@@ -113,7 +116,7 @@ pub const SNI_KEYS: &[KeyInfo] = &[
         kind: "path",
         default: "",
         change: Change::Reload,
-        doc: "Certificate chain (PEM) served to clients that ask for server name <name>.",
+        doc: "Certificate chain (PEM) served to clients that ask for server name <name> (matched case-insensitively). <name> may be a wildcard *.example.com: it matches exactly one leftmost label (www.example.com, not example.com or a.b.example.com), and an exact name wins over it. No SNI, or a name nothing matches, gets tls.cert.",
     },
     KeyInfo {
         name: "tls.sni.<name>.key",
@@ -121,6 +124,13 @@ pub const SNI_KEYS: &[KeyInfo] = &[
         default: "",
         change: Change::Reload,
         doc: "Private key (PEM) for tls.sni.<name>.cert.",
+    },
+    KeyInfo {
+        name: "tls.sni.<name>.upstream",
+        kind: "IP:PORT or unix:/path, comma-separated",
+        default: "",
+        change: Change::Live,
+        doc: "Where the plaintext of connections for server name <name> goes instead of upstream.addr (same form and matching as tls.sni.<name>.cert; a name may have an upstream without a certificate of its own). Empty = upstream.addr.",
     },
 ];
 
@@ -172,13 +182,21 @@ macro_rules! config_keys {
                     _ => None,
                 }
             }
+
+            /// The number [`RANGES`] bounds for `key` ([`ConfigValue::magnitude`]).
+            fn magnitude(&self, key: &str) -> Option<u64> {
+                match key {
+                    $( $key => self.$field.magnitude(), )*
+                    _ => None,
+                }
+            }
         }
     };
 }
 
 config_keys! {
-    listen: std::net::SocketAddr = "127.0.0.1:8443", "net.listen", change = Restart,
-        "Address and port the TLS listeners bind (every worker binds it with SO_REUSEPORT).";
+    listen: Listen = "127.0.0.1:8443", "net.listen", change = Restart,
+        "Addresses and ports the TLS listeners bind, comma-separated (e.g. 0.0.0.0:443, [::]:443, 127.0.0.1:8443); every worker binds each with SO_REUSEPORT and serves them all. An IPv6 address takes only IPv6 (IPV6_V6ONLY): list 0.0.0.0:443 too for IPv4. The auto shared files are named by the first one's port. net.steering applies to each address.";
     migrate_requests: bool = "1", "net.migrate_requests", change = Restart,
         "Set net.ipv4.tcp_migrate_req = 1 at start (needs root), so connections queued at a draining process move to its successor.";
     backlog: u32 = "1024", "net.backlog", change = Restart,
@@ -212,11 +230,13 @@ config_keys! {
     protocols: Protocols = "1.2,1.3", "tls.protocols", change = Reload,
         "TLS versions accepted, comma-separated, from 1.2 and 1.3.";
     upstream: Upstream = "builtin", "upstream.addr", change = Live,
-        "Where plaintext goes: IP:PORT, or builtin = a tiny HTTP responder inside tlsfront on a loopback port.";
+        "Where plaintext goes: one or more servers, comma-separated, each IP:PORT ([::1]:8080 for IPv6) or unix:/path, used round robin; a server whose connect fails is skipped for upstream.down_secs and the connection tries the next one. Or builtin = a tiny HTTP responder inside tlsfront on a loopback port.";
     proxy_protocol: ProxyProtocol = "0", "upstream.proxy_protocol", change = Live,
         "Send the client's address to the upstream first: 0 = no, 1 = PROXY protocol v1 (text), 2 = v2 (binary).";
     connect_timeout: Duration = "5s", "upstream.connect_timeout", change = Live,
-        "How long to wait for the upstream to accept before closing the client.";
+        "How long to wait for an upstream server to accept; then the next server of upstream.addr is tried, and when none is left the client is closed.";
+    down_secs: Duration = "10s", "upstream.down_secs", change = Live,
+        "How long a server whose connect failed or timed out is skipped (passive health check, per process). When every server is down, they are tried anyway.";
     buffer_size: Size = "64k", "proxy.buffer_size", change = Live,
         "Bytes buffered per connection and direction before reading from that side pauses (backpressure).";
     max_connections: u32 = "0", "limits.max_connections", change = Live,
@@ -271,6 +291,58 @@ config_keys! {
         "One line per finished connection (info level): client, SNI, ALPN, TLS version, how it resumed (full, id, ticket, tls13, tls13-stateful), bytes each way, duration, worker.";
 }
 
+/// The values a numeric key accepts: a count, bytes for a size, seconds
+/// for a duration. Zero would stall or switch off what most of these keys
+/// are for, and the upper bounds keep deadlines, allocations and ticket
+/// lifetimes sane. Checked at start, by `check`, on reload and by
+/// `sysctl -w`; shown in docs/config.md.
+#[derive(Debug, Clone, Copy)]
+pub struct Range {
+    /// A key of [`KEYS`].
+    pub key: &'static str,
+    /// Smallest value accepted.
+    pub min: u64,
+    /// Largest value accepted.
+    pub max: u64,
+    /// The range as the reference page and messages word it.
+    pub shown: &'static str,
+}
+
+const fn range(key: &'static str, min: u64, max: u64, shown: &'static str) -> Range {
+    Range {
+        key,
+        min,
+        max,
+        shown,
+    }
+}
+
+/// RFC 8446 §4.6.1: a ticket lives at most 7 days; sessions and key
+/// rotations of tlsfront are held to the same.
+const WEEK: u64 = 7 * 24 * 3600;
+
+/// Every bounded key (see [`Range`]).
+pub const RANGES: &[Range] = &[
+    range("net.backlog", 1, 65535, "1 to 65535"),
+    range("net.xdp.queue_size", 1, 16384, "1 to 16384"),
+    range("worker.drain_secs", 0, 24 * 3600, "0s to 24h"),
+    range("worker.rx_buffers", 1, 32768, "1 to 32768, a power of two"),
+    range("worker.rx_buffer_size", 1 << 10, 1 << 20, "1k to 1m"),
+    range("tls.tls13_tickets", 0, 16, "0 (TLS 1.3 clients cannot resume) to 16"),
+    range("upstream.connect_timeout", 1, 600, "1s to 10m"),
+    range("upstream.down_secs", 1, 3600, "1s to 1h"),
+    range("proxy.buffer_size", 1 << 10, 16 << 20, "1k to 16m"),
+    range("limits.max_connections", 0, 1 << 24, "0 (no limit) to 16777216"),
+    range("limits.handshake_timeout_secs", 1, 3600, "1s to 1h"),
+    range("limits.idle_timeout_secs", 1, WEEK, "1s to 168h"),
+    range("cache.size", 8 << 10, 64 << 30, "8k (one set of 8 sessions) to 64g"),
+    range("cache.timeout_secs", 1, WEEK, "1s to 168h"),
+    range("cache.remote.timeout_ms", 1, 1000, "1 to 1000"),
+    range("cache.remote.queue", 1, 1 << 20, "1 to 1048576"),
+    range("tickets.keys", crate::tickets::MIN_KEYS as u64, crate::tickets::MAX_KEYS as u64, "3 to 16"),
+    range("tickets.rotate_secs", 1, WEEK, "1s to 168h"),
+];
+
 impl Config {
     /// Sets `key` from its textual value. `Err` carries the reason, without
     /// the location (the caller knows the file and line or the `-o`).
@@ -279,11 +351,18 @@ impl Config {
             return result;
         }
         if let Some((name, which)) = sni_key(key) {
-            let path = OptPath::parse(raw)?;
+            check_sni_name(name)?;
             let entry = self.sni.entry(name.to_ascii_lowercase()).or_default();
             match which {
-                SniPart::Cert => entry.cert = path.0,
-                SniPart::Key => entry.key = path.0,
+                SniPart::Cert => entry.cert = OptPath::parse(raw)?.0,
+                SniPart::Key => entry.key = OptPath::parse(raw)?.0,
+                SniPart::Upstream => {
+                    entry.upstream = if raw.trim().is_empty() {
+                        None
+                    } else {
+                        Some(Upstream::parse(raw)?)
+                    }
+                }
             }
             return Ok(());
         }
@@ -297,11 +376,11 @@ impl Config {
         }
         let (name, which) = sni_key(key)?;
         let entry = self.sni.get(&name.to_ascii_lowercase())?;
-        let path = match which {
-            SniPart::Cert => entry.cert.clone(),
-            SniPart::Key => entry.key.clone(),
-        };
-        Some(OptPath(path).render())
+        Some(match which {
+            SniPart::Cert => OptPath(entry.cert.clone()).render(),
+            SniPart::Key => OptPath(entry.key.clone()).render(),
+            SniPart::Upstream => entry.upstream.as_ref().map(Upstream::render).unwrap_or_default(),
+        })
     }
 
     /// Every key with its value, `sysctl -a` order: fixed keys, then SNI.
@@ -319,175 +398,122 @@ impl Config {
                 format!("tls.sni.{name}.key"),
                 OptPath(sni.key.clone()).render(),
             ));
+            if let Some(upstream) = &sni.upstream {
+                out.push((format!("tls.sni.{name}.upstream"), upstream.render()));
+            }
         }
         out
     }
 
-    /// Applies a config file's text on top of `self`.
+    /// Applies a config file's text on top of `self`; stops at the first
+    /// problem.
     pub fn apply_text(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        for (index, raw_line) in text.lines().enumerate() {
-            let line = index + 1;
-            let content = raw_line.split('#').next().unwrap_or("").trim();
-            if content.is_empty() {
-                continue;
-            }
-            let Some((key, value)) = content.split_once('=') else {
-                return Err(ConfigError::Syntax {
-                    path: path.to_path_buf(),
-                    line,
-                    text: raw_line.trim().to_string(),
-                });
-            };
-            let (key, value) = (key.trim(), value.trim());
-            let located = |reason: String| ConfigError::Key {
-                path: path.to_path_buf(),
-                line,
-                key: key.to_string(),
-                reason,
-            };
-            if key.is_empty() {
-                return Err(ConfigError::Syntax {
-                    path: path.to_path_buf(),
-                    line,
-                    text: raw_line.trim().to_string(),
-                });
-            }
-            if let Some(first) = seen.insert(key.to_string(), line) {
-                return Err(located(format!("set twice (first on line {first})")));
-            }
-            self.set(key, value).map_err(located)?;
-        }
-        Ok(())
-    }
-
-    /// Reads and applies a config file.
-    pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        self.apply_text(path, &text)
+        let mut loaded = Loaded::new(std::mem::take(self));
+        loaded.apply_text(path, text);
+        *self = loaded.config;
+        loaded.problems.into_iter().next().map_or(Ok(()), Err)
     }
 
     /// Applies one `-o key=value` argument.
     pub fn apply_override(&mut self, arg: &str) -> Result<(), ConfigError> {
-        let Some((key, value)) = arg.split_once('=') else {
-            return Err(ConfigError::OverrideSyntax {
-                arg: arg.to_string(),
-            });
-        };
-        let key = key.trim();
-        self.set(key, value.trim())
-            .map_err(|reason| ConfigError::Override {
-                arg: arg.to_string(),
-                key: key.to_string(),
-                reason,
-            })
+        let mut loaded = Loaded::new(std::mem::take(self));
+        loaded.apply_override(arg);
+        *self = loaded.config;
+        loaded.problems.into_iter().next().map_or(Ok(()), Err)
     }
 
     /// Defaults, then the file (if any), then the overrides in order; then
-    /// the checks that involve several keys.
+    /// the checks that involve several keys. The first problem, located.
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
-        let mut config = Config::default();
-        if let Some(path) = file {
-            config.apply_file(path)?;
+        let loaded = Loaded::read(file, overrides);
+        match loaded.problems.into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(loaded.config),
         }
-        for arg in overrides {
-            config.apply_override(arg)?;
-        }
-        config.validate()?;
-        Ok(config)
     }
 
-    /// Checks that involve more than one key.
+    /// The first of [`problems`](Self::problems), unlocated.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, reason: &str| {
-            Err(ConfigError::Inconsistent {
-                key: key.to_string(),
-                reason: reason.to_string(),
-            })
-        };
+        match self.problems().into_iter().next() {
+            Some((key, reason)) => Err(ConfigError::Inconsistent { key, reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every value out of its range and every set of keys that do not fit
+    /// together: (the key to blame, why). Empty = usable.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = Vec::new();
+        let mut bad = |key: &str, reason: &str| found.push((key.to_string(), reason.to_string()));
+        for r in RANGES {
+            let value = self.magnitude(r.key);
+            if value.is_some_and(|v| !(r.min..=r.max).contains(&v)) {
+                let shown = self.get(r.key).unwrap_or_default();
+                bad(r.key, &format!("{shown} is out of range: must be from {}", r.shown));
+            }
+        }
+        if !self.rx_buffers.is_power_of_two() {
+            bad("worker.rx_buffers", "must be a power of two from 1 to 32768");
+        }
+        if self.listen.0.iter().any(|a| a.port() == 0) {
+            bad("net.listen", "port 0 would give each worker another random port: name the port");
+        }
         match (&self.cert.0, &self.key.0) {
-            (Some(_), None) => return bad("tls.key", "tls.cert is set but tls.key is not"),
-            (None, Some(_)) => return bad("tls.cert", "tls.key is set but tls.cert is not"),
+            (Some(_), None) => bad("tls.cert", "set, but tls.key is not"),
+            (None, Some(_)) => bad("tls.key", "set, but tls.cert is not"),
             _ => {}
         }
         if self.early_data_max.0 > 0 {
             if self.tls13_mode != Tls13Mode::Stateful {
-                return bad(
+                bad(
                     "tls.early_data_max",
                     "0-RTT needs tickets.tls13_mode = stateful (single-use tickets stop replays)",
                 );
             }
             if self.early_data_max.0 > u64::from(u32::MAX) {
-                return bad("tls.early_data_max", "at most 4g");
+                bad("tls.early_data_max", "at most 4g");
             }
         }
         if self.cache_remote.0.is_some() {
             if !self.cache_enabled {
-                return bad(
+                bad(
                     "cache.remote",
                     "the remote tier sits behind the session cache: needs cache.enabled = 1",
                 );
             }
             if self.cache_remote_secret.0.is_none() {
-                return bad(
+                bad(
                     "cache.remote.secret",
                     "cache.remote is set: a shared secret (file:PATH) must seal what it stores",
                 );
             }
         }
-        if !(1..=1000).contains(&self.cache_remote_timeout_ms) {
-            return bad("cache.remote.timeout_ms", "must be from 1 to 1000");
-        }
-        if self.cache_remote_queue == 0 {
-            return bad("cache.remote.queue", "must be at least 1");
-        }
         if self.tls13_mode == Tls13Mode::Stateful && !self.cache_enabled {
-            return bad(
+            bad(
                 "tickets.tls13_mode",
                 "stateful keeps TLS 1.3 tickets in the session cache: needs cache.enabled = 1",
             );
         }
         if self.steering == Steering::Xdp && self.xdp_interface.0.is_none() {
-            return bad(
+            bad(
                 "net.xdp.interface",
                 "net.steering = xdp needs the interface the clients' packets arrive on",
             );
         }
-        if !(1..=16384).contains(&self.xdp_queue_size) {
-            return bad("net.xdp.queue_size", "must be from 1 to 16384");
-        }
-        let keys = self.ticket_keys as usize;
-        if !(crate::tickets::MIN_KEYS..=crate::tickets::MAX_KEYS).contains(&keys) {
-            return bad("tickets.keys", "must be from 3 to 16");
-        }
-        if !(1..=32768).contains(&self.rx_buffers) || !self.rx_buffers.is_power_of_two() {
-            return bad("worker.rx_buffers", "must be a power of two from 1 to 32768");
-        }
-        if !(1024..=1 << 20).contains(&self.rx_buffer_size.0) {
-            return bad("worker.rx_buffer_size", "must be from 1k to 1m");
-        }
-        if self.buffer_size.0 == 0 {
-            return bad("proxy.buffer_size", "must be at least 1 byte (0 would stall every connection)");
-        }
-        if self.handshake_timeout.0.is_zero() {
-            return bad("limits.handshake_timeout_secs", "must be at least 1s");
-        }
-        if self.idle_timeout.0.is_zero() {
-            return bad("limits.idle_timeout_secs", "must be at least 1s");
-        }
-        if self.ticket_rotate.0.as_secs() == 0 {
-            return bad("tickets.rotate_secs", "must be at least 1s");
-        }
         for (name, sni) in &self.sni {
-            if sni.cert.is_none() || sni.key.is_none() {
-                let key = format!("tls.sni.{name}");
-                return bad(&key, "needs both .cert and .key");
+            match (&sni.cert, &sni.key) {
+                (Some(_), None) => bad(
+                    &format!("tls.sni.{name}.cert"),
+                    &format!("set, but tls.sni.{name}.key is not: needs both .cert and .key"),
+                ),
+                (None, Some(_)) => bad(
+                    &format!("tls.sni.{name}.key"),
+                    &format!("set, but tls.sni.{name}.cert is not: needs both .cert and .key"),
+                ),
+                _ => {}
             }
         }
-        Ok(())
+        found
     }
 
     /// The uid tlsfront runs as once set up: `process.user`'s, else this
@@ -549,21 +575,255 @@ impl Config {
 enum SniPart {
     Cert,
     Key,
+    Upstream,
 }
 
-/// Splits `tls.sni.<name>.cert|key` into the name and the part.
+/// Splits `tls.sni.<name>.cert|key|upstream` into the name and the part.
 fn sni_key(key: &str) -> Option<(&str, SniPart)> {
     let rest = key.strip_prefix("tls.sni.")?;
     let (name, part) = if let Some(n) = rest.strip_suffix(".cert") {
         (n, SniPart::Cert)
+    } else if let Some(n) = rest.strip_suffix(".upstream") {
+        (n, SniPart::Upstream)
     } else {
         (rest.strip_suffix(".key")?, SniPart::Key)
     };
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*');
-    valid.then_some((name, part))
+    (!name.is_empty()).then_some((name, part))
+}
+
+/// The description of `key`: a key of [`KEYS`], or a per-name key of
+/// [`SNI_KEYS`] (`tls.sni.api.example.com.upstream` →
+/// `tls.sni.<name>.upstream`).
+pub fn key_info(key: &str) -> Option<&'static KeyInfo> {
+    if let Some(k) = KEYS.iter().find(|k| k.name == key) {
+        return Some(k);
+    }
+    let pattern = match sni_key(key)?.1 {
+        SniPart::Cert => "tls.sni.<name>.cert",
+        SniPart::Key => "tls.sni.<name>.key",
+        SniPart::Upstream => "tls.sni.<name>.upstream",
+    };
+    SNI_KEYS.iter().find(|k| k.name == pattern)
+}
+
+/// A server name of `tls.sni.<name>`: DNS labels of letters, digits and
+/// `-`, or a wildcard `*.<name>` whose `*` is the whole leftmost label (it
+/// then stands for exactly one label, as clients match wildcards).
+fn check_sni_name(name: &str) -> Result<(), String> {
+    let plain = name.strip_prefix("*.").unwrap_or(name);
+    let label_ok = |l: &str| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.len() <= 253 && plain.split('.').all(label_ok) {
+        return Ok(());
+    }
+    Err(format!(
+        "{name:?} is not a server name: labels of letters, digits and '-', or a wildcard \
+         '*.' + a name (the '*' is the whole leftmost label and matches exactly one label)"
+    ))
+}
+
+/// Where a key got its value: a line of a config file or a `-o` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Line `line` of the file `path`.
+    Line {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based.
+        line: usize,
+    },
+    /// The `-o` argument, as given.
+    Override(String),
+}
+
+impl Origin {
+    /// `reason` about `key`, located here.
+    pub fn error(&self, key: &str, reason: String) -> ConfigError {
+        match self {
+            Origin::Line { path, line } => ConfigError::Key {
+                path: path.clone(),
+                line: *line,
+                key: key.to_string(),
+                reason,
+            },
+            Origin::Override(arg) => ConfigError::Override {
+                arg: arg.clone(),
+                key: key.to_string(),
+                reason,
+            },
+        }
+    }
+}
+
+/// A configuration as read, with where each key was set and every problem
+/// found, not only the first (`tlsfront check` names them all).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The values; a key whose value was refused keeps the one before.
+    pub config: Config,
+    /// Where each key set was set, by key (SNI names lower-cased); the last
+    /// setting wins, as it does for the value.
+    pub origins: BTreeMap<String, Origin>,
+    /// Every problem, located where the file or `-o` could be blamed.
+    pub problems: Vec<ConfigError>,
+}
+
+impl Loaded {
+    fn new(config: Config) -> Loaded {
+        Loaded {
+            config,
+            ..Loaded::default()
+        }
+    }
+
+    /// Defaults, then the file (if any), then the overrides in order; then
+    /// the checks of [`Config::problems`], each located at the line or `-o`
+    /// that set its key. Reads nothing but the file.
+    pub fn read(file: Option<&Path>, overrides: &[String]) -> Loaded {
+        let mut loaded = Loaded::new(Config::default());
+        if let Some(path) = file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => loaded.apply_text(path, &text),
+                Err(source) => loaded.problems.push(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }),
+            }
+        }
+        for arg in overrides {
+            loaded.apply_override(arg);
+        }
+        loaded.check_values();
+        loaded
+    }
+
+    /// Adds [`Config::problems`], each located at the line or `-o` that set
+    /// its key.
+    fn check_values(&mut self) {
+        // A key whose value was refused is reported once, for that.
+        let refused: Vec<String> = self.problems.iter().filter_map(ConfigError::key).collect();
+        for (key, reason) in self.config.problems() {
+            if !refused.contains(&key) {
+                let located = self.locate(&key, reason);
+                self.problems.push(located);
+            }
+        }
+    }
+
+    /// `reason` about `key`, at the line or `-o` that set it (unlocated
+    /// when the key has its default).
+    pub fn locate(&self, key: &str, reason: String) -> ConfigError {
+        match self.origins.get(key) {
+            Some(origin) => origin.error(key, reason),
+            None => ConfigError::Inconsistent {
+                key: key.to_string(),
+                reason,
+            },
+        }
+    }
+
+    /// Sets `key` from `origin`, recording where it came from.
+    fn set(&mut self, key: &str, value: &str, origin: Origin) {
+        match self.config.set(key, value) {
+            Ok(()) => {
+                self.origins.insert(canonical_key(key), origin);
+            }
+            Err(reason) => self.problems.push(origin.error(key, reason)),
+        }
+    }
+
+    /// Applies a config file's text, collecting every problem.
+    fn apply_text(&mut self, path: &Path, text: &str) {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (index, raw_line) in text.lines().enumerate() {
+            let line = index + 1;
+            let origin = Origin::Line {
+                path: path.to_path_buf(),
+                line,
+            };
+            let content = strip_comment(raw_line);
+            let content = content.as_str();
+            if content.is_empty() {
+                continue;
+            }
+            let syntax = || ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                text: raw_line.trim().to_string(),
+            };
+            let Some((key, value)) = content.split_once('=') else {
+                self.problems.push(syntax());
+                continue;
+            };
+            let (key, value) = (key.trim(), value.trim());
+            if key.is_empty() {
+                self.problems.push(syntax());
+                continue;
+            }
+            if let Some(first) = seen.insert(key.to_string(), line) {
+                let reason = format!("set twice (first on line {first})");
+                self.problems.push(origin.error(key, reason));
+                continue;
+            }
+            self.set(key, value, origin);
+        }
+    }
+
+    /// Applies one `-o key=value` argument (the whole value, `#` included).
+    fn apply_override(&mut self, arg: &str) {
+        let Some((key, value)) = arg.split_once('=') else {
+            self.problems.push(ConfigError::OverrideSyntax {
+                arg: arg.to_string(),
+            });
+            return;
+        };
+        self.set(key.trim(), value.trim(), Origin::Override(arg.to_string()));
+    }
+}
+
+impl ConfigError {
+    /// The key the problem is about, if it names one.
+    pub fn key(&self) -> Option<String> {
+        match self {
+            ConfigError::Key { key, .. }
+            | ConfigError::Override { key, .. }
+            | ConfigError::Inconsistent { key, .. } => Some(key.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// `key` as [`Config::problems`] names it: SNI names lower-cased.
+fn canonical_key(key: &str) -> String {
+    match sni_key(key) {
+        Some((name, SniPart::Cert)) => format!("tls.sni.{}.cert", name.to_ascii_lowercase()),
+        Some((name, SniPart::Key)) => format!("tls.sni.{}.key", name.to_ascii_lowercase()),
+        Some((name, SniPart::Upstream)) => format!("tls.sni.{}.upstream", name.to_ascii_lowercase()),
+        None => key.to_string(),
+    }
+}
+
+/// The `key = value` part of a config file line, without its comment: a
+/// `#` at the start of the line or after a space or tab begins a comment;
+/// any other `#` is part of the value (`redis://:pa#ss@host:6379`), and
+/// `\#` is a `#` kept anywhere (`/etc/my \#1/cert.pem`).
+fn strip_comment(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    let mut after_blank = true;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'#') => {
+                chars.next();
+                out.push('#');
+            }
+            '#' if after_blank => break,
+            _ => out.push(c),
+        }
+        after_blank = c == ' ' || c == '\t';
+    }
+    out.trim().to_string()
 }
 
 /// The reference page `docs/config.md`, generated from [`KEYS`].
@@ -575,12 +835,18 @@ pub fn reference_markdown() -> String {
          (regenerate with `TLSFRONT_UPDATE_DOCS=1 cargo test -p tlsfront config_reference`).\n\n",
     );
     out.push_str(
-        "A config file has one `key = value` per line; `#` starts a comment. The same keys \
-         are accepted on the command line as `-o key=value` (applied after the file, in order). \
+        "A config file has one `key = value` per line. A `#` at the start of a line or after a \
+         space or tab starts a comment; any other `#` belongs to the value (a Redis password: \
+         `cache.remote = redis://:pa#ss@10.0.0.5:6379`), and `\\#` is a `#` kept anywhere, even \
+         after a space (`tls.cert = /etc/tls/my \\#1.pem`). The same keys \
+         are accepted on the command line as `-o key=value` (applied after the file, in order; \
+         the whole value is taken as given, `#` included). \
          Sizes take a unit `k`, `m` or `g` (powers of 1024); durations are seconds, or take a \
-         unit `s`, `m` or `h`; booleans are `0` or `1`. An unknown key, a bad value or a bad \
-         unit stops the process with the file, line and key named. A key set twice in one file \
-         is an error.\n\n",
+         unit `s`, `m` or `h`; booleans are `0` or `1`. Numbers, sizes and durations must lie in \
+         the range their description gives. An unknown key, a bad value, a bad unit or a value \
+         out of its range stops the process with the file, line and key named (`tlsfront check` \
+         names every one); `sysctl -w` refuses it and keeps the running value. A key set twice \
+         in one file is an error.\n\n",
     );
     out.push_str(
         "Changes take effect `live` (`tlsfront sysctl -w key=value` on the running process, every \
@@ -596,6 +862,10 @@ pub fn reference_markdown() -> String {
             format!("`{}`", k.default)
         };
         let rt = k.change.describe();
+        let doc = match RANGES.iter().find(|r| r.key == k.name) {
+            Some(r) => format!("{} Range: {}.", k.doc, r.shown),
+            None => k.doc.to_string(),
+        };
         // A `|` inside a cell would end it.
         let cell = |t: &str| t.replace('|', "\\|");
         let _ = writeln!(
@@ -605,7 +875,7 @@ pub fn reference_markdown() -> String {
             cell(k.kind),
             cell(&default),
             rt,
-            cell(k.doc)
+            cell(&doc)
         );
     }
     out
@@ -617,7 +887,7 @@ pub fn example_file() -> String {
     let mut out = String::from(
         "# tlsfront configuration: every key, at its default value.\n\
          # Generated from the key table (frontend/src/config/mod.rs); see docs/config.md.\n\
-         # Check a file with: tlsfront sysctl -a -c FILE\n",
+         # Check a file with: tlsfront check -c FILE (tlsfront sysctl -a -c FILE shows its values)\n",
     );
     let mut section = "";
     for k in KEYS {
@@ -626,7 +896,11 @@ pub fn example_file() -> String {
             section = prefix;
             let _ = write!(out, "\n# --- {section} ---\n");
         }
-        let _ = writeln!(out, "# {} [{}; {}]", k.doc, k.kind, k.change.describe());
+        let kind = match RANGES.iter().find(|r| r.key == k.name) {
+            Some(r) => format!("{}: {}", k.kind, r.shown),
+            None => k.kind.to_string(),
+        };
+        let _ = writeln!(out, "# {} [{kind}; {}]", k.doc, k.change.describe());
         let _ = writeln!(out, "{} = {}", k.name, k.default);
     }
     out.push_str(

@@ -1,10 +1,15 @@
 use super::*;
 
+/// `text` as the file `test.conf`, checked as `run` checks it: the first
+/// problem, located.
 fn parse(text: &str) -> Result<Config, ConfigError> {
-    let mut c = Config::default();
-    c.apply_text(Path::new("test.conf"), text)?;
-    c.validate()?;
-    Ok(c)
+    let mut l = Loaded::default();
+    l.apply_text(Path::new("test.conf"), text);
+    l.check_values();
+    match l.problems.into_iter().next() {
+        Some(problem) => Err(problem),
+        None => Ok(l.config),
+    }
 }
 
 #[test]
@@ -133,6 +138,26 @@ fn sni_keys_collect_per_name_and_need_both_parts() {
 }
 
 #[test]
+fn a_wildcard_sni_name_is_accepted_as_the_whole_leftmost_label() {
+    let c = parse("tls.sni.*.Example.com.cert = /w.pem\ntls.sni.*.example.com.key = /w.key\n")
+        .expect("valid wildcard");
+    assert!(c.sni.contains_key("*.example.com"), "{:?}", c.sni);
+}
+
+#[test]
+fn a_wildcard_anywhere_but_the_whole_leftmost_label_is_refused_naming_the_key() {
+    for name in ["w*.example.com", "*.*.example.com", "www.*.com", "*", "a..b"] {
+        let msg = parse(&format!("tls.sni.{name}.cert = /w.pem\n"))
+            .expect_err(name)
+            .to_string();
+        assert!(
+            msg.contains(&format!("key 'tls.sni.{name}.cert'")) && msg.contains("not a server name"),
+            "{name}: {msg}"
+        );
+    }
+}
+
+#[test]
 fn cert_without_key_is_refused() {
     let msg = parse("tls.cert = /c.pem\n")
         .expect_err("no key")
@@ -190,4 +215,133 @@ fn config_reference_example_file_is_current_and_parses_to_the_defaults() {
     let actual = assert_generated_file_is_current("examples/tlsfront.conf", &example_file());
     let parsed = parse(&actual).expect("the example parses");
     assert_eq!(parsed.entries(), Config::default().entries());
+}
+
+#[test]
+fn a_hash_after_a_blank_starts_a_comment_elsewhere_it_belongs_to_the_value() {
+    let c = parse(
+        "cache.remote = redis://:pa#ss@127.0.0.1:6379 # the fleet's Redis\n\
+         cache.remote.secret = file:/etc/secret\t# tab, then comment\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.cache_remote.0.as_deref(),
+        Some("redis://:pa#ss@127.0.0.1:6379")
+    );
+    assert_eq!(c.cache_remote_secret.0.as_deref(), Some(Path::new("/etc/secret")));
+}
+
+#[test]
+fn an_escaped_hash_is_kept_even_after_a_blank() {
+    let c = parse("tls.cert = /etc/my \\#1/c.pem\ntls.key = /k\\#\n").expect("valid");
+    assert_eq!(c.cert.0.as_deref(), Some(Path::new("/etc/my #1/c.pem")));
+    assert_eq!(c.key.0.as_deref(), Some(Path::new("/k#")));
+}
+
+#[test]
+fn an_override_takes_its_whole_value_hash_included() {
+    let mut c = Config::default();
+    c.apply_override("tls.cert=/a #b").expect("valid");
+    assert_eq!(c.cert.0.as_deref(), Some(Path::new("/a #b")));
+}
+
+/// `key = value` refused, the message naming the key and the range.
+fn refused_out_of_range(key: &str, value: &str) {
+    let msg = parse(&format!("{key} = {value}\n"))
+        .expect_err(&format!("{key} = {value}"))
+        .to_string();
+    assert!(
+        msg.contains(&format!("test.conf:1: key '{key}'")) && msg.contains("must be from"),
+        "{key} = {value}: {msg}"
+    );
+}
+
+#[test]
+fn a_zero_buffer_size_is_refused_naming_the_key() {
+    refused_out_of_range("proxy.buffer_size", "0");
+}
+
+#[test]
+fn absurd_sizes_counts_and_durations_are_refused_naming_the_key() {
+    for (key, value) in [
+        ("proxy.buffer_size", "1g"),
+        ("tls.tls13_tickets", "1000"),
+        ("net.backlog", "0"),
+        ("limits.idle_timeout_secs", "0"),
+        ("limits.idle_timeout_secs", "100000h"),
+        ("limits.handshake_timeout_secs", "2h"),
+        ("upstream.connect_timeout", "0"),
+        ("cache.size", "1k"),
+        ("cache.timeout_secs", "0"),
+        ("cache.remote.queue", "0"),
+        ("tickets.rotate_secs", "0"),
+        ("tickets.rotate_secs", "200h"),
+        ("worker.drain_secs", "25h"),
+        ("limits.max_connections", "4000000000"),
+    ] {
+        refused_out_of_range(key, value);
+    }
+}
+
+#[test]
+fn a_worker_count_of_zero_is_refused_naming_the_key() {
+    let msg = parse("worker.count = 0\n").expect_err("0 workers").to_string();
+    assert!(msg.contains("test.conf:1: key 'worker.count'"), "{msg}");
+}
+
+#[test]
+fn every_range_names_a_numeric_key_and_holds_its_default() {
+    let c = Config::default();
+    for r in RANGES {
+        let v = c
+            .magnitude(r.key)
+            .unwrap_or_else(|| panic!("{} is not a numeric key", r.key));
+        assert!((r.min..=r.max).contains(&v), "default of {} out of its range", r.key);
+    }
+    assert!(c.problems().is_empty(), "{:?}", c.problems());
+}
+
+#[test]
+fn the_edges_of_a_range_are_accepted() {
+    parse("proxy.buffer_size = 1k\ntls.tls13_tickets = 0\nlimits.idle_timeout_secs = 168h\n")
+        .expect("edges of their ranges");
+}
+
+#[test]
+fn every_problem_of_a_file_is_collected_with_its_line() {
+    let loaded = Loaded::read(None, &[]);
+    assert!(loaded.problems.is_empty());
+    let mut l = Loaded::default();
+    l.apply_text(
+        Path::new("test.conf"),
+        "cache.sizee = 1\nworker.count = 1\nproxy.buffer_size = 0\nworker.count = 2\n",
+    );
+    let lines: Vec<String> = l.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("test.conf:1: key 'cache.sizee'"), "{lines:?}");
+    assert!(lines[1].starts_with("test.conf:4: key 'worker.count': set twice"), "{lines:?}");
+    assert_eq!(
+        l.locate("proxy.buffer_size", "out".into()).to_string(),
+        "test.conf:3: key 'proxy.buffer_size': out"
+    );
+}
+
+#[test]
+fn net_listen_takes_a_comma_separated_list_of_ipv4_and_ipv6_addresses() {
+    let c = parse("net.listen = 0.0.0.0:443, [::]:443,127.0.0.1:8443\n").expect("valid list");
+    let want: Vec<std::net::SocketAddr> = ["0.0.0.0:443", "[::]:443", "127.0.0.1:8443"]
+        .iter()
+        .map(|a| a.parse().expect("address"))
+        .collect();
+    assert_eq!(c.listen.0, want);
+    assert_eq!(c.listen.port(), 443);
+    assert_eq!(Listen::parse(&c.listen.render()).expect("renders back"), c.listen);
+}
+
+#[test]
+fn net_listen_refuses_an_empty_entry_a_duplicate_and_a_bad_address() {
+    for value in ["127.0.0.1:1,", "127.0.0.1:1, 127.0.0.1:1", "127.0.0.1:1, nowhere"] {
+        let msg = parse(&format!("net.listen = {value}\n")).expect_err(value).to_string();
+        assert!(msg.contains("test.conf:1: key 'net.listen'"), "{value}: {msg}");
+    }
 }

@@ -11,6 +11,11 @@ pub trait ConfigValue: Sized {
     fn parse(raw: &str) -> Result<Self, String>;
     /// Prints the value so that `parse(render())` gives it back.
     fn render(&self) -> String;
+    /// The number a [`Range`](super::Range) bounds: a count, bytes for a
+    /// size, seconds for a duration; `None` for values that are not numbers.
+    fn magnitude(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl ConfigValue for SocketAddr {
@@ -25,6 +30,49 @@ impl ConfigValue for SocketAddr {
     }
 }
 
+/// `net.listen`: one or more `IP:PORT` addresses, comma-separated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen(pub Vec<SocketAddr>);
+
+impl Listen {
+    /// The first address: its port names the `auto` shared files, and the
+    /// start-up summary's examples use it.
+    pub fn first(&self) -> SocketAddr {
+        // Never empty: `parse` refuses an empty list.
+        self.0
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)))
+    }
+
+    /// The port of [`first`](Self::first).
+    pub fn port(&self) -> u16 {
+        self.first().port()
+    }
+}
+
+impl ConfigValue for Listen {
+    const KIND: &'static str = "IP:PORT[, IP:PORT...]";
+    fn parse(raw: &str) -> Result<Self, String> {
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for item in raw.split(',').map(str::trim) {
+            let addr = <SocketAddr as ConfigValue>::parse(item)?;
+            if addrs.contains(&addr) {
+                return Err(format!("{addr} is listed twice"));
+            }
+            addrs.push(addr);
+        }
+        Ok(Listen(addrs))
+    }
+    fn render(&self) -> String {
+        self.0
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 impl ConfigValue for u32 {
     const KIND: &'static str = "integer";
     fn parse(raw: &str) -> Result<Self, String> {
@@ -33,6 +81,9 @@ impl ConfigValue for u32 {
     }
     fn render(&self) -> String {
         self.to_string()
+    }
+    fn magnitude(&self) -> Option<u64> {
+        Some(u64::from(*self))
     }
 }
 
@@ -85,6 +136,9 @@ impl ConfigValue for Size {
         }
         n.to_string()
     }
+    fn magnitude(&self) -> Option<u64> {
+        Some(self.0)
+    }
 }
 
 /// A duration in whole seconds: a bare number, or a unit `s`, `m` or `h`.
@@ -115,6 +169,9 @@ impl ConfigValue for Duration {
     }
     fn render(&self) -> String {
         format!("{}s", self.0.as_secs())
+    }
+    fn magnitude(&self) -> Option<u64> {
+        Some(self.0.as_secs())
     }
 }
 
@@ -366,29 +423,67 @@ impl ConfigValue for Interface {
     }
 }
 
-/// `upstream.addr`: the built-in responder or a TCP address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One upstream server: a TCP address or a unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UpstreamServer {
+    /// `IP:PORT` (IPv6 as `[::1]:8080`).
+    Tcp(SocketAddr),
+    /// `unix:/path`: a unix stream socket.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for UpstreamServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamServer::Tcp(a) => write!(f, "{a}"),
+            UpstreamServer::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `upstream.addr`, `tls.sni.<name>.upstream`: the built-in responder, or
+/// servers used round robin.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upstream {
     /// tlsfront's own tiny HTTP responder on a loopback port.
     Builtin,
-    /// A TCP upstream.
-    Addr(SocketAddr),
+    /// One or more servers, in the order given (never empty).
+    Servers(Vec<UpstreamServer>),
 }
 
 impl ConfigValue for Upstream {
-    const KIND: &'static str = "builtin | IP:PORT";
+    const KIND: &'static str = "builtin | IP:PORT or unix:/path, comma-separated";
     fn parse(raw: &str) -> Result<Self, String> {
-        if raw == "builtin" {
+        if raw.trim() == "builtin" {
             return Ok(Upstream::Builtin);
         }
-        raw.parse()
-            .map(Upstream::Addr)
-            .map_err(|_| format!("{raw:?} is not builtin or an IP:PORT address"))
+        let mut servers = Vec::new();
+        for part in raw.split(',').map(str::trim) {
+            let server = if let Some(path) = part.strip_prefix("unix:") {
+                if !path.starts_with('/') {
+                    return Err(format!("{part:?}: a unix socket needs an absolute path (unix:/run/app.sock)"));
+                }
+                UpstreamServer::Unix(PathBuf::from(path))
+            } else {
+                UpstreamServer::Tcp(part.parse().map_err(|_| {
+                    format!("{part:?} is not an IP:PORT address or unix:/path (or builtin, alone)")
+                })?)
+            };
+            if servers.contains(&server) {
+                return Err(format!("{part} is listed twice"));
+            }
+            servers.push(server);
+        }
+        Ok(Upstream::Servers(servers))
     }
     fn render(&self) -> String {
         match self {
             Upstream::Builtin => "builtin".to_string(),
-            Upstream::Addr(a) => a.to_string(),
+            Upstream::Servers(list) => list
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 }

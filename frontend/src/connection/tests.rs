@@ -380,6 +380,13 @@ fn an_upstream_that_does_not_answer_ends_the_client_with_close_notify() {
     let deadline = rig.now + limits().connect;
     assert!(rig.conn.poll_timeout() <= Some(deadline));
     rig.conn.handle_timeout(deadline, &mut rig.pool);
+    assert_eq!(rig.conn.poll_event(), Some(Event::ConnectTimedOut));
+    // The driver has no other server to try.
+    rig.conn.upstream_connected(
+        deadline,
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer")),
+        &mut rig.pool,
+    );
     let out = rig.conn.poll_transmit(Side::Client).expect("close_notify");
     let n = out.len();
     let mut data = out.pending();
@@ -392,6 +399,26 @@ fn an_upstream_that_does_not_answer_ends_the_client_with_close_notify() {
     ));
     let mut b = [0u8; 1];
     assert_eq!(rig.client.reader().read(&mut b).expect("clean EOF"), 0);
+}
+
+#[test]
+fn a_connect_that_timed_out_can_go_to_another_server_with_a_deadline_of_its_own() {
+    let (server, client) = configs(0);
+    let mut rig = Rig::new(server, client);
+    rig.auto_connect = false;
+    rig.pump();
+    rig.conn.connect_started(rig.now);
+    let deadline = rig.now + limits().connect;
+    rig.conn.handle_timeout(deadline, &mut rig.pool);
+    assert_eq!(rig.conn.poll_event(), Some(Event::ConnectTimedOut));
+    assert!(rig.conn.end().is_none(), "the driver decides, not the connection");
+    rig.now = deadline;
+    rig.conn.connect_started(rig.now);
+    assert_eq!(rig.conn.poll_timeout(), Some(rig.now + limits().connect));
+    rig.conn.upstream_connected(rig.now, Ok(()), &mut rig.pool);
+    rig.client.writer().write_all(b"second server").expect("write");
+    rig.pump();
+    assert_eq!(rig.upstream, b"second server");
 }
 
 #[test]

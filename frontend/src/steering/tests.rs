@@ -1,6 +1,7 @@
 //! The loader on a host larger than this one: the object is loaded (not
 //! attached, nothing runs) as for a host with 64 possible CPUs and 64
-//! workers, one per CPU.
+//! workers, one per CPU. And the `flow` answer of the control socket for
+//! several `net.listen` addresses.
 
 use aya::maps::{Map, MapInfo, PerCpuValues};
 
@@ -30,7 +31,7 @@ fn loaded_for_64_cpus() -> (Ebpf, Vec<u32>) {
     let mut ebpf = load_object(SIMULATED_CPUS).unwrap_or_else(|e| panic!("{e}"));
     let cpus: Vec<u32> = (0..SIMULATED_CPUS).collect();
     let key = FlowHashKey { k0: 7, k1: 9 };
-    setup_workers(&mut ebpf, 443, &cpus, &key).unwrap_or_else(|e| panic!("{e}"));
+    setup_workers(&mut ebpf, &[443], &cpus, &key).unwrap_or_else(|e| panic!("{e}"));
     (ebpf, cpus)
 }
 
@@ -76,7 +77,8 @@ fn every_worker_of_64_has_its_own_steering_counter() {
     // What the XDP program would have counted: on each real CPU, slot n
     // steered n + 1 segments.
     {
-        let mut steered = counters.steered.lock().expect("lock");
+        let mut maps = counters.maps.lock().expect("lock");
+        let steered = &mut maps[0].steered;
         for slot in 0..SIMULATED_CPUS {
             let values = PerCpuValues::try_from(vec![u64::from(slot) + 1; real_cpus])
                 .expect("per-CPU values");
@@ -102,4 +104,49 @@ fn every_worker_of_64_has_its_own_steering_counter() {
         .worker_counters(SIMULATED_CPUS as usize)
         .iter()
         .all(|&(_, v)| v == 0));
+}
+
+/// The flow hash of two workers (slot n on CPU n) steering `listen`.
+fn flow_control(listen: &[&str]) -> (SteeringControl, FlowHashKey) {
+    let key = FlowHashKey { k0: 7, k1: 9 };
+    let listen = listen.iter().map(|a| a.parse().expect("address")).collect();
+    let flow = FlowWorkers {
+        key,
+        cpus: vec![0, 1],
+        listen,
+    };
+    let control = SteeringControl {
+        xdp_link: None,
+        flow: Some(flow),
+    };
+    (control, key)
+}
+
+#[test]
+fn flow_hashes_with_the_port_of_the_listen_address_it_names() {
+    let (control, key) = flow_control(&["10.0.0.1:8443", "10.0.0.1:8444"]);
+    for client_port in 40000..40040u16 {
+        let client = format!("10.0.0.2:{client_port}");
+        for (server, port) in [("", 8443), ("=10.0.0.1", 8443), ("=10.0.0.1:8444", 8444)] {
+            let flow = FlowKey::v4([10, 0, 0, 2], [10, 0, 0, 1], client_port, port);
+            let slot = worker_slot(&flow, &key, 2).expect("two workers");
+            assert_eq!(
+                control.flow_worker(&format!("{client}{server}")),
+                Ok(format!(
+                    "{client} -> 10.0.0.1:{port}: worker {slot} cpu {slot}\n"
+                )),
+                "{client}{server}"
+            );
+        }
+    }
+}
+
+#[test]
+fn flow_refuses_a_port_that_is_not_listened_on() {
+    let (control, _) = flow_control(&["10.0.0.1:8443", "10.0.0.1:8444"]);
+    let answer = control.flow_worker("10.0.0.2:40000=10.0.0.1:9999");
+    assert_eq!(
+        answer,
+        Err("port 9999 is not a net.listen port: XDP does not steer it".to_string())
+    );
 }

@@ -109,12 +109,30 @@ impl ConfigValue for RemoteSecret {
 /// client-name round trips at connect).
 fn connection_info(url: &str) -> Result<redis::ConnectionInfo, String> {
     use redis::IntoConnectionInfo;
-    let info = url
+    let info = hash_in_userinfo_encoded(url)
+        .as_ref()
         .into_connection_info()
         .map_err(|e| format!("{}: {e}", redact(url)))?;
     let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
     let settings = info.redis_settings().clone().set_skip_set_lib_name();
     Ok(info.set_tcp_settings(tcp).set_redis_settings(settings))
+}
+
+/// `url` with each `#` of its user and password written `%23`: a URL
+/// parser would take a `#` for the start of a fragment (a Redis URL has
+/// none), and the client decodes `%23` back, so `redis://:pa#ss@h:6379`
+/// authenticates with `pa#ss`.
+fn hash_in_userinfo_encoded(url: &str) -> std::borrow::Cow<'_, str> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    match url.rfind('@') {
+        Some(at) if at > start && url[start..at].contains('#') => std::borrow::Cow::Owned(format!(
+            "{}{}{}",
+            &url[..start],
+            url[start..at].replace('#', "%23"),
+            &url[at..]
+        )),
+        _ => std::borrow::Cow::Borrowed(url),
+    }
 }
 
 /// The seed nodes of a `redis+cluster://` URL, each as a `redis://` one (the
@@ -461,6 +479,17 @@ impl PerWorkerCounters for RemoteStore {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn a_hash_in_the_password_reaches_redis_as_it_was_written() {
+        for url in ["redis://:pa#ss@127.0.0.1:6379", "redis://app:pa#ss@127.0.0.1:6379/1"] {
+            let info = connection_info(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(info.redis_settings().password(), Some("pa#ss"), "{url}");
+        }
+        let nodes = cluster_nodes("redis+cluster://:pa#ss@127.0.0.1:7000,127.0.0.1:7001")
+            .expect("cluster URL");
+        assert!(nodes.iter().all(|n| n.redis_settings().password() == Some("pa#ss")));
+    }
 
     #[test]
     fn config_values_parse_and_render() {

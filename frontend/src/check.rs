@@ -1,0 +1,208 @@
+//! `tlsfront check`: reads and verifies everything `run` would (the config,
+//! certificates and their keys, CA and secret files, the shared paths, the
+//! user to become) without binding a port, opening a shared file or
+//! talking to Redis, and names every problem, not only the first.
+
+use std::path::Path;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::{Config, ConfigError, KeySourceSpec, Loaded, Steering, Tls13Mode};
+use crate::tickets::KeySource;
+use crate::tls::{self, TlsError};
+
+/// Checks the configuration `file` + `overrides` would give `run`. `Ok`: a
+/// one-line summary; `Err`: every problem, located at the file's line or
+/// the `-o` that set the key to blame where there is one.
+pub fn check(file: Option<&Path>, overrides: &[String]) -> Result<String, Vec<ConfigError>> {
+    let mut loaded = Loaded::read(file, overrides);
+    let certificates = check_certificates(&mut loaded);
+    check_files(&mut loaded);
+    check_paths(&mut loaded);
+    check_system(&mut loaded);
+    if !loaded.problems.is_empty() {
+        return Err(loaded.problems);
+    }
+    let c = &loaded.config;
+    let source = match file {
+        Some(p) => p.display().to_string(),
+        None => "built-in defaults".to_string(),
+    };
+    Ok(format!(
+        "{source}: OK: {} keys set, {certificates} certificate(s) ({} by SNI), listen {}, upstream {}",
+        loaded.origins.len(),
+        c.sni.len(),
+        crate::config::ConfigValue::render(&c.listen),
+        crate::config::ConfigValue::render(&c.upstream),
+    ))
+}
+
+/// Loads every certificate with its key, as `run` would; a failure is
+/// blamed on the `.cert` key when the certificate is unreadable, else on
+/// the `.key` key (an unreadable key, or one of another certificate).
+/// Returns how many pairs loaded.
+fn check_certificates(loaded: &mut Loaded) -> usize {
+    let provider = tls::provider();
+    let c = &loaded.config;
+    let mut pairs = Vec::new();
+    if let (Some(cert), Some(key)) = (&c.cert.0, &c.key.0) {
+        pairs.push(("tls.cert".to_string(), "tls.key".to_string(), cert.clone(), key.clone()));
+    }
+    for (name, sni) in &c.sni {
+        if let (Some(cert), Some(key)) = (&sni.cert, &sni.key) {
+            pairs.push((
+                format!("tls.sni.{name}.cert"),
+                format!("tls.sni.{name}.key"),
+                cert.clone(),
+                key.clone(),
+            ));
+        }
+    }
+    let mut good = 0;
+    for (cert_key, key_key, cert, key) in pairs {
+        match tls::load_certified_key(&cert, &key, &provider) {
+            Ok(_) => good += 1,
+            Err(e) => {
+                let blame = match e {
+                    TlsError::Pem {
+                        what: "certificate",
+                        ..
+                    } => &cert_key,
+                    _ => &key_key,
+                };
+                let problem = loaded.locate(blame, e.to_string());
+                loaded.problems.push(problem);
+            }
+        }
+    }
+    good
+}
+
+/// The CA file of `cache.remote.ca` and the secrets of
+/// `tickets.key_source` and `cache.remote.secret`, read as `run` reads them.
+fn check_files(loaded: &mut Loaded) {
+    let c = &loaded.config;
+    let mut found: Vec<(&str, String)> = Vec::new();
+    if let Some(ca) = &c.cache_remote_ca.0 {
+        if let Err(reason) = read_ca(ca) {
+            found.push(("cache.remote.ca", reason));
+        }
+    }
+    let ring_used = c.tickets_enabled && c.tls13_mode == Tls13Mode::Stateless;
+    if let (true, KeySourceSpec::File(path)) = (ring_used, &c.ticket_source) {
+        if let Err(e) = KeySource::from_file(path) {
+            found.push(("tickets.key_source", e.to_string()));
+        }
+    }
+    if let Some(path) = &c.cache_remote_secret.0 {
+        if let Err(reason) = crate::session_cache::remote::seal::Keys::from_file(path) {
+            found.push(("cache.remote.secret", reason));
+        }
+    }
+    for (key, reason) in found {
+        let problem = loaded.locate(key, reason);
+        loaded.problems.push(problem);
+    }
+}
+
+/// At least one PEM certificate in `path`.
+fn read_ca(path: &Path) -> Result<(), String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e:?}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no CERTIFICATE block found", path.display()));
+    }
+    Ok(())
+}
+
+/// The shared files `run` would make or reuse: each must be writable if it
+/// exists, else its directory must be (or, for the private directory of
+/// the `auto` paths that `run` makes, the directory that would hold it).
+fn check_paths(loaded: &mut Loaded) {
+    let c = &loaded.config;
+    let mut paths = vec![("control.socket", c.control_socket_path())];
+    if c.cache_enabled {
+        paths.push(("cache.path", c.cache_path()));
+    }
+    if c.tickets_enabled && c.tls13_mode == Tls13Mode::Stateless {
+        paths.push(("tickets.path", c.tickets_path()));
+    }
+    let runtime_dir = c.runtime_dir();
+    let mut found = Vec::new();
+    for (key, path) in paths {
+        if let Err(reason) = writable(&path, &runtime_dir) {
+            found.push((key, format!("{}: {reason}", path.display())));
+        }
+    }
+    for (key, reason) in found {
+        let problem = loaded.locate(key, reason);
+        loaded.problems.push(problem);
+    }
+}
+
+/// Whether `path` can be written or made, without making anything.
+fn writable(path: &Path, runtime_dir: &Path) -> Result<(), String> {
+    use nix::unistd::{access, AccessFlags};
+    if path.exists() {
+        return access(path, AccessFlags::W_OK).map_err(|e| format!("not writable: {e}"));
+    }
+    let dir = match path.parent() {
+        Some(d) if d.as_os_str().is_empty() => Path::new("."),
+        Some(d) => d,
+        None => return Err("has no directory".to_string()),
+    };
+    // `run` makes the private directory itself, in its parent.
+    let dir = match (dir == runtime_dir && !dir.exists(), dir.parent()) {
+        (true, Some(parent)) => parent,
+        _ => dir,
+    };
+    if !dir.is_dir() {
+        return Err(format!("directory {} does not exist", dir.display()));
+    }
+    access(dir, AccessFlags::W_OK | AccessFlags::X_OK)
+        .map_err(|e| format!("directory {} is not writable: {e}", dir.display()))
+}
+
+/// What the system must have: `process.user`, the XDP interface.
+fn check_system(loaded: &mut Loaded) {
+    let c: &Config = &loaded.config;
+    let mut found = Vec::new();
+    if let Some(user) = &c.process_user.0 {
+        match nix::unistd::User::from_name(user) {
+            Ok(Some(_)) => {}
+            Ok(None) => found.push(("process.user", format!("no such user {user:?}"))),
+            Err(e) => found.push(("process.user", format!("looking up {user:?}: {e}"))),
+        }
+    }
+    if let (Steering::Xdp, Some(interface)) = (c.steering, &c.xdp_interface.0) {
+        if !Path::new("/sys/class/net").join(interface).exists() {
+            found.push(("net.xdp.interface", format!("no interface {interface:?}")));
+        }
+    }
+    for (key, reason) in found {
+        let problem = loaded.locate(key, reason);
+        loaded.problems.push(problem);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_directory_of_a_shared_file_is_named() {
+        let reason = writable(Path::new("/nonexistent-dir/x.cache"), Path::new("/dev/shm/t"))
+            .expect_err("no directory");
+        assert!(reason.contains("/nonexistent-dir"), "{reason}");
+    }
+
+    #[test]
+    fn the_private_directory_run_would_make_is_not_required_to_exist() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let private = dir.path().join("tlsfront-0");
+        writable(&private.join("8443.cache"), &private).expect("its parent is writable");
+        assert!(!private.exists(), "check made the directory");
+    }
+}
