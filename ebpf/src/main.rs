@@ -2,9 +2,10 @@
 //! `frontend/build.rs` (aya-build, nightly toolchain, bpf-linker).
 //!
 //! - `tlsfront_xdp` (XDP): parses the frame with `tlsfront_shared::parse`;
-//!   a TCP segment to a port in `PORTS` is hashed (`tlsfront_shared::flow_hash`)
-//!   onto a worker slot, and moved to that worker's CPU through `CPUMAP`
-//!   (left in place when it already runs there). Everything else passes.
+//!   a TCP segment to a port in `PORTS` is hashed (`tlsfront_shared::worker_slot`,
+//!   SipHash-1-3 of the 4-tuple keyed by `FLOW_KEY`) onto a worker slot, and
+//!   moved to that worker's CPU through `CPUMAP` (left in place when it
+//!   already runs there). Everything else passes.
 //! - `tlsfront_reuseport` (SK_REUSEPORT): selects `SOCKETS[current CPU]`,
 //!   the listener of the worker pinned to this CPU; with no listener for
 //!   this CPU it selects nothing and the kernel's hash chooses.
@@ -21,8 +22,8 @@ use aya_ebpf::{
     programs::{SkReuseportContext, XdpContext},
 };
 use tlsfront_shared::{
-    flow_hash, parse, Packet, Parsed, SteeringStats, CONFIG_LEN, CONFIG_WORKERS, DEFAULT_MAX_CPUS,
-    MAX_WORKERS,
+    parse, worker_slot, FlowHashKey, Packet, Parsed, SteeringStats, CONFIG_LEN, CONFIG_WORKERS,
+    DEFAULT_MAX_CPUS, MAX_WORKERS,
 };
 
 /// Destination ports (host byte order) whose TCP segments are steered.
@@ -44,6 +45,15 @@ static CPUMAP: CpuMap = CpuMap::with_max_entries(DEFAULT_MAX_CPUS, 0);
 /// CPU id → listener of the worker pinned to that CPU.
 #[map(name = "SOCKETS")]
 static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(DEFAULT_MAX_CPUS, 0);
+
+/// The key of the flow hash (one entry), random per start.
+#[map(name = "FLOW_KEY")]
+static FLOW_KEY: Array<FlowHashKey> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counters of steered segments, by worker slot: one counter for
+/// every possible worker, whatever CPU ids the workers have.
+#[map(name = "STEERED")]
+static STEERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_WORKERS, 0);
 
 /// Per-CPU counters (one entry).
 #[map(name = "STATS")]
@@ -114,14 +124,22 @@ pub fn tlsfront_xdp(ctx: XdpContext) -> u32 {
         stats.xdp_passed += 1;
         return xdp_action::XDP_PASS;
     }
-    let slot = flow_hash(&key) % workers;
+    let Some(hash_key) = FLOW_KEY.get(0) else {
+        stats.xdp_passed += 1;
+        return xdp_action::XDP_PASS;
+    };
+    let Some(slot) = worker_slot(&key, hash_key, workers) else {
+        stats.xdp_passed += 1;
+        return xdp_action::XDP_PASS;
+    };
     let Some(&cpu) = CPUS.get(slot) else {
         stats.xdp_passed += 1;
         return xdp_action::XDP_PASS;
     };
-    match stats.xdp_redirected.get_mut(cpu as usize) {
-        Some(n) => *n += 1,
-        None => stats.xdp_redirected_other += 1,
+    if let Some(n) = STEERED.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU array value, reachable only from this CPU and
+        // not shared with a concurrently running program (see `stats`).
+        unsafe { *n += 1 };
     }
     // SAFETY: bpf_get_smp_processor_id has no preconditions.
     let here = unsafe { bpf_get_smp_processor_id() };

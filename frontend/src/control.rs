@@ -5,7 +5,12 @@
 //! - `stats`: the counters as JSON ([`crate::metrics::Stats::to_json`]);
 //! - `sysctl`: the running configuration, one `key = value` per line;
 //! - `set KEY=VALUE...`: changes live keys on every worker at once;
-//! - `reload`: re-reads the config file and certificates.
+//! - `reload`: re-reads the config file and certificates;
+//! - `xdp-link IFNAME PID`: from a `--takeover` successor (pid PID): the
+//!   answer carries this process's XDP link on IFNAME as a descriptor
+//!   ([`crate::steering::XdpLink::hand_over`]);
+//! - `flow CLIENT_IP:PORT[=SERVER_IP]`: the worker the XDP program sends
+//!   that client's connection to ([`SteeringControl::flow_worker`]).
 //!
 //! An answer that starts with `error: ` is a refusal, with the reason.
 //!
@@ -35,6 +40,7 @@ use crate::config::{Change, Config, KeySourceSpec, LogLevel, KEYS};
 use crate::upstream_pool::Pools;
 use crate::metrics::Stats;
 use crate::session_cache::SessionCache;
+use crate::steering::{SteeringControl, XDP_LINK_COMMAND};
 use crate::tickets::{KeySource, TicketKeyRing};
 
 /// Why the control socket could not be served or queried.
@@ -92,6 +98,7 @@ pub fn serve(
     stats: Arc<Stats>,
     live: Arc<Live>,
     takeover: bool,
+    steering: Arc<SteeringControl>,
 ) -> Result<ControlSocket, ControlError> {
     use std::os::unix::fs::MetadataExt;
     if path.exists() {
@@ -113,7 +120,7 @@ pub fn serve(
         .name("tlsfront-control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &stats, &live) {
+                if let Err(e) = answer(stream, &stats, &live, &steering) {
                     debug!("control socket {}: {e}", owned.display());
                 }
             }
@@ -125,7 +132,12 @@ pub fn serve(
     })
 }
 
-fn answer(stream: UnixStream, stats: &Stats, live: &Live) -> io::Result<()> {
+fn answer(
+    stream: UnixStream,
+    stats: &Stats,
+    live: &Live,
+    steering: &SteeringControl,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(stream.try_clone()?)
@@ -149,7 +161,18 @@ fn answer(stream: UnixStream, stats: &Stats, live: &Live) -> io::Result<()> {
             Ok(summary) => summary,
             Err(e) => format!("error: {e}"),
         },
-        other => format!("error: unknown command {other:?} (stats, sysctl, set, reload)"),
+        "flow" => match steering.flow_worker(args) {
+            Ok(answer) => answer,
+            Err(e) => format!("error: {e}"),
+        },
+        XDP_LINK_COMMAND => match steering.xdp_link() {
+            Some(link) => {
+                link.hand_over(&stream, args)?;
+                return stream.shutdown(std::net::Shutdown::Write);
+            }
+            None => "error: no XDP link here (net.steering is not xdp, or it fell back)".into(),
+        },
+        other => format!("error: unknown command {other:?} (stats, sysctl, set, reload, flow)"),
     };
     let mut stream = stream;
     stream.write_all(reply.as_bytes())?;

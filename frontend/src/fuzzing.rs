@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use tlsfront_shared::{
-    flow_hash, parse, worker_slot, FlowKey, Parsed, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP,
-    ETH_P_IPV6, IPPROTO_TCP, IPV6_EXT_DSTOPTS, IPV6_EXT_HOPOPTS, IPV6_EXT_ROUTING, IPV6_MAX_EXT,
+    flow_hash, parse, worker_slot, FlowHashKey, FlowKey, Parsed, ETH_HLEN, ETH_P_8021AD,
+    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPV6_EXT_DSTOPTS, IPV6_EXT_HOPOPTS,
+    IPV6_EXT_ROUTING, IPV6_MAX_EXT,
 };
 
 use crate::config::Config;
@@ -291,13 +292,19 @@ pub fn packet(data: &[u8]) {
     }
     if let Parsed::Tcp(key) = parsed {
         let copy = key;
-        assert_eq!(flow_hash(&key), flow_hash(&copy));
+        // The key from the input's last 16 bytes (zero-padded).
+        let mut key_bytes = [0u8; 16];
+        for (b, d) in key_bytes.iter_mut().zip(data.iter().rev()) {
+            *b = *d;
+        }
+        let hk = FlowHashKey::from_bytes(key_bytes);
+        assert_eq!(flow_hash(&key, &hk), flow_hash(&copy, &hk));
         let workers = u32::from(data.first().copied().unwrap_or(0));
-        match worker_slot(&key, workers) {
+        match worker_slot(&key, &hk, workers) {
             None => assert_eq!(workers, 0),
             Some(slot) => {
                 assert!(slot < workers, "slot {slot} of {workers} workers");
-                assert_eq!(slot, flow_hash(&key) % workers);
+                assert_eq!(u64::from(slot), flow_hash(&key, &hk) % u64::from(workers));
             }
         }
     }

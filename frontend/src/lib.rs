@@ -10,9 +10,10 @@
 //!
 //! `unsafe` is denied everywhere but in [`shm`] (the one shared-memory
 //! primitive), [`uring`] (the io_uring driver: memory the kernel reads and
-//! writes after the call that submitted it) and [`steering`] (the eBPF map
-//! ABI: `Pod` for a value type the kernel reads); each block states its
-//! soundness invariant above it.
+//! writes after the call that submitted it) and [`steering`] (the eBPF ABI:
+//! `Pod` for a value type the kernel reads, the bpf(2) link commands, the
+//! descriptor received with SCM_RIGHTS); each block states its soundness
+//! invariant above it.
 #![deny(unsafe_code)]
 
 pub mod check;

@@ -28,6 +28,9 @@ usage:
   tlsfront sysctl [--socket PATH] -w KEY=VALUE...  change live keys of the running process
   tlsfront reload [-c FILE] [--socket PATH]        re-read config and certificates (as SIGHUP)
   tlsfront stats  [-c FILE] [--socket PATH] [--json]  counters of the running process
+  tlsfront stats  [-c FILE] [--socket PATH] --flow CLIENT_IP:PORT[=SERVER_IP[:PORT]]
+                                                   the worker net.steering = xdp sends that
+                                                   client's connection to
   tlsfront --version
   tlsfront COMMAND --help
 
@@ -66,7 +69,7 @@ const COMMANDS: &[CommandSpec] = &[
         name: "run",
         synopsis: "tlsfront run [-c FILE] [-o KEY=VALUE]... [--takeover]",
         about: "Start the frontend.",
-        options: "  --takeover          share the port with a running tlsfront and take over from it\n                      (an upgrade, see scripts/upgrade.sh)",
+        options: "  --takeover          share the port with a running tlsfront and take over from it\n                      (an upgrade, see scripts/upgrade.sh; with net.steering = xdp,\n                      its XDP link too)",
         flags: &["takeover"],
         shorts: &[],
         positional: false,
@@ -100,10 +103,10 @@ const COMMANDS: &[CommandSpec] = &[
     },
     CommandSpec {
         name: "stats",
-        synopsis: "tlsfront stats [-c FILE] [-o KEY=VALUE]... [--socket PATH] [--json]",
-        about: "Print the counters of the running process.",
-        options: "  --socket PATH       the running process's control socket\n  --json              as JSON",
-        flags: &["socket", "json"],
+        synopsis: "tlsfront stats [-c FILE] [-o KEY=VALUE]... [--socket PATH] [--json | --flow CLIENT_IP:PORT[=SERVER_IP[:PORT]]]",
+        about: "Print the counters of the running process, or (--flow) the worker net.steering = xdp\nsends that client's connection to (the server address defaults to the first\nnet.listen address; another port must be a net.listen port).",
+        options: "  --socket PATH       the running process's control socket\n  --json              as JSON\n  --flow CLIENT_IP:PORT[=SERVER_IP[:PORT]]\n                      the worker of that connection, from the running process's hash key",
+        flags: &["socket", "json", "flow"],
         shorts: &[],
         positional: false,
     },
@@ -130,6 +133,7 @@ struct Args {
     json: bool,
     takeover: bool,
     socket: Option<PathBuf>,
+    flow: Option<String>,
     keys: Vec<String>,
 }
 
@@ -168,6 +172,7 @@ fn parse_args(raw: Vec<std::ffi::OsString>) -> Result<Parsed, String> {
         json: false,
         takeover: false,
         socket: None,
+        flow: None,
         keys: Vec::new(),
     };
     let err = |e: lexopt::Error| format!("{}: {e}", spec.name);
@@ -192,6 +197,7 @@ fn parse_args(raw: Vec<std::ffi::OsString>) -> Result<Parsed, String> {
             Long("json") => args.json = true,
             Long("takeover") => args.takeover = true,
             Long("socket") => args.socket = Some(parser.value().map_err(err)?.into()),
+            Long("flow") => args.flow = Some(parser.value().map_err(err)?.string().map_err(err)?),
             Value(v) => args.keys.push(v.string().map_err(err)?),
             other => return Err(err(other.unexpected())),
         }
@@ -326,6 +332,12 @@ fn sysctl(config: &Config, args: &Args) -> Result<(), String> {
 }
 
 fn stats(config: &Config, args: &Args) -> Result<(), String> {
+    if let Some(flow) = &args.flow {
+        let reply = control::query(&control_socket(config, args), &format!("flow {flow}"))
+            .map_err(|e| e.to_string())?;
+        print!("{reply}");
+        return Ok(());
+    }
     let json = control::query_stats(&control_socket(config, args)).map_err(|e| e.to_string())?;
     if args.json {
         println!("{json}");
@@ -507,7 +519,15 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         .map_err(|e| format!("duplicating a listening socket: {e}"))?;
     let cpus = worker::plan_cpus(count, config.pin_cpus);
     // Kept until run() returns: dropping it removes XDP and SK_REUSEPORT.
-    let steering_handle = tlsfront::steering::setup(&config, &by_address, &cpus)?;
+    // An upgrade takes the XDP link over from the process answering on the
+    // control socket (before this one replaces the socket).
+    let socket = config.control_socket_path();
+    let steering_handle = tlsfront::steering::setup(
+        &config,
+        &by_address,
+        &cpus,
+        args.takeover.then_some(socket.as_path()),
+    )?;
     let steering = steering_handle.description().to_string();
     let mut sources: Vec<Arc<dyn PerWorkerCounters>> = Vec::new();
     sources.extend(steering_handle.counters());
@@ -529,12 +549,12 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
     )
     .map_err(|e| format!("upstream.addr: {e}"))?);
     let upstream_addr = live.builtin_upstream();
-    let socket = config.control_socket_path();
     let control_socket = control::serve(
         &socket,
         Arc::clone(&stats),
         Arc::clone(&live),
         args.takeover,
+        steering_handle.control(),
     )
     .map_err(|e| e.to_string())?;
     handle_signals(Arc::clone(&live), shutters)?;

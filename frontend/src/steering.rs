@@ -6,10 +6,12 @@
 //!   that processes the SYN; with no listener for that CPU the kernel's hash
 //!   chooses.
 //! - `xdp`: the XDP program `tlsfront_xdp` on `net.xdp.interface` hashes
-//!   each TCP segment to the listening port (`tlsfront_shared::flow_hash`
-//!   of its 4-tuple) onto a worker and moves it to that worker's CPU through
-//!   a CPUMAP; the kernel's TCP processing, and so the `reuseport` program,
-//!   then run on that CPU, and the connection lands on that worker.
+//!   each TCP segment to the listening port (`tlsfront_shared::worker_slot`:
+//!   SipHash-1-3 of its whole 4-tuple, keyed by 128 random bits drawn at
+//!   each start and written into the `FLOW_KEY` map) onto a worker and moves
+//!   it to that worker's CPU through a CPUMAP; the kernel's TCP processing,
+//!   and so the `reuseport` program, then run on that CPU, and the
+//!   connection lands on that worker.
 //!
 //! [`setup`] loads the object embedded at build time, fills the maps,
 //! attaches, and falls back as `net.steering.fallback` says when that is
@@ -19,22 +21,32 @@
 //! SK_REUSEPORT program then selects nothing, i.e. the kernel's hash; it
 //! goes away with the listeners). The XDP attachment is a bpf_link owned by
 //! this process, so the kernel also removes it when the process dies
-//! without unwinding (SIGKILL).
+//! without unwinding (SIGKILL). A `--takeover` successor is handed that
+//! link over the control socket and swaps its program in ([`XdpLink`]):
+//! the link then stays with the successor, without a moment without XDP.
 
 use std::collections::BTreeSet;
 use std::error::Error as StdError;
 use std::io;
-use std::net::TcpListener;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
 use aya::maps::{Array, CpuMap, HashMap, MapData, PerCpuArray, ReusePortSockArray};
-use aya::programs::{SkReuseport, Xdp, XdpMode as AyaXdpMode};
+use std::os::fd::AsFd as _;
+use std::path::Path;
+
+use aya::programs::{SkReuseport, Xdp};
 use aya::{Ebpf, EbpfLoader, Pod};
-use tlsfront_shared::{names, SteeringStats, CONFIG_WORKERS, MAX_WORKERS, STATS_CPUS};
+use tlsfront_shared::{
+    names, worker_slot, FlowHashKey, FlowKey, SteeringStats, CONFIG_WORKERS, MAX_WORKERS,
+};
 use tracing::{info, warn};
 
 use crate::config::{Config, Steering as Mode, SteeringFallback, XdpMode};
 use crate::metrics::PerWorkerCounters;
+
+mod xdp_link;
+pub use xdp_link::{XdpLink, COMMAND as XDP_LINK_COMMAND};
 
 /// The eBPF object built by `build.rs` (empty when built with
 /// `AYA_BUILD_SKIP=1`).
@@ -60,7 +72,11 @@ pub struct Steering {
     description: String,
     /// Programs and maps; `None` for `none`.
     ebpf: Option<Ebpf>,
-    xdp_link: Option<(aya::programs::xdp::XdpLinkId, String)>,
+    /// The XDP bpf_link (shared with the control socket, which may hand it
+    /// to a successor).
+    xdp_link: Option<Arc<XdpLink>>,
+    /// The flow hash in effect (xdp only).
+    flow: Option<FlowWorkers>,
     /// CPU ids registered in `SOCKETS`.
     registered: Vec<u32>,
     counters: Option<Arc<SteeringCounters>>,
@@ -99,22 +115,33 @@ impl Steering {
             .map(|c| Arc::clone(c) as Arc<dyn PerWorkerCounters>)
     }
 
-    /// Removes the XDP program from its interface now (also done on drop).
-    pub fn detach_xdp(&mut self) -> Result<(), String> {
-        let Some((link, interface)) = self.xdp_link.take() else {
-            return Ok(());
+    /// What the control socket needs: the XDP link (to hand to a
+    /// `--takeover` successor) and the flow hash (to answer which worker a
+    /// client's connection goes to).
+    pub fn control(&self) -> Arc<SteeringControl> {
+        Arc::new(SteeringControl {
+            xdp_link: self.xdp_link.clone(),
+            flow: self.flow.clone(),
+        })
+    }
+
+    /// Closes this process's XDP link now (also done on drop): the program
+    /// leaves the interface, unless the link was handed to a successor,
+    /// which then keeps it.
+    pub fn detach_xdp(&mut self) {
+        let Some(link) = self.xdp_link.take() else {
+            return;
         };
-        let program = self
-            .ebpf
-            .as_mut()
-            .and_then(|e| e.program_mut(names::XDP_PROGRAM))
-            .ok_or("the XDP program is gone")?;
-        let program: &mut Xdp = program.try_into().map_err(|e| explain(&e))?;
-        program
-            .detach(link)
-            .map_err(|e| format!("removing XDP from {interface}: {}", explain(&e)))?;
-        info!("steering: XDP program removed from {interface}");
-        Ok(())
+        if !link.detach() {
+            return;
+        }
+        match link.handed_to() {
+            Some(pid) => info!(
+                "steering: XDP link on {} left to pid {pid}, which took it over",
+                link.interface()
+            ),
+            None => info!("steering: XDP program removed from {}", link.interface()),
+        }
     }
 
     fn none(description: String) -> Steering {
@@ -123,6 +150,7 @@ impl Steering {
             description,
             ebpf: None,
             xdp_link: None,
+            flow: None,
             registered: Vec::new(),
             counters: None,
             others: Vec::new(),
@@ -132,9 +160,7 @@ impl Steering {
 
 impl Drop for Steering {
     fn drop(&mut self) {
-        if let Err(e) = self.detach_xdp() {
-            warn!("steering: {e}");
-        }
+        self.detach_xdp();
         if let Some(map) = self.ebpf.as_mut().and_then(|e| e.map_mut(names::SOCKETS)) {
             if let Ok(mut sockets) = ReusePortSockArray::try_from(map) {
                 for cpu in self.registered.drain(..) {
@@ -165,22 +191,103 @@ pub fn remove_xdp(interface: &str) -> Result<(), String> {
     }
 }
 
+/// The steering's part of the control socket (see [`Steering::control`]).
+pub struct SteeringControl {
+    xdp_link: Option<Arc<XdpLink>>,
+    flow: Option<FlowWorkers>,
+}
+
+impl SteeringControl {
+    /// The XDP link, if XDP is attached.
+    pub fn xdp_link(&self) -> Option<&XdpLink> {
+        self.xdp_link.as_deref()
+    }
+
+    /// Answers `flow CLIENT_IP:PORT[=SERVER_IP[:PORT]]`: the worker (and
+    /// its CPU) the XDP program sends that client's connection to, computed
+    /// with this start's key, which never leaves the process. The server
+    /// address defaults to the first `net.listen` address, its port to that
+    /// address's port; another port must be one of `net.listen`'s.
+    pub fn flow_worker(&self, args: &str) -> Result<String, String> {
+        let flow = self
+            .flow
+            .as_ref()
+            .ok_or("no flow hash here (net.steering is not xdp, or it fell back)")?;
+        let (client, server) = match args.trim().split_once('=') {
+            Some((c, s)) => (c, Some(s)),
+            None => (args.trim(), None),
+        };
+        let client: SocketAddr = client
+            .parse()
+            .map_err(|_| format!("{client:?} is not CLIENT_IP:PORT"))?;
+        let first = flow
+            .listen
+            .first()
+            .copied()
+            .ok_or("no net.listen address")?;
+        let server: SocketAddr = match server {
+            Some(s) => match (s.parse::<SocketAddr>(), s.parse::<IpAddr>()) {
+                (Ok(addr), _) => addr,
+                (_, Ok(ip)) => SocketAddr::new(ip, first.port()),
+                _ => return Err(format!("{s:?} is not SERVER_IP or SERVER_IP:PORT")),
+            },
+            None if first.ip().is_unspecified() => {
+                return Err(format!(
+                    "net.listen is {first}: give the server address, CLIENT_IP:PORT=SERVER_IP"
+                ))
+            }
+            None => first,
+        };
+        if !flow.listen.iter().any(|a| a.port() == server.port()) {
+            return Err(format!(
+                "port {} is not a net.listen port: XDP does not steer it",
+                server.port()
+            ));
+        }
+        let octets = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
+        };
+        let key = FlowKey::v6(
+            octets(client.ip()),
+            octets(server.ip()),
+            client.port(),
+            server.port(),
+        );
+        let workers = u32::try_from(flow.cpus.len()).map_err(|_| "too many workers")?;
+        let slot = worker_slot(&key, &flow.key, workers).ok_or("no workers")?;
+        let cpu = flow.cpus.get(slot as usize).ok_or("no such worker")?;
+        Ok(format!("{client} -> {server}: worker {slot} cpu {cpu}\n"))
+    }
+}
+
+/// The flow hash in effect: key, worker CPUs, and the steered addresses
+/// (`net.listen`).
+#[derive(Clone)]
+struct FlowWorkers {
+    key: FlowHashKey,
+    cpus: Vec<u32>,
+    listen: Vec<SocketAddr>,
+}
+
 const NONE_TEXT: &str = "kernel SO_REUSEPORT hash over the workers' listeners";
 const REUSEPORT_TEXT: &str = "SK_REUSEPORT: the listener of the worker on the receiving CPU";
 
 /// Sets up `config.steering` for `groups` (one per `net.listen` address,
 /// worker n's socket at index n) whose workers run on `cpus` (worker n on
 /// `cpus[n]`), with `net.steering.fallback` when that is impossible. `Err`
-/// only when the fallback is `fail`.
+/// only when the fallback is `fail`. `takeover`: the control socket of the
+/// process this one replaces (`--takeover`), whose XDP link is taken over.
 pub fn setup(
     config: &Config,
     groups: &[Vec<TcpListener>],
     cpus: &[Option<usize>],
+    takeover: Option<&Path>,
 ) -> Result<Steering, String> {
     let fallback = config.steering_fallback;
     let mut failed: Vec<String> = Vec::new();
     if config.steering == Mode::Xdp {
-        match setup_groups(config, groups, cpus, true) {
+        match setup_groups(config, groups, cpus, Some(takeover)) {
             Ok(s) => return Ok(s),
             Err(e) => {
                 let msg = format!("net.steering = xdp is not possible: {e}");
@@ -195,7 +302,7 @@ pub fn setup(
     let try_reuseport = config.steering == Mode::Reuseport
         || (config.steering == Mode::Xdp && fallback == SteeringFallback::Reuseport);
     if try_reuseport {
-        match setup_groups(config, groups, cpus, false) {
+        match setup_groups(config, groups, cpus, None) {
             Ok(mut s) => {
                 if !failed.is_empty() {
                     s.description = format!("{} (fallback; {})", s.description, failed.join("; "));
@@ -234,23 +341,34 @@ impl RenderName for SteeringFallback {
     }
 }
 
-/// [`setup_ebpf`] for the first group (with XDP when `xdp`: the XDP
-/// program steers every port of `net.listen`), then `reuseport` for each
-/// other group, all or nothing.
+/// [`setup_ebpf`] for the first group (with XDP when `xdp` is
+/// `Some(takeover)`: the one XDP program, with the one flow hash key,
+/// steers every port of `net.listen`, and a takeover hands over its link),
+/// then `reuseport` for each other group, all or nothing. The other
+/// objects' SK_REUSEPORT programs select by the receiving CPU, not by the
+/// hash (XDP has moved the segment to the worker's CPU already), so one
+/// key decides the worker on every address.
 fn setup_groups(
     config: &Config,
     groups: &[Vec<TcpListener>],
     cpus: &[Option<usize>],
-    xdp: bool,
+    xdp: Option<Option<&Path>>,
 ) -> Result<Steering, String> {
     let (first, rest) = groups.split_first().ok_or("no listeners")?;
     let mut steering = setup_ebpf(config, first, cpus, xdp)?;
+    let key = steering.flow.as_ref().map(|f| f.key);
     for (i, group) in rest.iter().enumerate() {
         let addr = config.listen.0.get(i + 1).copied();
-        let mut other = setup_ebpf(config, group, cpus, false).map_err(|e| match addr {
+        let mut other = setup_ebpf(config, group, cpus, None).map_err(|e| match addr {
             Some(a) => format!("net.listen {a}: {e}"),
             None => e,
         })?;
+        if let (Some(key), Some(ebpf)) = (&key, other.ebpf.as_mut()) {
+            // Unused by its SK_REUSEPORT program, but every object of this
+            // process then holds the one key in effect: whoever reads a
+            // FLOW_KEY map of it (tests, bpftool) reads the XDP program's.
+            write_flow_key(ebpf, key)?;
+        }
         let theirs = other.counters.take();
         if let (Some(mine), Some(theirs)) = (&steering.counters, theirs) {
             if let (Ok(mut mine), Ok(mut theirs)) = (mine.maps.lock(), theirs.maps.lock()) {
@@ -269,12 +387,13 @@ fn setup_groups(
     Ok(steering)
 }
 
-/// Loads the object and sets up `reuseport`, and XDP too when `xdp`.
+/// Loads the object and sets up `reuseport`, and XDP too when `xdp` is
+/// `Some(takeover)` (see [`setup`]).
 fn setup_ebpf(
     config: &Config,
     listeners: &[TcpListener],
     cpus: &[Option<usize>],
-    xdp: bool,
+    xdp: Option<Option<&Path>>,
 ) -> Result<Steering, String> {
     if EBPF_OBJECT.is_empty() {
         return Err(
@@ -302,11 +421,7 @@ fn setup_ebpf(
         return Err(format!("CPU {too_big} is not a possible CPU"));
     }
 
-    let ebpf = EbpfLoader::new()
-        .map_max_entries(names::CPUMAP, possible)
-        .map_max_entries(names::SOCKETS, possible)
-        .load(EBPF_OBJECT)
-        .map_err(|e| format!("loading the eBPF object: {}", explain(&e)))?;
+    let ebpf = load_object(possible)?;
 
     // From here on `steering` owns the object: when a later step fails,
     // dropping it undoes the earlier ones (XDP link, SOCKETS entries; a
@@ -317,6 +432,7 @@ fn setup_ebpf(
         description: format!("reuseport ({REUSEPORT_TEXT})"),
         ebpf: Some(ebpf),
         xdp_link: None,
+        flow: None,
         registered: Vec::new(),
         counters: None,
         others: Vec::new(),
@@ -330,24 +446,19 @@ fn setup_ebpf(
     program
         .load()
         .map_err(|e| format!("loading the SK_REUSEPORT program: {}", explain(&e)))?;
-    let stats_map = ebpf
-        .take_map(names::STATS)
-        .ok_or("the eBPF object has no STATS map")?;
-    let stats_map: PerCpuArray<MapData, StatsValue> =
-        PerCpuArray::try_from(stats_map).map_err(|e| explain(&e))?;
-    steering.counters = Some(Arc::new(SteeringCounters {
-        maps: Mutex::new(vec![stats_map]),
-        cpus: worker_cpus.clone(),
-    }));
+    steering.counters = Some(Arc::new(SteeringCounters::take(ebpf, worker_cpus.clone())?));
 
-    if xdp {
+    if let Some(takeover) = xdp {
         let interface = config
             .xdp_interface
             .0
             .clone()
             .ok_or("net.xdp.interface is not set")?;
         let ebpf = steering.ebpf.as_mut().expect("set above");
-        setup_xdp_maps(ebpf, config, &worker_cpus)?;
+        let key = random_flow_key()?;
+        let ports: Vec<u16> = config.listen.0.iter().map(SocketAddr::port).collect();
+        setup_workers(ebpf, &ports, &worker_cpus, &key)?;
+        setup_cpumap(ebpf, config.xdp_queue_size, &worker_cpus)?;
         let program: &mut Xdp = ebpf
             .program_mut(names::XDP_PROGRAM)
             .ok_or("the eBPF object has no XDP program")?
@@ -356,11 +467,38 @@ fn setup_ebpf(
         program
             .load()
             .map_err(|e| format!("loading the XDP program: {}", explain(&e)))?;
-        let (link, native) = attach_xdp(program, &interface, config.xdp_mode)?;
-        steering.xdp_link = Some((link, interface.clone()));
+        let prog_fd = program
+            .fd()
+            .map_err(|e| format!("the XDP program: {}", explain(&e)))?
+            .as_fd();
+        let (link, origin) = match takeover.map(|s| XdpLink::take_over(s, &interface, prog_fd)) {
+            Some(Ok((link, pid))) => {
+                info!("steering: took the XDP link on {interface} over from pid {pid}");
+                (
+                    link,
+                    format!("; link taken over from pid {pid}, program replaced without a gap"),
+                )
+            }
+            Some(Err(e)) => {
+                info!("steering: no XDP link taken over ({e}); attaching a new one");
+                let link = attach_xdp(prog_fd, &interface, config.xdp_mode)?;
+                (link, format!("; new link, none taken over: {e}"))
+            }
+            None => (
+                attach_xdp(prog_fd, &interface, config.xdp_mode)?,
+                String::new(),
+            ),
+        };
+        let native = link.native();
+        steering.xdp_link = Some(Arc::new(link));
+        steering.flow = Some(FlowWorkers {
+            key,
+            cpus: worker_cpus.clone(),
+            listen: config.listen.0.clone(),
+        });
         steering.active = Active::Xdp { native };
         steering.description = format!(
-            "xdp ({} on {interface}, CPUMAP queue {}, workers' CPUs {}) + reuseport",
+            "xdp ({} on {interface}, CPUMAP queue {}, workers' CPUs {}{origin}) + reuseport",
             if native { "native" } else { "generic" },
             config.xdp_queue_size,
             worker_cpus
@@ -412,27 +550,43 @@ fn setup_ebpf(
     Ok(steering)
 }
 
-fn setup_xdp_maps(ebpf: &mut Ebpf, config: &Config, worker_cpus: &[u32]) -> Result<(), String> {
+/// Loads the eBPF object with `CPUMAP` and `SOCKETS` sized for `possible`
+/// CPUs (indexed by CPU id); the other maps have their compiled sizes
+/// (`CPUS`, `STEERED`: [`MAX_WORKERS`]).
+fn load_object(possible: u32) -> Result<Ebpf, String> {
+    EbpfLoader::new()
+        .map_max_entries(names::CPUMAP, possible)
+        .map_max_entries(names::SOCKETS, possible)
+        .load(EBPF_OBJECT)
+        .map_err(|e| format!("loading the eBPF object: {}", explain(&e)))
+}
+
+/// 128 bits from the OS random generator: the flow hash key of this start.
+fn random_flow_key() -> Result<FlowHashKey, String> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| "the OS random generator failed (flow hash key)".to_string())?;
+    Ok(FlowHashKey::from_bytes(bytes))
+}
+
+/// The maps the XDP program reads to pick a worker: the steered ports, the
+/// CPU of each worker slot, the number of slots and the hash key.
+fn setup_workers(
+    ebpf: &mut Ebpf,
+    ports: &[u16],
+    worker_cpus: &[u32],
+    key: &FlowHashKey,
+) -> Result<(), String> {
     {
         let map = ebpf.map_mut(names::PORTS).ok_or("no PORTS map")?;
-        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(|e| explain(&e))?;
+        let mut map: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(|e| explain(&e))?;
         // Every address's port: the hash spreads each over the workers.
-        for addr in &config.listen.0 {
-            ports
-                .insert(addr.port(), 1, 0)
+        for &port in ports {
+            map.insert(port, 1, 0)
                 .map_err(|e| format!("PORTS: {}", explain(&e)))?;
         }
     }
-    {
-        let map = ebpf.map_mut(names::CPUMAP).ok_or("no CPUMAP map")?;
-        let mut cpumap = CpuMap::try_from(map).map_err(|e| explain(&e))?;
-        let distinct: BTreeSet<u32> = worker_cpus.iter().copied().collect();
-        for cpu in distinct {
-            cpumap
-                .set(cpu, config.xdp_queue_size, None, 0)
-                .map_err(|e| format!("CPUMAP entry for CPU {cpu}: {}", explain(&e)))?;
-        }
-    }
+    write_flow_key(ebpf, key)?;
     {
         let map = ebpf.map_mut(names::CPUS).ok_or("no CPUS map")?;
         let mut list: Array<_, u32> = Array::try_from(map).map_err(|e| explain(&e))?;
@@ -452,44 +606,49 @@ fn setup_xdp_maps(ebpf: &mut Ebpf, config: &Config, worker_cpus: &[u32]) -> Resu
     Ok(())
 }
 
-fn attach_xdp(
-    program: &mut Xdp,
-    interface: &str,
-    mode: XdpMode,
-) -> Result<(aya::programs::xdp::XdpLinkId, bool), String> {
-    match mode {
-        XdpMode::Native => {
-            program_attach(program, interface, AyaXdpMode::Driver).map(|l| (l, true))
-        }
-        XdpMode::Generic => program_attach(program, interface, AyaXdpMode::Skb).map(|l| (l, false)),
-        XdpMode::Auto => match program_attach(program, interface, AyaXdpMode::Driver) {
-            Ok(link) => {
-                info!("steering: XDP attached to {interface} in native mode");
-                Ok((link, true))
-            }
-            Err(native_err) => {
-                info!("steering: native XDP on {interface} not possible ({native_err}); trying generic");
-                program_attach(program, interface, AyaXdpMode::Skb)
-                    .map(|l| (l, false))
-                    .map_err(|e| format!("{e} (native mode: {native_err})"))
-            }
-        },
-    }
+/// `FLOW_KEY[0] = key`.
+fn write_flow_key(ebpf: &mut Ebpf, key: &FlowHashKey) -> Result<(), String> {
+    let map = ebpf.map_mut(names::FLOW_KEY).ok_or("no FLOW_KEY map")?;
+    // `[u64; 2]` has the layout of the `#[repr(C)]` FlowHashKey.
+    let mut slot: Array<_, [u64; 2]> = Array::try_from(map).map_err(|e| explain(&e))?;
+    slot.set(0, [key.k0, key.k1], 0)
+        .map_err(|e| format!("FLOW_KEY: {}", explain(&e)))
 }
 
-fn program_attach(
-    program: &mut Xdp,
+/// A CPUMAP queue of `queue_size` frames for each CPU a worker runs on.
+fn setup_cpumap(ebpf: &mut Ebpf, queue_size: u32, worker_cpus: &[u32]) -> Result<(), String> {
+    let map = ebpf.map_mut(names::CPUMAP).ok_or("no CPUMAP map")?;
+    let mut cpumap = CpuMap::try_from(map).map_err(|e| explain(&e))?;
+    let distinct: BTreeSet<u32> = worker_cpus.iter().copied().collect();
+    for cpu in distinct {
+        cpumap
+            .set(cpu, queue_size, None, 0)
+            .map_err(|e| format!("CPUMAP entry for CPU {cpu}: {}", explain(&e)))?;
+    }
+    Ok(())
+}
+
+fn attach_xdp(
+    program: std::os::fd::BorrowedFd<'_>,
     interface: &str,
-    mode: AyaXdpMode,
-) -> Result<aya::programs::xdp::XdpLinkId, String> {
-    let name = match mode {
-        AyaXdpMode::Driver => "native",
-        AyaXdpMode::Skb => "generic",
-        _ => "other",
+    mode: XdpMode,
+) -> Result<XdpLink, String> {
+    let attach = |native: bool| {
+        XdpLink::attach(program, interface, native).map_err(|e| {
+            let name = if native { "native" } else { "generic" };
+            format!("attaching XDP ({name}) to {interface}: {}", explain(&e))
+        })
     };
-    program
-        .attach(interface, mode)
-        .map_err(|e| format!("attaching XDP ({name}) to {interface}: {}", explain(&e)))
+    match mode {
+        XdpMode::Native => attach(true),
+        XdpMode::Generic => attach(false),
+        XdpMode::Auto => attach(true).or_else(|native_err| {
+            info!(
+                "steering: native XDP on {interface} not possible ({native_err}); trying generic"
+            );
+            attach(false).map_err(|e| format!("{e} (native mode: {native_err})"))
+        }),
+    }
 }
 
 /// The error and its sources on one line, with a hint when the cause is a
@@ -515,6 +674,10 @@ fn explain(e: &dyn StdError) -> String {
         Some(libc::EPERM) | Some(libc::EACCES) => Some(PRIVILEGE_HINT),
         Some(libc::ENOSYS) => Some("the kernel has no bpf() system call (CONFIG_BPF_SYSCALL)"),
         Some(libc::EOPNOTSUPP) => Some("not supported by this kernel or driver"),
+        Some(libc::EBUSY) => Some(
+            "another XDP program is attached there (a running tlsfront? start the new one \
+             with --takeover to take its link over)",
+        ),
         _ if lower.contains("operation not permitted") || lower.contains("permission denied") => {
             Some(PRIVILEGE_HINT)
         }
@@ -534,29 +697,55 @@ const PRIVILEGE_HINT: &str = "missing privileges: eBPF steering needs CAP_BPF an
 #[derive(Debug, Clone, Copy, Default)]
 struct StatsValue(SteeringStats);
 
-// SAFETY: `SteeringStats` is `#[repr(C)]`, made only of `u64` fields and a
-// `u64` array (no padding, no pointers, every bit pattern valid), so it can
+// SAFETY: `SteeringStats` is `#[repr(C)]`, made only of `u64` fields (no
+// padding, no pointers, every bit pattern valid), so it can
 // be copied from and to the kernel's map memory byte for byte;
 // `StatsValue` is `repr(transparent)` over it.
 unsafe impl Pod for StatsValue {}
 
-/// The `STATS` per-CPU map, read per worker: worker n's column shows the
-/// counters of the CPU it is pinned to, and how many segments the XDP
-/// program steered to that CPU (from every CPU).
+/// The `STATS` and `STEERED` per-CPU maps of every loaded object (one per
+/// `net.listen` address), read per worker and summed over the objects:
+/// worker n's column shows the counters of the CPU it is pinned to, and how
+/// many segments the XDP program steered to worker slot n (from every CPU).
 struct SteeringCounters {
-    /// The STATS map of each loaded object (one per `net.listen` address).
-    maps: Mutex<Vec<PerCpuArray<MapData, StatsValue>>>,
+    maps: Mutex<Vec<ObjectCounters>>,
     /// CPU of each worker.
     cpus: Vec<u32>,
 }
 
+/// The counter maps of one object.
+struct ObjectCounters {
+    stats: PerCpuArray<MapData, StatsValue>,
+    /// Counted by the XDP program, which only the first object attaches.
+    steered: PerCpuArray<MapData, u64>,
+}
+
 impl SteeringCounters {
-    /// Per CPU, the sum over the objects.
-    fn read(&self) -> Option<Vec<SteeringStats>> {
+    /// Takes the counter maps out of `ebpf` (they stay alive with the
+    /// programs that use them).
+    fn take(ebpf: &mut Ebpf, cpus: Vec<u32>) -> Result<SteeringCounters, String> {
+        let stats = ebpf
+            .take_map(names::STATS)
+            .ok_or("the eBPF object has no STATS map")?;
+        let steered = ebpf
+            .take_map(names::STEERED)
+            .ok_or("the eBPF object has no STEERED map")?;
+        let object = ObjectCounters {
+            stats: PerCpuArray::try_from(stats).map_err(|e| explain(&e))?,
+            steered: PerCpuArray::try_from(steered).map_err(|e| explain(&e))?,
+        };
+        Ok(SteeringCounters {
+            maps: Mutex::new(vec![object]),
+            cpus,
+        })
+    }
+
+    /// `STATS` of every possible CPU, summed over the objects.
+    fn per_cpu(&self) -> Option<Vec<SteeringStats>> {
         let maps = self.maps.lock().ok()?;
         let mut sum: Vec<SteeringStats> = Vec::new();
-        for map in maps.iter() {
-            let values = map.get(&0, 0).ok()?;
+        for object in maps.iter() {
+            let values = object.stats.get(&0, 0).ok()?;
             sum.resize(sum.len().max(values.len()), SteeringStats::default());
             for (total, v) in sum.iter_mut().zip(values.iter()) {
                 total.add(&v.0);
@@ -564,37 +753,34 @@ impl SteeringCounters {
         }
         Some(sum)
     }
+
+    /// Segments steered to worker `slot`, summed over the CPUs that
+    /// steered them and the objects.
+    fn steered_to(&self, slot: usize) -> u64 {
+        let Ok(slot) = u32::try_from(slot) else {
+            return 0;
+        };
+        let Ok(maps) = self.maps.lock() else {
+            return 0;
+        };
+        maps.iter()
+            .map(|o| o.steered.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0))
+            .sum()
+    }
 }
 
 impl PerWorkerCounters for SteeringCounters {
     fn worker_counters(&self, worker: usize) -> Vec<(&'static str, u64)> {
-        let zero = || {
-            vec![
-                ("steer_xdp_seen", 0),
-                ("steer_xdp_passed", 0),
-                ("steer_xdp_parse_errors", 0),
-                ("steer_xdp_redirect_failed", 0),
-                ("steer_xdp_steered_here", 0),
-                ("steer_reuseport_selected", 0),
-                ("steer_reuseport_fallback", 0),
-            ]
-        };
-        let Some(&cpu) = self.cpus.get(worker) else {
-            return zero();
-        };
-        // A CPU shared by several workers is counted in the first one only,
-        // so that the totals stay right.
-        if self.cpus[..worker].contains(&cpu) {
-            return zero();
-        }
-        let Some(per_cpu) = self.read() else {
-            return zero();
-        };
-        let here = per_cpu.get(cpu as usize).copied().unwrap_or_default();
-        let steered: u64 = if (cpu as usize) < STATS_CPUS {
-            per_cpu.iter().map(|s| s.xdp_redirected[cpu as usize]).sum()
-        } else {
-            0
+        let steered = self.steered_to(worker);
+        let cpu = self.cpus.get(worker).copied();
+        // The per-CPU counters of a CPU shared by several workers are
+        // counted in the first one only, so that the totals stay right.
+        let here = match cpu {
+            Some(cpu) if !self.cpus[..worker].contains(&cpu) => self
+                .per_cpu()
+                .and_then(|all| all.get(cpu as usize).copied())
+                .unwrap_or_default(),
+            _ => SteeringStats::default(),
         };
         vec![
             ("steer_xdp_seen", here.xdp_seen),
@@ -607,3 +793,6 @@ impl PerWorkerCounters for SteeringCounters {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,7 @@
 //!
 //! Everything here is `#![no_std]`. Map values are `#[repr(C)]` so that the
 //! byte layout is the same on both sides of the eBPF ABI. The packet parser
-//! ([`parse`]) and the flow hash ([`flow_hash`]) are plain functions over the
+//! ([`parse`]) and the keyed flow hash ([`flow_hash`]) are plain functions over the
 //! [`Packet`] abstraction: the XDP program runs them over the packet memory
 //! (one bounds check against `data_end` per header, which is what the
 //! verifier needs), the host runs them over a byte slice (unit tests, the
@@ -50,9 +50,6 @@ pub const MAX_WORKERS: u32 = 256;
 /// Default `max_entries` of `CPUMAP` and `SOCKETS` (both indexed by CPU id);
 /// userspace raises it to the number of possible CPUs at load time.
 pub const DEFAULT_MAX_CPUS: u32 = 64;
-/// Per-target-CPU redirect counters kept in [`SteeringStats::redirected`];
-/// redirects to CPUs from this number on count in `redirected_other`.
-pub const STATS_CPUS: usize = 16;
 
 /// Names of the maps and programs in the eBPF object, shared so that the
 /// loader cannot drift from the object.
@@ -70,6 +67,12 @@ pub mod names {
     pub const SOCKETS: &str = "SOCKETS";
     /// `PerCpuArray<SteeringStats>` with one entry.
     pub const STATS: &str = "STATS";
+    /// `PerCpuArray<u64>` with [`super::MAX_WORKERS`] entries: index =
+    /// worker slot, value = segments this CPU steered to that worker.
+    pub const STEERED: &str = "STEERED";
+    /// `Array<FlowHashKey>` with one entry: the key of
+    /// [`super::flow_hash`], random per start of the frontend.
+    pub const FLOW_KEY: &str = "FLOW_KEY";
     /// The XDP program.
     pub const XDP_PROGRAM: &str = "tlsfront_xdp";
     /// The SK_REUSEPORT program.
@@ -93,11 +96,6 @@ pub struct SteeringStats {
     pub xdp_passed: u64,
     /// Of those passed, packets that were truncated or malformed.
     pub xdp_parse_errors: u64,
-    /// Steered packets by target CPU (`redirected[cpu]`), whether the
-    /// target was this CPU (left in place) or another (CPUMAP redirect).
-    pub xdp_redirected: [u64; STATS_CPUS],
-    /// Steered packets whose target CPU is `STATS_CPUS` or more.
-    pub xdp_redirected_other: u64,
     /// `bpf_redirect_map` failures (no CPUMAP entry for the target).
     pub xdp_redirect_failed: u64,
     /// SK_REUSEPORT runs that selected the listener of the current CPU.
@@ -113,14 +111,6 @@ impl SteeringStats {
         self.xdp_seen += other.xdp_seen;
         self.xdp_passed += other.xdp_passed;
         self.xdp_parse_errors += other.xdp_parse_errors;
-        for (a, b) in self
-            .xdp_redirected
-            .iter_mut()
-            .zip(other.xdp_redirected.iter())
-        {
-            *a += *b;
-        }
-        self.xdp_redirected_other += other.xdp_redirected_other;
         self.xdp_redirect_failed += other.xdp_redirect_failed;
         self.reuseport_selected += other.reuseport_selected;
         self.reuseport_fallback += other.reuseport_fallback;
@@ -319,58 +309,132 @@ fn parse_tcp<P: Packet + ?Sized>(p: &P, l4: usize) -> Option<(u16, u16)> {
     ))
 }
 
-/// Seed of [`flow_hash`]; fixed so that userspace (and tests) can predict
-/// the CPU of a connection.
-pub const HASH_SEED: u32 = 0x7f4a_7c15;
+/// The secret key of [`flow_hash`]: 128 random bits per start of the
+/// frontend, written into the `FLOW_KEY` map that the XDP program reads.
+/// Without it nobody can predict which worker a 4-tuple lands on, so no
+/// client can choose ports or addresses that pile up on one worker.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowHashKey {
+    /// First half (SipHash `k0`).
+    pub k0: u64,
+    /// Second half (SipHash `k1`).
+    pub k1: u64,
+}
 
-/// Hash of a flow's 4-tuple: the same on the host and in the XDP program.
-/// Addresses are folded to 32 bits (XOR of their words), then mixed with
-/// the ports and finished with the murmur3 finaliser.
+impl FlowHashKey {
+    /// The key made of 16 (random) bytes, little-endian halves.
+    pub const fn from_bytes(b: [u8; 16]) -> FlowHashKey {
+        FlowHashKey {
+            k0: u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            k1: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+        }
+    }
+}
+
+/// Length of the message [`flow_hash`] hashes: source address, destination
+/// address (16 bytes each, IPv4 mapped), source port, destination port
+/// (2 bytes each, network byte order).
+pub const FLOW_MESSAGE_LEN: u64 = 36;
+
+/// SipHash-1-3 (keyed by `hk`) of the flow's whole 4-tuple, the 36-byte
+/// message of [`FLOW_MESSAGE_LEN`]; the same on the host and in the XDP
+/// program. Nothing is folded before hashing: every bit of both addresses
+/// and ports goes through the keyed rounds, so tuples built to collide
+/// under a fold (equal XOR of address words, trivially chosen inside one
+/// IPv6 /64) are as spread as any others.
 #[inline(always)]
-pub fn flow_hash(key: &FlowKey) -> u32 {
-    let ports = (u32::from(key.src_port) << 16) | u32::from(key.dst_port);
-    let mut h = HASH_SEED;
-    h = round(h, fold(&key.src));
-    h = round(h, fold(&key.dst));
-    h = round(h, ports);
-    fmix32(h ^ 36)
+pub fn flow_hash(key: &FlowKey, hk: &FlowHashKey) -> u64 {
+    let (words, tail) = flow_message(key);
+    siphash::<1, 3>(hk, &words, tail)
 }
 
 /// The worker slot (index into the CPU list) a flow goes to, with
-/// `workers` workers; `None` when there are none.
+/// `workers` workers and key `hk`; `None` when there are none.
 #[inline(always)]
-pub fn worker_slot(key: &FlowKey, workers: u32) -> Option<u32> {
+pub fn worker_slot(key: &FlowKey, hk: &FlowHashKey, workers: u32) -> Option<u32> {
     if workers == 0 {
         return None;
     }
-    Some(flow_hash(key) % workers)
+    // A 64-bit hash modulo at most MAX_WORKERS: the bias is below 2^-56.
+    Some((flow_hash(key, hk) % u64::from(workers)) as u32)
+}
+
+/// The 36-byte message as SipHash reads it: four little-endian 8-byte
+/// words and the last block (4 bytes of ports, the length in the top byte).
+#[inline(always)]
+fn flow_message(key: &FlowKey) -> ([u64; 4], u64) {
+    let word = |a: &[u8; 16], i: usize| {
+        u64::from_le_bytes([
+            a[i],
+            a[i + 1],
+            a[i + 2],
+            a[i + 3],
+            a[i + 4],
+            a[i + 5],
+            a[i + 6],
+            a[i + 7],
+        ])
+    };
+    let words = [
+        word(&key.src, 0),
+        word(&key.src, 8),
+        word(&key.dst, 0),
+        word(&key.dst, 8),
+    ];
+    let [s0, s1] = key.src_port.to_be_bytes();
+    let [d0, d1] = key.dst_port.to_be_bytes();
+    let tail = u64::from(u32::from_le_bytes([s0, s1, d0, d1])) | (FLOW_MESSAGE_LEN << 56);
+    (words, tail)
+}
+
+/// SipHash with `C` compression and `D` finalisation rounds over the
+/// message `words` followed by its last block `tail` (the remaining bytes
+/// and the length in the top byte, as the SipHash paper pads). Generic so
+/// that the host tests can check SipHash-2-4 against the standard library.
+#[inline(always)]
+fn siphash<const C: usize, const D: usize>(hk: &FlowHashKey, words: &[u64; 4], tail: u64) -> u64 {
+    let mut v = [
+        hk.k0 ^ 0x736f_6d65_7073_6575,
+        hk.k1 ^ 0x646f_7261_6e64_6f6d,
+        hk.k0 ^ 0x6c79_6765_6e65_7261,
+        hk.k1 ^ 0x7465_6462_7974_6573,
+    ];
+    // Five blocks written out and constant round counts: LLVM unrolls
+    // everything, the verifier sees straight-line code.
+    sip_block::<C>(&mut v, words[0]);
+    sip_block::<C>(&mut v, words[1]);
+    sip_block::<C>(&mut v, words[2]);
+    sip_block::<C>(&mut v, words[3]);
+    sip_block::<C>(&mut v, tail);
+    v[2] ^= 0xff;
+    for _ in 0..D {
+        sip_round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
 #[inline(always)]
-fn fold(a: &[u8; 16]) -> u32 {
-    let w = |i: usize| u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-    w(0) ^ w(4) ^ w(8) ^ w(12)
+fn sip_block<const C: usize>(v: &mut [u64; 4], m: u64) {
+    v[3] ^= m;
+    for _ in 0..C {
+        sip_round(v);
+    }
+    v[0] ^= m;
 }
 
 #[inline(always)]
-fn round(h: u32, k: u32) -> u32 {
-    let k = k
-        .wrapping_mul(0xcc9e_2d51)
-        .rotate_left(15)
-        .wrapping_mul(0x1b87_3593);
-    (h ^ k)
-        .rotate_left(13)
-        .wrapping_mul(5)
-        .wrapping_add(0xe654_6b64)
-}
-
-#[inline(always)]
-fn fmix32(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
+fn sip_round(v: &mut [u64; 4]) {
+    v[0] = v[0].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(13) ^ v[0];
+    v[0] = v[0].rotate_left(32);
+    v[2] = v[2].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(16) ^ v[2];
+    v[0] = v[0].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(21) ^ v[0];
+    v[2] = v[2].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(17) ^ v[2];
+    v[2] = v[2].rotate_left(32);
 }
 
 #[cfg(test)]

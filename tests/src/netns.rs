@@ -20,6 +20,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use aya::maps::{Array, Map, MapData};
+use tlsfront_shared::{names, FlowHashKey};
+
 use crate::prereq::{require, Need};
 use crate::{run_cmd, temp_dir, CmdOutput, Stats, TempDir, CLI_TIMEOUT, READY_TIMEOUT};
 
@@ -113,6 +116,13 @@ impl NetnsPair {
     /// Creates `tfs<pid><n>a/b` with `198.18.0.1/24` on A's veth and
     /// `198.18.0.2/24` on B's, both up, loopback up in both.
     pub fn create() -> NetnsPair {
+        Self::create_with_queues(1)
+    }
+
+    /// The same with `queues` receive and transmit queues on each veth end
+    /// (`numrxqueues`, `numtxqueues`): B's end spreads connections over its
+    /// transmit queues, A's receives them on as many queues.
+    pub fn create_with_queues(queues: u32) -> NetnsPair {
         require(NEEDS);
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -129,10 +139,13 @@ impl NetnsPair {
             pair.created.push(ns);
         }
         let (a, b, ia, ib) = (&pair.a, &pair.b, &pair.if_a, &pair.if_b);
-        must(
-            "ip",
-            &["link", "add", ia, "type", "veth", "peer", "name", ib],
-        );
+        let q = queues.to_string();
+        let per_end = ["numtxqueues", &q, "numrxqueues", &q];
+        let mut args = vec!["link", "add", ia.as_str()];
+        args.extend(per_end);
+        args.extend(["type", "veth", "peer", "name", ib.as_str()]);
+        args.extend(per_end);
+        must("ip", &args);
         // Moved at once: from here on deleting the namespaces removes them.
         must("ip", &["link", "set", ia, "netns", a]);
         must("ip", &["link", "set", ib, "netns", b]);
@@ -156,10 +169,47 @@ impl NetnsPair {
         must("ip", &["-n", &self.a, "link", "show", &self.if_a]).stdout
     }
 
+    /// `numrxqueues` of A's veth end, as the kernel reports it.
+    pub fn rx_queues_a(&self) -> Option<u32> {
+        let text = must("ip", &["-d", "-n", &self.a, "link", "show", &self.if_a]).stdout;
+        let mut words = text.split_whitespace();
+        words.find(|w| *w == "numrxqueues")?;
+        words.next()?.parse().ok()
+    }
+
+    /// Packets the XDP program saw on each receive queue of A's veth end
+    /// (`ethtool -S`: `rx_queue_N_xdp_packets`; native XDP only).
+    pub fn xdp_packets_per_rx_queue(&self) -> Vec<u64> {
+        let text = must(
+            "ip",
+            &["netns", "exec", &self.a, "ethtool", "-S", &self.if_a],
+        )
+        .stdout;
+        text.lines()
+            .filter_map(|l| {
+                let (name, value) = l.trim().split_once(": ")?;
+                let queue = name.strip_prefix("rx_queue_")?;
+                queue.strip_suffix("_xdp_packets")?;
+                value.trim().parse().ok()
+            })
+            .collect()
+    }
+
     /// Whether an XDP program is attached to A's veth end.
     pub fn xdp_attached(&self) -> bool {
         let link = self.link_a();
         link.contains("prog/xdp") || link.contains(" xdp")
+    }
+
+    /// Id of the XDP program attached to A's veth end (`prog/xdp id N`).
+    pub fn xdp_prog_id(&self) -> Option<u32> {
+        let link = self.link_a();
+        let mut words = link.split_whitespace();
+        words.find(|w| *w == "prog/xdp")?;
+        match (words.next(), words.next()) {
+            (Some("id"), Some(id)) => id.parse().ok(),
+            _ => None,
+        }
     }
 
     /// Turns TX checksum offload off on B's veth end: with native XDP on
@@ -241,7 +291,8 @@ pub struct NsFrontend {
     pub port: u16,
     /// Its control socket (a path: reachable from any namespace).
     pub socket: std::path::PathBuf,
-    _dir: TempDir,
+    /// Shared with a successor started by [`NsFrontend::start_takeover`].
+    dir: Arc<TempDir>,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
 }
@@ -252,11 +303,30 @@ impl NsFrontend {
     /// waits for `tlsfront: ready`. `Err` carries the output when it does
     /// not get ready (e.g. a steering set-up that failed with fallback = fail).
     pub fn start(ns: &str, port: u16, opts: &[(&str, &str)]) -> Result<NsFrontend, String> {
+        Self::launch(ns, port, opts, Arc::new(temp_dir()), false)
+    }
+
+    /// Starts the upgrade of this process: the same command in namespace
+    /// `ns` with `opts` and `--takeover`, on the same port, control socket,
+    /// cache and ticket files; waits for `tlsfront: ready`.
+    pub fn start_takeover(&self, ns: &str, opts: &[(&str, &str)]) -> Result<NsFrontend, String> {
+        Self::launch(ns, self.port, opts, Arc::clone(&self.dir), true)
+    }
+
+    fn launch(
+        ns: &str,
+        port: u16,
+        opts: &[(&str, &str)],
+        dir: Arc<TempDir>,
+        takeover: bool,
+    ) -> Result<NsFrontend, String> {
         require(NEEDS);
-        let dir = temp_dir();
         let socket = dir.path().join("control.sock");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns]).arg(crate::bin()).arg("run");
+        if takeover {
+            cmd.arg("--takeover");
+        }
         let mut all = vec![
             ("net.listen".to_string(), format!("{ADDR_A}:{port}")),
             ("control.socket".to_string(), socket.display().to_string()),
@@ -323,7 +393,7 @@ impl NsFrontend {
             child: Some(child),
             port,
             socket,
-            _dir: dir,
+            dir,
             stdout,
             stderr,
         };
@@ -345,6 +415,11 @@ impl NsFrontend {
             .as_ref()
             .map(Child::id)
             .expect("the process was killed")
+    }
+
+    /// The flow hash key its XDP program uses, read from the kernel.
+    pub fn flow_key(&self) -> FlowHashKey {
+        flow_key_of(self.pid()).unwrap_or_else(|e| panic!("{e}\n{}", self.output()))
     }
 
     /// Everything written to stderr so far.
@@ -406,6 +481,27 @@ impl NsFrontend {
             self.output()
         );
         Stats::parse(&out.stdout).unwrap_or_else(|e| panic!("stats JSON: {e}: {}", out.stdout))
+    }
+
+    /// The worker `tlsfront stats --flow 198.18.0.2:<client_port>` names
+    /// for a connection to `server_port` of 198.18.0.1: the process's own
+    /// answer, from its key.
+    pub fn flow_worker(&self, client_port: u16, server_port: u16) -> usize {
+        let sock = self.socket.display().to_string();
+        // The first net.listen port is the default; another one is named.
+        let flow = if server_port == self.port {
+            format!("{ADDR_B}:{client_port}")
+        } else {
+            format!("{ADDR_B}:{client_port}={ADDR_A}:{server_port}")
+        };
+        let out = crate::tlsfront_cmd(&["stats", "--socket", &sock, "--flow", &flow]);
+        assert_eq!(out.code(), Some(0), "stats --flow: {}", out.describe());
+        let mut words = out.stdout.split_whitespace();
+        words
+            .find(|w| *w == "worker")
+            .and_then(|_| words.next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("stats --flow {flow}: {}", out.stdout))
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit (graceful stop).
@@ -481,4 +577,86 @@ pub fn accepted_by(stderr: &str) -> Vec<(usize, u16)> {
         }
     }
     out
+}
+
+/// The key of the flow hash of process `pid`: the `FLOW_KEY` maps among
+/// the BPF maps the process holds (`/proc/PID/fdinfo` names their ids),
+/// read from the kernel, i.e. the key its XDP program hashes with. With
+/// several objects (one per `net.listen` address) every one must hold the
+/// same key.
+pub fn flow_key_of(pid: u32) -> Result<FlowHashKey, String> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    let mut keys: Vec<(u32, FlowHashKey)> = Vec::new();
+    for entry in entries.flatten() {
+        // Descriptors come and go; one that vanished is not a map.
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let Some(id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Two descriptors of one map: read it once.
+        if keys.iter().any(|&(seen, _)| seen == id) {
+            continue;
+        }
+        let data = MapData::from_id(id).map_err(|e| format!("BPF map {id} of pid {pid}: {e}"))?;
+        let info = data
+            .info()
+            .map_err(|e| format!("BPF map {id} of pid {pid}: {e}"))?;
+        if info.name_as_str() != Some(names::FLOW_KEY) {
+            continue;
+        }
+        let map: Array<_, [u64; 2]> =
+            Array::try_from(Map::Array(data)).map_err(|e| format!("{}: {e}", names::FLOW_KEY))?;
+        let [k0, k1] = map
+            .get(&0, 0)
+            .map_err(|e| format!("{}: {e}", names::FLOW_KEY))?;
+        keys.push((id, FlowHashKey { k0, k1 }));
+    }
+    let Some(&(_, key)) = keys.first() else {
+        return Err(format!("pid {pid} holds no {} map", names::FLOW_KEY));
+    };
+    if keys.iter().any(|&(_, k)| k != key) {
+        return Err(format!(
+            "pid {pid}'s {} maps hold different keys: {keys:?}",
+            names::FLOW_KEY
+        ));
+    }
+    Ok(key)
+}
+
+/// The XDP bpf_links process `pid` holds, as (link id, program id), from
+/// its `/proc/PID/fdinfo` (the kernel's view: the same link id in two
+/// processes is one link).
+pub fn xdp_links_of(pid: u32) -> Vec<(u32, u32)> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut links = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        if field("link_type:").as_deref() != Some("xdp") {
+            continue;
+        }
+        let id = |name| field(name).and_then(|v| v.parse::<u32>().ok());
+        if let (Some(link), Some(prog)) = (id("link_id:"), id("prog_id:")) {
+            links.push((link, prog));
+        }
+    }
+    links.sort_unstable();
+    links.dedup();
+    links
 }

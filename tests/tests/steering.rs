@@ -3,7 +3,8 @@
 //! attaches its XDP program to A's veth end; the clients run in namespace B
 //! (threads of this test that joined B). Every connection must be accepted
 //! by the worker that the XDP program's hash (`tlsfront_shared::worker_slot`, the very code
-//! the program runs) chose for its 4-tuple.
+//! the program runs, with the key read from the process's `FLOW_KEY` map)
+//! chose for its 4-tuple.
 //!
 //! Needs root and iproute2; fails, naming what is missing, otherwise
 //! (`netns::NEEDS`, checked when the namespaces are made).
@@ -12,8 +13,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tlsfront_shared::{parse, worker_slot, FlowKey, Parsed};
-use tlsfront_tests::netns::{accepted_by, in_netns, NetnsPair, NsFrontend, ADDR_A, ADDR_B};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tlsfront_shared::{parse, worker_slot, FlowHashKey, FlowKey, Parsed};
+
+use tlsfront_tests::netns::{
+    accepted_by, in_netns, xdp_links_of, NetnsPair, NsFrontend, ADDR_A, ADDR_B,
+};
 use tlsfront_tests::*;
 
 const PORT: u16 = 8443;
@@ -61,9 +67,13 @@ fn run_clients(pair: &NetnsPair, port: u16, count: usize) -> (Vec<Conn>, Vec<Str
     })
 }
 
-/// With `second`, tlsfront listens on `ADDR_A:PORT, ADDR_A:second`.
-fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str, second: Option<u16>) -> NsFrontend {
-    let listen = second.map(|p| format!("{ADDR_A}:{PORT}, {ADDR_A}:{p}"));
+/// The options of a steering test; `listen`, when given, is `net.listen`.
+fn options<'a>(
+    pair: &'a NetnsPair,
+    steering: &'a str,
+    xdp_mode: &'a str,
+    listen: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
     let mut opts = vec![
         ("net.steering", steering),
         ("net.steering.fallback", "fail"),
@@ -74,10 +84,21 @@ fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str, second: Option<u16>) 
         opts.push(("net.xdp.interface", pair.if_a.as_str()));
         opts.push(("net.xdp.mode", xdp_mode));
     }
-    if let Some(listen) = &listen {
-        opts.push(("net.listen", listen.as_str()));
+    if let Some(listen) = listen {
+        opts.push(("net.listen", listen));
     }
-    NsFrontend::start(&pair.a, PORT, &opts).unwrap_or_else(|e| panic!("{e}"))
+    opts
+}
+
+/// With `second`, tlsfront listens on `ADDR_A:PORT, ADDR_A:second`.
+fn start(pair: &NetnsPair, steering: &str, xdp_mode: &str, second: Option<u16>) -> NsFrontend {
+    let listen = second.map(|p| format!("{ADDR_A}:{PORT}, {ADDR_A}:{p}"));
+    NsFrontend::start(
+        &pair.a,
+        PORT,
+        &options(pair, steering, xdp_mode, listen.as_deref()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The CPU of each worker as the kernel pins its thread; the start-up
@@ -128,11 +149,21 @@ fn end_to_end(steering: &str, xdp_mode: &str, count: usize) -> Vec<usize> {
 /// [`end_to_end`]; with `second`, tlsfront listens on a second port too
 /// and the clients connect to that one.
 fn end_to_end_at(steering: &str, xdp_mode: &str, count: usize, second: Option<u16>) -> Vec<usize> {
-    let pair = NetnsPair::create();
+    end_to_end_on(&NetnsPair::create(), steering, xdp_mode, count, second)
+}
+
+/// [`end_to_end_at`] over `pair`.
+fn end_to_end_on(
+    pair: &NetnsPair,
+    steering: &str,
+    xdp_mode: &str,
+    count: usize,
+    second: Option<u16>,
+) -> Vec<usize> {
     if xdp_mode == "native" {
         pair.tx_checksum_off_b();
     }
-    let fe = start(&pair, steering, xdp_mode, second);
+    let fe = start(pair, steering, xdp_mode, second);
     let line = fe.steering_line();
     let suffix = match second {
         Some(_) => "+ reuseport, SK_REUSEPORT on each of the 2 net.listen addresses",
@@ -159,7 +190,7 @@ fn end_to_end_at(steering: &str, xdp_mode: &str, count: usize, second: Option<u1
     }
     let cpus = kernel_cpus(&fe);
     let port = second.unwrap_or(fe.port);
-    let (conns, failures) = run_clients(&pair, port, count);
+    let (conns, failures) = run_clients(pair, port, count);
     assert!(
         failures.is_empty(),
         "{} failures, first {:?}\n{}",
@@ -188,6 +219,7 @@ fn end_to_end_at(steering: &str, xdp_mode: &str, count: usize, second: Option<u1
     // served it), and tlsfront's log (`handshake done worker=N`) checked
     // against it.
     let logged = wait_accepted(&fe, count);
+    let hash_key = (steering == "xdp").then(|| fe.flow_key());
     let mut per_worker = vec![0usize; cpus.len()];
     let mut resumed_per_worker = vec![0usize; cpus.len()];
     let mut wrong = Vec::new();
@@ -199,13 +231,25 @@ fn end_to_end_at(steering: &str, xdp_mode: &str, count: usize, second: Option<u1
         }
         per_worker[worker] += 1;
         resumed_per_worker[worker] += usize::from(c.resumed);
-        if steering == "xdp" {
+        if let Some(hash_key) = &hash_key {
             let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, port);
-            let slot = worker_slot(&key, cpus.len() as u32).unwrap() as usize;
+            let slot = worker_slot(&key, hash_key, cpus.len() as u32).unwrap() as usize;
             // The XDP program sends slot n to cpus[n], where worker n runs.
             if worker != slot {
                 wrong.push((c.port, slot, worker));
             }
+        }
+    }
+    if hash_key.is_some() {
+        // `tlsfront stats --flow` computes the same worker in the process.
+        for c in conns.iter().take(20) {
+            let answer = fe.flow_worker(c.port, port);
+            assert_eq!(
+                answer,
+                kernel_worker(&cpus, c),
+                "stats --flow, port {}",
+                c.port
+            );
         }
     }
     assert!(
@@ -279,6 +323,24 @@ fn xdp_native_steers_each_connection_to_the_hashed_worker() {
 }
 
 #[test]
+fn xdp_native_on_a_multi_queue_veth_steers_each_connection() {
+    const QUEUES: u32 = 4;
+    let pair = NetnsPair::create_with_queues(QUEUES);
+    assert_eq!(pair.rx_queues_a(), Some(QUEUES), "{}", pair.link_a());
+    end_to_end_on(&pair, "xdp", "native", 300, None);
+    // The connections really arrived on several receive queues, each run
+    // through the XDP program.
+    let per_queue = pair.xdp_packets_per_rx_queue();
+    eprintln!("XDP packets per receive queue: {per_queue:?}");
+    assert_eq!(per_queue.len(), QUEUES as usize, "{per_queue:?}");
+    assert!(
+        per_queue.iter().filter(|&&n| n > 0).count() >= 2,
+        "one receive queue got everything: {per_queue:?}"
+    );
+    assert!(per_queue.iter().sum::<u64>() >= 4 * 300, "{per_queue:?}");
+}
+
+#[test]
 fn reuseport_passes_the_end_to_end_test() {
     end_to_end("reuseport", "", 300);
 }
@@ -304,6 +366,7 @@ fn attach_detach_reattach_leaves_no_program() {
     // SIGTERM: graceful stop, the Steering handle detaches.
     let mut fe = start(&pair, "xdp", "generic", None);
     assert!(pair.xdp_attached(), "{}", pair.link_a());
+    let mut keys = vec![fe.flow_key()];
     assert!(
         fe.terminate(Duration::from_secs(15)).is_some(),
         "no exit after SIGTERM\n{}",
@@ -318,6 +381,7 @@ fn attach_detach_reattach_leaves_no_program() {
     // Re-attach (native this time), then SIGKILL: the bpf_link dies with the process.
     let mut fe = start(&pair, "xdp", "native", None);
     assert!(pair.xdp_attached(), "{}", pair.link_a());
+    keys.push(fe.flow_key());
     fe.kill();
     let deadline = Instant::now() + Duration::from_secs(5);
     while pair.xdp_attached() && Instant::now() < deadline {
@@ -327,14 +391,198 @@ fn attach_detach_reattach_leaves_no_program() {
     // And once more, generic; it still serves.
     let fe = start(&pair, "xdp", "generic", None);
     assert!(pair.xdp_attached(), "{}", pair.link_a());
+    keys.push(fe.flow_key());
     let (conns, failures) = run_clients(&pair, fe.port, 5);
     assert!(failures.is_empty() && conns.len() == 5, "{failures:?}");
+    let port = fe.port;
     drop(fe);
+    assert_new_key_per_start(&keys, port);
     let deadline = Instant::now() + Duration::from_secs(5);
     while pair.xdp_attached() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!pair.xdp_attached(), "at the end: {}", pair.link_a());
+}
+
+/// Every start drew its own key, and the same 4-tuples land on other
+/// workers under them: 64 client ports over 2 workers all agree under two
+/// independent keys with probability 2^-64.
+fn assert_new_key_per_start(keys: &[FlowHashKey], port: u16) {
+    for (i, a) in keys.iter().enumerate() {
+        for b in &keys[i + 1..] {
+            assert_ne!(a, b, "two starts with the same flow hash key");
+            let moved = (40000..40064u16)
+                .map(|p| FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), p, port))
+                .filter(|k| worker_slot(k, a, 2) != worker_slot(k, b, 2))
+                .count();
+            assert!(moved > 0, "64 tuples on the same workers under two keys");
+        }
+    }
+}
+
+/// Connections from namespace B, one after the other, until `stop`: each a
+/// TLS handshake and a request that must get HTTP 200. Returns (served,
+/// failures with their reasons).
+fn client_loop(pair: &NetnsPair, port: u16, stop: &AtomicBool) -> (usize, Vec<String>) {
+    let addr = SocketAddr::from((ADDR_A, port));
+    in_netns(&pair.b, || {
+        let cfg = client_config(&ClientSpec::new(Trust::AnyCert));
+        let (mut served, mut failures) = (0, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            match TlsClient::connect(addr, cfg.clone(), "localhost") {
+                Ok(mut c) => {
+                    let (resp, _end) =
+                        c.request(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", IO_TIMEOUT);
+                    if is_http_200(&resp) {
+                        served += 1;
+                    } else {
+                        failures.push(format!("connection {served}: no HTTP 200"));
+                    }
+                }
+                Err(e) => failures.push(format!("connection {served}: {e}")),
+            }
+        }
+        (served, failures)
+    })
+}
+
+#[test]
+fn takeover_hands_the_xdp_link_to_the_successor_without_a_gap() {
+    takeover_keeps_xdp_attached("generic");
+}
+
+#[test]
+fn takeover_hands_a_native_xdp_link_to_the_successor_without_a_gap() {
+    takeover_keeps_xdp_attached("native");
+}
+
+/// An upgrade through `--takeover` with XDP in `xdp_mode`, under a client
+/// loop, checked against the kernel's view of the link.
+fn takeover_keeps_xdp_attached(xdp_mode: &str) {
+    let pair = NetnsPair::create();
+    if xdp_mode == "native" {
+        pair.tx_checksum_off_b();
+    }
+    let opts = options(&pair, "xdp", xdp_mode, None);
+    let mut old = NsFrontend::start(&pair.a, PORT, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let old_pid = old.pid();
+    let old_links = xdp_links_of(old_pid);
+    assert_eq!(
+        old_links.len(),
+        1,
+        "XDP links of the old process: {old_links:?}"
+    );
+    let (link_id, old_prog) = old_links[0];
+    assert_eq!(pair.xdp_prog_id(), Some(old_prog), "{}", pair.link_a());
+
+    // Clients and a watcher of the interface run through the whole upgrade.
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples = Arc::new(AtomicUsize::new(0));
+    let (new, clients, unattached) = std::thread::scope(|s| {
+        let clients = s.spawn(|| client_loop(&pair, PORT, &stop));
+        let watcher = s.spawn(|| {
+            let mut unattached = 0;
+            while !stop.load(Ordering::Relaxed) {
+                unattached += usize::from(pair.xdp_prog_id().is_none());
+                samples.fetch_add(1, Ordering::Relaxed);
+            }
+            unattached
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let new = old.start_takeover(&pair.a, &opts);
+        if new.is_ok() {
+            std::thread::sleep(Duration::from_millis(500));
+            old.terminate(Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let clients = clients.join().expect("client thread");
+        (new, clients, watcher.join().expect("watcher thread"))
+    });
+    let new = new.unwrap_or_else(|e| panic!("successor: {e}\nold: {}", old.output()));
+    let (served, failures) = clients;
+    eprintln!(
+        "{xdp_mode}: through the upgrade: {served} connections served, {} failed; interface sampled {} times, {unattached} without XDP",
+        failures.len(),
+        samples.load(Ordering::Relaxed)
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} connections failed, first {:?}\nold: {}\nnew: {}",
+        failures.len(),
+        served + failures.len(),
+        failures.first(),
+        old.output(),
+        new.output()
+    );
+    assert!(served >= 20, "only {served} connections in the upgrade");
+    assert_eq!(unattached, 0, "samples of the interface without XDP");
+    // The kernel's view: the successor holds the same link (never
+    // re-created) with its own program, which is what the interface runs.
+    let new_links = xdp_links_of(new.pid());
+    assert_eq!(
+        new_links.len(),
+        1,
+        "XDP links of the successor: {new_links:?}"
+    );
+    assert_eq!(new_links[0].0, link_id, "not the link of the old process");
+    assert_ne!(new_links[0].1, old_prog, "the program was not replaced");
+    assert_eq!(
+        pair.xdp_prog_id(),
+        Some(new_links[0].1),
+        "{}",
+        pair.link_a()
+    );
+    let line = new.steering_line();
+    assert!(
+        line.contains(&format!("link taken over from pid {old_pid}"))
+            && line.contains("without a gap")
+            && line.contains(&format!("xdp ({xdp_mode} on")),
+        "summary: {line}"
+    );
+    assert!(
+        old.stderr().contains(&format!("left to pid {}", new.pid())),
+        "{}",
+        old.output()
+    );
+    // The successor steers exactly, with its own key.
+    let cpus = kernel_cpus(&new);
+    let hash_key = new.flow_key();
+    let (conns, failures) = run_clients(&pair, PORT, 50);
+    assert!(failures.is_empty(), "{failures:?}");
+    for c in &conns {
+        let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, PORT);
+        let slot = worker_slot(&key, &hash_key, cpus.len() as u32).unwrap() as usize;
+        assert_eq!(kernel_worker(&cpus, c), slot, "port {}", c.port);
+    }
+    // The link leaves with its last holder.
+    drop(new);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pair.xdp_attached() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !pair.xdp_attached(),
+        "after the successor: {}",
+        pair.link_a()
+    );
+}
+
+#[test]
+fn takeover_from_a_process_without_xdp_attaches_a_new_link_and_says_so() {
+    let pair = NetnsPair::create();
+    let old = start(&pair, "reuseport", "", None);
+    let new = old
+        .start_takeover(&pair.a, &options(&pair, "xdp", "generic", None))
+        .unwrap_or_else(|e| panic!("successor: {e}"));
+    let line = new.steering_line();
+    assert!(
+        line.contains("new link, none taken over: no XDP link here"),
+        "summary: {line}"
+    );
+    let links = xdp_links_of(new.pid());
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert_eq!(pair.xdp_prog_id(), Some(links[0].1), "{}", pair.link_a());
 }
 
 /// Malformed and unusual frames, Ethernet addressed from B's veth to A's.
@@ -442,9 +690,10 @@ fn malformed_frames_do_not_break_steering() {
     let (conns, failures) = run_clients(&pair, fe.port, 100);
     assert!(failures.is_empty(), "{failures:?}\n{}", fe.output());
     let cpus = kernel_cpus(&fe);
+    let hash_key = fe.flow_key();
     for c in &conns {
         let key = FlowKey::v4(ADDR_B.octets(), ADDR_A.octets(), c.port, fe.port);
-        let slot = worker_slot(&key, cpus.len() as u32).unwrap() as usize;
+        let slot = worker_slot(&key, &hash_key, cpus.len() as u32).unwrap() as usize;
         let worker = kernel_worker(&cpus, c);
         assert_eq!(
             worker, slot,

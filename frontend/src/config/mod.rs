@@ -207,7 +207,7 @@ config_keys! {
     backlog: u32 = "1024", "net.backlog", change = Restart,
         "Listen backlog of each worker's socket.";
     steering: Steering = "none", "net.steering", change = Restart,
-        "How connections reach workers: none = the kernel's SO_REUSEPORT hash; reuseport = an SK_REUSEPORT program gives each connection to the worker pinned to the CPU that handles its SYN; xdp = an XDP program on net.xdp.interface first moves each connection to a worker's CPU (hash of its addresses and ports, CPUMAP), plus reuseport. Needs CAP_BPF and CAP_NET_ADMIN.";
+        "How connections reach workers: none = the kernel's SO_REUSEPORT hash; reuseport = an SK_REUSEPORT program gives each connection to the worker pinned to the CPU that handles its SYN; xdp = an XDP program on net.xdp.interface first moves each connection to a worker's CPU (SipHash of its addresses and ports keyed by a random key per start, CPUMAP; a --takeover successor takes the XDP link over), plus reuseport. Needs CAP_BPF and CAP_NET_ADMIN.";
     steering_fallback: SteeringFallback = "reuseport", "net.steering.fallback", change = Restart,
         "When net.steering cannot be set up (no privileges, no kernel support): reuseport = try reuseport, then none; none = use none; fail = stop with an error. The start-up summary says what is in effect.";
     xdp_interface: Interface = "", "net.xdp.interface", change = Restart,
