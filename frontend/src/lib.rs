@@ -22,6 +22,7 @@ pub mod control;
 pub mod fuzzing;
 pub mod hello_gate;
 pub mod metrics;
+pub mod ocsp;
 pub mod proxy;
 pub mod session_cache;
 #[allow(unsafe_code)]

@@ -151,12 +151,16 @@ pub fn server_config(
         ),
         _ => (self_signed(&provider)?, CertSource::SelfSigned),
     };
+    let default = with_ocsp(default, config.ocsp.0.as_deref());
     let mut by_name = HashMap::new();
     for (name, sni) in &config.sni {
         if let (Some(cert), Some(key)) = (&sni.cert, &sni.key) {
             by_name.insert(
                 name.clone(),
-                Arc::new(load_certified_key(cert, key, &provider)?),
+                Arc::new(with_ocsp(
+                    load_certified_key(cert, key, &provider)?,
+                    sni.ocsp.as_deref(),
+                )),
             );
         }
     }
@@ -195,6 +199,35 @@ pub fn server_config(
     // Validated to fit a u32 by Config::validate.
     server.max_early_data_size = u32::try_from(config.early_data_max.0).unwrap_or(0);
     Ok((Arc::new(server), source))
+}
+
+/// `key` with the OCSP response at `path` to staple, if it is usable for
+/// `key`'s certificate now; else `key` as it was, with a warning naming the
+/// file and why (a stale or wrong response never stops the server, and is
+/// never stapled: clients would refuse the connection).
+pub fn with_ocsp(mut key: CertifiedKey, path: Option<&Path>) -> CertifiedKey {
+    let Some(path) = path else {
+        return key;
+    };
+    match crate::ocsp::load(path, &key.cert, std::time::SystemTime::now()) {
+        Ok((response, checked)) => {
+            tracing::info!(
+                "OCSP response {} stapled (certificate status {})",
+                path.display(),
+                checked.status
+            );
+            if checked.status != "good" {
+                tracing::warn!(
+                    "OCSP response {} says the certificate is {}",
+                    path.display(),
+                    checked.status
+                );
+            }
+            key.ocsp = Some(response);
+        }
+        Err(e) => tracing::warn!("{e}; not stapled"),
+    }
+    key
 }
 
 /// `full` for a ClientHello that offers a TLS 1.3 ticket: a resumed

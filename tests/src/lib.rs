@@ -1791,6 +1791,8 @@ pub mod netns;
 
 pub mod ops_support;
 
+pub mod openssl_pki;
+
 pub mod robust_support;
 
 pub mod fleet_support;

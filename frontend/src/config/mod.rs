@@ -104,9 +104,11 @@ pub struct SniCert {
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// DER OCSP response stapled with `cert` (`tls.sni.<name>.ocsp`).
+    pub ocsp: Option<PathBuf>,
 }
 
-/// Keys of the form `tls.sni.<name>.cert|key`; documented beside [`KEYS`].
+/// Keys of the form `tls.sni.<name>.cert|key|ocsp`; documented beside [`KEYS`].
 pub const SNI_KEYS: &[KeyInfo] = &[
     KeyInfo {
         name: "tls.sni.<name>.cert",
@@ -121,6 +123,13 @@ pub const SNI_KEYS: &[KeyInfo] = &[
         default: "",
         change: Change::Reload,
         doc: "Private key (PEM) for tls.sni.<name>.cert.",
+    },
+    KeyInfo {
+        name: "tls.sni.<name>.ocsp",
+        kind: "path",
+        default: "",
+        change: Change::Reload,
+        doc: "OCSP response (DER) stapled with tls.sni.<name>.cert, as tls.ocsp is with tls.cert.",
     },
 ];
 
@@ -209,6 +218,8 @@ config_keys! {
         "Private key (PEM: PKCS#8, PKCS#1 or SEC1; ECDSA, RSA or Ed25519) of tls.cert.";
     alpn: List = "", "tls.alpn", change = Reload,
         "ALPN protocols offered, in preference order, comma-separated (e.g. h2,http/1.1); empty = no ALPN.";
+    ocsp: OptPath = "", "tls.ocsp", change = Reload,
+        "OCSP response (DER, as `openssl ocsp -respout` writes it) stapled with tls.cert; re-read on reload. One for another certificate (serial number or issuer), past its nextUpdate or not successful is not stapled, and a warning names the file and why; empty = no stapling.";
     protocols: Protocols = "1.2,1.3", "tls.protocols", change = Reload,
         "TLS versions accepted, comma-separated, from 1.2 and 1.3.";
     upstream: Upstream = "builtin", "upstream.addr", change = Live,
@@ -284,6 +295,7 @@ impl Config {
             match which {
                 SniPart::Cert => entry.cert = path.0,
                 SniPart::Key => entry.key = path.0,
+                SniPart::Ocsp => entry.ocsp = path.0,
             }
             return Ok(());
         }
@@ -300,6 +312,7 @@ impl Config {
         let path = match which {
             SniPart::Cert => entry.cert.clone(),
             SniPart::Key => entry.key.clone(),
+            SniPart::Ocsp => entry.ocsp.clone(),
         };
         Some(OptPath(path).render())
     }
@@ -319,6 +332,12 @@ impl Config {
                 format!("tls.sni.{name}.key"),
                 OptPath(sni.key.clone()).render(),
             ));
+            if sni.ocsp.is_some() {
+                out.push((
+                    format!("tls.sni.{name}.ocsp"),
+                    OptPath(sni.ocsp.clone()).render(),
+                ));
+            }
         }
         out
     }
@@ -549,13 +568,16 @@ impl Config {
 enum SniPart {
     Cert,
     Key,
+    Ocsp,
 }
 
-/// Splits `tls.sni.<name>.cert|key` into the name and the part.
+/// Splits `tls.sni.<name>.cert|key|ocsp` into the name and the part.
 fn sni_key(key: &str) -> Option<(&str, SniPart)> {
     let rest = key.strip_prefix("tls.sni.")?;
     let (name, part) = if let Some(n) = rest.strip_suffix(".cert") {
         (n, SniPart::Cert)
+    } else if let Some(n) = rest.strip_suffix(".ocsp") {
+        (n, SniPart::Ocsp)
     } else {
         (rest.strip_suffix(".key")?, SniPart::Key)
     };
@@ -632,7 +654,8 @@ pub fn example_file() -> String {
     out.push_str(
         "\n# --- per server name (SNI) certificates ---\n\
          # tls.sni.api.example.com.cert = /etc/tlsfront/api.example.com.pem\n\
-         # tls.sni.api.example.com.key = /etc/tlsfront/api.example.com.key\n",
+         # tls.sni.api.example.com.key = /etc/tlsfront/api.example.com.key\n\
+         # tls.sni.api.example.com.ocsp = /etc/tlsfront/api.example.com.ocsp.der\n",
     );
     out
 }
