@@ -15,6 +15,7 @@
 //! soundness invariant above it.
 #![deny(unsafe_code)]
 
+pub mod client_auth;
 pub mod client_hello;
 pub mod config;
 pub mod connection;

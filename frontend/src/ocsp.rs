@@ -144,7 +144,10 @@ pub fn check(der: &[u8], chain: &[CertificateDer<'_>], now: SystemTime) -> Resul
             if next < now {
                 return Err(format!(
                     "expired: nextUpdate was {}",
-                    single.next_update.map(|t| t.0.to_date_time().to_string()).unwrap_or_default()
+                    single
+                        .next_update
+                        .map(|t| t.0.to_date_time().to_string())
+                        .unwrap_or_default()
                 ));
             }
         }
@@ -188,17 +191,21 @@ mod tests {
 
     #[test]
     fn bytes_that_are_no_ocsp_response_are_refused_saying_so() {
-        let leaf = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
-            .expect("self-signed");
-        let reason = check(b"not DER at all", &[leaf.cert.der().clone()], SystemTime::now())
-            .expect_err("garbage");
+        let leaf =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("self-signed");
+        let reason = check(
+            b"not DER at all",
+            &[leaf.cert.der().clone()],
+            SystemTime::now(),
+        )
+        .expect_err("garbage");
         assert!(reason.contains("not a DER OCSP response"), "{reason}");
     }
 
     #[test]
     fn a_missing_file_is_named() {
-        let err = load(Path::new("/nonexistent/r.der"), &[], SystemTime::now())
-            .expect_err("missing");
+        let err =
+            load(Path::new("/nonexistent/r.der"), &[], SystemTime::now()).expect_err("missing");
         assert!(err.to_string().contains("/nonexistent/r.der"), "{err}");
     }
 }

@@ -64,12 +64,25 @@ impl OpensslCa {
         openssl(
             dir,
             &[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                "-nodes", "-days", "30", "-subj", &format!("/CN={name} test CA"),
-                "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-                "-keyout", &key.display().to_string(),
-                "-out", &cert.display().to_string(),
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                &format!("/CN={name} test CA"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+                "-keyout",
+                &key.display().to_string(),
+                "-out",
+                &cert.display().to_string(),
             ],
         );
         OpensslCa {
@@ -105,16 +118,38 @@ impl OpensslCa {
         openssl(
             dir,
             &[
-                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-subj", &format!("/CN={cn}"), "-keyout", &path(&key), "-out", &path(&csr),
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &path(&key),
+                "-out",
+                &path(&csr),
             ],
         );
         openssl(
             dir,
             &[
-                "x509", "-req", "-in", &path(&csr), "-CA", &path(&self.cert), "-CAkey",
-                &path(&self.key), "-CAcreateserial", "-days", "30", "-extfile", &path(&ext),
-                "-out", &path(&cert),
+                "x509",
+                "-req",
+                "-in",
+                &path(&csr),
+                "-CA",
+                &path(&self.cert),
+                "-CAkey",
+                &path(&self.key),
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                &path(&ext),
+                "-out",
+                &path(&cert),
             ],
         );
         let serial_out = openssl(dir, &["x509", "-noout", "-serial", "-in", &path(&cert)]);
@@ -139,18 +174,37 @@ impl OpensslCa {
     /// valid for one day from now, or from `made_at` (a date `faketime`
     /// understands: the response is then made as if at that time).
     pub fn ocsp_response(&self, leaf: &Issued, status: char, made_at: Option<&str>, out: &Path) {
-        let index = self.dir.join(format!("{}-index-{}.txt", self.name, leaf.serial));
+        let index = self
+            .dir
+            .join(format!("{}-index-{}.txt", self.name, leaf.serial));
         let revoked = if status == 'R' { "210101000000Z" } else { "" };
         std::fs::write(
             &index,
-            format!("{status}\t301231235959Z\t{revoked}\t{}\tunknown\t/CN=leaf\n", leaf.serial),
+            format!(
+                "{status}\t301231235959Z\t{revoked}\t{}\tunknown\t/CN=leaf\n",
+                leaf.serial
+            ),
         )
         .expect("write OCSP index");
         let path = |p: &Path| p.display().to_string();
         let args = [
-            "ocsp", "-index", &path(&index), "-rsigner", &path(&self.cert), "-rkey",
-            &path(&self.key), "-CA", &path(&self.cert), "-issuer", &path(&self.cert), "-cert",
-            &path(&leaf.cert), "-ndays", "1", "-respout", &path(out),
+            "ocsp",
+            "-index",
+            &path(&index),
+            "-rsigner",
+            &path(&self.cert),
+            "-rkey",
+            &path(&self.key),
+            "-CA",
+            &path(&self.cert),
+            "-issuer",
+            &path(&self.cert),
+            "-cert",
+            &path(&leaf.cert),
+            "-ndays",
+            "1",
+            "-respout",
+            &path(out),
         ];
         match made_at {
             None => {
@@ -170,13 +224,22 @@ impl OpensslCa {
 /// the server closes (at most 20 s).
 pub fn s_client(port: u16, extra: &[&str]) -> CmdOutput {
     let mut cmd = crate::prereq::tool("openssl");
-    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-ign_eof"]);
+    cmd.args([
+        "s_client",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-ign_eof",
+    ]);
     if !extra.contains(&"-servername") {
         cmd.args(["-servername", "localhost"]);
     }
     cmd.args(extra);
     let out = run_cmd(cmd, b"GET / HTTP/1.0\r\n\r\n", Duration::from_secs(20));
-    assert!(!out.timed_out(), "s_client did not finish in 20 s\n{}", out.describe());
+    assert!(
+        !out.timed_out(),
+        "s_client did not finish in 20 s\n{}",
+        out.describe()
+    );
     out
 }
 

@@ -29,7 +29,12 @@ fn status(fe: &Frontend, extra: &[&str]) -> String {
     let mut args = vec!["-status"];
     args.extend_from_slice(extra);
     let out = s_client(fe.port, &args);
-    assert!(served(&out), "s_client {args:?}:\n{}\n{}", out.describe(), fe.output());
+    assert!(
+        served(&out),
+        "s_client {args:?}:\n{}\n{}",
+        out.describe(),
+        fe.output()
+    );
     out.stdout
 }
 

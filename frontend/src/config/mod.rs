@@ -16,7 +16,7 @@ pub use values::{
     AutoPath, ConfigValue, Duration, KeySourceSpec, List, LogLevel, OptAddr, OptPath, OptUser,
     Protocols, ProxyProtocol, Size, Steering, Tls13Mode, Upstream, WorkerCount,
 };
-pub use values::{Interface, SteeringFallback, XdpMode};
+pub use values::{ClientAuth, Interface, SteeringFallback, XdpMode};
 
 /// Description of one configuration key, as listed by `sysctl -a` and in
 /// `docs/config.md`.
@@ -220,6 +220,10 @@ config_keys! {
         "ALPN protocols offered, in preference order, comma-separated (e.g. h2,http/1.1); empty = no ALPN.";
     ocsp: OptPath = "", "tls.ocsp", change = Reload,
         "OCSP response (DER, as `openssl ocsp -respout` writes it) stapled with tls.cert; re-read on reload. One for another certificate (serial number or issuer), past its nextUpdate or not successful is not stapled, and a warning names the file and why; empty = no stapling.";
+    client_ca: OptPath = "", "tls.client_ca", change = Reload,
+        "CA certificates (PEM bundle) that client certificates must chain to (tls.client_auth).";
+    client_auth: ClientAuth = "none", "tls.client_auth", change = Reload,
+        "Ask clients for a certificate: none; optional = clients without one are served, one that does not verify against tls.client_ca is refused; required = only clients with a verified certificate are served. A session resumes only under the same tls.client_auth and tls.client_ca it was made under, so one without a verified certificate never resumes into required.";
     protocols: Protocols = "1.2,1.3", "tls.protocols", change = Reload,
         "TLS versions accepted, comma-separated, from 1.2 and 1.3.";
     upstream: Upstream = "builtin", "upstream.addr", change = Live,
@@ -279,7 +283,7 @@ config_keys! {
     log_level: LogLevel = "info", "log.level", change = Live,
         "Log verbosity on stderr: error, warn, info, debug or trace.";
     log_access: bool = "0", "log.access", change = Live,
-        "One line per finished connection (info level): client, SNI, ALPN, TLS version, how it resumed (full, id, ticket, tls13, tls13-stateful), bytes each way, duration, worker.";
+        "One line per finished connection (info level): client, SNI, ALPN, TLS version, how it resumed (full, id, ticket, tls13, tls13-stateful), client_cert (verified, or - when none was presented), bytes each way, duration, worker.";
 }
 
 impl Config {
@@ -431,6 +435,12 @@ impl Config {
             (Some(_), None) => return bad("tls.key", "tls.cert is set but tls.key is not"),
             (None, Some(_)) => return bad("tls.cert", "tls.key is set but tls.cert is not"),
             _ => {}
+        }
+        if self.client_auth != ClientAuth::None && self.client_ca.0.is_none() {
+            return bad(
+                "tls.client_ca",
+                "tls.client_auth is optional or required: the CA file client certificates must chain to is needed",
+            );
         }
         if self.early_data_max.0 > 0 {
             if self.tls13_mode != Tls13Mode::Stateful {
