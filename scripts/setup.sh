@@ -9,7 +9,8 @@
 #     is stopped and disabled too, the test starts its own instance),
 #     haproxy and hitch (the other peers of bench/compare.sh; their services
 #     are stopped and disabled too), linux-perf when `perf` is missing (the
-#     io_uring tracepoint counts of bench/compare.sh)
+#     io_uring tracepoint counts of bench/compare.sh), faketime (an expired
+#     OCSP response for tests/tests/ocsp.rs)
 #   - rust-src for the installed `nightly` toolchain (the eBPF crate is built
 #     with -Z build-std=core by frontend/build.rs)
 #   - bpf-linker 0.13.0 built against LLVM 22
@@ -29,6 +30,9 @@ EBPF_TOOLCHAIN=nightly
 APT_PACKAGES=(
     llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
     openssl ethtool iproute2 curl
+    # faketime: an OCSP response made "in 2021" is expired for certain
+    # (tests/tests/ocsp.rs), without waiting for one to run out.
+    faketime
     nginx libnginx-mod-stream
     redis-server
     haproxy hitch

@@ -872,6 +872,17 @@ impl Connection {
         self.tls.alpn_protocol()
     }
 
+    /// `verified` when the client presented a certificate (rustls's
+    /// verifier let it in, so it verified against `tls.client_ca`, in this
+    /// handshake or the one of the session it resumed), else `-`.
+    pub fn client_cert(&self) -> &'static str {
+        if self.tls.peer_certificates().is_some_and(|c| !c.is_empty()) {
+            "verified"
+        } else {
+            "-"
+        }
+    }
+
     /// The server name the client asked for.
     pub fn server_name(&self) -> Option<&str> {
         self.server_name.as_deref()

@@ -17,6 +17,7 @@
 #![deny(unsafe_code)]
 
 pub mod check;
+pub mod client_auth;
 pub mod client_hello;
 pub mod config;
 pub mod connection;
@@ -24,6 +25,7 @@ pub mod control;
 pub mod fuzzing;
 pub mod hello_gate;
 pub mod metrics;
+pub mod ocsp;
 pub mod proxy_protocol;
 pub mod server_name;
 pub mod session_cache;

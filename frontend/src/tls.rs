@@ -35,6 +35,9 @@ pub enum TlsError {
     /// The self-signed certificate could not be made.
     #[error("generating the self-signed certificate: {0}")]
     SelfSigned(String),
+    /// `tls.client_ca` / `tls.client_auth` cannot be set up.
+    #[error(transparent)]
+    ClientAuth(#[from] crate::client_auth::ClientAuthError),
     /// rustls refused the protocol versions or the provider.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -155,12 +158,16 @@ pub fn server_config(
         ),
         _ => (self_signed(&provider)?, CertSource::SelfSigned),
     };
+    let default = with_ocsp(default, config.ocsp.0.as_deref());
     let mut by_name = HashMap::new();
     for (name, sni) in &config.sni {
         if let (Some(cert), Some(key)) = (&sni.cert, &sni.key) {
             by_name.insert(
                 name.clone(),
-                Arc::new(load_certified_key(cert, key, &provider)?),
+                Arc::new(with_ocsp(
+                    load_certified_key(cert, key, &provider)?,
+                    sni.ocsp.as_deref(),
+                )),
             );
         }
     }
@@ -173,9 +180,10 @@ pub fn server_config(
     if config.protocols.tls12 {
         versions.push(&rustls::version::TLS12);
     }
+    let client_auth = crate::client_auth::setup(config, &provider)?;
     let mut server = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_auth.verifier)
         .with_cert_resolver(Arc::new(resolver));
     server.alpn_protocols = config
         .alpn
@@ -190,12 +198,56 @@ pub fn server_config(
     if let Some(ring) = tickets {
         server.ticketer = ring;
     }
+    if let Some(context) = client_auth.context {
+        bind_sessions(&mut server, context);
+    }
     server.send_tls13_tickets = config.tls13_tickets as usize;
     // RFC 9149: a client that asks for fewer tickets (or none) gets them.
     server.max_tls13_tickets = config.tls13_tickets as usize;
     // Validated to fit a u32 by Config::validate.
     server.max_early_data_size = u32::try_from(config.early_data_max.0).unwrap_or(0);
     Ok((Arc::new(server), source))
+}
+
+/// Binds `server`'s session storage and ticketer to the client-auth
+/// `context` (see [`crate::client_auth`]): sessions made under another
+/// `tls.client_auth` / `tls.client_ca` do not resume.
+fn bind_sessions(server: &mut ServerConfig, context: crate::client_auth::Context) {
+    use crate::client_auth::{BoundSessions, BoundTickets};
+    server.session_storage = Arc::new(BoundSessions::new(
+        Arc::clone(&server.session_storage),
+        context,
+    ));
+    server.ticketer = Arc::new(BoundTickets::new(Arc::clone(&server.ticketer), context));
+}
+
+/// `key` with the OCSP response at `path` to staple, if it is usable for
+/// `key`'s certificate now; else `key` as it was, with a warning naming the
+/// file and why (a stale or wrong response never stops the server, and is
+/// never stapled: clients would refuse the connection).
+pub fn with_ocsp(mut key: CertifiedKey, path: Option<&Path>) -> CertifiedKey {
+    let Some(path) = path else {
+        return key;
+    };
+    match crate::ocsp::load(path, &key.cert, std::time::SystemTime::now()) {
+        Ok((response, checked)) => {
+            tracing::info!(
+                "OCSP response {} stapled (certificate status {})",
+                path.display(),
+                checked.status
+            );
+            if checked.status != "good" {
+                tracing::warn!(
+                    "OCSP response {} says the certificate is {}",
+                    path.display(),
+                    checked.status
+                );
+            }
+            key.ocsp = Some(response);
+        }
+        Err(e) => tracing::warn!("{e}; not stapled"),
+    }
+    key
 }
 
 /// `full` for a ClientHello that offers a TLS 1.3 ticket: a resumed

@@ -1122,6 +1122,7 @@ impl Worker {
             alpn = alpn.as_deref().unwrap_or("-"),
             version = tls_version(m.protocol_version()),
             resumed = m.resumption().name(),
+            client_cert = m.client_cert(),
             bytes_in,
             bytes_out,
             ms = m.started().elapsed().as_millis() as u64,

@@ -1837,6 +1837,8 @@ pub mod netns;
 
 pub mod ops_support;
 
+pub mod openssl_pki;
+
 pub mod robust_support;
 
 pub mod fleet_support;

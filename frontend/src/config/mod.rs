@@ -17,7 +17,7 @@ pub use values::{
     Networks, Protocols, ProxyProtocol, Size, Steering, Tls13Mode, Upstream, UpstreamServer,
     WorkerCount,
 };
-pub use values::{Interface, SteeringFallback, XdpMode};
+pub use values::{ClientAuth, Interface, SteeringFallback, XdpMode};
 
 /// Description of one configuration key, as listed by `sysctl -a` and in
 /// `docs/config.md`.
@@ -108,9 +108,11 @@ pub struct SniCert {
     pub key: Option<PathBuf>,
     /// Servers for this name instead of `upstream.addr`.
     pub upstream: Option<Upstream>,
+    /// DER OCSP response stapled with `cert` (`tls.sni.<name>.ocsp`).
+    pub ocsp: Option<PathBuf>,
 }
 
-/// Keys of the form `tls.sni.<name>.cert|key`; documented beside [`KEYS`].
+/// Keys of the form `tls.sni.<name>.cert|key|ocsp|upstream`; documented beside [`KEYS`].
 pub const SNI_KEYS: &[KeyInfo] = &[
     KeyInfo {
         name: "tls.sni.<name>.cert",
@@ -132,6 +134,13 @@ pub const SNI_KEYS: &[KeyInfo] = &[
         default: "",
         change: Change::Live,
         doc: "Where the plaintext of connections for server name <name> goes instead of upstream.addr (same form and matching as tls.sni.<name>.cert; a name may have an upstream without a certificate of its own). Empty = upstream.addr.",
+    },
+    KeyInfo {
+        name: "tls.sni.<name>.ocsp",
+        kind: "path",
+        default: "",
+        change: Change::Reload,
+        doc: "OCSP response (DER) stapled with tls.sni.<name>.cert, as tls.ocsp is with tls.cert.",
     },
 ];
 
@@ -232,6 +241,12 @@ config_keys! {
         "Private key (PEM: PKCS#8, PKCS#1 or SEC1; ECDSA, RSA or Ed25519) of tls.cert.";
     alpn: List = "", "tls.alpn", change = Reload,
         "ALPN protocols offered, in preference order, comma-separated (e.g. h2,http/1.1); empty = no ALPN.";
+    ocsp: OptPath = "", "tls.ocsp", change = Reload,
+        "OCSP response (DER, as `openssl ocsp -respout` writes it) stapled with tls.cert; re-read on reload. One for another certificate (serial number or issuer), past its nextUpdate or not successful is not stapled, and a warning names the file and why; empty = no stapling.";
+    client_ca: OptPath = "", "tls.client_ca", change = Reload,
+        "CA certificates (PEM bundle) that client certificates must chain to (tls.client_auth).";
+    client_auth: ClientAuth = "none", "tls.client_auth", change = Reload,
+        "Ask clients for a certificate: none; optional = clients without one are served, one that does not verify against tls.client_ca is refused; required = only clients with a verified certificate are served. A session resumes only under the same tls.client_auth and tls.client_ca it was made under, so one without a verified certificate never resumes into required.";
     protocols: Protocols = "1.2,1.3", "tls.protocols", change = Reload,
         "TLS versions accepted, comma-separated, from 1.2 and 1.3.";
     upstream: Upstream = "builtin", "upstream.addr", change = Live,
@@ -293,7 +308,7 @@ config_keys! {
     log_level: LogLevel = "info", "log.level", change = Live,
         "Log verbosity on stderr: error, warn, info, debug or trace.";
     log_access: bool = "0", "log.access", change = Live,
-        "One line per finished connection (info level): client, SNI, ALPN, TLS version, how it resumed (full, id, ticket, tls13, tls13-stateful), bytes each way, duration, worker.";
+        "One line per finished connection (info level): client, SNI, ALPN, TLS version, how it resumed (full, id, ticket, tls13, tls13-stateful), client_cert (verified, or - when none was presented), bytes each way, duration, worker.";
 }
 
 /// The values a numeric key accepts: a count, bytes for a size, seconds
@@ -361,6 +376,7 @@ impl Config {
             match which {
                 SniPart::Cert => entry.cert = OptPath::parse(raw)?.0,
                 SniPart::Key => entry.key = OptPath::parse(raw)?.0,
+                SniPart::Ocsp => entry.ocsp = OptPath::parse(raw)?.0,
                 SniPart::Upstream => {
                     entry.upstream = if raw.trim().is_empty() {
                         None
@@ -384,6 +400,7 @@ impl Config {
         Some(match which {
             SniPart::Cert => OptPath(entry.cert.clone()).render(),
             SniPart::Key => OptPath(entry.key.clone()).render(),
+            SniPart::Ocsp => OptPath(entry.ocsp.clone()).render(),
             SniPart::Upstream => entry.upstream.as_ref().map(Upstream::render).unwrap_or_default(),
         })
     }
@@ -403,6 +420,12 @@ impl Config {
                 format!("tls.sni.{name}.key"),
                 OptPath(sni.key.clone()).render(),
             ));
+            if sni.ocsp.is_some() {
+                out.push((
+                    format!("tls.sni.{name}.ocsp"),
+                    OptPath(sni.ocsp.clone()).render(),
+                ));
+            }
             if let Some(upstream) = &sni.upstream {
                 out.push((format!("tls.sni.{name}.upstream"), upstream.render()));
             }
@@ -473,6 +496,12 @@ impl Config {
             (Some(_), None) => bad("tls.cert", "set, but tls.key is not"),
             (None, Some(_)) => bad("tls.key", "set, but tls.cert is not"),
             _ => {}
+        }
+        if self.client_auth != ClientAuth::None && self.client_ca.0.is_none() {
+            bad(
+                "tls.client_ca",
+                "tls.client_auth is optional or required: the CA file client certificates must chain to is needed",
+            );
         }
         if self.early_data_max.0 > 0 {
             if self.tls13_mode != Tls13Mode::Stateful {
@@ -586,14 +615,17 @@ impl Config {
 enum SniPart {
     Cert,
     Key,
+    Ocsp,
     Upstream,
 }
 
-/// Splits `tls.sni.<name>.cert|key|upstream` into the name and the part.
+/// Splits `tls.sni.<name>.cert|key|ocsp|upstream` into the name and the part.
 fn sni_key(key: &str) -> Option<(&str, SniPart)> {
     let rest = key.strip_prefix("tls.sni.")?;
     let (name, part) = if let Some(n) = rest.strip_suffix(".cert") {
         (n, SniPart::Cert)
+    } else if let Some(n) = rest.strip_suffix(".ocsp") {
+        (n, SniPart::Ocsp)
     } else if let Some(n) = rest.strip_suffix(".upstream") {
         (n, SniPart::Upstream)
     } else {
@@ -612,6 +644,7 @@ pub fn key_info(key: &str) -> Option<&'static KeyInfo> {
     let pattern = match sni_key(key)?.1 {
         SniPart::Cert => "tls.sni.<name>.cert",
         SniPart::Key => "tls.sni.<name>.key",
+        SniPart::Ocsp => "tls.sni.<name>.ocsp",
         SniPart::Upstream => "tls.sni.<name>.upstream",
     };
     SNI_KEYS.iter().find(|k| k.name == pattern)
@@ -810,6 +843,7 @@ fn canonical_key(key: &str) -> String {
     match sni_key(key) {
         Some((name, SniPart::Cert)) => format!("tls.sni.{}.cert", name.to_ascii_lowercase()),
         Some((name, SniPart::Key)) => format!("tls.sni.{}.key", name.to_ascii_lowercase()),
+        Some((name, SniPart::Ocsp)) => format!("tls.sni.{}.ocsp", name.to_ascii_lowercase()),
         Some((name, SniPart::Upstream)) => format!("tls.sni.{}.upstream", name.to_ascii_lowercase()),
         None => key.to_string(),
     }
@@ -917,7 +951,8 @@ pub fn example_file() -> String {
     out.push_str(
         "\n# --- per server name (SNI) certificates ---\n\
          # tls.sni.api.example.com.cert = /etc/tlsfront/api.example.com.pem\n\
-         # tls.sni.api.example.com.key = /etc/tlsfront/api.example.com.key\n",
+         # tls.sni.api.example.com.key = /etc/tlsfront/api.example.com.key\n\
+         # tls.sni.api.example.com.ocsp = /etc/tlsfront/api.example.com.ocsp.der\n",
     );
     out
 }

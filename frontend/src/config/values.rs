@@ -660,6 +660,38 @@ impl ConfigValue for Tls13Mode {
     }
 }
 
+/// `tls.client_auth`: whether clients are asked for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No certificate is asked for.
+    None,
+    /// One is asked for; a client without one is served, one with a
+    /// certificate that does not verify against `tls.client_ca` is not.
+    Optional,
+    /// Only clients with a certificate that verifies are served.
+    Required,
+}
+
+impl ConfigValue for ClientAuth {
+    const KIND: &'static str = "none | optional | required";
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "none" => Ok(ClientAuth::None),
+            "optional" => Ok(ClientAuth::Optional),
+            "required" => Ok(ClientAuth::Required),
+            _ => Err(format!("{raw:?} is not none, optional or required")),
+        }
+    }
+    fn render(&self) -> String {
+        match self {
+            ClientAuth::None => "none",
+            ClientAuth::Optional => "optional",
+            ClientAuth::Required => "required",
+        }
+        .to_string()
+    }
+}
+
 /// `tickets.key_source`: where ticket keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySourceSpec {
