@@ -96,3 +96,41 @@ fn haproxy_accept_proxy_decodes_the_authority_and_client_tlsfront_sends() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_verified_client_certificate_and_its_common_name_reach_the_upstream() {
+    use tlsfront_tests::openssl_pki::{s_client, OpensslCa, Usage};
+    let dir = tlsfront_tests::temp_dir();
+    let ca = OpensslCa::new(dir.path(), "clients");
+    let server = ca.issue("server", "localhost", Usage::Server);
+    let alice = ca.issue("alice", "alice", Usage::Client);
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let upstream = Upstream::start(move |mut s| {
+        let header = pp2::read(&mut s);
+        let _ = s.write_all(b"ok");
+        let _ = tx.lock().unwrap().send(header);
+    });
+    let (chain, key, client_ca) = (
+        server.chain.display().to_string(),
+        server.key.display().to_string(),
+        ca.cert.display().to_string(),
+    );
+    let fe = Frontend::start(&[
+        ("worker.count", "1"),
+        ("tls.cert", &chain),
+        ("tls.key", &key),
+        ("tls.client_ca", &client_ca),
+        ("tls.client_auth", "required"),
+        ("upstream.addr", &upstream.addr_string()),
+        ("upstream.proxy_protocol", "2"),
+    ]);
+    let (cert, key) = (alice.cert.display().to_string(), alice.key.display().to_string());
+    let out = s_client(fe.port, &["-cert", &cert, "-key", &key]);
+    let pp = rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("the upstream got no connection\n{}\n{}", out.describe(), fe.output()))
+        .unwrap_or_else(|e| panic!("the header does not decode: {e}"));
+    assert_eq!(pp.ssl, Some((0x01 | 0x02, 0)), "SSL: a certificate on this connection, verified: {pp:?}");
+    assert_eq!(pp.text(0x22).as_deref(), Some("alice"), "SSL_CN: {pp:?}");
+}
