@@ -47,22 +47,35 @@ fn check_certificates(loaded: &mut Loaded) -> usize {
     let c = &loaded.config;
     let mut pairs = Vec::new();
     if let (Some(cert), Some(key)) = (&c.cert.0, &c.key.0) {
-        pairs.push(("tls.cert".to_string(), "tls.key".to_string(), cert.clone(), key.clone()));
+        let ocsp = c.ocsp.0.clone().map(|p| ("tls.ocsp".to_string(), p));
+        pairs.push(("tls.cert".to_string(), "tls.key".to_string(), cert.clone(), key.clone(), ocsp));
     }
     for (name, sni) in &c.sni {
         if let (Some(cert), Some(key)) = (&sni.cert, &sni.key) {
+            let ocsp = sni.ocsp.clone().map(|p| (format!("tls.sni.{name}.ocsp"), p));
             pairs.push((
                 format!("tls.sni.{name}.cert"),
                 format!("tls.sni.{name}.key"),
                 cert.clone(),
                 key.clone(),
+                ocsp,
             ));
         }
     }
     let mut good = 0;
-    for (cert_key, key_key, cert, key) in pairs {
+    for (cert_key, key_key, cert, key, ocsp) in pairs {
         match tls::load_certified_key(&cert, &key, &provider) {
-            Ok(_) => good += 1,
+            Ok(certified) => {
+                good += 1;
+                // `run` staples only a response that matches and is current
+                // (and warns otherwise); `check` names the one it would not.
+                if let Some((ocsp_key, path)) = ocsp {
+                    if let Err(e) = crate::ocsp::load(&path, &certified.cert, std::time::SystemTime::now()) {
+                        let problem = loaded.locate(&ocsp_key, format!("{e}: run would not staple it"));
+                        loaded.problems.push(problem);
+                    }
+                }
+            }
             Err(e) => {
                 let blame = match e {
                     TlsError::Pem {
@@ -79,7 +92,7 @@ fn check_certificates(loaded: &mut Loaded) -> usize {
     good
 }
 
-/// The CA file of `cache.remote.ca` and the secrets of
+/// The CA files of `cache.remote.ca` and `tls.client_ca` and the secrets of
 /// `tickets.key_source` and `cache.remote.secret`, read as `run` reads them.
 fn check_files(loaded: &mut Loaded) {
     let c = &loaded.config;
@@ -87,6 +100,11 @@ fn check_files(loaded: &mut Loaded) {
     if let Some(ca) = &c.cache_remote_ca.0 {
         if let Err(reason) = read_ca(ca) {
             found.push(("cache.remote.ca", reason));
+        }
+    }
+    if c.client_auth != crate::config::ClientAuth::None && c.client_ca.0.is_some() {
+        if let Err(e) = crate::client_auth::setup(c, &tls::provider()) {
+            found.push(("tls.client_ca", e.to_string()));
         }
     }
     let ring_used = c.tickets_enabled && c.tls13_mode == Tls13Mode::Stateless;

@@ -339,6 +339,31 @@ fn check_names_every_problem_with_its_file_line_and_key() {
 }
 
 #[test]
+fn check_names_an_ocsp_file_run_would_not_staple_and_a_bad_client_ca() {
+    let (pki, dir) = (Pki::new(), temp_dir());
+    let (cert, key) = pki.leaf(&["localhost"]).write(dir.path(), "a");
+    let not_ocsp = write_file(dir.path(), "resp.der", "not a DER OCSP response");
+    let not_ca = write_file(dir.path(), "clients.pem", "no certificate here\n");
+    let text = format!(
+        "tls.cert = {}\ntls.key = {}\ntls.ocsp = {}\ntls.client_ca = {}\ntls.client_auth = required\n",
+        cert.display(),
+        key.display(),
+        not_ocsp.display(),
+        not_ca.display()
+    );
+    let conf = write_file(dir.path(), "tls.conf", &text);
+    let out = check(&["-c", conf.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    let p = conf.display();
+    for want in [
+        format!("{p}:3: key 'tls.ocsp': OCSP response {}", not_ocsp.display()),
+        format!("{p}:4: key 'tls.client_ca':"),
+    ] {
+        assert!(out.stderr.contains(&want), "no {want:?}\n{}", out.describe());
+    }
+}
+
+#[test]
 fn check_blames_an_override_by_its_argument() {
     let out = check(&["-o", "tls.cert=/nonexistent/c.pem", "-o", "tls.key=/nonexistent/c.key"]);
     assert_eq!(out.code(), Some(2), "{}", out.describe());
