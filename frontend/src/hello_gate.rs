@@ -24,7 +24,7 @@ use rustls::server::UnbufferedServerConnection;
 use crate::client_hello::HelloInfo;
 use crate::config::Tls13Mode;
 use crate::connection::{Decision, HelloGate, Lookup};
-use crate::control::Live;
+use crate::live::Live;
 
 /// A worker's [`HelloGate`].
 pub struct WorkerGate {

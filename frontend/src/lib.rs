@@ -24,9 +24,11 @@ pub mod connection;
 pub mod control;
 pub mod fuzzing;
 pub mod hello_gate;
+pub mod live;
 pub mod metrics;
 pub mod ocsp;
 pub mod proxy_protocol;
+pub mod server;
 pub mod server_name;
 pub mod session_cache;
 #[allow(unsafe_code)]

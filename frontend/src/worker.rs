@@ -29,7 +29,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, warn};
 
 use crate::connection::{Connection, End, Event, Failure, HelloGate, Limits, Side};
-use crate::control::Live;
+use crate::live::Live;
 use crate::hello_gate::WorkerGate;
 use crate::metrics::{Stats, WorkerStats};
 use crate::session_cache::remote::{Answer, Fetched};
