@@ -16,7 +16,8 @@ use tlsfront_shared::{
 };
 
 use crate::config::Config;
-use crate::session_cache::layout::{self, Hasher};
+use crate::hash::FastHash;
+use crate::session_cache::layout;
 use crate::session_cache::{Opened, SessionCache};
 use crate::tickets::TicketKeyRing;
 
@@ -127,7 +128,7 @@ fn header_for(sets: usize, len: usize) -> Vec<u8> {
     words[layout::H_SEED] = FUZZ_SEED;
     words[layout::H_CHECK] = words[..layout::H_CHECK]
         .iter()
-        .fold(Hasher::new(0), |h, w| h.word(*w))
+        .fold(FastHash::new(0), |h, w| h.word(*w))
         .finish();
     let mut out: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     out.resize(layout::HEADER_BYTES, 0);

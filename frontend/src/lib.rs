@@ -19,10 +19,12 @@
 pub mod check;
 pub mod client_auth;
 pub mod client_hello;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod control;
 pub mod fuzzing;
+pub mod hash;
 pub mod hello_gate;
 pub mod live;
 pub mod metrics;

@@ -45,8 +45,8 @@ use aws_lc_rs::hkdf;
 use zeroize::Zeroizing;
 
 use crate::metrics::{self, PerWorkerCounters};
-use crate::session_cache::layout::Hasher;
-use crate::session_cache::unix_now;
+use crate::clock::unix_now;
+use crate::hash::FastHash;
 use crate::shm::{Opened, Region, ShmError};
 
 /// RFC 8446 §4.6.1: no ticket lifetime beyond 7 days.
@@ -60,10 +60,10 @@ const TAG_LEN: usize = 16;
 const SALT_LEN: usize = 16;
 /// Associated data before the key name: the ticket format's version.
 const TICKET_AAD_VERSION: &[u8] = b"tlsfront ticket v2";
-/// Fewest keys: next, current, previous.
-pub const MIN_KEYS: usize = 3;
+/// Fewest keys: next, current, previous (the range `tickets.keys` takes).
+pub const MIN_KEYS: usize = crate::config::TICKET_KEYS_MIN;
 /// Most keys a ring file holds.
-pub const MAX_KEYS: usize = 16;
+pub const MAX_KEYS: usize = crate::config::TICKET_KEYS_MAX;
 const MAGIC: u64 = u64::from_le_bytes(*b"TLSFTKTS");
 /// 2: double-buffered ring, settings in each buffer, derived keys not stored.
 const VERSION: u64 = 2;
@@ -821,14 +821,14 @@ fn decode_key(words: &[u64]) -> Option<Key> {
 fn buffer_check(period: u64, epoch: u64, source: u64, entries: &[u64]) -> u64 {
     entries
         .iter()
-        .fold(Hasher::new(period).word(epoch).word(source), |h, w| {
+        .fold(FastHash::new(period).word(epoch).word(source), |h, w| {
             h.word(*w)
         })
         .finish()
 }
 
 fn header_check(keys: u64) -> u64 {
-    Hasher::new(0).word(MAGIC).word(VERSION).word(keys).finish()
+    FastHash::new(0).word(MAGIC).word(VERSION).word(keys).finish()
 }
 
 /// Checks the header; `keys`, when given, must be the file's key count

@@ -19,6 +19,15 @@ pub use values::{
 };
 pub use values::{ClientAuth, Interface, SteeringFallback, XdpMode};
 
+pub mod remote_url;
+pub use remote_url::{RemoteSecret, RemoteUrl};
+
+/// Fewest keys of the ticket ring (`tickets.keys`): the next, the current
+/// and the previous epoch's.
+pub const TICKET_KEYS_MIN: usize = 3;
+/// Most keys of the ticket ring (`tickets.keys`).
+pub const TICKET_KEYS_MAX: usize = 16;
+
 /// Description of one configuration key, as listed by `sysctl -a` and in
 /// `docs/config.md`.
 #[derive(Debug, Clone, Copy)]
@@ -273,9 +282,9 @@ config_keys! {
         "Size of the cache file; fixed, it never grows (512 bytes per session).";
     cache_timeout: Duration = "300s", "cache.timeout_secs", change = Live,
         "How long a cached session can be resumed (like nginx's ssl_session_timeout).";
-    cache_remote: crate::session_cache::remote::RemoteUrl = "", "cache.remote", change = Restart,
+    cache_remote: RemoteUrl = "", "cache.remote", change = Restart,
         "A Redis shared by a fleet (redis://HOST:PORT[/DB], redis://:PASSWORD@HOST:PORT, redis+unix:///PATH) as a second tier behind the local cache, so sessions resume on any host behind a load balancer; empty = off. A Redis Cluster: redis+cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT...] (seed nodes; each lookup goes to the node owning its key's slot, with cache.remote.timeout_ms as connect and reply timeout, no retries). TLS: rediss://HOST:PORT (verified against cache.remote.ca or the system's roots). An ACL user: redis://USER:PASSWORD@HOST:PORT (never shown by sysctl -a or in logs). Values are sealed with cache.remote.secret. Lookups run on a thread of their own, never on a worker.";
-    cache_remote_secret: crate::session_cache::remote::RemoteSecret = "", "cache.remote.secret", change = Restart,
+    cache_remote_secret: RemoteSecret = "", "cache.remote.secret", change = Restart,
         "file:PATH of a secret of 32+ bytes shared by the fleet (like tickets.key_source): seals the sessions kept in cache.remote and names their keys. Required with cache.remote.";
     cache_remote_ca: OptPath = "", "cache.remote.ca", change = Restart,
         "PEM file of the CA that signs Redis's certificate, for rediss:// (the server's name or address is verified against it); empty = the system's trusted roots.";
@@ -359,7 +368,7 @@ pub const RANGES: &[Range] = &[
     range("cache.timeout_secs", 1, WEEK, "1s to 168h"),
     range("cache.remote.timeout_ms", 1, 1000, "1 to 1000"),
     range("cache.remote.queue", 1, 1 << 20, "1 to 1048576"),
-    range("tickets.keys", crate::tickets::MIN_KEYS as u64, crate::tickets::MAX_KEYS as u64, "3 to 16"),
+    range("tickets.keys", TICKET_KEYS_MIN as u64, TICKET_KEYS_MAX as u64, "3 to 16"),
     range("tickets.rotate_secs", 1, WEEK, "1s to 168h"),
 ];
 

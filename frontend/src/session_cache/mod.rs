@@ -32,22 +32,10 @@ use crate::shm::{Region, ShmError};
 pub type CacheError = ShmError;
 use layout::*;
 
+use crate::hash::FastHash;
 use crate::metrics::{self, PerWorkerCounters};
 
-/// Unix time in seconds.
-///
-/// From the coarse real-time clock: a few nanoseconds instead of ~40 for
-/// the precise one, and seconds are all that expiry and key epochs need.
-pub fn unix_now() -> u64 {
-    use nix::time::{clock_gettime, ClockId};
-    match clock_gettime(ClockId::CLOCK_REALTIME_COARSE) {
-        Ok(t) => u64::try_from(t.tv_sec()).unwrap_or(0),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    }
-}
+use crate::clock::unix_now;
 
 crate::metrics::named_counters! {
     /// Counters of the cache as used by one worker.
@@ -100,11 +88,7 @@ impl SessionCache {
         let mut seed = [0u8; 8];
         // A seed that cannot be drawn only makes set placement predictable;
         // keys are random server-chosen IDs, so fall back to the clock.
-        if crate::tls::provider()
-            .secure_random
-            .fill(&mut seed)
-            .is_err()
-        {
+        if aws_lc_rs::rand::fill(&mut seed).is_err() {
             seed = unix_now().to_le_bytes();
         }
         let sets = sets_for_size(size);
@@ -421,7 +405,7 @@ fn write_header(words: &[AtomicU64], sets: usize, len: usize, seed: u64) {
 fn header_check(words: &[u64; HEADER_WORDS]) -> u64 {
     words[..H_CHECK]
         .iter()
-        .fold(Hasher::new(0), |h, w| h.word(*w))
+        .fold(FastHash::new(0), |h, w| h.word(*w))
         .finish()
 }
 

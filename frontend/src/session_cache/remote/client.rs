@@ -446,7 +446,7 @@ fn broken(e: &redis::RedisError) -> bool {
 /// Opens a value Redis returned.
 fn opened(shared: &Shared, worker: usize, session_id: &[u8], sealed: &[u8]) -> Fetched {
     let counters = &shared.counters[worker];
-    match shared.keys.open(session_id, sealed, crate::session_cache::unix_now()) {
+    match shared.keys.open(session_id, sealed, crate::clock::unix_now()) {
         Ok(o) => {
             inc(&counters.hits);
             Fetched::Hit {
