@@ -23,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod control;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hash;
 pub mod hello_gate;
