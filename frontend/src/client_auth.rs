@@ -40,6 +40,7 @@ const TAG_MAGIC: u8 = 0xC7;
 
 /// Why client certificates cannot be set up; names `tls.client_ca`'s file.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // The fields are what the #[error] message names.
 pub enum ClientAuthError {
     /// The CA file could not be read or holds no certificate.
     #[error("tls.client_ca {}: {reason}", path.display())]

@@ -33,6 +33,7 @@ use crate::steering::{SteeringControl, XDP_LINK_COMMAND};
 
 /// Why the control socket could not be served or queried.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // The fields are what the #[error] message names.
 pub enum ControlError {
     /// Another live process already answers on this path.
     #[error("control socket {}: another tlsfront is running there (to replace it, start the new one with --takeover, then stop the old one)", path.display())]

@@ -15,6 +15,7 @@
 //! descriptor received with SCM_RIGHTS); each block states its soundness
 //! invariant above it.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod check;
 pub mod client_auth;

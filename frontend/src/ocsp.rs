@@ -33,6 +33,7 @@ const SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.
 
 /// Why an OCSP response file is not stapled.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // The fields are what the #[error] message names.
 pub enum OcspError {
     /// The file could not be read.
     #[error("OCSP response {}: {source}", path.display())]

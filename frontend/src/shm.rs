@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 
 use memmap2::MmapRaw;
 
-/// Why the cache file cannot be used.
+/// Why a shared file (the session cache or the ticket ring) cannot be
+/// used; the message names the file, whose name says which it is.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // The fields are what the #[error] message names.
 pub enum ShmError {
     /// `cache.size` leaves no room for one set.
     #[error("cache file {}: cache.size of {size} bytes is too small: at least {min} bytes", path.display())]
@@ -33,17 +35,17 @@ pub enum ShmError {
         min: usize,
     },
     /// An I/O operation on the file failed.
-    #[error("cache file {}: {what}: {source}", path.display())]
+    #[error("shared file {}: {what}: {source}", path.display())]
     Io {
         path: PathBuf,
         what: &'static str,
         source: io::Error,
     },
     /// The path is a directory, a symlink, a device...
-    #[error("cache file {}: not a regular file; refusing to touch it", path.display())]
+    #[error("shared file {}: not a regular file; refusing to touch it", path.display())]
     NotRegular { path: PathBuf },
     /// Someone else's file: not ours to rebuild.
-    #[error("cache file {}: owned by uid {owner}, not by this process's uid {me}{}; refusing to use it", path.display(), trusted.map(|t| format!(" nor by process.user's uid {t}")).unwrap_or_default())]
+    #[error("shared file {}: owned by uid {owner}, not by this process's uid {me}{}; refusing to use it", path.display(), trusted.map(|t| format!(" nor by process.user's uid {t}")).unwrap_or_default())]
     Owner {
         path: PathBuf,
         owner: u32,
@@ -52,11 +54,11 @@ pub enum ShmError {
     },
     /// The file system cannot hold the file: writing to a page it cannot
     /// supply would kill the process with SIGBUS, so it is refused at start.
-    #[error("cache file {}: needs {size} bytes but its file system has only {free} bytes free; make the tmpfs larger (e.g. docker run --shm-size) or lower the size in the configuration", path.display())]
+    #[error("shared file {}: needs {size} bytes but its file system has only {free} bytes free; make the tmpfs larger (e.g. docker run --shm-size) or lower the size in the configuration", path.display())]
     NoSpace { path: PathBuf, size: u64, free: u64 },
     /// Another process holds the lock file (an open in progress, or a
     /// process that never releases it).
-    #[error("cache file {}: the lock file {} is held by another process (a tlsfront starting on the same files, or another user's process: check with `fuser {}`); gave up after {waited_ms} ms", path.display(), lock.display(), lock.display())]
+    #[error("shared file {}: the lock file {} is held by another process (a tlsfront starting on the same files, or another user's process: check with `fuser {}`); gave up after {waited_ms} ms", path.display(), lock.display(), lock.display())]
     Locked {
         path: PathBuf,
         lock: PathBuf,
@@ -66,7 +68,7 @@ pub enum ShmError {
     #[error("directory {}: {reason}; refusing to keep shared files there", path.display())]
     UnsafeDir { path: PathBuf, reason: String },
     /// Anyone could plant sessions in it.
-    #[error("cache file {}: writable by everyone (mode {mode:o}); refusing to use it", path.display())]
+    #[error("shared file {}: writable by everyone (mode {mode:o}); refusing to use it", path.display())]
     WorldWritable { path: PathBuf, mode: u32 },
 }
 

@@ -192,6 +192,7 @@ fn hkdf_fill(secret: &[u8], info: &[u8], out: &mut [u8]) -> bool {
 
 /// Why the ring cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // The fields are what the #[error] message names.
 pub enum TicketError {
     /// The shared file.
     #[error("ticket ring {0}")]

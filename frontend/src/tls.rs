@@ -17,6 +17,7 @@ use crate::tickets::TicketKeyRing;
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // The fields are what the #[error] message names.
 pub enum TlsError {
     /// A PEM file could not be read or holds nothing usable.
     #[error("{what} {}: {reason}", path.display())]

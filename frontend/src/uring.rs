@@ -27,6 +27,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 /// What the driver could not do.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // The fields are what the #[error] message names.
 pub enum UringError {
     /// Creating the ring failed (an old kernel, or io_uring disabled by
     /// `kernel.io_uring_disabled`).

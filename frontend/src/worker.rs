@@ -55,6 +55,7 @@ const IDLE_WAKE: Duration = Duration::from_secs(5);
 
 /// Why the workers could not start.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // The fields are what the #[error] message names.
 pub enum WorkerError {
     /// Creating, configuring or binding a listener failed.
     #[error("cannot listen on {addr}: {what}: {source}")]

@@ -70,6 +70,7 @@ impl Change {
 /// Why a configuration could not be used. Every variant names where the
 /// problem is (file and line, or the `-o` argument) and which key.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // The fields are what the #[error] message names.
 pub enum ConfigError {
     /// A line of a file names a key whose value is wrong, or no such key.
     #[error("{}:{line}: key '{key}': {reason}", path.display())]
