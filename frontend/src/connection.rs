@@ -908,17 +908,6 @@ impl Connection {
         self.started
     }
 
-    /// Bytes of buffers this connection holds now (not counting rustls).
-    pub fn buffered(&self) -> usize {
-        let held = |b: &Option<Buf>| b.as_ref().map_or(0, Buf::capacity);
-        held(&self.incoming)
-            + held(&self.held)
-            + held(&self.to_client.queued)
-            + held(&self.to_client.resend)
-            + held(&self.to_upstream.queued)
-            + held(&self.to_upstream.resend)
-    }
-
     /// Gives every buffer back (the connection is being dropped).
     pub fn release(&mut self, pool: &mut BufPool) {
         for b in [

@@ -4,9 +4,15 @@
 //! driver of [`uring`]); TLS is rustls's unbuffered API ([`tls`]); the
 //! protocol logic is a sans-IO state machine per connection
 //! ([`connection`]); the PROXY protocol headers are read and built by [`proxy_protocol`];
-//! configuration is sysctl-style ([`config`]); the running process answers
-//! on a unix control socket ([`control`]) with the counters of [`metrics`].
-//! The architecture is described in `docs/ARCHITECTURE.md`.
+//! configuration is sysctl-style ([`config`]); [`server`] assembles the
+//! process, whose running state is [`live`]; it answers on a unix control
+//! socket ([`control`]) with the counters of [`metrics`]. The architecture
+//! is described in `docs/ARCHITECTURE.md`.
+//!
+//! Only what the binary, the end-to-end tests, the benches and the fuzz
+//! targets use is `pub` (`config`, `server`, `check`, `control`, `metrics`,
+//! `session_cache`, `tickets`, `tls`; `fuzzing` behind the `fuzzing`
+//! feature); every other module is `pub(crate)`.
 //!
 //! `unsafe` is denied everywhere but in [`shm`] (the one shared-memory
 //! primitive), [`uring`] (the io_uring driver: memory the kernel reads and
@@ -18,33 +24,33 @@
 #![warn(missing_docs)]
 
 pub mod check;
-pub mod client_auth;
-pub mod client_hello;
-pub mod clock;
+pub(crate) mod client_auth;
+pub(crate) mod client_hello;
+pub(crate) mod clock;
 pub mod config;
-pub mod connection;
+pub(crate) mod connection;
 pub mod control;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod hash;
-pub mod hello_gate;
-pub mod live;
+pub(crate) mod hash;
+pub(crate) mod hello_gate;
+pub(crate) mod live;
 pub mod metrics;
-pub mod ocsp;
-pub mod proxy_protocol;
+pub(crate) mod ocsp;
+pub(crate) mod proxy_protocol;
 pub mod server;
-pub mod server_name;
+pub(crate) mod server_name;
 pub mod session_cache;
 #[allow(unsafe_code)]
-pub mod shm;
+pub(crate) mod shm;
 #[allow(unsafe_code)]
-pub mod steering;
+pub(crate) mod steering;
 pub mod tickets;
 pub mod tls;
-pub mod upstream;
-pub mod upstream_pool;
-pub mod uring;
-pub mod worker;
+pub(crate) mod upstream;
+pub(crate) mod upstream_pool;
+pub(crate) mod uring;
+pub(crate) mod worker;
 
 /// The suite's one prerequisite check (`tests/src/prereq.rs`), shared with
 /// the unit tests here: a missing prerequisite fails a test, never skips it.

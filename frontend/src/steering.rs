@@ -96,11 +96,6 @@ impl std::fmt::Debug for Steering {
 }
 
 impl Steering {
-    /// What is in effect.
-    pub fn active(&self) -> Active {
-        self.active
-    }
-
     /// One line for the start-up summary, e.g.
     /// `xdp (native on veth0, CPUMAP queue 2048) + reuseport`.
     pub fn description(&self) -> &str {
@@ -168,26 +163,6 @@ impl Drop for Steering {
                 }
             }
         }
-    }
-}
-
-/// Removes whatever XDP program is attached to `interface` through netlink
-/// (`ip link set dev IF xdp off`), e.g. one left by a process that attached
-/// with netlink and was killed. Programs attached by a live process through
-/// a bpf_link (what [`setup`] does on current kernels) cannot be removed
-/// this way; they leave with their process or its [`Steering`].
-pub fn remove_xdp(interface: &str) -> Result<(), String> {
-    let out = std::process::Command::new("ip")
-        .args(["link", "set", "dev", interface, "xdp", "off"])
-        .output()
-        .map_err(|e| format!("running ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip link set dev {interface} xdp off: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
     }
 }
 

@@ -141,11 +141,6 @@ impl Buf {
             self.filled = 0;
         }
     }
-
-    /// Bytes of memory this buffer holds.
-    pub fn capacity(&self) -> usize {
-        self.bytes.capacity()
-    }
 }
 
 /// Free send buffers of one worker, so that a buffer is taken when data
@@ -313,11 +308,6 @@ impl RxBuffers {
         self.push(buf.bid);
         self.lent = self.lent.saturating_sub(1);
         self.publish();
-    }
-
-    /// Size of one buffer.
-    pub fn size(&self) -> usize {
-        self.size
     }
 }
 
@@ -637,10 +627,5 @@ impl Driver {
                 self.free_slots.push(index as u32);
             }
         }
-    }
-
-    /// Operations still pending in the kernel.
-    pub fn pending(&self) -> usize {
-        self.inflight.len() - self.free_slots.len()
     }
 }
