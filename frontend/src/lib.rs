@@ -1,11 +1,11 @@
 //! tlsfront: a TLS termination frontend for Linux edge hosts.
 //!
-//! Each connection lives on one per-core io_uring worker ([`worker`], the
-//! driver of [`uring`]); TLS is rustls's unbuffered API ([`tls`]); the
+//! Each connection lives on one per-core io_uring worker (`worker`, the
+//! driver of `uring`); TLS is rustls's unbuffered API ([`tls`]); the
 //! protocol logic is a sans-IO state machine per connection
-//! ([`connection`]); the PROXY protocol headers are read and built by [`proxy_protocol`];
+//! (`connection`); the PROXY protocol headers are read and built by `proxy_protocol`;
 //! configuration is sysctl-style ([`config`]); [`server`] assembles the
-//! process, whose running state is [`live`]; it answers on a unix control
+//! process, whose running state is `live`; it answers on a unix control
 //! socket ([`control`]) with the counters of [`metrics`]. The architecture
 //! is described in `docs/ARCHITECTURE.md`.
 //!
@@ -14,9 +14,9 @@
 //! `session_cache`, `tickets`, `tls`; `fuzzing` behind the `fuzzing`
 //! feature); every other module is `pub(crate)`.
 //!
-//! `unsafe` is denied everywhere but in [`shm`] (the one shared-memory
-//! primitive), [`uring`] (the io_uring driver: memory the kernel reads and
-//! writes after the call that submitted it) and [`steering`] (the eBPF ABI:
+//! `unsafe` is denied everywhere but in `shm` (the one shared-memory
+//! primitive), `uring` (the io_uring driver: memory the kernel reads and
+//! writes after the call that submitted it) and `steering` (the eBPF ABI:
 //! `Pod` for a value type the kernel reads, the bpf(2) link commands, the
 //! descriptor received with SCM_RIGHTS); each block states its soundness
 //! invariant above it.
