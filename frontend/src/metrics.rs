@@ -235,11 +235,19 @@ impl WorkerStats {
     }
 }
 
-/// Counters of every worker, with the CPU each is pinned to, and of the
-/// components that count per worker.
+/// One worker's entry of [`Stats`].
+pub struct WorkerEntry {
+    /// The CPU the worker is pinned to, if it is.
+    pub cpu: Option<usize>,
+    /// Its counters, on cache lines of their own.
+    pub counters: CachePadded<WorkerStats>,
+}
+
+/// The counters of every worker, and of the components that count per
+/// worker (cache, ring, remote tier).
 pub struct Stats {
     /// One entry per worker, by worker index.
-    pub workers: Vec<(Option<usize>, CachePadded<WorkerStats>)>,
+    pub workers: Vec<WorkerEntry>,
     sources: Vec<Arc<dyn PerWorkerCounters>>,
 }
 
@@ -247,7 +255,13 @@ impl Stats {
     /// Counters for `cpus.len()` workers, plus those of `sources`.
     pub fn new(cpus: &[Option<usize>], sources: Vec<Arc<dyn PerWorkerCounters>>) -> Stats {
         Stats {
-            workers: cpus.iter().map(|c| (*c, CachePadded::new(WorkerStats::default()))).collect(),
+            workers: cpus
+                .iter()
+                .map(|&cpu| WorkerEntry {
+                    cpu,
+                    counters: CachePadded::new(WorkerStats::default()),
+                })
+                .collect(),
             sources,
         }
     }
@@ -256,7 +270,7 @@ impl Stats {
     pub fn to_json(&self) -> serde_json::Value {
         let mut total: std::collections::BTreeMap<&'static str, u64> = Default::default();
         let mut workers = Vec::with_capacity(self.workers.len());
-        for (index, (cpu, stats)) in self.workers.iter().enumerate() {
+        for (index, WorkerEntry { cpu, counters: stats }) in self.workers.iter().enumerate() {
             let mut obj = serde_json::Map::new();
             obj.insert("worker".into(), index.into());
             obj.insert("cpu".into(), (*cpu).into());
@@ -355,7 +369,7 @@ pub fn prometheus_text(stats: &Stats) -> String {
         .workers
         .iter()
         .enumerate()
-        .map(|(i, (_, w))| (i, w.snapshot()))
+        .map(|(i, w)| (i, w.counters.snapshot()))
         .collect();
 
     let _ = writeln!(
@@ -412,7 +426,7 @@ pub fn prometheus_text(stats: &Stats) -> String {
         "# HELP tlsfront_handshake_duration_seconds Time from accept to a completed handshake."
     );
     let _ = writeln!(out, "# TYPE tlsfront_handshake_duration_seconds histogram");
-    for (w, (_, stats)) in stats.workers.iter().enumerate() {
+    for (w, WorkerEntry { counters: stats, .. }) in stats.workers.iter().enumerate() {
         let h = &stats.handshake_duration;
         let mut cumulative = 0;
         for (i, bound) in HANDSHAKE_BUCKETS_US.iter().enumerate() {

@@ -331,7 +331,7 @@ fn run_worker(
     ready: mpsc::Sender<(usize, Result<(), String>)>,
 ) {
     crate::metrics::set_current_worker(index);
-    if let Some(cpu) = stats.workers[index].0 {
+    if let Some(cpu) = stats.workers[index].cpu {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
             warn!(worker = index, cpu, "could not pin the worker to its CPU");
         }
@@ -395,7 +395,7 @@ fn run_worker(
 
 impl Worker {
     fn counters(&self) -> &WorkerStats {
-        &self.stats.workers[self.index].1
+        &self.stats.workers[self.index].counters
     }
 
     /// Arms the read of the remote tier's eventfd (if there is one), with
@@ -720,7 +720,7 @@ impl Worker {
                         if let Some(fd) = conn.upstream.take() {
                             driver.close(fd, tag(0, 0, Op::Housekeeping))?;
                         }
-                        let counters = &stats.workers[*index].1;
+                        let counters = &stats.workers[*index].counters;
                         connect_next(conn, driver, live, now, slot, generation, pool, counters, Some(e))?;
                     }
                 }
@@ -891,7 +891,7 @@ impl Worker {
         while let Some(event) = conn.machine.poll_event() {
             match event {
                 Event::HandshakeDone => {
-                    let counters = &stats.workers[*index].1;
+                    let counters = &stats.workers[*index].counters;
                     let tls13 =
                         conn.machine.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
                     counters.count_handshake(
@@ -927,7 +927,7 @@ impl Worker {
                     }
                 }
                 Event::ConnectUpstream => {
-                    let counters = &stats.workers[*index].1;
+                    let counters = &stats.workers[*index].counters;
                     connect_next(conn, driver, live, now, slot, generation, &mut self.pool, counters, None)?;
                 }
                 Event::ConnectTimedOut => {
@@ -949,7 +949,7 @@ impl Worker {
                         format!("no answer within {:?}", config.connect_timeout.0),
                     );
                     if retry {
-                        let counters = &stats.workers[*index].1;
+                        let counters = &stats.workers[*index].counters;
                         connect_next(conn, driver, live, now, slot, generation, &mut self.pool, counters, Some(e))?;
                     } else {
                         conn.machine.upstream_connected(now, Err(e), &mut self.pool);
@@ -989,7 +989,7 @@ impl Worker {
             }
         }
         let (up, down) = conn.machine.bytes();
-        let counters = &stats.workers[*index].1;
+        let counters = &stats.workers[*index].counters;
         WorkerStats::add(&counters.bytes_client_to_upstream, up - conn.counted.0);
         WorkerStats::add(&counters.bytes_upstream_to_client, down - conn.counted.1);
         conn.counted = (up, down);
@@ -1021,7 +1021,7 @@ impl Worker {
         let end = conn.machine.end().cloned().unwrap_or(End::Finished);
         debug!(worker = self.index, peer = %conn.client_addr(), ?end, "closed");
         if let End::Failed(failure, reason) = &end {
-            let counters = &self.stats.workers[self.index].1;
+            let counters = &self.stats.workers[self.index].counters;
             match failure {
                 Failure::Handshake | Failure::HandshakeTimeout => {
                     WorkerStats::inc(&counters.handshake_errors)
