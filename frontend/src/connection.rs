@@ -45,7 +45,8 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 
 use crate::client_hello::{self, HelloInfo};
-use crate::metrics::{ResumeHint, Resumption};
+use crate::metrics::Resumption;
+use crate::resume_hint::ResumeHint;
 use crate::proxy_protocol::{self, Header, Parsed, TlsFacts, MAX_HEADER};
 use crate::uring::{Buf, BufPool};
 
@@ -1002,10 +1003,10 @@ impl Connection {
         loop {
             // rustls calls the session stores synchronously in here, on
             // this thread: what they note belongs to this connection.
-            let _ = crate::metrics::take_resume_hint();
+            let _ = crate::resume_hint::take();
             let UnbufferedStatus { mut discard, state } =
                 self.tls.process_tls_records(&mut input[used..]);
-            if let Some(hint) = crate::metrics::take_resume_hint() {
+            if let Some(hint) = crate::resume_hint::take() {
                 self.hint = Some(hint);
             }
             let state = match state {

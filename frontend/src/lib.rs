@@ -38,6 +38,7 @@ pub(crate) mod live;
 pub mod metrics;
 pub(crate) mod ocsp;
 pub(crate) mod proxy_protocol;
+pub(crate) mod resume_hint;
 pub mod server;
 pub(crate) mod server_name;
 pub mod session_cache;

@@ -50,33 +50,6 @@ macro_rules! named_counters {
 }
 pub(crate) use named_counters;
 
-/// What a store saw while rustls processed one flight of a handshake:
-/// together with the protocol version it tells how the handshake resumed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResumeHint {
-    /// The session cache returned a session for a TLS 1.2 session ID.
-    CacheGet,
-    /// The session cache redeemed a TLS 1.3 single-use ticket.
-    CacheTake,
-    /// The ticket-key ring opened a ticket.
-    TicketOpened,
-}
-
-thread_local! {
-    static RESUME_HINT: Cell<Option<ResumeHint>> = const { Cell::new(None) };
-}
-
-/// Records what a store just did for the handshake being processed on this
-/// thread (rustls calls the stores synchronously, on the worker's thread).
-pub fn note_resume_hint(hint: ResumeHint) {
-    RESUME_HINT.with(|h| h.set(Some(hint)));
-}
-
-/// Takes the hint left by the stores, if any.
-pub fn take_resume_hint() -> Option<ResumeHint> {
-    RESUME_HINT.with(Cell::take)
-}
-
 /// How a completed handshake got its session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resumption {

@@ -744,7 +744,7 @@ impl TicketKeyRing {
                     _ => &counters.decrypted_older,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                metrics::note_resume_hint(metrics::ResumeHint::TicketOpened);
+                crate::resume_hint::note(crate::resume_hint::ResumeHint::TicketOpened);
                 Some(plain)
             }
             None => {

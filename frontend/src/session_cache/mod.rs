@@ -243,10 +243,10 @@ impl SessionCache {
                 return Some(value);
             }
             inc(&counters.hits);
-            metrics::note_resume_hint(if remove {
-                metrics::ResumeHint::CacheTake
+            crate::resume_hint::note(if remove {
+                crate::resume_hint::ResumeHint::CacheTake
             } else {
-                metrics::ResumeHint::CacheGet
+                crate::resume_hint::ResumeHint::CacheGet
             });
             return Some(value);
         }
@@ -457,13 +457,13 @@ impl rustls::server::StoresServerSessions for SessionCache {
         // With a remote tier a ticket is redeemed by Redis's GETDEL or not at
         // all (fail closed): a local copy is stale either way and goes,
         // without counting as a resumption.
-        let hint = metrics::take_resume_hint();
+        let hint = crate::resume_hint::take();
         SessionCache::take(self, key);
-        metrics::take_resume_hint();
+        crate::resume_hint::take();
         let session = fetched::take(key);
         match (&session, hint) {
-            (Some(_), _) => metrics::note_resume_hint(metrics::ResumeHint::CacheTake),
-            (None, Some(h)) => metrics::note_resume_hint(h),
+            (Some(_), _) => crate::resume_hint::note(crate::resume_hint::ResumeHint::CacheTake),
+            (None, Some(h)) => crate::resume_hint::note(h),
             (None, None) => {}
         }
         session
