@@ -37,8 +37,8 @@ fn connect(fe: &Frontend, sni: &str) -> SocketAddr {
     me
 }
 
-#[test]
-fn the_upstream_learns_alpn_sni_tls_version_cipher_and_that_no_client_certificate_came() {
+/// An upstream that reads each connection's v2 header and hands it over.
+fn decoding_upstream() -> (Upstream, mpsc::Receiver<Result<pp2::Pp2, String>>) {
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
     let upstream = Upstream::start(move |mut s| {
@@ -46,6 +46,12 @@ fn the_upstream_learns_alpn_sni_tls_version_cipher_and_that_no_client_certificat
         let _ = s.write_all(b"ok");
         let _ = tx.lock().unwrap().send(header);
     });
+    (upstream, rx)
+}
+
+#[test]
+fn the_upstream_learns_alpn_sni_tls_version_cipher_and_that_no_client_certificate_came() {
+    let (upstream, rx) = decoding_upstream();
     let fe = tlsfront_to(&upstream.addr_string());
     let me = connect(&fe, "api.example.com");
     let pp = rx
@@ -104,13 +110,7 @@ fn a_verified_client_certificate_and_its_common_name_reach_the_upstream() {
     let ca = OpensslCa::new(dir.path(), "clients");
     let server = ca.issue("server", "localhost", Usage::Server);
     let alice = ca.issue("alice", "alice", Usage::Client);
-    let (tx, rx) = mpsc::channel();
-    let tx = Mutex::new(tx);
-    let upstream = Upstream::start(move |mut s| {
-        let header = pp2::read(&mut s);
-        let _ = s.write_all(b"ok");
-        let _ = tx.lock().unwrap().send(header);
-    });
+    let (upstream, rx) = decoding_upstream();
     let (chain, key, client_ca) = (
         server.chain.display().to_string(),
         server.key.display().to_string(),
