@@ -1045,19 +1045,12 @@ impl Connection {
                 }
                 ConnectionState::EncodeTlsData(mut encoder) => {
                     let out = Outbox::queue(&mut self.to_client.queued, pool);
-                    let mut room = 1024;
-                    loop {
-                        match encoder.encode(out.spare(room)) {
-                            Ok(n) => {
-                                out.commit(n);
-                                break;
-                            }
-                            Err(EncodeError::InsufficientSize(s)) => room = s.required_size,
-                            Err(e) => {
-                                return Err(rustls::Error::General(format!("encoding: {e}")))
-                            }
-                        }
-                    }
+                    write_growing(out, 1024, "encoding", |buf| {
+                        encoder.encode(buf).map_err(|e| match e {
+                            EncodeError::InsufficientSize(s) => Ok(s.required_size),
+                            e => Err(e.to_string()),
+                        })
+                    })?;
                 }
                 ConnectionState::TransmitTlsData(transmit) => {
                     // The records are in the client queue; the driver sends
@@ -1075,39 +1068,16 @@ impl Connection {
                         let out = Outbox::queue(&mut self.to_client.queued, pool);
                         // Each record of at most 16 KiB adds at most 22 bytes (header, type,
                         // tag); ask for that at once rather than learn it from an error.
-                        let mut room = data.len() + (data.len() / 16384 + 1) * 32;
-                        loop {
-                            match writer.encrypt(data, out.spare(room)) {
-                                Ok(n) => {
-                                    out.commit(n);
-                                    break;
-                                }
-                                Err(EncryptError::InsufficientSize(s)) => room = s.required_size,
-                                Err(e) => {
-                                    return Err(rustls::Error::General(format!(
-                                        "encrypting: {e}"
-                                    )))
-                                }
-                            }
-                        }
+                        let room = data.len() + (data.len() / 16384 + 1) * 32;
+                        write_growing(out, room, "encrypting", |buf| {
+                            writer.encrypt(data, buf).map_err(encrypt_needs)
+                        })?;
                         encrypted = true;
                     } else if self.upstream_eof && !self.close_notify_queued {
                         let out = Outbox::queue(&mut self.to_client.queued, pool);
-                        let mut room = 64;
-                        loop {
-                            match writer.queue_close_notify(out.spare(room)) {
-                                Ok(n) => {
-                                    out.commit(n);
-                                    break;
-                                }
-                                Err(EncryptError::InsufficientSize(s)) => room = s.required_size,
-                                Err(e) => {
-                                    return Err(rustls::Error::General(format!(
-                                        "close_notify: {e}"
-                                    )))
-                                }
-                            }
-                        }
+                        write_growing(out, 64, "close_notify", |buf| {
+                            writer.queue_close_notify(buf).map_err(encrypt_needs)
+                        })?;
                         self.close_notify_queued = true;
                     } else {
                         stop = true;
@@ -1184,6 +1154,35 @@ impl Connection {
         {
             self.end = Some(End::Finished);
         }
+    }
+}
+
+/// Lets `write` fill `out`, offering `room` bytes and, when rustls says
+/// that is too little (`Err(Ok(needed))`), as many as it needs; any other
+/// failure (`Err(Err(why))`) ends the connection, named by `what`.
+fn write_growing(
+    out: &mut Buf,
+    mut room: usize,
+    what: &str,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Result<usize, String>>,
+) -> Result<(), rustls::Error> {
+    loop {
+        match write(out.spare(room)) {
+            Ok(n) => {
+                out.commit(n);
+                return Ok(());
+            }
+            Err(Ok(needed)) => room = needed,
+            Err(Err(why)) => return Err(rustls::Error::General(format!("{what}: {why}"))),
+        }
+    }
+}
+
+/// An encryption error as [`write_growing`] takes it.
+fn encrypt_needs(e: EncryptError) -> Result<usize, String> {
+    match e {
+        EncryptError::InsufficientSize(s) => Ok(s.required_size),
+        e => Err(e.to_string()),
     }
 }
 

@@ -413,11 +413,7 @@ fn setup_ebpf(
         others: Vec::new(),
     };
     let ebpf = steering.ebpf.as_mut().expect("set just above");
-    let program: &mut SkReuseport = ebpf
-        .program_mut(names::REUSEPORT_PROGRAM)
-        .ok_or("the eBPF object has no SK_REUSEPORT program")?
-        .try_into()
-        .map_err(|e| explain(&e))?;
+    let program: &mut SkReuseport = program_of(ebpf, names::REUSEPORT_PROGRAM, "SK_REUSEPORT")?;
     program
         .load()
         .map_err(|e| format!("loading the SK_REUSEPORT program: {}", explain(&e)))?;
@@ -434,11 +430,7 @@ fn setup_ebpf(
         let ports: Vec<u16> = config.listen.0.iter().map(SocketAddr::port).collect();
         setup_workers(ebpf, &ports, &worker_cpus, &key)?;
         setup_cpumap(ebpf, config.xdp_queue_size, &worker_cpus)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(names::XDP_PROGRAM)
-            .ok_or("the eBPF object has no XDP program")?
-            .try_into()
-            .map_err(|e| explain(&e))?;
+        let program: &mut Xdp = program_of(ebpf, names::XDP_PROGRAM, "XDP")?;
         program
             .load()
             .map_err(|e| format!("loading the XDP program: {}", explain(&e)))?;
@@ -628,6 +620,17 @@ fn attach_xdp(
 
 /// The error and its sources on one line, with a hint when the cause is a
 /// missing privilege or missing kernel support.
+/// The program `name` of the object, as its type (`kind` for messages).
+fn program_of<'a, P>(ebpf: &'a mut Ebpf, name: &str, kind: &str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("the eBPF object has no {kind} program"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| explain(&e))
+}
+
 fn explain(e: &dyn StdError) -> String {
     let mut text = e.to_string();
     let mut errno = None;
