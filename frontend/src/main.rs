@@ -230,7 +230,8 @@ fn main() -> ExitCode {
                 overrides: args.overrides.clone(),
                 takeover: args.takeover,
             },
-        ),
+        )
+        .map_err(|e| e.to_string()),
         "sysctl" => sysctl(&config, &args),
         "stats" => stats(&config, &args),
         _ => reload(&config, &args),

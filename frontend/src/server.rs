@@ -22,6 +22,69 @@ use crate::{tls, worker};
 /// pipe or a flood of failures never blocks a worker.
 const LOG_QUEUE_LINES: usize = 16_384;
 
+/// Why the process could not start (or a worker died): one type for the
+/// assembly layer, each variant with what the layer below said.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The session cache file.
+    #[error("session cache {0}")]
+    Cache(#[source] crate::session_cache::CacheError),
+    /// The ticket ring or its key source.
+    #[error("{0}")]
+    Tickets(#[from] crate::tickets::TicketError),
+    /// The private directory of the shared files.
+    #[error("{0}")]
+    SharedFiles(#[from] crate::shm::ShmError),
+    /// Certificates, keys, the rustls configuration.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// Binding the listeners or starting the workers.
+    #[error("{0}")]
+    Workers(#[from] worker::WorkerError),
+    /// The control socket.
+    #[error("{0}")]
+    Control(#[from] control::ControlError),
+    /// `cache.remote`.
+    #[error("{0}")]
+    Remote(String),
+    /// `net.steering` with `net.steering.fallback = fail`.
+    #[error("{0}")]
+    Steering(String),
+    /// The upstream servers (a unix path too long, the built-in responder).
+    #[error("upstream.addr: {0}")]
+    Upstream(#[source] std::io::Error),
+    /// `metrics.listen`.
+    #[error("metrics.listen {addr}: {source}")]
+    Metrics {
+        /// The address it was to listen on.
+        addr: std::net::SocketAddr,
+        /// What binding it said.
+        source: std::io::Error,
+    },
+    /// `process.user`: looking the user up, handing it the files, becoming it.
+    #[error("process.user {user}: {what}")]
+    User {
+        /// The user.
+        user: String,
+        /// What failed, with the OS's word.
+        what: String,
+    },
+    /// Another process already listens on a `net.listen` address.
+    #[error("{0}")]
+    InUse(String),
+    /// An OS facility the process needs (signals, duplicating a socket).
+    #[error("{what}: {source}")]
+    Os {
+        /// What was being done.
+        what: &'static str,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A worker thread panicked.
+    #[error("a worker thread panicked")]
+    WorkerPanicked,
+}
+
 /// What `run` takes besides the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -65,7 +128,7 @@ fn init_logging(config: &Config) -> (LogLevelSetter, tracing_appender::non_block
 fn open_cache(
     config: &Config,
     workers: usize,
-) -> Result<Option<(Arc<SessionCache>, Opened)>, String> {
+) -> Result<Option<(Arc<SessionCache>, Opened)>, StartError> {
     if !config.cache_enabled {
         return Ok(None);
     }
@@ -76,7 +139,7 @@ fn open_cache(
         config.cache_timeout.0.as_secs(),
         workers,
     )
-    .map_err(|e| format!("session cache {e}"))?;
+    .map_err(StartError::Cache)?;
     match &opened {
         Opened::Reused => tracing::info!("session cache {}: reusing its sessions", path.display()),
         Opened::Created => tracing::info!("session cache {}: created", path.display()),
@@ -85,20 +148,20 @@ fn open_cache(
             path.display()
         ),
     }
-    crate::session_cache::remote::attach_configured(&cache, config, workers)?;
+    crate::session_cache::remote::attach_configured(&cache, config, workers).map_err(StartError::Remote)?;
     Ok(Some((Arc::new(cache), opened)))
 }
 
 fn open_ring(
     config: &Config,
     workers: usize,
-) -> Result<Option<(Arc<TicketKeyRing>, Opened)>, String> {
+) -> Result<Option<(Arc<TicketKeyRing>, Opened)>, StartError> {
     if !config.tickets_enabled || config.tls13_mode != Tls13Mode::Stateless {
         return Ok(None);
     }
     let source = match &config.ticket_source {
         KeySourceSpec::Random => KeySource::Random,
-        KeySourceSpec::File(p) => KeySource::from_file(p).map_err(|e| e.to_string())?,
+        KeySourceSpec::File(p) => KeySource::from_file(p)?,
     };
     let path = config.tickets_path();
     let (ring, opened) = TicketKeyRing::open(
@@ -107,8 +170,7 @@ fn open_ring(
         config.ticket_rotate.0.as_secs(),
         source,
         workers,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if let Opened::Rebuilt(why) = &opened {
         tracing::warn!(
             "ticket ring {}: rebuilt, earlier tickets are lost: {why}",
@@ -130,16 +192,16 @@ fn describe_opened(opened: &Opened, kept: &'static str) -> &'static str {
 /// (a restart as root finds those its predecessor, already that user,
 /// made), makes the private directory of the `auto` paths, and warns about
 /// shared files off tmpfs.
-fn prepare_shared_files(config: &Config) -> Result<(), String> {
+fn prepare_shared_files(config: &Config) -> Result<(), StartError> {
     if let Some(user) = &config.process_user.0 {
         let entry = nix::unistd::User::from_name(user)
-            .map_err(|e| format!("process.user {user}: looking it up: {e}"))?
-            .ok_or_else(|| format!("process.user {user}: no such user"))?;
+            .map_err(|e| StartError::User { user: user.to_string(), what: format!("looking it up: {e}") })?
+            .ok_or_else(|| StartError::User { user: user.to_string(), what: "no such user".to_string() })?;
         crate::shm::trust_owner(entry.uid.as_raw());
     }
     if config.uses_runtime_dir() {
         let dir = config.runtime_dir();
-        crate::shm::ensure_private_dir(&dir).map_err(|e| e.to_string())?;
+        crate::shm::ensure_private_dir(&dir)?;
     }
     let mut shared = Vec::new();
     if config.cache_enabled {
@@ -162,7 +224,7 @@ fn prepare_shared_files(config: &Config) -> Result<(), String> {
 
 /// `tlsfront run`: starts everything `config` says, serves until SIGTERM
 /// (then drains), and returns when the workers have stopped.
-pub fn run(config: Config, args: &RunOptions) -> Result<(), String> {
+pub fn run(config: Config, args: &RunOptions) -> Result<(), StartError> {
     let (set_log_level, _log_guard) = init_logging(&config);
     let count = config.workers.resolve();
     prepare_shared_files(&config)?;
@@ -171,8 +233,7 @@ pub fn run(config: Config, args: &RunOptions) -> Result<(), String> {
     let sessions = cache.as_ref().map(|(c, _)| Arc::clone(c));
     let tickets = ring.as_ref().map(|(r, _)| Arc::clone(r));
     let (server_config, cert_source) =
-        tls::server_config(&config, sessions.clone(), tickets.clone())
-            .map_err(|e| e.to_string())?;
+        tls::server_config(&config, sessions.clone(), tickets.clone())?;
 
     if !args.takeover {
         for &addr in &config.listen.0 {
@@ -180,8 +241,7 @@ pub fn run(config: Config, args: &RunOptions) -> Result<(), String> {
         }
     }
     // by_address[address][worker]
-    let by_address = worker::bind_listeners(&config.listen.0, count, config.backlog)
-        .map_err(|e| e.to_string())?;
+    let by_address = worker::bind_listeners(&config.listen.0, count, config.backlog)?;
     if config.migrate_requests {
         enable_request_migration();
     }
@@ -192,7 +252,10 @@ pub fn run(config: Config, args: &RunOptions) -> Result<(), String> {
         .flatten()
         .map(|l| l.try_clone().map(socket2::Socket::from))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("duplicating a listening socket: {e}"))?;
+        .map_err(|source| StartError::Os {
+            what: "duplicating a listening socket",
+            source,
+        })?;
     let cpus = worker::plan_cpus(count, config.pin_cpus);
     // Kept until run() returns: dropping it removes XDP and SK_REUSEPORT.
     // An upgrade takes the XDP link over from the process answering on the
@@ -203,7 +266,8 @@ pub fn run(config: Config, args: &RunOptions) -> Result<(), String> {
         &by_address,
         &cpus,
         args.takeover.then_some(socket.as_path()),
-    )?;
+    )
+    .map_err(StartError::Steering)?;
     let steering = steering_handle.description().to_string();
     let mut sources: Vec<Arc<dyn PerWorkerCounters>> = Vec::new();
     sources.extend(steering_handle.counters());
@@ -223,7 +287,7 @@ pub fn run(config: Config, args: &RunOptions) -> Result<(), String> {
         tickets,
         set_log_level,
     )
-    .map_err(|e| format!("upstream.addr: {e}"))?);
+    .map_err(StartError::Upstream)?);
     let upstream_addr = live.builtin_upstream();
     let control_socket = control::serve(
         &socket,
@@ -231,13 +295,12 @@ pub fn run(config: Config, args: &RunOptions) -> Result<(), String> {
         Arc::clone(&live),
         args.takeover,
         steering_handle.control(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     handle_signals(Arc::clone(&live), shutters)?;
     let metrics_line = match config.metrics_listen.0 {
         Some(addr) => {
             let bound = crate::metrics::serve_prometheus(addr, Arc::clone(&stats))
-                .map_err(|e| format!("metrics.listen {addr}: {e}"))?;
+                .map_err(|source| StartError::Metrics { addr, source })?;
             format!("http://{bound}/metrics (Prometheus)")
         }
         None => "off (metrics.listen)".to_string(),
@@ -267,8 +330,7 @@ pub fn run(config: Config, args: &RunOptions) -> Result<(), String> {
             per_worker[worker].push(listener);
         }
     }
-    let handles = worker::start(per_worker, Arc::clone(&live), Arc::clone(&stats))
-        .map_err(|e| e.to_string())?;
+    let handles = worker::start(per_worker, Arc::clone(&live), Arc::clone(&stats))?;
 
     let cache_line = match &cache {
         Some((c, opened)) => format!(
@@ -317,7 +379,7 @@ pub fn run(config: Config, args: &RunOptions) -> Result<(), String> {
     }
     control_socket.remove();
     if panicked {
-        return Err("a worker thread panicked".into());
+        return Err(StartError::WorkerPanicked);
     }
     tracing::info!("stopped");
     Ok(())
@@ -326,11 +388,11 @@ pub fn run(config: Config, args: &RunOptions) -> Result<(), String> {
 /// Hands the shared files (and their lock files) to `user`, then becomes
 /// that user: groups, gid, uid. A process that was root keeps no
 /// capability after `setuid` (no PR_SET_KEEPCAPS).
-fn drop_privileges(user: &str, owned: &[PathBuf]) -> Result<(), String> {
+fn drop_privileges(user: &str, owned: &[PathBuf]) -> Result<(), StartError> {
     use nix::unistd::{setgid, setgroups, setuid, User};
     let entry = User::from_name(user)
-        .map_err(|e| format!("process.user {user}: looking it up: {e}"))?
-        .ok_or_else(|| format!("process.user {user}: no such user"))?;
+        .map_err(|e| StartError::User { user: user.to_string(), what: format!("looking it up: {e}") })?
+        .ok_or_else(|| StartError::User { user: user.to_string(), what: "no such user".to_string() })?;
     if nix::unistd::geteuid() == entry.uid {
         // Restarted as that user already (systemd User=, runuser): nothing
         // to drop, and setgroups would fail without privileges.
@@ -343,20 +405,20 @@ fn drop_privileges(user: &str, owned: &[PathBuf]) -> Result<(), String> {
         for p in [path.clone(), PathBuf::from(lock)] {
             if p.exists() {
                 std::os::unix::fs::chown(&p, Some(entry.uid.as_raw()), Some(entry.gid.as_raw()))
-                    .map_err(|e| format!("process.user {user}: chown {}: {e}", p.display()))?;
+                    .map_err(|e| StartError::User { user: user.to_string(), what: format!("chown {}: {e}", p.display()) })?;
             }
         }
     }
-    setgroups(&[entry.gid]).map_err(|e| format!("process.user {user}: setgroups: {e}"))?;
-    setgid(entry.gid).map_err(|e| format!("process.user {user}: setgid: {e}"))?;
-    setuid(entry.uid).map_err(|e| format!("process.user {user}: setuid: {e}"))?;
+    setgroups(&[entry.gid]).map_err(|e| StartError::User { user: user.to_string(), what: format!("setgroups: {e}") })?;
+    setgid(entry.gid).map_err(|e| StartError::User { user: user.to_string(), what: format!("setgid: {e}") })?;
+    setuid(entry.uid).map_err(|e| StartError::User { user: user.to_string(), what: format!("setuid: {e}") })?;
     tracing::info!("privileges dropped: running as {user} (uid {})", entry.uid);
     Ok(())
 }
 
 /// SO_REUSEPORT would let a second tlsfront silently share the address with
 /// a running one; only `--takeover` (an upgrade) may do that.
-fn refuse_if_listening(addr: std::net::SocketAddr) -> Result<(), String> {
+fn refuse_if_listening(addr: std::net::SocketAddr) -> Result<(), StartError> {
     let probe = if addr.ip().is_unspecified() {
         let loopback: std::net::IpAddr = if addr.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()
@@ -368,9 +430,9 @@ fn refuse_if_listening(addr: std::net::SocketAddr) -> Result<(), String> {
         addr
     };
     match std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(300)) {
-        Ok(_) => Err(format!(
+        Ok(_) => Err(StartError::InUse(format!(
             "net.listen {addr}: something already listens there; to replace a running tlsfront start the new one with --takeover (see scripts/upgrade.sh)"
-        )),
+        ))),
         Err(_) => Ok(()),
     }
 }
@@ -395,10 +457,13 @@ fn enable_request_migration() {
 /// SIGHUP reloads; SIGTERM and SIGINT drain: the listening sockets are shut
 /// down (pending accepts end, the workers stop accepting) and each worker
 /// waits for its connections up to `worker.drain_secs`.
-fn handle_signals(live: Arc<Live>, listeners: Vec<socket2::Socket>) -> Result<(), String> {
+fn handle_signals(live: Arc<Live>, listeners: Vec<socket2::Socket>) -> Result<(), StartError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])
-        .map_err(|e| format!("installing signal handlers: {e}"))?;
+        .map_err(|source| StartError::Os {
+            what: "installing signal handlers",
+            source,
+        })?;
     std::thread::Builder::new()
         .name("tlsfront-signals".into())
         .spawn(move || {
@@ -423,7 +488,10 @@ fn handle_signals(live: Arc<Live>, listeners: Vec<socket2::Socket>) -> Result<()
                 }
             }
         })
-        .map_err(|e| format!("starting the signal thread: {e}"))?;
+        .map_err(|source| StartError::Os {
+            what: "starting the signal thread",
+            source,
+        })?;
     Ok(())
 }
 
