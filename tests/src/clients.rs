@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::CertificateDer;
 
 use crate::cpus::incoming_cpu;
-use crate::data::Pattern;
+use crate::data::{Pattern, PatternCheck};
 
 /// Default bound for connects, handshakes and small exchanges.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -596,5 +596,45 @@ pub fn read_until_closed(
             }
             Err(e) => return (got, Err(e.kind())),
         }
+    }
+}
+
+impl PumpOpts {
+    /// Send everything, then `close_notify`; receive until the stream ends,
+    /// within `timeout`.
+    pub fn close_notify_after_send(timeout: Duration) -> PumpOpts {
+        PumpOpts {
+            close_notify_after_send: true,
+            tcp_shutdown_after_close_notify: false,
+            recv_until: None,
+            timeout,
+        }
+    }
+
+    /// Send everything and receive `count` bytes, within `timeout`; the
+    /// connection stays open.
+    pub fn receive(count: u64, timeout: Duration) -> PumpOpts {
+        PumpOpts {
+            close_notify_after_send: false,
+            tcp_shutdown_after_close_notify: false,
+            recv_until: Some(count),
+            timeout,
+        }
+    }
+}
+
+impl TlsClient {
+    /// [`pump`](Self::pump)s `len` bytes of the pattern of `seed` and checks
+    /// what comes back against the same pattern (for an echo upstream).
+    pub fn echo_pattern(
+        &mut self,
+        seed: u64,
+        len: u64,
+        opts: &PumpOpts,
+    ) -> (PumpResult, PatternCheck) {
+        let mut source = pattern_source(seed, len);
+        let mut check = PatternCheck::new(seed);
+        let r = self.pump(&mut source, &mut |d| check.feed(d), opts);
+        (r, check)
     }
 }

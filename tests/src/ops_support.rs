@@ -23,19 +23,7 @@ use crate::{
     TempDir, TlsClient, IO_TIMEOUT, READY_TIMEOUT,
 };
 
-/// Polls `cond` every 20 ms until it holds (true) or `timeout` passes (false).
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use crate::process::wait_until;
 
 // ---------------------------------------------------------------------------
 // A tlsfront process that can be signalled

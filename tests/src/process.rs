@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::clients::Visit;
+use crate::clients::{visit, Visit};
 use crate::cpus::worker_cpus_of;
 use crate::files::temp_dir;
+use crate::pki::Pki;
 use crate::ports::ReservedPort;
 use crate::stats::Stats;
 
@@ -234,6 +235,17 @@ impl Frontend {
         Self::try_start(config, opts).unwrap_or_else(|msg| panic!("{msg}"))
     }
 
+    /// Starts tlsfront in front of `upstream` serving a fresh `localhost`
+    /// leaf of `pki` (its files written to `dir`).
+    pub fn with_leaf(pki: &Pki, dir: &Path, upstream: &str) -> Frontend {
+        let (cert, key) = pki.leaf(&["localhost"]).write(dir, "localhost");
+        Frontend::start(&[
+            ("tls.cert", cert.to_str().unwrap()),
+            ("tls.key", key.to_str().unwrap()),
+            ("upstream.addr", upstream),
+        ])
+    }
+
     /// Like [`Frontend::start_with_config`]; `Err` with the output when it
     /// does not get ready.
     pub fn try_start(config: Option<&Path>, opts: &[(&str, &str)]) -> Result<Frontend, String> {
@@ -368,6 +380,36 @@ impl Frontend {
         })
     }
 
+    /// A full handshake and `GET /` with a client that holds no session yet
+    /// (`cfg` from [`resuming_client_config`](crate::resuming_client_config)):
+    /// fails unless it was full and answered 200; `context` names it in the
+    /// failure.
+    pub fn full_visit(&self, cfg: Arc<rustls::ClientConfig>, context: &str) -> Visit {
+        let full = visit(self.addr(), cfg, "localhost")
+            .unwrap_or_else(|e| panic!("{context}, full handshake: {e}\n{}", self.output()));
+        assert!(!full.resumed && full.http_200, "{context}: {full:?}");
+        full
+    }
+
+    /// Asserts that `counted`, the worker whose counters moved for `v`, is
+    /// the one the kernel saw serve it ([`Frontend::kernel_worker`]);
+    /// `context` and `event` (what was counted) name it in the failure.
+    #[track_caller]
+    pub fn assert_served_by(
+        &self,
+        cpus: &[u32],
+        v: &Visit,
+        counted: usize,
+        context: &str,
+        event: &str,
+    ) {
+        assert_eq!(
+            self.kernel_worker(cpus, v),
+            counted,
+            "{context}: the worker that counted {event} is not the one the kernel saw serve it"
+        );
+    }
+
     /// Everything the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
@@ -454,4 +496,18 @@ pub fn parse_sysctl(text: &str) -> HashMap<String, String> {
             Some((k.trim().to_string(), v.trim().to_string()))
         })
         .collect()
+}
+
+/// Polls `cond` every 20 ms until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }

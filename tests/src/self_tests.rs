@@ -81,18 +81,10 @@ fn pump_echoes_8_mib_both_ways_and_sees_close_notify() {
     let mut c =
         TlsClient::connect(addr, ClientSpec::new(pki.trust()).build(), "localhost").unwrap();
     const LEN: u64 = 8 << 20;
-    let mut src = pattern_source(3, LEN);
-    let mut check = PatternCheck::new(3);
-    let mut sink = |d: &[u8]| check.feed(d);
-    let r = c.pump(
-        &mut src,
-        &mut sink,
-        &PumpOpts {
-            close_notify_after_send: true,
-            tcp_shutdown_after_close_notify: false,
-            recv_until: None,
-            timeout: Duration::from_secs(60),
-        },
+    let (r, check) = c.echo_pattern(
+        3,
+        LEN,
+        &PumpOpts::close_notify_after_send(Duration::from_secs(60)),
     );
     assert_eq!(r.end, End::CloseNotify, "{r:?}");
     assert_eq!(check.received, LEN);
@@ -111,12 +103,7 @@ fn pump_stops_at_count_and_request_reads_to_close() {
     let r = c.pump(
         &mut src,
         &mut sink,
-        &PumpOpts {
-            close_notify_after_send: false,
-            tcp_shutdown_after_close_notify: false,
-            recv_until: Some(1),
-            timeout: Duration::from_secs(10),
-        },
+        &PumpOpts::receive(1, Duration::from_secs(10)),
     );
     assert_eq!(r.end, End::Count);
     assert_eq!(got, Pattern::bytes(9, 1));

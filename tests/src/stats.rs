@@ -82,3 +82,26 @@ impl Stats {
         self.workers.iter().map(|w| w.get(name)).collect()
     }
 }
+
+/// Per-worker difference `after - before` of counter `name`.
+pub fn worker_diff(before: &Stats, after: &Stats, name: &str) -> Vec<u64> {
+    after
+        .per_worker(name)
+        .iter()
+        .zip(before.per_worker(name))
+        .map(|(a, b)| a - b)
+        .collect()
+}
+
+/// The one worker whose `name` moved by exactly 1 between the two stats,
+/// the others not at all.
+#[track_caller]
+pub fn single_worker(before: &Stats, after: &Stats, name: &str) -> usize {
+    let d = worker_diff(before, after, name);
+    assert_eq!(
+        d.iter().sum::<u64>(),
+        1,
+        "{name} moved by {d:?} between two stats, expected one connection"
+    );
+    d.iter().position(|&x| x == 1).unwrap()
+}
