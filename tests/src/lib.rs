@@ -51,8 +51,8 @@ pub use files::{temp_dir, write_file};
 pub use pki::{Leaf, Pki};
 pub use ports::{RefusingPort, ReservedPort};
 pub use process::{
-    bin, parse_sysctl, run_cmd, run_command, tlsfront_cmd, wait_until, CmdOutput, Frontend, RunCommand,
-    CLI_TIMEOUT, READY_TIMEOUT,
+    bin, parse_sysctl, run_cmd, run_command, tail, tlsfront_cmd, wait_until, Captured,
+    CapturesOutput, CmdOutput, Frontend, RunCommand, CLI_TIMEOUT, READY_TIMEOUT,
 };
 pub use stats::{single_worker, worker_diff, Counters, Stats};
 pub use upstreams::Upstream;

@@ -217,8 +217,13 @@ pub struct Frontend {
     /// Holds the control socket; removed on drop (after the child is killed).
     _dir: TempDir,
     _reservation: Option<ReservedPort>,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
+    captured: Captured,
+}
+
+impl CapturesOutput for Frontend {
+    fn captured(&self) -> &Captured {
+        &self.captured
+    }
 }
 
 impl Frontend {
@@ -257,63 +262,14 @@ impl Frontend {
             reservation,
         } = run_command(dir.path(), config, opts);
         let cmdline = format!("{cmd:?}");
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| format!("spawn {cmdline}: {e}"))?;
-
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel::<()>();
-        {
-            let out = child.stdout.take().unwrap();
-            let acc = stdout.clone();
-            thread::spawn(move || {
-                let mut r = BufReader::new(out);
-                let mut line = Vec::new();
-                let mut ready_tx = Some(ready_tx);
-                loop {
-                    line.clear();
-                    match r.read_until(b'\n', &mut line) {
-                        Ok(0) | Err(_) => break, // EOF: ready_tx dropped -> receiver sees disconnect
-                        Ok(_) => {
-                            let s = String::from_utf8_lossy(&line).into_owned();
-                            if s.trim_end() == "tlsfront: ready" {
-                                if let Some(tx) = ready_tx.take() {
-                                    let _ = tx.send(());
-                                }
-                            }
-                            acc.lock().unwrap().push_str(&s);
-                        }
-                    }
-                }
-            });
-        }
-        {
-            let mut err = child.stderr.take().unwrap();
-            let acc = stderr.clone();
-            thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                loop {
-                    match err.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => acc
-                            .lock()
-                            .unwrap()
-                            .push_str(&String::from_utf8_lossy(&buf[..n])),
-                    }
-                }
-            });
-        }
-
+        let (child, captured, ready_rx) = Captured::spawn(&mut cmd)?;
         let fe = Frontend {
             child,
             port,
             socket,
             _dir: dir,
             _reservation: reservation,
-            stdout,
-            stderr,
+            captured,
         };
         match ready_rx.recv_timeout(READY_TIMEOUT) {
             Ok(()) => Ok(fe),
@@ -410,25 +366,11 @@ impl Frontend {
         );
     }
 
-    /// Everything the process wrote to stderr so far.
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Everything the process wrote to stdout so far.
-    pub fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-
     /// stdout and stderr (the last 8000 characters of stderr), for failure messages.
     pub fn output(&self) -> String {
         let err = self.stderr();
         let tail = if err.len() > 8000 {
-            let mut cut = err.len() - 8000;
-            while !err.is_char_boundary(cut) {
-                cut += 1;
-            }
-            format!("[...]{}", &err[cut..])
+            format!("[...]{}", tail(&err, 8000))
         } else {
             err
         };
@@ -510,4 +452,97 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// What a child wrote on stdout and stderr so far, collected by a thread
+/// each.
+#[derive(Clone, Default)]
+pub struct Captured {
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Captured {
+    /// Collects the piped stdout and stderr of `child`. The receiver gets a
+    /// message when stdout has the line `tlsfront: ready`, and sees the
+    /// channel closed if stdout closes first.
+    pub fn start(child: &mut Child) -> (Captured, mpsc::Receiver<()>) {
+        let captured = Captured::default();
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        if let Some(out) = child.stdout.take() {
+            let acc = captured.stdout.clone();
+            thread::spawn(move || {
+                let mut r = BufReader::new(out);
+                let mut line = Vec::new();
+                let mut ready_tx = Some(ready_tx);
+                loop {
+                    line.clear();
+                    match r.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => break, // EOF: ready_tx dropped -> receiver sees disconnect
+                        Ok(_) => {
+                            let s = String::from_utf8_lossy(&line).into_owned();
+                            if s.trim_end() == "tlsfront: ready" {
+                                if let Some(tx) = ready_tx.take() {
+                                    let _ = tx.send(());
+                                }
+                            }
+                            acc.lock().unwrap().push_str(&s);
+                        }
+                    }
+                }
+            });
+        }
+        if let Some(mut err) = child.stderr.take() {
+            let acc = captured.stderr.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                loop {
+                    match err.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => acc
+                            .lock()
+                            .unwrap()
+                            .push_str(&String::from_utf8_lossy(&buf[..n])),
+                    }
+                }
+            });
+        }
+        (captured, ready_rx)
+    }
+
+    /// Spawns `cmd` with stdin closed and its output [`Captured`] (see
+    /// [`Captured::start`]); `Err` names the command.
+    pub fn spawn(cmd: &mut Command) -> Result<(Child, Captured, mpsc::Receiver<()>), String> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+        let (captured, ready) = Captured::start(&mut child);
+        Ok((child, captured, ready))
+    }
+}
+
+/// A process of the harness whose output is [`Captured`].
+pub trait CapturesOutput {
+    /// Its output.
+    fn captured(&self) -> &Captured;
+
+    /// Everything the process wrote to stdout so far.
+    fn stdout(&self) -> String {
+        self.captured().stdout.lock().unwrap().clone()
+    }
+
+    /// Everything the process wrote to stderr so far.
+    fn stderr(&self) -> String {
+        self.captured().stderr.lock().unwrap().clone()
+    }
+}
+
+/// The last `max` bytes of `text` (fewer, to start on a character).
+pub fn tail(text: &str, max: usize) -> &str {
+    let mut cut = text.len().saturating_sub(max);
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    &text[cut..]
 }
