@@ -48,7 +48,7 @@ pub use clients::{
 pub use cpus::{incoming_cpu, parse_cpu_list, worker_cpus_of};
 pub use data::{Fnv, Pattern, PatternCheck};
 pub use files::{temp_dir, write_file};
-pub use pki::{Leaf, Pki};
+pub use pki::{Leaf, Pki, SniLeaves};
 pub use ports::{RefusingPort, ReservedPort};
 pub use process::{
     bin, parse_sysctl, run_cmd, run_command, tail, tlsfront_cmd, wait_until, Captured,

@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::CertificateDer;
+use tempfile::TempDir;
 
 use crate::clients::Trust;
-use crate::files::write_file;
+use crate::files::{temp_dir, write_file};
 
 /// A leaf certificate and its key.
 pub struct Leaf {
@@ -79,5 +80,53 @@ impl Pki {
 impl Default for Pki {
     fn default() -> Self {
         Pki::new()
+    }
+}
+
+/// A default leaf for `localhost` and leaves for `a.example` and
+/// `b.example`, written to a directory of their own, with the tlsfront
+/// options that serve them ([`SniLeaves::opts`]).
+pub struct SniLeaves {
+    pub default: Leaf,
+    pub a: Leaf,
+    pub b: Leaf,
+    /// Holds the certificate and key files.
+    pub dir: TempDir,
+    /// Cert and key paths of `default`, `a` and `b`, in that order.
+    paths: [String; 6],
+}
+
+impl SniLeaves {
+    /// Issues the three leaves with `pki` and writes them.
+    pub fn new(pki: &Pki) -> SniLeaves {
+        let dir = temp_dir();
+        let default = pki.leaf(&["localhost"]);
+        let a = pki.leaf(&["a.example"]);
+        let b = pki.leaf(&["b.example"]);
+        let (dc, dk) = default.write(dir.path(), "default");
+        let (ac, ak) = a.write(dir.path(), "a");
+        let (bc, bk) = b.write(dir.path(), "b");
+        let paths = [dc, dk, ac, ak, bc, bk].map(|p| p.display().to_string());
+        SniLeaves {
+            default,
+            a,
+            b,
+            dir,
+            paths,
+        }
+    }
+
+    /// `tls.cert` and `tls.key` for the default leaf, `tls.sni.NAME.cert`
+    /// and `tls.sni.NAME.key` for the other two.
+    pub fn opts(&self) -> [(&'static str, &str); 6] {
+        let p = &self.paths;
+        [
+            ("tls.cert", &p[0]),
+            ("tls.key", &p[1]),
+            ("tls.sni.a.example.cert", &p[2]),
+            ("tls.sni.a.example.key", &p[3]),
+            ("tls.sni.b.example.cert", &p[4]),
+            ("tls.sni.b.example.key", &p[5]),
+        ]
     }
 }
