@@ -60,53 +60,16 @@ use tlsfront::config::Config;
 use tlsfront::metrics::set_current_worker;
 use tlsfront::session_cache::SessionCache;
 use tlsfront::tickets::{KeySource, TicketKeyRing};
-use tlsfront_bench::{accept_anything_config, bench_dir};
+use tlsfront_bench::{accept_anything_config, bench_dir, Mode};
 
 // The allocator of the tlsfront binary.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Full12,
-    Full13,
-    ResumeId12,
-    ResumeTicket12,
-    Resume13,
-    Resume13Stateful,
-}
-
-impl Mode {
-    const ALL: [Mode; 6] = [
-        Mode::Full12,
-        Mode::Full13,
-        Mode::ResumeId12,
-        Mode::ResumeTicket12,
-        Mode::Resume13,
-        Mode::Resume13Stateful,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Full12 => "full12",
-            Mode::Full13 => "full13",
-            Mode::ResumeId12 => "resume-id12",
-            Mode::ResumeTicket12 => "resume-ticket12",
-            Mode::Resume13 => "resume13",
-            Mode::Resume13Stateful => "resume13-stateful",
-        }
-    }
-    fn tls13(self) -> bool {
-        matches!(self, Mode::Full13 | Mode::Resume13 | Mode::Resume13Stateful)
-    }
-    fn resumes(self) -> bool {
-        !matches!(self, Mode::Full12 | Mode::Full13)
-    }
-    /// The server has the ticket ring (tlsfront's default) unless the mode
-    /// is about the cache alone.
-    fn server_tickets(self) -> bool {
-        !matches!(self, Mode::ResumeId12 | Mode::Resume13Stateful)
-    }
+/// The server has the ticket ring (tlsfront's default) unless the mode is
+/// about the cache alone.
+fn server_tickets(mode: Mode) -> bool {
+    !matches!(mode, Mode::ResumeId12 | Mode::Resume13Stateful)
 }
 
 // ------------------------------------------------------------------ client
@@ -287,9 +250,10 @@ fn handshakes(c: &mut Criterion) {
     let mut bufs = (Vec::with_capacity(8192), Vec::with_capacity(8192));
     for (clock, group_name) in [(Clock::Complete, "complete"), (Clock::Server, "server")] {
         let mut group = c.benchmark_group(group_name);
-        for mode in Mode::ALL {
+        // Every mode but `plain`: no TLS, nothing to measure here.
+        for mode in Mode::ALL.into_iter().filter(|&m| m != Mode::Plain) {
             let client = client_config(mode);
-            let server = if mode.server_tickets() {
+            let server = if server_tickets(mode) {
                 &servers.with_tickets
             } else {
                 &servers.without_tickets

@@ -391,3 +391,60 @@ where
             .unwrap_or_default()
     })
 }
+
+/// What a benchmark client does: one TLS handshake of a kind (full or
+/// resumed, TLS 1.2 or 1.3), or `plain` TCP. The names are those of
+/// tlsload's command line and of the handshake bench's groups (RESULTS.md).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    Full12,
+    Full13,
+    ResumeId12,
+    ResumeTicket12,
+    Resume13,
+    /// TLS 1.3 resumption through the server's session cache (stateful
+    /// tickets); the same client as [`Mode::Resume13`].
+    Resume13Stateful,
+    Plain,
+}
+
+impl Mode {
+    /// Every mode.
+    pub const ALL: [Mode; 7] = [
+        Mode::Full12,
+        Mode::Full13,
+        Mode::ResumeId12,
+        Mode::ResumeTicket12,
+        Mode::Resume13,
+        Mode::Resume13Stateful,
+        Mode::Plain,
+    ];
+
+    /// The mode named `s`.
+    pub fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Full12 => "full12",
+            Mode::Full13 => "full13",
+            Mode::ResumeId12 => "resume-id12",
+            Mode::ResumeTicket12 => "resume-ticket12",
+            Mode::Resume13 => "resume13",
+            Mode::Resume13Stateful => "resume13-stateful",
+            Mode::Plain => "plain",
+        }
+    }
+
+    /// Does the client offer a session to resume?
+    pub fn resumes(self) -> bool {
+        !matches!(self, Mode::Full12 | Mode::Full13 | Mode::Plain)
+    }
+
+    /// TLS 1.3 (else TLS 1.2, or no TLS)?
+    pub fn tls13(self) -> bool {
+        matches!(self, Mode::Full13 | Mode::Resume13 | Mode::Resume13Stateful)
+    }
+}

@@ -53,7 +53,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, HandshakeKind};
 use tlsfront_bench::procfs;
-use tlsfront_bench::{accept_anything_config, pinned_provider, AcceptAnything};
+use tlsfront_bench::{accept_anything_config, pinned_provider, AcceptAnything, Mode};
 
 const USAGE: &str = "\
 usage:
@@ -111,44 +111,10 @@ upstream:
   --bulk                 also serve bulk transfers (tlsload bulk); --request must then
                          be 0 or at least the 17-byte bulk header";
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
-    Full12,
-    Full13,
-    ResumeId12,
-    ResumeTicket12,
-    Resume13,
-    Plain,
-}
-
-impl Mode {
-    fn parse(s: &str) -> Option<Mode> {
-        Some(match s {
-            "full12" => Mode::Full12,
-            "full13" => Mode::Full13,
-            "resume-id12" => Mode::ResumeId12,
-            "resume-ticket12" => Mode::ResumeTicket12,
-            "resume13" => Mode::Resume13,
-            "plain" => Mode::Plain,
-            _ => return None,
-        })
-    }
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Full12 => "full12",
-            Mode::Full13 => "full13",
-            Mode::ResumeId12 => "resume-id12",
-            Mode::ResumeTicket12 => "resume-ticket12",
-            Mode::Resume13 => "resume13",
-            Mode::Plain => "plain",
-        }
-    }
-    fn resumes(self) -> bool {
-        !matches!(self, Mode::Full12 | Mode::Full13 | Mode::Plain)
-    }
-    fn tls13(self) -> bool {
-        matches!(self, Mode::Full13 | Mode::Resume13)
-    }
+/// The modes of the command line: all but `resume13-stateful`, which
+/// differs from `resume13` only on the server (bench/compare.sh).
+fn parse_mode(s: &str) -> Option<Mode> {
+    Mode::parse(s).filter(|m| *m != Mode::Resume13Stateful)
 }
 
 struct Opts {
@@ -214,7 +180,7 @@ fn main() {
         return;
     }
     let mode =
-        Mode::parse(&first).unwrap_or_else(|| die(format!("unknown mode {first:?}\n{USAGE}")));
+        parse_mode(&first).unwrap_or_else(|| die(format!("unknown mode {first:?}\n{USAGE}")));
     let mut o = Opts {
         mode,
         connect: "127.0.0.1:8443".parse().unwrap(),
@@ -330,7 +296,7 @@ fn loop_config(base: &ClientConfig, mode: Mode) -> Arc<ClientConfig> {
         Mode::Full12 | Mode::Full13 | Mode::Plain => Resumption::disabled(),
         Mode::ResumeId12 => Resumption::store(Arc::new(ClientSessionMemoryCache::new(4)))
             .tls12_resumption(Tls12Resumption::SessionIdOnly),
-        Mode::ResumeTicket12 | Mode::Resume13 => {
+        Mode::ResumeTicket12 | Mode::Resume13 | Mode::Resume13Stateful => {
             Resumption::store(Arc::new(ClientSessionMemoryCache::new(4)))
                 .tls12_resumption(Tls12Resumption::SessionIdOrTickets)
         }
