@@ -50,83 +50,33 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use rustls::client::{ClientSessionMemoryCache, Resumption, Tls12Resumption};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
 use tlsfront::config::Config;
 use tlsfront::metrics::set_current_worker;
 use tlsfront::session_cache::SessionCache;
 use tlsfront::tickets::{KeySource, TicketKeyRing};
-use tlsfront_bench::{pinned_provider, AcceptAnything};
+use tlsfront_bench::{accept_anything_config, bench_dir, Mode};
 
 // The allocator of the tlsfront binary.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Full12,
-    Full13,
-    ResumeId12,
-    ResumeTicket12,
-    Resume13,
-    Resume13Stateful,
-}
-
-impl Mode {
-    const ALL: [Mode; 6] = [
-        Mode::Full12,
-        Mode::Full13,
-        Mode::ResumeId12,
-        Mode::ResumeTicket12,
-        Mode::Resume13,
-        Mode::Resume13Stateful,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Full12 => "full12",
-            Mode::Full13 => "full13",
-            Mode::ResumeId12 => "resume-id12",
-            Mode::ResumeTicket12 => "resume-ticket12",
-            Mode::Resume13 => "resume13",
-            Mode::Resume13Stateful => "resume13-stateful",
-        }
-    }
-    fn tls13(self) -> bool {
-        matches!(self, Mode::Full13 | Mode::Resume13 | Mode::Resume13Stateful)
-    }
-    fn resumes(self) -> bool {
-        !matches!(self, Mode::Full12 | Mode::Full13)
-    }
-    /// The server has the ticket ring (tlsfront's default) unless the mode
-    /// is about the cache alone.
-    fn server_tickets(self) -> bool {
-        !matches!(self, Mode::ResumeId12 | Mode::Resume13Stateful)
-    }
+/// The server has the ticket ring (tlsfront's default) unless the mode is
+/// about the cache alone.
+fn server_tickets(mode: Mode) -> bool {
+    !matches!(mode, Mode::ResumeId12 | Mode::Resume13Stateful)
 }
 
 // ------------------------------------------------------------------ client
 
 fn client_config(mode: Mode) -> Arc<ClientConfig> {
     // The same client crypto as tlsload.
-    let provider: Arc<CryptoProvider> = Arc::new(pinned_provider());
-    let version: &'static rustls::SupportedProtocolVersion = if mode.tls13() {
-        &rustls::version::TLS13
-    } else {
-        &rustls::version::TLS12
-    };
-    let schemes = provider
-        .signature_verification_algorithms
-        .supported_schemes();
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[version])
-        .expect("client versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnything(schemes)))
-        .with_no_client_auth();
+    let mut config = accept_anything_config(mode.tls13()).expect("client versions");
     config.resumption = match mode {
         Mode::Full12 | Mode::Full13 => Resumption::disabled(),
         Mode::ResumeId12 => Resumption::store(Arc::new(ClientSessionMemoryCache::new(4)))
@@ -146,14 +96,7 @@ struct Servers {
 }
 
 fn servers() -> Servers {
-    let base = std::env::var_os("TLSFRONT_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .or_else(|| Some(std::path::PathBuf::from("/dev/shm")).filter(|p| p.is_dir()))
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::Builder::new()
-        .prefix("tlsfront-bench")
-        .tempdir_in(&base)
-        .expect("temporary directory");
+    let dir = bench_dir();
     let config = Config::default();
     let (cache, _) = SessionCache::open(
         &dir.path().join("session.cache"),
@@ -208,20 +151,15 @@ fn client_turn(client: &mut ClientConnection, buf: &mut Vec<u8>) {
     buf.clear();
 }
 
-/// One handshake; returns the time spent in the server's calls.
-fn handshake(
-    mode: Mode,
-    client_config: &Arc<ClientConfig>,
-    server_config: &Arc<ServerConfig>,
-    name: &ServerName<'static>,
+/// Passes records between `client` and `server` until neither has any to
+/// send; returns the time spent in the server's calls.
+fn exchange(
+    client: &mut ClientConnection,
+    server: &mut ServerConnection,
     bufs: &mut (Vec<u8>, Vec<u8>),
 ) -> Duration {
     let (c2s, s2c) = bufs;
-    let mut client =
-        ClientConnection::new(Arc::clone(client_config), name.clone()).expect("client");
-    let t = Instant::now();
-    let mut server = ServerConnection::new(Arc::clone(server_config)).expect("server");
-    let mut in_server = t.elapsed();
+    let mut in_server = Duration::ZERO;
     loop {
         while client.wants_write() {
             client.write_tls(c2s).expect("client write_tls");
@@ -231,13 +169,29 @@ fn handshake(
         }
         if !c2s.is_empty() {
             let t = Instant::now();
-            server_turn(&mut server, c2s, s2c);
+            server_turn(server, c2s, s2c);
             in_server += t.elapsed();
         }
         if !s2c.is_empty() {
-            client_turn(&mut client, s2c);
+            client_turn(client, s2c);
         }
     }
+    in_server
+}
+
+/// One handshake; returns the time spent in the server's calls.
+fn handshake(
+    mode: Mode,
+    client_config: &Arc<ClientConfig>,
+    server_config: &Arc<ServerConfig>,
+    name: &ServerName<'static>,
+    bufs: &mut (Vec<u8>, Vec<u8>),
+) -> Duration {
+    let mut client =
+        ClientConnection::new(Arc::clone(client_config), name.clone()).expect("client");
+    let t = Instant::now();
+    let mut server = ServerConnection::new(Arc::clone(server_config)).expect("server");
+    let mut in_server = t.elapsed() + exchange(&mut client, &mut server, bufs);
     assert!(!client.is_handshaking() && !server.is_handshaking());
     let want = if mode.resumes() {
         HandshakeKind::Resumed
@@ -267,6 +221,7 @@ fn handshake(
         "{}",
         mode.name()
     );
+    let (c2s, s2c) = bufs;
     client.send_close_notify();
     while client.wants_write() {
         client.write_tls(c2s).expect("client write_tls");
@@ -295,9 +250,10 @@ fn handshakes(c: &mut Criterion) {
     let mut bufs = (Vec::with_capacity(8192), Vec::with_capacity(8192));
     for (clock, group_name) in [(Clock::Complete, "complete"), (Clock::Server, "server")] {
         let mut group = c.benchmark_group(group_name);
-        for mode in Mode::ALL {
+        // Every mode but `plain`: no TLS, nothing to measure here.
+        for mode in Mode::ALL.into_iter().filter(|&m| m != Mode::Plain) {
             let client = client_config(mode);
-            let server = if mode.server_tickets() {
+            let server = if server_tickets(mode) {
                 &servers.with_tickets
             } else {
                 &servers.without_tickets
@@ -332,24 +288,10 @@ fn full_then_store(
     name: &ServerName<'static>,
     bufs: &mut (Vec<u8>, Vec<u8>),
 ) {
-    let (c2s, s2c) = bufs;
     let mut client =
         ClientConnection::new(Arc::clone(client_config), name.clone()).expect("client");
     let mut server = ServerConnection::new(Arc::clone(server_config)).expect("server");
-    loop {
-        while client.wants_write() {
-            client.write_tls(c2s).expect("client write_tls");
-        }
-        if c2s.is_empty() && s2c.is_empty() {
-            break;
-        }
-        if !c2s.is_empty() {
-            server_turn(&mut server, c2s, s2c);
-        }
-        if !s2c.is_empty() {
-            client_turn(&mut client, s2c);
-        }
-    }
+    exchange(&mut client, &mut server, bufs);
     assert_eq!(
         client.handshake_kind(),
         Some(HandshakeKind::Full),
@@ -360,10 +302,7 @@ fn full_then_store(
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    config = common::config();
     targets = handshakes
 }
 criterion_main!(benches);

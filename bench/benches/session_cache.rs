@@ -32,11 +32,13 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use tlsfront::metrics::set_current_worker;
 use tlsfront::session_cache::SessionCache;
-use tlsfront_bench::{Fixture, Key, MutexMap, SpinBarrier};
+use tlsfront_bench::{bench_dir, slowest_thread, Fixture, Key, MutexMap, SpinBarrier};
 
 // The allocator of the tlsfront binary.
 #[global_allocator]
@@ -156,22 +158,8 @@ fn run(
 /// `iters` operations on each of `threads` threads; the slower thread's
 /// time.
 fn measure(subject: &Subject, fixture: &Fixture, op: Op, threads: usize, iters: u64) -> Duration {
-    let barrier = SpinBarrier::new(threads);
-    if threads == 1 {
-        return run(&*subject.store, fixture, op, 0, 1, iters, &barrier);
-    }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (store, barrier) = (&*subject.store, &barrier);
-                s.spawn(move || run(store, fixture, op, t, threads, iters, barrier))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("bench thread"))
-            .max()
-            .unwrap_or_default()
+    slowest_thread(threads, |t, barrier| {
+        run(&*subject.store, fixture, op, t, threads, iters, barrier)
     })
 }
 
@@ -207,16 +195,7 @@ fn subjects(fixture: &Fixture, dir: &std::path::Path) -> Vec<Subject> {
 
 fn session_cache(c: &mut Criterion) {
     let fixture = Fixture::new(RESIDENT, TAKE_CHUNK, THREADS[THREADS.len() - 1]);
-    // Where the cache file goes: $TLSFRONT_BENCH_DIR, else /dev/shm, else
-    // the default temporary directory.
-    let base = std::env::var_os("TLSFRONT_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .or_else(|| Some(std::path::PathBuf::from("/dev/shm")).filter(|p| p.is_dir()))
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::Builder::new()
-        .prefix("tlsfront-bench")
-        .tempdir_in(&base)
-        .expect("temporary directory");
+    let dir = bench_dir();
     let subjects = subjects(&fixture, dir.path());
 
     for op in [Op::GetHit, Op::GetMiss, Op::Put, Op::Take] {
@@ -234,10 +213,7 @@ fn session_cache(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    config = common::config();
     targets = session_cache
 }
 criterion_main!(benches);

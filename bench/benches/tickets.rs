@@ -32,10 +32,12 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tlsfront::metrics::{set_current_worker, PerWorkerCounters};
 use tlsfront::tickets::{KeySource, TicketKeyRing};
-use tlsfront_bench::{SpinBarrier, SplitMix64};
+use tlsfront_bench::{bench_dir, slowest_thread, SpinBarrier, SplitMix64};
 
 // The allocator of the tlsfront binary.
 #[global_allocator]
@@ -187,30 +189,6 @@ fn run_rotating(
     elapsed
 }
 
-/// Runs `f(t, barrier)` on `threads` threads; the slower thread's time.
-fn measure<F>(threads: usize, f: F) -> Duration
-where
-    F: Fn(usize, &SpinBarrier) -> Duration + Sync,
-{
-    let barrier = SpinBarrier::new(threads);
-    if threads == 1 {
-        return f(0, &barrier);
-    }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (f, barrier) = (&f, &barrier);
-                s.spawn(move || f(t, barrier))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("bench thread"))
-            .max()
-            .unwrap_or_default()
-    })
-}
-
 fn open_ring(dir: &std::path::Path, name: &str) -> TicketKeyRing {
     let (ring, _) = TicketKeyRing::open(
         &dir.join(name),
@@ -224,14 +202,7 @@ fn open_ring(dir: &std::path::Path, name: &str) -> TicketKeyRing {
 }
 
 fn tickets(c: &mut Criterion) {
-    let base = std::env::var_os("TLSFRONT_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .or_else(|| Some(std::path::PathBuf::from("/dev/shm")).filter(|p| p.is_dir()))
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::Builder::new()
-        .prefix("tlsfront-bench")
-        .tempdir_in(&base)
-        .expect("temporary directory");
+    let dir = bench_dir();
     let mut plain = vec![0u8; PLAIN_LEN];
     SplitMix64::new(7).fill(&mut plain);
 
@@ -241,7 +212,7 @@ fn tickets(c: &mut Criterion) {
         for threads in THREADS {
             group.bench_function(BenchmarkId::from_parameter(threads), |b| {
                 b.iter_custom(|iters| {
-                    measure(threads, |t, barrier| {
+                    slowest_thread(threads, |t, barrier| {
                         run_plain(&ring, &plain, op, t, iters, barrier)
                     })
                 })
@@ -273,7 +244,7 @@ fn tickets(c: &mut Criterion) {
                     |b| {
                         b.iter_custom(|iters| {
                             ops.fetch_add(iters * threads as u64, Ordering::Relaxed);
-                            measure(threads, |t, barrier| {
+                            slowest_thread(threads, |t, barrier| {
                                 run_rotating(
                                     &ring, &clock, &plain, op, t, iters, per_period, barrier,
                                 )
@@ -302,10 +273,7 @@ fn tickets(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    config = common::config();
     targets = tickets
 }
 criterion_main!(benches);

@@ -321,13 +321,130 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
     }
     fn verify_tls13_signature(
         &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        // As for TLS 1.2: nothing is checked.
+        self.verify_tls12_signature(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.clone()
+    }
+}
+
+/// A client config on [`pinned_provider`] for TLS 1.3 (`tls13`) or 1.2
+/// alone that accepts any certificate ([`AcceptAnything`]): a benchmark
+/// client, whose checks would not change the server's work.
+pub fn accept_anything_config(tls13: bool) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = std::sync::Arc::new(pinned_provider());
+    let version: &'static rustls::SupportedProtocolVersion = if tls13 {
+        &rustls::version::TLS13
+    } else {
+        &rustls::version::TLS12
+    };
+    let schemes = provider
+        .signature_verification_algorithms
+        .supported_schemes();
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnything(schemes)))
+        .with_no_client_auth())
+}
+
+/// A fresh directory for a bench's shared-memory files, removed on drop:
+/// under `$TLSFRONT_BENCH_DIR`, else `/dev/shm` (memory, like production),
+/// else the default temporary directory.
+pub fn bench_dir() -> tempfile::TempDir {
+    let base = std::env::var_os("TLSFRONT_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| Some(std::path::PathBuf::from("/dev/shm")).filter(|p| p.is_dir()))
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new()
+        .prefix("tlsfront-bench")
+        .tempdir_in(&base)
+        .expect("temporary directory")
+}
+
+/// Runs `f(t, barrier)` on `threads` threads (`t` = 0..threads, all
+/// released together by `barrier`); the slowest thread's time.
+pub fn slowest_thread<F>(threads: usize, f: F) -> std::time::Duration
+where
+    F: Fn(usize, &SpinBarrier) -> std::time::Duration + Sync,
+{
+    let barrier = SpinBarrier::new(threads);
+    if threads == 1 {
+        return f(0, &barrier);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (f, barrier) = (&f, &barrier);
+                s.spawn(move || f(t, barrier))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .max()
+            .unwrap_or_default()
+    })
+}
+
+/// What a benchmark client does: one TLS handshake of a kind (full or
+/// resumed, TLS 1.2 or 1.3), or `plain` TCP. The names are those of
+/// tlsload's command line and of the handshake bench's groups (RESULTS.md).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    Full12,
+    Full13,
+    ResumeId12,
+    ResumeTicket12,
+    Resume13,
+    /// TLS 1.3 resumption through the server's session cache (stateful
+    /// tickets); the same client as [`Mode::Resume13`].
+    Resume13Stateful,
+    Plain,
+}
+
+impl Mode {
+    /// Every mode.
+    pub const ALL: [Mode; 7] = [
+        Mode::Full12,
+        Mode::Full13,
+        Mode::ResumeId12,
+        Mode::ResumeTicket12,
+        Mode::Resume13,
+        Mode::Resume13Stateful,
+        Mode::Plain,
+    ];
+
+    /// The mode named `s`.
+    pub fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Full12 => "full12",
+            Mode::Full13 => "full13",
+            Mode::ResumeId12 => "resume-id12",
+            Mode::ResumeTicket12 => "resume-ticket12",
+            Mode::Resume13 => "resume13",
+            Mode::Resume13Stateful => "resume13-stateful",
+            Mode::Plain => "plain",
+        }
+    }
+
+    /// Does the client offer a session to resume?
+    pub fn resumes(self) -> bool {
+        !matches!(self, Mode::Full12 | Mode::Full13 | Mode::Plain)
+    }
+
+    /// TLS 1.3 (else TLS 1.2, or no TLS)?
+    pub fn tls13(self) -> bool {
+        matches!(self, Mode::Full13 | Mode::Resume13 | Mode::Resume13Stateful)
     }
 }

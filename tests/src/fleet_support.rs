@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::netns::{must, NsFrontend};
 use crate::prereq::{require, Need};
+use crate::process::wait_until;
 use crate::{temp_dir, write_file, Stats, TempDir};
 
 /// The balancer's address (on the balancer namespace's loopback).
@@ -240,16 +241,10 @@ impl Fleet {
         let addr = SocketAddr::from((STORE, STORE_PORT));
         let lb = self.lb.clone();
         let up = in_netns(&lb, || {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(RespValue::Simple(s)) = resp(addr, &[b"PING"]) {
-                    if s == "PONG" {
-                        return true;
-                    }
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-            false
+            wait_until(
+                Duration::from_secs(10),
+                || matches!(resp(addr, &[b"PING"]), Ok(RespValue::Simple(s)) if s == "PONG"),
+            )
         });
         assert!(
             up,
@@ -327,13 +322,7 @@ impl Fleet {
             let d = self.dir.path().join(format!("nginx-h{i}"));
             std::fs::create_dir_all(&d).expect("nginx dir");
             let conf = format!(
-                "load_module {STREAM_MODULE};
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 256; }}
+                "{head}events {{ worker_connections 256; }}
 stream {{
     server {{
         listen {addr}:{NGINX_PORT} ssl;
@@ -348,7 +337,7 @@ stream {{
     }}
 }}
 ",
-                d = d.display(),
+                head = nginx_conf_head(&d),
                 addr = host_addr(i),
                 cert = self.cert.0.display(),
                 key = self.cert.1.display(),
@@ -373,13 +362,7 @@ stream {{
                 .collect()
         };
         let conf = format!(
-            "load_module {STREAM_MODULE};
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
+            "{head}events {{ worker_connections 1024; }}
 stream {{
     upstream tlsfront_hosts {{
 {tls}    }}
@@ -389,7 +372,7 @@ stream {{
     server {{ listen {BALANCER}:{NGINX_PORT}; proxy_pass nginx_hosts; proxy_connect_timeout 2s; }}
 }}
 ",
-            d = d.display(),
+            head = nginx_conf_head(&d),
             tls = servers(TLSFRONT_PORT),
             ngx = servers(NGINX_PORT),
         );
@@ -458,14 +441,9 @@ backend tlsfront_hosts
 
     fn wait_listening(&self, ns: &str, addr: SocketAddr, dir: &Path) {
         let ok = in_netns(ns, || {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return true;
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-            false
+            wait_until(Duration::from_secs(10), || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })
         });
         assert!(
             ok,
@@ -473,6 +451,21 @@ backend tlsfront_hosts
             std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
         );
     }
+}
+
+/// The first lines of an nginx configuration: the stream module, in the
+/// foreground, one process, its pid file and error log in `d`.
+fn nginx_conf_head(d: &Path) -> String {
+    format!(
+        "load_module {STREAM_MODULE};
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+",
+        d = d.display()
+    )
 }
 
 fn spawn_nginx(nginx: &str, ns: &str, dir: &Path, conf: &Path) -> Proc {

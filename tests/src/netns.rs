@@ -11,12 +11,12 @@
 //! CAP_BPF for XDP); without it a test fails saying so ([`NEEDS`]).
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -24,7 +24,10 @@ use aya::maps::{Array, Map, MapData};
 use tlsfront_shared::{names, FlowHashKey};
 
 use crate::prereq::{require, Need};
-use crate::{run_cmd, temp_dir, CmdOutput, Stats, TempDir, CLI_TIMEOUT, READY_TIMEOUT};
+use crate::{
+    run_cmd, tail, temp_dir, Captured, CapturesOutput, CmdOutput, Stats, TempDir, CLI_TIMEOUT,
+    READY_TIMEOUT,
+};
 
 /// Server address, inside namespace A.
 pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -293,8 +296,13 @@ pub struct NsFrontend {
     pub socket: std::path::PathBuf,
     /// Shared with a successor started by [`NsFrontend::start_takeover`].
     dir: Arc<TempDir>,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
+    captured: Captured,
+}
+
+impl CapturesOutput for NsFrontend {
+    fn captured(&self) -> &Captured {
+        &self.captured
+    }
 }
 
 impl NsFrontend {
@@ -349,53 +357,13 @@ impl NsFrontend {
             cmd.arg("-o").arg(format!("{k}={v}"));
         }
         let cmdline = format!("{cmd:?}");
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| format!("spawn {cmdline}: {e}"))?;
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel::<()>();
-        {
-            let out = child.stdout.take().expect("piped stdout");
-            let acc = Arc::clone(&stdout);
-            thread::spawn(move || {
-                let mut ready_tx = Some(ready_tx);
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if line.trim_end() == "tlsfront: ready" {
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    let mut acc = acc.lock().unwrap();
-                    acc.push_str(&line);
-                    acc.push('\n');
-                }
-            });
-        }
-        {
-            let mut err = child.stderr.take().expect("piped stderr");
-            let acc = Arc::clone(&stderr);
-            thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    acc.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
+        let (child, captured, ready_rx) = Captured::spawn(&mut cmd)?;
         let mut fe = NsFrontend {
             child: Some(child),
             port,
             socket,
             dir,
-            stdout,
-            stderr,
+            captured,
         };
         match ready_rx.recv_timeout(READY_TIMEOUT) {
             Ok(()) => Ok(fe),
@@ -422,27 +390,12 @@ impl NsFrontend {
         flow_key_of(self.pid()).unwrap_or_else(|e| panic!("{e}\n{}", self.output()))
     }
 
-    /// Everything written to stderr so far.
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Everything written to stdout so far.
-    pub fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-
     /// Both, for failure messages (stderr's last 6000 characters).
     pub fn output(&self) -> String {
-        let err = self.stderr();
-        let mut cut = err.len().saturating_sub(6000);
-        while !err.is_char_boundary(cut) {
-            cut += 1;
-        }
         format!(
             "--- stdout ---\n{}\n--- stderr ---\n{}",
             self.stdout(),
-            &err[cut..]
+            tail(&self.stderr(), 6000)
         )
     }
 

@@ -8,34 +8,21 @@
 //! Every wait is bounded.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::{
-    run_command, temp_dir, tlsfront_cmd, write_file, CmdOutput, Pattern, ReservedPort, RunCommand,
-    TempDir, TlsClient, IO_TIMEOUT, READY_TIMEOUT,
+    run_command, tail, temp_dir, tlsfront_cmd, write_file, Captured, CapturesOutput, CmdOutput,
+    Pattern, ReservedPort, RunCommand, TempDir, TlsClient, IO_TIMEOUT, READY_TIMEOUT,
 };
 
-/// Polls `cond` every 20 ms until it holds (true) or `timeout` passes (false).
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use crate::process::wait_until;
 
 // ---------------------------------------------------------------------------
 // A tlsfront process that can be signalled
@@ -50,36 +37,14 @@ pub struct Proc {
     /// Holds the control socket, cache and ticket files.
     pub dir: TempDir,
     _reservation: Option<ReservedPort>,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
+    captured: Captured,
     status: Option<ExitStatus>,
 }
 
-fn pump_output<R: Read + Send + 'static>(
-    r: R,
-    acc: Arc<Mutex<String>>,
-    ready: Option<mpsc::Sender<()>>,
-) {
-    thread::spawn(move || {
-        let mut r = BufReader::new(r);
-        let mut ready = ready;
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match r.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let s = String::from_utf8_lossy(&line).into_owned();
-                    if s.trim_end() == "tlsfront: ready" {
-                        if let Some(tx) = ready.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    acc.lock().unwrap().push_str(&s);
-                }
-            }
-        }
-    });
+impl CapturesOutput for Proc {
+    fn captured(&self) -> &Captured {
+        &self.captured
+    }
 }
 
 impl Proc {
@@ -144,25 +109,14 @@ impl Proc {
         };
         cmd.envs(env.iter().copied());
         let cmdline = format!("{cmd:?}");
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("spawn {cmdline}: {e}"))?;
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        pump_output(child.stdout.take().unwrap(), stdout.clone(), Some(tx));
-        pump_output(child.stderr.take().unwrap(), stderr.clone(), None);
+        let (child, captured, rx) = Captured::spawn(&mut cmd)?;
         let mut p = Proc {
             child,
             port,
             socket,
             dir,
             _reservation: reservation,
-            stdout,
-            stderr,
+            captured,
             status: None,
         };
         if rx.recv_timeout(READY_TIMEOUT).is_ok() {
@@ -217,25 +171,12 @@ impl Proc {
         }
     }
 
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    pub fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-
     /// stdout and the last 8000 bytes of stderr, for failure messages.
     pub fn output(&self) -> String {
-        let err = self.stderr();
-        let mut cut = err.len().saturating_sub(8000);
-        while !err.is_char_boundary(cut) {
-            cut += 1;
-        }
         format!(
             "--- tlsfront stdout ---\n{}\n--- tlsfront stderr ---\n{}",
             self.stdout(),
-            &err[cut..]
+            tail(&self.stderr(), 8000)
         )
     }
 

@@ -581,7 +581,7 @@ pub fn served_subject(out: &CmdOutput) -> String {
 }
 
 /// `openssl sess_id ARGS -in FROM -out TO`.
-fn sess_id_convert(args: &[&str], from: &Path, to: &Path) {
+pub fn sess_id_convert(args: &[&str], from: &Path, to: &Path) {
     let mut cmd = crate::prereq::tool("openssl");
     cmd.arg("sess_id")
         .args(args)

@@ -114,19 +114,7 @@ fn out_of_descriptors_pauses_accepting_without_spinning_and_keeps_open_connectio
                 p.output()
             )
         });
-        let mut src = pattern_source(i as u64, 100);
-        let mut check = PatternCheck::new(i as u64);
-        let mut sink = |d: &[u8]| check.feed(d);
-        let r = c.pump(
-            &mut src,
-            &mut sink,
-            &PumpOpts {
-                close_notify_after_send: false,
-                tcp_shutdown_after_close_notify: false,
-                recv_until: Some(100),
-                timeout: IO_TIMEOUT,
-            },
-        );
+        let (r, check) = c.echo_pattern(i as u64, 100, &PumpOpts::receive(100, IO_TIMEOUT));
         assert!(
             r.end == End::Count && check.first_mismatch.is_none(),
             "queued connection {i}: echo {r:?}, mismatch at {:?}\n{}",

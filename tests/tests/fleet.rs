@@ -42,6 +42,19 @@ fn fleet(pki: &Pki) -> Fleet {
     f
 }
 
+/// [`fleet`] with tlsfront on every host, sharing the ticket keys of the
+/// fleet's secret file.
+fn shared_ticket_fleet(pki: &Pki) -> Fleet {
+    let mut f = fleet(pki);
+    let key_source = format!("file:{}", f.secret.display());
+    f.start_tlsfront(&[
+        ("tickets.enabled", "1"),
+        ("tickets.key_source", &key_source),
+        ("cache.remote.timeout_ms", LOADED_MACHINE_BUDGET_MS),
+    ]);
+    f
+}
+
 /// What one run of reconnects saw.
 #[derive(Debug, Default)]
 struct Run {
@@ -50,6 +63,32 @@ struct Run {
     failures: Vec<String>,
     /// Time to connect and complete each resumed handshake.
     resumed_times: Vec<Duration>,
+}
+
+impl Run {
+    /// Counts one connection that offered a session: resumed (and how long
+    /// it took), or failed (`what` names it in the failure).
+    fn record(&mut self, visit: Result<(bool, Duration), String>, what: impl FnOnce() -> String) {
+        match visit {
+            Ok((true, took)) => {
+                self.resumed += 1;
+                self.resumed_times.push(took);
+            }
+            Ok((false, _)) => {}
+            Err(e) => self.failures.push(format!("{}: {e}", what())),
+        }
+    }
+}
+
+/// Asserts that no connection of `run` failed.
+#[track_caller]
+fn assert_no_failures(run: &Run, f: &Fleet) {
+    assert!(
+        run.failures.is_empty(),
+        "{:?}\n{}",
+        run.failures,
+        hosts_output(f)
+    );
 }
 
 /// One connection: handshake (timed), `GET /`, read to the end.
@@ -94,14 +133,7 @@ fn reconnects_with(
         for i in 0..n {
             run.attempts += 1;
             std::thread::sleep(gap);
-            match timed_visit(addr, cfg.clone()) {
-                Ok((true, took)) => {
-                    run.resumed += 1;
-                    run.resumed_times.push(took);
-                }
-                Ok((false, _)) => {}
-                Err(e) => run.failures.push(format!("reconnect {i}: {e}")),
-            }
+            run.record(timed_visit(addr, cfg.clone()), || format!("reconnect {i}"));
         }
         run
     })
@@ -124,14 +156,7 @@ fn pairs(lb: &str, addr: SocketAddr, spec: &ClientSpec, n: usize, gap: Duration)
             }
             run.attempts += 1;
             std::thread::sleep(gap);
-            match timed_visit(addr, cfg) {
-                Ok((true, took)) => {
-                    run.resumed += 1;
-                    run.resumed_times.push(took);
-                }
-                Ok((false, _)) => {}
-                Err(e) => run.failures.push(format!("pair {i}, second: {e}")),
-            }
+            run.record(timed_visit(addr, cfg), || format!("pair {i}, second"));
         }
         run
     })
@@ -171,12 +196,7 @@ fn tls12_session_ids_resume_on_every_host_and_nginx_for_comparison() {
     let tls12 = ClientSpec::new(pki.trust()).versions(Versions::Tls12);
 
     let run = reconnects(&lb, f.balancer_addr(TLSFRONT_PORT), &tls12, RECONNECTS);
-    assert!(
-        run.failures.is_empty(),
-        "{:?}\n{}",
-        run.failures,
-        hosts_output(&f)
-    );
+    assert_no_failures(&run, &f);
     println!(
         "tlsfront fleet + Redis, TLS 1.2 session ID: {}/{} reconnects resumed",
         run.resumed, run.attempts
@@ -314,13 +334,7 @@ fn tls12_session_ids_resume_on_every_host_and_nginx_for_comparison() {
 #[test]
 fn tls12_tickets_and_tls13_resume_on_every_host() {
     let pki = Pki::new();
-    let mut f = fleet(&pki);
-    let key_source = format!("file:{}", f.secret.display());
-    f.start_tlsfront(&[
-        ("tickets.enabled", "1"),
-        ("tickets.key_source", &key_source),
-        ("cache.remote.timeout_ms", LOADED_MACHINE_BUDGET_MS),
-    ]);
+    let mut f = shared_ticket_fleet(&pki);
     let lb = f.lb.clone();
     let addr = f.balancer_addr(TLSFRONT_PORT);
 
@@ -340,12 +354,7 @@ fn tls12_tickets_and_tls13_resume_on_every_host() {
             run.resumed, run.attempts
         );
         let after = per_host(&f, name, &["handshakes", counter]);
-        assert!(
-            run.failures.is_empty(),
-            "{:?}\n{}",
-            run.failures,
-            hosts_output(&f)
-        );
+        assert_no_failures(&run, &f);
         assert_eq!(run.resumed, RECONNECTS, "{}", hosts_output(&f));
         for (i, (b, a)) in before.iter().zip(&after).enumerate() {
             assert!(
@@ -383,12 +392,7 @@ fn tls12_tickets_and_tls13_resume_on_every_host() {
             "remote_timeouts",
         ],
     );
-    assert!(
-        run.failures.is_empty(),
-        "{:?}\n{}",
-        run.failures,
-        hosts_output(&f)
-    );
+    assert_no_failures(&run, &f);
     // A ticket is written to Redis after the handshake that issued it, by
     // a background thread; a client quicker than that write gets a full
     // handshake (remote_misses), which the test machine's load now and
@@ -560,13 +564,7 @@ fn s_client_reconnects(lb: &str, addr: SocketAddr, args: &[&str], n: usize, dir:
 #[test]
 fn behind_haproxy_session_ids_resume_on_every_host_and_only_tickets_resume_on_an_nginx_fleet() {
     let pki = Pki::new();
-    let mut f = fleet(&pki);
-    let key_source = format!("file:{}", f.secret.display());
-    f.start_tlsfront(&[
-        ("tickets.enabled", "1"),
-        ("tickets.key_source", &key_source),
-        ("cache.remote.timeout_ms", LOADED_MACHINE_BUDGET_MS),
-    ]);
+    let mut f = shared_ticket_fleet(&pki);
     f.start_nginx_hosts();
     f.start_haproxy_balancer();
     let lb = f.lb.clone();

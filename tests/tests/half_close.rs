@@ -39,13 +39,8 @@ fn summarising_upstream() -> Upstream {
 fn half_close_exchange(tcp_shutdown: bool) {
     let pki = Pki::new();
     let dir = temp_dir();
-    let (cert, key) = pki.leaf(&["localhost"]).write(dir.path(), "localhost");
     let upstream = summarising_upstream();
-    let fe = Frontend::start(&[
-        ("tls.cert", cert.to_str().unwrap()),
-        ("tls.key", key.to_str().unwrap()),
-        ("upstream.addr", &upstream.addr_string()),
-    ]);
+    let fe = Frontend::with_leaf(&pki, dir.path(), &upstream.addr_string());
     let mut client =
         TlsClient::connect(fe.addr(), ClientSpec::new(pki.trust()).build(), "localhost")
             .unwrap_or_else(|e| panic!("TLS handshake failed: {e}\n{}", fe.output()));

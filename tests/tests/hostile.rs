@@ -723,20 +723,11 @@ fn tls12_renegotiation_is_refused_and_the_process_keeps_serving() {
 
 fn session_stays_with_its_server_name(tickets: &str) {
     let pki = Pki::new();
-    let dir = temp_dir();
-    let (dc, dk) = pki.leaf(&["localhost"]).write(dir.path(), "localhost");
-    let (ac, ak) = pki.leaf(&["a.example"]).write(dir.path(), "a");
-    let (bc, bk) = pki.leaf(&["b.example"]).write(dir.path(), "b");
-    let fe = start(&[
-        ("worker.count", "2"),
-        ("tickets.enabled", tickets),
-        ("tls.cert", dc.to_str().unwrap()),
-        ("tls.key", dk.to_str().unwrap()),
-        ("tls.sni.a.example.cert", ac.to_str().unwrap()),
-        ("tls.sni.a.example.key", ak.to_str().unwrap()),
-        ("tls.sni.b.example.cert", bc.to_str().unwrap()),
-        ("tls.sni.b.example.key", bk.to_str().unwrap()),
-    ]);
+    let leaves = SniLeaves::new(&pki);
+    let dir = &leaves.dir;
+    let mut opts = vec![("worker.count", "2"), ("tickets.enabled", tickets)];
+    opts.extend(leaves.opts());
+    let fe = start(&opts);
     let mut n = 0;
     for version in ["-tls1_2", "-tls1_3"] {
         // Each try gets a fresh a.example session (a stateful TLS 1.3

@@ -33,6 +33,24 @@ fn visit_from(
     (me, c.resumed())
 }
 
+/// A handshake with the tlsfront at `addr`, accepting any certificate;
+/// panics with `output()` (the process's output) when it fails.
+fn connect_any(addr: SocketAddr, output: &dyn Fn() -> String) -> TlsClient {
+    TlsClient::connect(addr, ClientSpec::new(Trust::AnyCert).build(), "localhost")
+        .unwrap_or_else(|e| panic!("{e}\n{}", output()))
+}
+
+/// Asserts that `p` exited with status 0 (`status` from [`Proc::wait_exit`]).
+#[track_caller]
+fn assert_exited_0(status: Option<std::process::ExitStatus>, p: &Proc) {
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit status {status:?}\n{}",
+        p.output()
+    );
+}
+
 /// The `handshake done` debug lines for the connection from `peer`.
 fn handshake_debug_lines(stderr: &str, peer: SocketAddr) -> Vec<LogLine> {
     let peer = peer.to_string();
@@ -486,12 +504,7 @@ fn sigterm_lets_a_streaming_connection_finish_refuses_new_ones_and_exits_0() {
             ("worker.drain_secs", "10"),
         ],
     );
-    let mut c = TlsClient::connect(
-        p.addr(),
-        ClientSpec::new(Trust::AnyCert).build(),
-        "localhost",
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", p.output()));
+    let mut c = connect_any(p.addr(), &|| p.output());
     let (first_tx, first_rx) = mpsc::channel();
     let client = thread::spawn(move || -> Result<(Vec<u8>, Instant), String> {
         let mut got = Vec::new();
@@ -557,12 +570,7 @@ fn sigterm_lets_a_streaming_connection_finish_refuses_new_ones_and_exits_0() {
     );
     let status = p.wait_exit(Duration::from_secs(5));
     let exited = Instant::now();
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "exit status {status:?}\n{}",
-        p.output()
-    );
+    assert_exited_0(status, &p);
     assert!(
         exited.duration_since(ended) < Duration::from_secs(3)
             && exited.duration_since(term) < Duration::from_secs(8),
@@ -583,12 +591,7 @@ fn sigterm_closes_an_idle_connection_after_drain_secs_and_exits_0() {
             ("worker.drain_secs", "1"),
         ],
     );
-    let mut c = TlsClient::connect(
-        p.addr(),
-        ClientSpec::new(Trust::AnyCert).build(),
-        "localhost",
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", p.output()));
+    let mut c = connect_any(p.addr(), &|| p.output());
     {
         let mut st = rustls::Stream::new(&mut c.conn, &mut c.sock);
         st.write_all(b"ping").unwrap();
@@ -611,12 +614,7 @@ fn sigterm_closes_an_idle_connection_after_drain_secs_and_exits_0() {
         p.output()
     );
     let status = p.wait_exit(Duration::from_secs(5));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "exit status {status:?}\n{}",
-        p.output()
-    );
+    assert_exited_0(status, &p);
     assert!(
         term.elapsed() < Duration::from_secs(5),
         "exit {:?} after SIGTERM",
@@ -806,12 +804,7 @@ fn proxy_protocol_reaches_nginx(version: &str) {
         ("worker.count", "1"),
     ]);
     for _ in 0..2 {
-        let mut c = TlsClient::connect(
-            fe.addr(),
-            ClientSpec::new(Trust::AnyCert).build(),
-            "localhost",
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", fe.output()));
+        let mut c = connect_any(fe.addr(), &|| fe.output());
         let me = c.sock.local_addr().unwrap();
         let (resp, end) = c.request(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", IO_TIMEOUT);
         let text = String::from_utf8_lossy(&resp).into_owned();
@@ -973,12 +966,7 @@ fn sysctl_w_upstream_proxy_protocol_applies_to_the_next_connection_of_the_runnin
         ("worker.count", "2"),
     ]);
     let get = || {
-        let mut c = TlsClient::connect(
-            fe.addr(),
-            ClientSpec::new(Trust::AnyCert).build(),
-            "localhost",
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", fe.output()));
+        let mut c = connect_any(fe.addr(), &|| fe.output());
         let me = c.sock.local_addr().unwrap();
         let (resp, _) = c.request(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", IO_TIMEOUT);
         (me, String::from_utf8_lossy(&resp).into_owned())
@@ -1045,12 +1033,7 @@ fn sigint_drains_like_sigterm_and_exits_0() {
             ("worker.drain_secs", "5"),
         ],
     );
-    let mut c = TlsClient::connect(
-        p.addr(),
-        ClientSpec::new(Trust::AnyCert).build(),
-        "localhost",
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", p.output()));
+    let mut c = connect_any(p.addr(), &|| p.output());
     p.signal(libc::SIGINT);
     assert!(
         p.wait_stderr("draining", Duration::from_secs(5)),
@@ -1067,12 +1050,7 @@ fn sigint_drains_like_sigterm_and_exits_0() {
     let mut rest = Vec::new();
     let _ = st.read_to_end(&mut rest);
     let status = p.wait_exit(Duration::from_secs(4));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "exit status {status:?}\n{}",
-        p.output()
-    );
+    assert_exited_0(status, &p);
 }
 
 #[test]
@@ -1093,12 +1071,7 @@ fn sysctl_w_worker_drain_secs_sets_how_long_the_next_drain_waits() {
         "{}",
         w.stdout
     );
-    let mut c = TlsClient::connect(
-        p.addr(),
-        ClientSpec::new(Trust::AnyCert).build(),
-        "localhost",
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", p.output()));
+    let mut c = connect_any(p.addr(), &|| p.output());
     let term = Instant::now();
     p.signal(libc::SIGTERM);
     let (_, end) = read_until_closed(&mut c.sock, Duration::from_secs(10));
@@ -1109,12 +1082,7 @@ fn sysctl_w_worker_drain_secs_sets_how_long_the_next_drain_waits() {
     );
     let status = p.wait_exit(Duration::from_secs(5));
     let took = term.elapsed();
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "exit status {status:?}\n{}",
-        p.output()
-    );
+    assert_exited_0(status, &p);
     assert!(
         took >= Duration::from_millis(800) && took < Duration::from_secs(5),
         "exited {took:?} after SIGTERM with worker.drain_secs set to 1 s (started with 60 s)"

@@ -26,6 +26,19 @@ fn tlsfront_to(upstream: &str) -> Frontend {
     ])
 }
 
+/// An upstream that reads each connection's PROXY v2 header, answers `ok`
+/// and hands the header over on the receiver.
+fn header_upstream() -> (Upstream, mpsc::Receiver<Result<pp2::Pp2, String>>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let upstream = Upstream::start(move |mut s| {
+        let header = pp2::read(&mut s);
+        let _ = s.write_all(b"ok");
+        let _ = tx.lock().unwrap().send(header);
+    });
+    (upstream, rx)
+}
+
 /// One TLS 1.3 connection for `sni` with ALPN http/1.1; returns the
 /// client's address.
 fn connect(fe: &Frontend, sni: &str) -> SocketAddr {
@@ -37,21 +50,9 @@ fn connect(fe: &Frontend, sni: &str) -> SocketAddr {
     me
 }
 
-/// An upstream that reads each connection's v2 header and hands it over.
-fn decoding_upstream() -> (Upstream, mpsc::Receiver<Result<pp2::Pp2, String>>) {
-    let (tx, rx) = mpsc::channel();
-    let tx = Mutex::new(tx);
-    let upstream = Upstream::start(move |mut s| {
-        let header = pp2::read(&mut s);
-        let _ = s.write_all(b"ok");
-        let _ = tx.lock().unwrap().send(header);
-    });
-    (upstream, rx)
-}
-
 #[test]
 fn the_upstream_learns_alpn_sni_tls_version_cipher_and_that_no_client_certificate_came() {
-    let (upstream, rx) = decoding_upstream();
+    let (upstream, rx) = header_upstream();
     let fe = tlsfront_to(&upstream.addr_string());
     let me = connect(&fe, "api.example.com");
     let pp = rx
@@ -110,7 +111,7 @@ fn a_verified_client_certificate_and_its_common_name_reach_the_upstream() {
     let ca = OpensslCa::new(dir.path(), "clients");
     let server = ca.issue("server", "localhost", Usage::Server);
     let alice = ca.issue("alice", "alice", Usage::Client);
-    let (upstream, rx) = decoding_upstream();
+    let (upstream, rx) = header_upstream();
     let (chain, key, client_ca) = (
         server.chain.display().to_string(),
         server.key.display().to_string(),

@@ -9,32 +9,15 @@ use tlsfront_tests::*;
 fn echo_round_trip(len: u64, timeout: Duration) {
     let pki = Pki::new();
     let dir = temp_dir();
-    let (cert, key) = pki.leaf(&["localhost"]).write(dir.path(), "localhost");
     let upstream = Upstream::echo();
-    let fe = Frontend::start(&[
-        ("tls.cert", cert.to_str().unwrap()),
-        ("tls.key", key.to_str().unwrap()),
-        ("upstream.addr", &upstream.addr_string()),
-    ]);
+    let fe = Frontend::with_leaf(&pki, dir.path(), &upstream.addr_string());
 
     let mut client =
         TlsClient::connect(fe.addr(), ClientSpec::new(pki.trust()).build(), "localhost")
             .unwrap_or_else(|e| panic!("TLS handshake with tlsfront failed: {e}\n{}", fe.output()));
 
     let seed = 0x5eed_0000 + len;
-    let mut source = pattern_source(seed, len);
-    let mut check = PatternCheck::new(seed);
-    let mut sink = |d: &[u8]| check.feed(d);
-    let r = client.pump(
-        &mut source,
-        &mut sink,
-        &PumpOpts {
-            close_notify_after_send: false,
-            tcp_shutdown_after_close_notify: false,
-            recv_until: Some(len),
-            timeout,
-        },
-    );
+    let (r, check) = client.echo_pattern(seed, len, &PumpOpts::receive(len, timeout));
     assert_eq!(
         r.sent,
         len,

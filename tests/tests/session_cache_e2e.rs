@@ -22,28 +22,6 @@ fn s_client(port: u16, args: &[&str], stdin: &[u8]) -> CmdOutput {
     robust_support::s_client(port, "localhost", args, stdin)
 }
 
-/// Per-worker difference `after - before` of counter `name`.
-fn diff(before: &Stats, after: &Stats, name: &str) -> Vec<u64> {
-    after
-        .per_worker(name)
-        .iter()
-        .zip(before.per_worker(name))
-        .map(|(a, b)| a - b)
-        .collect()
-}
-
-/// The one worker whose `name` moved by exactly 1 between the two stats,
-/// the others not at all.
-fn single_worker(before: &Stats, after: &Stats, name: &str) -> usize {
-    let d = diff(before, after, name);
-    assert_eq!(
-        d.iter().sum::<u64>(),
-        1,
-        "{name} moved by {d:?} between two stats, expected one connection"
-    );
-    d.iter().position(|&x| x == 1).unwrap()
-}
-
 #[test]
 fn tls12_session_ids_resume_on_both_workers_and_are_never_oversize() {
     const N: u64 = 60;
@@ -134,21 +112,16 @@ fn tls13_stateful_tickets_resume_including_on_the_other_worker() {
         s
     };
     for i in 0..PAIRS {
+        let pair = format!("pair {i}");
         // A client that remembers nothing: the full handshake gives it
         // tickets (stored by the server with `put`), the next connection
         // redeems one (`take`).
         let cfg = resuming_client_config(&spec);
-        let full = visit(fe.addr(), cfg.clone(), "localhost")
-            .unwrap_or_else(|e| panic!("pair {i}, full handshake: {e}\n{}", fe.output()));
-        assert!(!full.resumed && full.http_200, "pair {i}: {full:?}");
+        let full = fe.full_visit(cfg.clone(), &pair);
         handshakes += 1;
         let mid = next_stats(handshakes);
         let issuer = single_worker(&before, &mid, "handshakes");
-        assert_eq!(
-            fe.kernel_worker(&cpus, &full),
-            issuer,
-            "pair {i}: the worker that counted the full handshake is not the one the kernel saw serve it"
-        );
+        fe.assert_served_by(&cpus, &full, issuer, &pair, "the full handshake");
         let again = visit(fe.addr(), cfg, "localhost")
             .unwrap_or_else(|e| panic!("pair {i}, resumption: {e}\n{}", fe.output()));
         assert_eq!(again.version, Some(rustls::ProtocolVersion::TLSv1_3));
@@ -161,11 +134,7 @@ fn tls13_stateful_tickets_resume_including_on_the_other_worker() {
         handshakes += 1;
         let after = next_stats(handshakes);
         let redeemer = single_worker(&mid, &after, "resumed_tls13");
-        assert_eq!(
-            fe.kernel_worker(&cpus, &again),
-            redeemer,
-            "pair {i}: the worker that counted the resumption is not the one the kernel saw serve it"
-        );
+        fe.assert_served_by(&cpus, &again, redeemer, &pair, "the resumption");
         pairs.push((issuer, redeemer));
         before = after;
     }

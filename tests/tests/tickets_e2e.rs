@@ -103,16 +103,6 @@ fn s_client_resume(port: u16, version_flag: &str, sess: &Path) -> (bool, CmdOutp
     (reused == 1, out)
 }
 
-/// Per-worker difference `after - before` of counter `name`.
-fn diff(before: &Stats, after: &Stats, name: &str) -> Vec<u64> {
-    after
-        .per_worker(name)
-        .iter()
-        .zip(before.per_worker(name))
-        .map(|(a, b)| a - b)
-        .collect()
-}
-
 /// How much the total of counter `name` moved.
 fn moved(before: &Stats, after: &Stats, name: &str) -> u64 {
     after.total.get(name) - before.total.get(name)
@@ -122,22 +112,11 @@ fn moved(before: &Stats, after: &Stats, name: &str) -> u64 {
 fn decrypted_diff(before: &Stats, after: &Stats) -> Vec<u64> {
     let mut sum = vec![0; after.workers.len()];
     for name in DECRYPTED {
-        for (s, d) in sum.iter_mut().zip(diff(before, after, name)) {
+        for (s, d) in sum.iter_mut().zip(worker_diff(before, after, name)) {
             *s += d;
         }
     }
     sum
-}
-
-/// The one worker whose `name` moved by exactly 1 between the two stats.
-fn single_worker(before: &Stats, after: &Stats, name: &str) -> usize {
-    let d = diff(before, after, name);
-    assert_eq!(
-        d.iter().sum::<u64>(),
-        1,
-        "{name} moved by {d:?} between two stats, expected one connection"
-    );
-    d.iter().position(|&x| x == 1).unwrap()
 }
 
 /// Stats once `handshakes` reached `n` (panics after [`STATS_WAIT`]).
@@ -268,22 +247,7 @@ fn session_ticket(sess: &Path) -> Vec<u8> {
 fn tamper_session_ticket(sess: &Path, out: &Path) -> Vec<u8> {
     let ticket = session_ticket(sess);
     let der = out.with_extension("der");
-    let convert = |args: &[&str], from: &Path, to: &Path| {
-        let mut cmd = tlsfront_tests::prereq::tool("openssl");
-        cmd.arg("sess_id")
-            .args(args)
-            .arg("-in")
-            .arg(from)
-            .arg("-out")
-            .arg(to);
-        let o = run_cmd(cmd, b"", S_CLIENT_TIMEOUT);
-        assert_eq!(
-            o.code(),
-            Some(0),
-            "openssl sess_id {args:?}\n{}",
-            o.describe()
-        );
-    };
+    let convert = robust_support::sess_id_convert;
     convert(&["-outform", "DER"], sess, &der);
     let mut bytes = std::fs::read(&der).unwrap();
     let at = bytes
@@ -528,19 +492,14 @@ fn ticket_resumes_on_the_other_worker(versions: Versions) {
     let mut pairs = Vec::new();
     let mut crossed = None;
     for i in 0..ATTEMPTS {
+        let pair = format!("pair {i}");
         let cfg = resuming_client_config(&spec);
-        let full = visit(fe.addr(), cfg.clone(), "localhost")
-            .unwrap_or_else(|e| panic!("pair {i}, full handshake: {e}\n{}", fe.output()));
-        assert!(!full.resumed && full.http_200, "pair {i}: {full:?}");
+        let full = fe.full_visit(cfg.clone(), &pair);
         handshakes += 1;
         let mid = stats_after_handshakes(&fe, handshakes);
         let issuer = single_worker(&before, &mid, "handshakes");
-        assert_eq!(
-            fe.kernel_worker(&cpus, &full),
-            issuer,
-            "pair {i}: the worker that counted the full handshake is not the one the kernel saw serve it"
-        );
-        let issued = diff(&before, &mid, "tickets_issued");
+        fe.assert_served_by(&cpus, &full, issuer, &pair, "the full handshake");
+        let issued = worker_diff(&before, &mid, "tickets_issued");
         assert!(
             issued[issuer] >= 1,
             "pair {i}: worker {issuer} did the full handshake but sealed no ticket: {}",
@@ -559,11 +518,7 @@ fn ticket_resumes_on_the_other_worker(versions: Versions) {
         handshakes += 1;
         let after = stats_after_handshakes(&fe, handshakes);
         let redeemer = single_worker(&mid, &after, resumed_counter(versions));
-        assert_eq!(
-            fe.kernel_worker(&cpus, &again),
-            redeemer,
-            "pair {i}: the worker that counted the resumption is not the one the kernel saw serve it"
-        );
+        fe.assert_served_by(&cpus, &again, redeemer, &pair, "the resumption");
         let opened = decrypted_diff(&mid, &after);
         assert_eq!(
             opened.iter().sum::<u64>(),

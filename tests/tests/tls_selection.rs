@@ -13,21 +13,11 @@ struct SniSetup {
 
 fn sni_setup() -> SniSetup {
     let pki = Pki::new();
-    let dir = temp_dir();
-    let default = pki.leaf(&["localhost"]);
-    let a = pki.leaf(&["a.example"]);
-    let b = pki.leaf(&["b.example"]);
-    let (dc, dk) = default.write(dir.path(), "default");
-    let (ac, ak) = a.write(dir.path(), "a");
-    let (bc, bk) = b.write(dir.path(), "b");
-    let fe = Frontend::start(&[
-        ("tls.cert", dc.to_str().unwrap()),
-        ("tls.key", dk.to_str().unwrap()),
-        ("tls.sni.a.example.cert", ac.to_str().unwrap()),
-        ("tls.sni.a.example.key", ak.to_str().unwrap()),
-        ("tls.sni.b.example.cert", bc.to_str().unwrap()),
-        ("tls.sni.b.example.key", bk.to_str().unwrap()),
-    ]);
+    let leaves = SniLeaves::new(&pki);
+    let fe = Frontend::start(&leaves.opts());
+    let SniLeaves {
+        default, a, b, dir, ..
+    } = leaves;
     SniSetup {
         pki,
         a,

@@ -15,19 +15,7 @@ use tlsfront_tests::*;
 fn echo_through(fe_addr: std::net::SocketAddr, seed: u64, len: u64) -> Result<(), String> {
     let mut client = TlsClient::connect(fe_addr, ClientSpec::new(Trust::AnyCert).build(), "localhost")
         .map_err(|e| format!("handshake: {e}"))?;
-    let mut source = pattern_source(seed, len);
-    let mut check = PatternCheck::new(seed);
-    let mut sink = |d: &[u8]| check.feed(d);
-    let r = client.pump(
-        &mut source,
-        &mut sink,
-        &PumpOpts {
-            close_notify_after_send: false,
-            tcp_shutdown_after_close_notify: false,
-            recv_until: Some(len),
-            timeout: Duration::from_secs(60),
-        },
-    );
+    let (r, check) = client.echo_pattern(seed, len, &PumpOpts::receive(len, Duration::from_secs(60)));
     if r.end != End::Count || check.received != len || check.first_mismatch.is_some() {
         return Err(format!(
             "seed {seed}: {r:?}, received {} of {len}, first mismatch {:?}",

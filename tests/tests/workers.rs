@@ -97,18 +97,10 @@ fn stats_count_relayed_bytes_in_both_directions() {
     )
     .unwrap_or_else(|e| panic!("handshake failed: {e}\n{}", fe.output()));
     const LEN: u64 = 100_000;
-    let mut src = pattern_source(1, LEN);
-    let mut check = PatternCheck::new(1);
-    let mut sink = |d: &[u8]| check.feed(d);
-    let r = c.pump(
-        &mut src,
-        &mut sink,
-        &PumpOpts {
-            close_notify_after_send: true,
-            tcp_shutdown_after_close_notify: false,
-            recv_until: None,
-            timeout: Duration::from_secs(20),
-        },
+    let (r, check) = c.echo_pattern(
+        1,
+        LEN,
+        &PumpOpts::close_notify_after_send(Duration::from_secs(20)),
     );
     assert_eq!(check.received, LEN, "{r:?}\n{}", fe.output());
     let (stats, ok) = fe.wait_stats(Duration::from_secs(5), |s| {

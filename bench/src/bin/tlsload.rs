@@ -53,7 +53,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, HandshakeKind};
 use tlsfront_bench::procfs;
-use tlsfront_bench::{pinned_provider, AcceptAnything};
+use tlsfront_bench::{accept_anything_config, pinned_provider, AcceptAnything, Mode};
 
 const USAGE: &str = "\
 usage:
@@ -111,44 +111,10 @@ upstream:
   --bulk                 also serve bulk transfers (tlsload bulk); --request must then
                          be 0 or at least the 17-byte bulk header";
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
-    Full12,
-    Full13,
-    ResumeId12,
-    ResumeTicket12,
-    Resume13,
-    Plain,
-}
-
-impl Mode {
-    fn parse(s: &str) -> Option<Mode> {
-        Some(match s {
-            "full12" => Mode::Full12,
-            "full13" => Mode::Full13,
-            "resume-id12" => Mode::ResumeId12,
-            "resume-ticket12" => Mode::ResumeTicket12,
-            "resume13" => Mode::Resume13,
-            "plain" => Mode::Plain,
-            _ => return None,
-        })
-    }
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Full12 => "full12",
-            Mode::Full13 => "full13",
-            Mode::ResumeId12 => "resume-id12",
-            Mode::ResumeTicket12 => "resume-ticket12",
-            Mode::Resume13 => "resume13",
-            Mode::Plain => "plain",
-        }
-    }
-    fn resumes(self) -> bool {
-        !matches!(self, Mode::Full12 | Mode::Full13 | Mode::Plain)
-    }
-    fn tls13(self) -> bool {
-        matches!(self, Mode::Full13 | Mode::Resume13)
-    }
+/// The modes of the command line: all but `resume13-stateful`, which
+/// differs from `resume13` only on the server (bench/compare.sh).
+fn parse_mode(s: &str) -> Option<Mode> {
+    Mode::parse(s).filter(|m| *m != Mode::Resume13Stateful)
 }
 
 struct Opts {
@@ -214,7 +180,7 @@ fn main() {
         return;
     }
     let mode =
-        Mode::parse(&first).unwrap_or_else(|| die(format!("unknown mode {first:?}\n{USAGE}")));
+        parse_mode(&first).unwrap_or_else(|| die(format!("unknown mode {first:?}\n{USAGE}")));
     let mut o = Opts {
         mode,
         connect: "127.0.0.1:8443".parse().unwrap(),
@@ -330,7 +296,7 @@ fn loop_config(base: &ClientConfig, mode: Mode) -> Arc<ClientConfig> {
         Mode::Full12 | Mode::Full13 | Mode::Plain => Resumption::disabled(),
         Mode::ResumeId12 => Resumption::store(Arc::new(ClientSessionMemoryCache::new(4)))
             .tls12_resumption(Tls12Resumption::SessionIdOnly),
-        Mode::ResumeTicket12 | Mode::Resume13 => {
+        Mode::ResumeTicket12 | Mode::Resume13 | Mode::Resume13Stateful => {
             Resumption::store(Arc::new(ClientSessionMemoryCache::new(4)))
                 .tls12_resumption(Tls12Resumption::SessionIdOrTickets)
         }
@@ -342,6 +308,13 @@ fn loop_config(base: &ClientConfig, mode: Mode) -> Arc<ClientConfig> {
 
 struct Failure {
     kind: String,
+}
+
+/// The server closed before the whole response came.
+fn closed_early() -> Failure {
+    Failure {
+        kind: "response: closed early".into(),
+    }
 }
 
 fn io_kind(stage: &str, e: &io::Error) -> Failure {
@@ -414,11 +387,7 @@ fn one_connection(
     let mut got = 0;
     while got < o.response {
         match conn.reader().read(buf) {
-            Ok(0) => {
-                return Err(Failure {
-                    kind: "response: closed early".into(),
-                })
-            }
+            Ok(0) => return Err(closed_early()),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 read_records(&mut conn, &mut sock, "response")?
@@ -460,11 +429,7 @@ fn plain_exchange(
     let mut got = 0;
     while got < o.response {
         match sock.read(buf) {
-            Ok(0) => {
-                return Err(Failure {
-                    kind: "response: closed early".into(),
-                })
-            }
+            Ok(0) => return Err(closed_early()),
             Ok(n) => got += n,
             Err(e) => return Err(io_kind("response", &e)),
         }
@@ -821,6 +786,24 @@ fn resolve_addr(addr: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{addr:?} resolves to no address"))
 }
 
+/// Writes the `--json` report, if one was asked for: `fields` and the
+/// label, the kind of run and the address connected to.
+fn write_report(
+    json: &Option<String>,
+    label: &str,
+    kind: &str,
+    connect: SocketAddr,
+    mut fields: serde_json::Value,
+) -> Result<()> {
+    let Some(path) = json else {
+        return Ok(());
+    };
+    fields["label"] = label.into();
+    fields["kind"] = kind.into();
+    fields["connect"] = connect.to_string().into();
+    write_json(path, &fields)
+}
+
 fn write_json(path: &str, doc: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(doc).context("encoding the JSON report")? + "\n";
     std::fs::write(path, text).with_context(|| format!("writing {path}"))
@@ -829,21 +812,7 @@ fn write_json(path: &str, doc: &serde_json::Value) -> Result<()> {
 /// A client config that checks no certificate (a benchmark client: the
 /// server's work is the same) and never resumes.
 fn insecure_config(tls13: bool) -> Result<Arc<ClientConfig>> {
-    let provider = Arc::new(provider());
-    let version: &'static rustls::SupportedProtocolVersion = if tls13 {
-        &rustls::version::TLS13
-    } else {
-        &rustls::version::TLS12
-    };
-    let schemes = provider
-        .signature_verification_algorithms
-        .supported_schemes();
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[version])
-        .context("client config")?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnything(schemes)))
-        .with_no_client_auth();
+    let mut config = accept_anything_config(tls13).context("client config")?;
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
 }
@@ -1041,17 +1010,58 @@ fn bulk_transfer(
     Ok(elapsed)
 }
 
+/// The options `bulk` and `idle` share: the server's name, the socket
+/// timeout, and what is measured and reported.
+struct Common {
+    pids: Vec<u32>,
+    json: Option<String>,
+    label: String,
+    server_name: String,
+    timeout: Duration,
+}
+
+impl Common {
+    fn new(timeout: Duration) -> Common {
+        Common {
+            pids: Vec::new(),
+            json: None,
+            label: String::new(),
+            server_name: "localhost".to_string(),
+            timeout,
+        }
+    }
+
+    /// Takes option `a` (and its value from `args`) if it is one of these;
+    /// false if it is not.
+    fn take(&mut self, a: &str, args: &mut impl Iterator<Item = String>) -> Result<bool> {
+        match a {
+            "--server-pid" => self.pids.push(arg(args, a)?),
+            "--json" => self.json = Some(arg(args, a)?),
+            "--label" => self.label = arg(args, a)?,
+            "--server-name" => self.server_name = arg(args, a)?,
+            "--timeout" => self.timeout = Duration::from_secs_f64(arg(args, a)?),
+            // These clients never verify (see the usage); accepted so that
+            // they take the same options as the handshake modes.
+            "--insecure" => {}
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// `--server-name` as the name a client sends and checks.
+    fn name(&self) -> Result<ServerName<'static>> {
+        ServerName::try_from(self.server_name.clone())
+            .with_context(|| format!("--server-name {:?}", self.server_name))
+    }
+}
+
 fn bulk(mut args: impl Iterator<Item = String>) -> Result<()> {
     let mut connect = None;
     let mut bytes: Option<u64> = None;
     let mut directions = vec![Direction::Down, Direction::Up];
     let mut count = 1u32;
     let mut tls13 = true;
-    let mut pids: Vec<u32> = Vec::new();
-    let mut json: Option<String> = None;
-    let mut label = String::new();
-    let mut server_name = "localhost".to_string();
-    let mut timeout = Duration::from_secs(60);
+    let mut common = Common::new(Duration::from_secs(60));
     while let Some(a) = args.next() {
         match a.as_str() {
             "--connect" => connect = Some(resolve_addr(&arg::<String>(&mut args, &a)?)?),
@@ -1070,14 +1080,7 @@ fn bulk(mut args: impl Iterator<Item = String>) -> Result<()> {
                     v => bail!("--tls: {v:?} is neither 1.2 nor 1.3"),
                 }
             }
-            "--server-pid" => pids.push(arg(&mut args, &a)?),
-            "--json" => json = Some(arg(&mut args, &a)?),
-            "--label" => label = arg(&mut args, &a)?,
-            "--server-name" => server_name = arg(&mut args, &a)?,
-            "--timeout" => timeout = Duration::from_secs_f64(arg(&mut args, &a)?),
-            // The bulk client never verifies (see the usage); accepted so
-            // that it takes the same options as the handshake modes.
-            "--insecure" => {}
+            _ if common.take(&a, &mut args)? => {}
             _ => bail!("unknown option {a:?}\n{USAGE}"),
         }
     }
@@ -1087,26 +1090,25 @@ fn bulk(mut args: impl Iterator<Item = String>) -> Result<()> {
         bail!("--count must be at least 1");
     }
     let config = insecure_config(tls13)?;
-    let name = ServerName::try_from(server_name.clone())
-        .with_context(|| format!("--server-name {server_name:?}"))?;
+    let name = common.name()?;
     let mut reports = Vec::new();
     for dir in directions {
-        let cpu_before = if pids.is_empty() {
+        let cpu_before = if common.pids.is_empty() {
             None
         } else {
-            Some(procfs::total_cpu_seconds(&pids).context("server CPU before")?)
+            Some(procfs::total_cpu_seconds(&common.pids).context("server CPU before")?)
         };
         let wall = Instant::now();
         let mut transfer_s = 0.0;
         for i in 0..count {
-            transfer_s += bulk_transfer(&connect, &config, &name, dir, bytes, timeout)
+            transfer_s += bulk_transfer(&connect, &config, &name, dir, bytes, common.timeout)
                 .with_context(|| format!("{} transfer {} of {count}", dir.name(), i + 1))?
                 .as_secs_f64();
         }
         let wall_s = wall.elapsed().as_secs_f64();
         let server_cpu = match cpu_before {
             Some(before) => {
-                Some(procfs::total_cpu_seconds(&pids).context("server CPU after")? - before)
+                Some(procfs::total_cpu_seconds(&common.pids).context("server CPU after")? - before)
             }
             None => None,
         };
@@ -1134,19 +1136,17 @@ fn bulk(mut args: impl Iterator<Item = String>) -> Result<()> {
             "mb_per_server_cpu_s": per_cpu,
         }));
     }
-    if let Some(path) = &json {
-        write_json(
-            path,
-            &serde_json::json!({
-                "label": label,
-                "kind": "bulk",
-                "connect": connect.to_string(),
-                "tls": if tls13 { "1.3" } else { "1.2" },
-                "server_pids": pids,
-                "directions": reports,
-            }),
-        )?;
-    }
+    write_report(
+        &common.json,
+        &common.label,
+        "bulk",
+        connect,
+        serde_json::json!({
+            "tls": if tls13 { "1.3" } else { "1.2" },
+            "server_pids": common.pids,
+            "directions": reports,
+        }),
+    )?;
     Ok(())
 }
 
@@ -1184,17 +1184,7 @@ fn closed_by_peer(s: &TcpStream) -> bool {
     if s.set_nonblocking(true).is_err() {
         return true;
     }
-    let mut buf = [0u8; 4096];
-    let mut r = s;
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return true,
-        }
-    }
+    drained_to_eof(s, &mut [0u8; 4096])
 }
 
 fn rates(w: procfs::Wakeups, secs: f64) -> serde_json::Value {
@@ -1213,11 +1203,7 @@ fn idle(mut args: impl Iterator<Item = String>) -> Result<()> {
     let mut threads = 4usize;
     let mut request = 0usize;
     let mut response = 0u64;
-    let mut pids: Vec<u32> = Vec::new();
-    let mut json: Option<String> = None;
-    let mut label = String::new();
-    let mut server_name = "localhost".to_string();
-    let mut timeout = Duration::from_secs(10);
+    let mut common = Common::new(Duration::from_secs(10));
     while let Some(a) = args.next() {
         match a.as_str() {
             "--connect" => connect = Some(resolve_addr(&arg::<String>(&mut args, &a)?)?),
@@ -1227,33 +1213,30 @@ fn idle(mut args: impl Iterator<Item = String>) -> Result<()> {
             "--threads" => threads = arg(&mut args, &a)?,
             "--request" => request = arg(&mut args, &a)?,
             "--response" => response = arg(&mut args, &a)?,
-            "--server-pid" => pids.push(arg(&mut args, &a)?),
-            "--json" => json = Some(arg(&mut args, &a)?),
-            "--label" => label = arg(&mut args, &a)?,
-            "--server-name" => server_name = arg(&mut args, &a)?,
-            "--timeout" => timeout = Duration::from_secs_f64(arg(&mut args, &a)?),
-            "--insecure" => {}
+            _ if common.take(&a, &mut args)? => {}
             _ => bail!("unknown option {a:?}\n{USAGE}"),
         }
     }
     let connect = connect.ok_or_else(|| anyhow!("--connect ADDR is required"))?;
-    if pids.is_empty() {
+    if common.pids.is_empty() {
         bail!("give the server's processes with --server-pid (what is measured)");
     }
     if threads == 0 || connections == 0 || hold <= 0.0 {
         bail!("--threads, --connections and --hold must be positive");
     }
     let config = insecure_config(true)?;
-    let name = ServerName::try_from(server_name.clone())
-        .with_context(|| format!("--server-name {server_name:?}"))?;
+    let name = common.name()?;
 
     // The wake-up rate with no connection, for comparison: timers a server
     // runs anyway.
-    let w0 = procfs::wakeups(&pids)?;
+    let w0 = procfs::wakeups(&common.pids)?;
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(hold));
-    let base_wakeups = rates(procfs::wakeups(&pids)?.since(w0), t.elapsed().as_secs_f64());
-    let rss_before = procfs::total_rss_anon_bytes(&pids)?;
+    let base_wakeups = rates(
+        procfs::wakeups(&common.pids)?.since(w0),
+        t.elapsed().as_secs_f64(),
+    );
+    let rss_before = procfs::total_rss_anon_bytes(&common.pids)?;
 
     let t_open = Instant::now();
     let request = Arc::new(vec![b'q'; request]);
@@ -1270,7 +1253,13 @@ fn idle(mut args: impl Iterator<Item = String>) -> Result<()> {
                     let mut buf = vec![0u8; 16 * 1024];
                     while kept.len() < n {
                         match open_idle(
-                            &connect, &config, &name, &request, response, timeout, &mut buf,
+                            &connect,
+                            &config,
+                            &name,
+                            &request,
+                            response,
+                            common.timeout,
+                            &mut buf,
                         ) {
                             Ok(s) => {
                                 kept.push(s);
@@ -1310,9 +1299,9 @@ fn idle(mut args: impl Iterator<Item = String>) -> Result<()> {
     }
 
     std::thread::sleep(Duration::from_secs_f64(settle));
-    let rss_after = procfs::total_rss_anon_bytes(&pids)?;
-    let w1 = procfs::wakeups(&pids)?;
-    let cpu1 = procfs::total_cpu_seconds(&pids)?;
+    let rss_after = procfs::total_rss_anon_bytes(&common.pids)?;
+    let w1 = procfs::wakeups(&common.pids)?;
+    let cpu1 = procfs::total_cpu_seconds(&common.pids)?;
     let t = Instant::now();
     // Sampled every half second, not only at both ends: a burst (the tail
     // of the opening, a periodic sweep) and a steady rate look alike in a
@@ -1327,7 +1316,7 @@ fn idle(mut args: impl Iterator<Item = String>) -> Result<()> {
             break;
         }
         std::thread::sleep((end - now).min(Duration::from_millis(500)));
-        let w = procfs::wakeups(&pids)?;
+        let w = procfs::wakeups(&common.pids)?;
         series.push(w.since(last).voluntary);
         last = w;
         if half.is_none() && t.elapsed().as_secs_f64() >= hold / 2.0 {
@@ -1337,8 +1326,8 @@ fn idle(mut args: impl Iterator<Item = String>) -> Result<()> {
     let held_s = t.elapsed().as_secs_f64();
     let idle_wakeups = last.since(w1);
     let second_half = half.map(|(w, at)| rates(last.since(w), held_s - at));
-    let idle_cpu = procfs::total_cpu_seconds(&pids)? - cpu1;
-    let rss_end = procfs::total_rss_anon_bytes(&pids)?;
+    let idle_cpu = procfs::total_cpu_seconds(&common.pids)? - cpu1;
+    let rss_end = procfs::total_rss_anon_bytes(&common.pids)?;
     let closed = conns.iter().filter(|s| closed_by_peer(s)).count();
     let per_conn = (rss_after as f64 - rss_before as f64) / opened as f64;
     let idle_rates = rates(idle_wakeups, held_s);
@@ -1354,32 +1343,30 @@ fn idle(mut args: impl Iterator<Item = String>) -> Result<()> {
             println!("    {v:>8}  {k}");
         }
     }
-    if let Some(path) = &json {
-        write_json(
-            path,
-            &serde_json::json!({
-                "label": label,
-                "kind": "idle",
-                "connect": connect.to_string(),
-                "server_pids": pids,
-                "connections_asked": connections,
-                "connections_open": opened,
-                "open_errors": errors,
-                "open_s": open_s,
-                "rss_anon_before_bytes": rss_before,
-                "rss_anon_after_bytes": rss_after,
-                "rss_anon_end_bytes": rss_end,
-                "rss_anon_per_connection_bytes": per_conn,
-                "hold_s": held_s,
-                "wakeups_per_s_without_connections": base_wakeups,
-                "wakeups_per_s_idle": idle_rates,
-                "wakeups_per_s_idle_second_half": second_half,
-                "voluntary_wakeups_per_half_second": series,
-                "server_cpu_idle_s": idle_cpu,
-                "closed_by_server": closed,
-            }),
-        )?;
-    }
+    write_report(
+        &common.json,
+        &common.label,
+        "idle",
+        connect,
+        serde_json::json!({
+            "server_pids": common.pids,
+            "connections_asked": connections,
+            "connections_open": opened,
+            "open_errors": errors,
+            "open_s": open_s,
+            "rss_anon_before_bytes": rss_before,
+            "rss_anon_after_bytes": rss_after,
+            "rss_anon_end_bytes": rss_end,
+            "rss_anon_per_connection_bytes": per_conn,
+            "hold_s": held_s,
+            "wakeups_per_s_without_connections": base_wakeups,
+            "wakeups_per_s_idle": idle_rates,
+            "wakeups_per_s_idle_second_half": second_half,
+            "voluntary_wakeups_per_half_second": series,
+            "server_cpu_idle_s": idle_cpu,
+            "closed_by_server": closed,
+        }),
+    )?;
     drop(conns);
     Ok(())
 }
@@ -1650,7 +1637,7 @@ fn park_loop(mut poll: mio::Poll, rx: mpsc::Receiver<TcpStream>) {
 }
 
 /// Reads a parked connection until it would block; true at EOF or error.
-fn drained_to_eof(s: &mut mio::net::TcpStream, buf: &mut [u8]) -> bool {
+fn drained_to_eof(mut s: impl Read, buf: &mut [u8]) -> bool {
     loop {
         match s.read(buf) {
             Ok(0) => return true,
