@@ -36,14 +36,9 @@ pub trait Word: Sync {
     fn load(&self, order: Ordering) -> u64;
     /// Atomic store.
     fn store(&self, value: u64, order: Ordering);
-    /// Atomic compare-and-swap.
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64>;
+    /// Atomic compare-and-swap; a failed one loads with `Relaxed` (no
+    /// caller acts on the value it saw).
+    fn compare_exchange(&self, current: u64, new: u64, success: Ordering) -> Result<u64, u64>;
     /// A memory fence of the same family as these atomics.
     fn fence(order: Ordering);
 }
@@ -55,14 +50,8 @@ impl Word for AtomicU64 {
     fn store(&self, value: u64, order: Ordering) {
         AtomicU64::store(self, value, order)
     }
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        AtomicU64::compare_exchange(self, current, new, success, failure)
+    fn compare_exchange(&self, current: u64, new: u64, success: Ordering) -> Result<u64, u64> {
+        AtomicU64::compare_exchange(self, current, new, success, Ordering::Relaxed)
     }
     fn fence(order: Ordering) {
         std::sync::atomic::fence(order)
@@ -153,7 +142,7 @@ pub fn try_claim<W: Word>(slot: &[W], observed: u64, now: u64, owner: u32) -> Op
     // Acquire: what the slot held (and the reads that chose it) is at least
     // the state `observed` published.
     slot[S_SEQ]
-        .compare_exchange(observed, claimed, Ordering::Acquire, Ordering::Relaxed)
+        .compare_exchange(observed, claimed, Ordering::Acquire)
         .ok()?;
     // Release fence: a reader that sees any store made after this claim
     // also sees the claim, and retries.
@@ -166,12 +155,7 @@ pub fn publish<W: Word>(slot: &[W], claimed: u64) -> bool {
     // Release: every store of the writer is visible to a reader whose
     // Acquire load sees the new stable word.
     slot[S_SEQ]
-        .compare_exchange(
-            claimed,
-            published_word(claimed),
-            Ordering::Release,
-            Ordering::Relaxed,
-        )
+        .compare_exchange(claimed, published_word(claimed), Ordering::Release)
         .is_ok()
 }
 

@@ -208,14 +208,8 @@ impl Word for Scripted {
     fn store(&self, value: u64, order: Ordering) {
         self.0.store(value, order)
     }
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        self.0.compare_exchange(current, new, success, failure)
+    fn compare_exchange(&self, current: u64, new: u64, success: Ordering) -> Result<u64, u64> {
+        self.0.compare_exchange(current, new, success, Ordering::Relaxed)
     }
     fn fence(order: Ordering) {
         std::sync::atomic::fence(order)
@@ -298,14 +292,8 @@ impl Word for shuttle::sync::atomic::AtomicU64 {
     fn store(&self, value: u64, order: Ordering) {
         shuttle::sync::atomic::AtomicU64::store(self, value, order)
     }
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        shuttle::sync::atomic::AtomicU64::compare_exchange(self, current, new, success, failure)
+    fn compare_exchange(&self, current: u64, new: u64, success: Ordering) -> Result<u64, u64> {
+        shuttle::sync::atomic::AtomicU64::compare_exchange(self, current, new, success, Ordering::Relaxed)
     }
     fn fence(order: Ordering) {
         shuttle::sync::atomic::fence(order)
