@@ -107,13 +107,13 @@ impl Live {
     /// The pools of `next`, if its servers differ from the running ones
     /// (the running pools, and what they learnt of their servers' health,
     /// stay otherwise).
-    fn pools_for(&self, next: &Config) -> Result<Option<Pools>, String> {
+    fn pools_for(&self, next: &Config) -> Result<Option<Pools>, LiveError> {
         if self.pools.load().same_servers(next) {
             return Ok(None);
         }
         Pools::new(next, builtin_responder(&self.builtin))
             .map(Some)
-            .map_err(|e| format!("upstream: {e}"))
+            .map_err(LiveError::Upstream)
     }
 
     /// True once SIGTERM asked the workers to stop accepting.
@@ -127,32 +127,30 @@ impl Live {
     }
 
     /// `sysctl -w`: sets live keys, all or none. Returns the new values.
-    pub fn set(&self, assignments: &[&str]) -> Result<String, String> {
+    pub fn set(&self, assignments: &[&str]) -> Result<String, LiveError> {
         if assignments.is_empty() {
-            return Err("nothing to set: give KEY=VALUE".into());
+            return Err(LiveError::NothingToSet);
         }
         let mut next = Config::clone(&self.config());
         let mut changed = Vec::new();
         for arg in assignments {
             let (key, value) = arg
                 .split_once('=')
-                .ok_or_else(|| format!("{arg:?}: expected KEY=VALUE"))?;
+                .ok_or_else(|| LiveError::NotAnAssignment(arg.to_string()))?;
             let info = crate::config::key_info(key)
-                .ok_or_else(|| format!("key '{key}': unknown key"))?;
+                .ok_or_else(|| LiveError::UnknownKey(key.to_string()))?;
             match info.change {
                 Change::Live => {}
-                Change::Reload => {
-                    return Err(format!(
-                        "key '{key}': needs reload (change it in the config file, then `tlsfront reload`)"
-                    ))
-                }
-                Change::Restart => return Err(format!("key '{key}': needs restart")),
+                Change::Reload => return Err(LiveError::NeedsReload(key.to_string())),
+                Change::Restart => return Err(LiveError::NeedsRestart(key.to_string())),
             }
-            next.set(key, value)
-                .map_err(|e| format!("key '{key}': {e}"))?;
+            next.set(key, value).map_err(|reason| LiveError::BadValue {
+                key: key.to_string(),
+                reason,
+            })?;
             changed.push(key);
         }
-        next.validate().map_err(|e| e.to_string())?;
+        next.validate()?;
         let pools = self.pools_for(&next)?;
         self.apply_live(&next);
         if let Some(pools) = pools {
@@ -182,10 +180,9 @@ impl Live {
     /// given at start), certificates and the ticket secret. An invalid file
     /// changes nothing. Keys that need a restart keep their running value,
     /// and the answer says so.
-    pub fn reload(&self) -> Result<String, String> {
-        let mut next = Config::load(self.file.as_deref(), &self.overrides).map_err(|e| {
-            format!("reload refused, still running the previous configuration: {e}")
-        })?;
+    pub fn reload(&self) -> Result<String, LiveError> {
+        let refused = |e: &dyn std::fmt::Display| LiveError::ReloadRefused(e.to_string());
+        let mut next = Config::load(self.file.as_deref(), &self.overrides).map_err(|e| refused(&e))?;
         let current = self.config();
         let mut kept = Vec::new();
         for info in KEYS.iter().filter(|k| k.change == Change::Restart) {
@@ -205,9 +202,6 @@ impl Live {
         }
         // Everything is read and checked before anything is applied: a
         // refused reload must leave every ticket key as it was.
-        let refused = |e: &dyn std::fmt::Display| {
-            format!("reload refused, still running the previous configuration: {e}")
-        };
         let new_source = match (&self.ring, &next.ticket_source) {
             (Some(_), KeySourceSpec::File(path)) => {
                 Some(KeySource::from_file(path).map_err(|e| refused(&e))?)
@@ -236,6 +230,44 @@ impl Live {
         }
         Ok(summary)
     }
+}
+
+/// Why `sysctl -w` or a reload changed nothing; the message is what the
+/// control socket answers (after `error: `).
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// `sysctl -w` without assignments.
+    #[error("nothing to set: give KEY=VALUE")]
+    NothingToSet,
+    /// An assignment without `=`.
+    #[error("{0:?}: expected KEY=VALUE")]
+    NotAnAssignment(String),
+    /// No such key.
+    #[error("key '{0}': unknown key")]
+    UnknownKey(String),
+    /// A key that changes only on reload.
+    #[error("key '{0}': needs reload (change it in the config file, then `tlsfront reload`)")]
+    NeedsReload(String),
+    /// A key that changes only on restart.
+    #[error("key '{0}': needs restart")]
+    NeedsRestart(String),
+    /// A value the key does not take.
+    #[error("key '{key}': {reason}")]
+    BadValue {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// Keys that are each valid but do not fit together.
+    #[error("{0}")]
+    Inconsistent(#[from] crate::config::ConfigError),
+    /// The upstream servers of the new configuration.
+    #[error("upstream: {0}")]
+    Upstream(#[source] io::Error),
+    /// A reload that found a problem; the running configuration stays.
+    #[error("reload refused, still running the previous configuration: {0}")]
+    ReloadRefused(String),
 }
 
 /// Starts tlsfront's built-in HTTP responder the first time it is asked
