@@ -48,11 +48,20 @@ fn check_certificates(loaded: &mut Loaded) -> usize {
     let mut pairs = Vec::new();
     if let (Some(cert), Some(key)) = (&c.cert.0, &c.key.0) {
         let ocsp = c.ocsp.0.clone().map(|p| ("tls.ocsp".to_string(), p));
-        pairs.push(("tls.cert".to_string(), "tls.key".to_string(), cert.clone(), key.clone(), ocsp));
+        pairs.push((
+            "tls.cert".to_string(),
+            "tls.key".to_string(),
+            cert.clone(),
+            key.clone(),
+            ocsp,
+        ));
     }
     for (name, sni) in &c.sni {
         if let (Some(cert), Some(key)) = (&sni.cert, &sni.key) {
-            let ocsp = sni.ocsp.clone().map(|p| (format!("tls.sni.{name}.ocsp"), p));
+            let ocsp = sni
+                .ocsp
+                .clone()
+                .map(|p| (format!("tls.sni.{name}.ocsp"), p));
             pairs.push((
                 format!("tls.sni.{name}.cert"),
                 format!("tls.sni.{name}.key"),
@@ -70,8 +79,11 @@ fn check_certificates(loaded: &mut Loaded) -> usize {
                 // `run` staples only a response that matches and is current
                 // (and warns otherwise); `check` names the one it would not.
                 if let Some((ocsp_key, path)) = ocsp {
-                    if let Err(e) = crate::ocsp::load(&path, &certified.cert, std::time::SystemTime::now()) {
-                        let problem = loaded.locate(&ocsp_key, format!("{e}: run would not staple it"));
+                    if let Err(e) =
+                        crate::ocsp::load(&path, &certified.cert, std::time::SystemTime::now())
+                    {
+                        let problem =
+                            loaded.locate(&ocsp_key, format!("{e}: run would not staple it"));
                         loaded.problems.push(problem);
                     }
                 }
@@ -211,8 +223,11 @@ mod tests {
 
     #[test]
     fn a_missing_directory_of_a_shared_file_is_named() {
-        let reason = writable(Path::new("/nonexistent-dir/x.cache"), Path::new("/dev/shm/t"))
-            .expect_err("no directory");
+        let reason = writable(
+            Path::new("/nonexistent-dir/x.cache"),
+            Path::new("/dev/shm/t"),
+        )
+        .expect_err("no directory");
         assert!(reason.contains("/nonexistent-dir"), "{reason}");
     }
 

@@ -44,7 +44,8 @@ impl<'a> Reader<'a> {
     }
 
     fn u16(&mut self) -> Option<usize> {
-        self.take(2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        self.take(2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
     }
 
     fn u24(&mut self) -> Option<usize> {
@@ -182,7 +183,10 @@ mod tests {
         assert_eq!(info.server_name.as_deref(), Some("api.example.com"));
         assert_eq!(info.psk_identities, 0);
         assert!(info.offers_tls13);
-        assert_eq!(first_record_len(&hello_of("localhost")), Some(hello_of("localhost").len()));
+        assert_eq!(
+            first_record_len(&hello_of("localhost")),
+            Some(hello_of("localhost").len())
+        );
     }
 
     #[test]

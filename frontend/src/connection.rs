@@ -46,8 +46,8 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 
 use crate::client_hello::{self, HelloInfo};
 use crate::metrics::Resumption;
-use crate::resume_hint::ResumeHint;
 use crate::proxy_protocol::{self, Header, Parsed, TlsFacts, MAX_HEADER};
+use crate::resume_hint::ResumeHint;
 use crate::uring::{Buf, BufPool};
 
 /// Which socket.
@@ -307,7 +307,10 @@ impl Connection {
                     return;
                 }
                 Parsed::Invalid(why) => {
-                    self.fail(Failure::ProxyHeader, format!("no valid PROXY header: {why}"));
+                    self.fail(
+                        Failure::ProxyHeader,
+                        format!("no valid PROXY header: {why}"),
+                    );
                     return;
                 }
                 Parsed::Complete { header, len } => {
@@ -555,7 +558,12 @@ impl Connection {
     /// `upstream.proxy_protocol`: send the upstream a PROXY header of
     /// `version` naming `client` and `local` — or the addresses of the
     /// PROXY header the connection came with.
-    pub fn with_proxy_out(mut self, version: u8, client: SocketAddr, local: SocketAddr) -> Connection {
+    pub fn with_proxy_out(
+        mut self,
+        version: u8,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Connection {
         self.proxy_out = Some((version, client, local));
         self
     }
@@ -987,7 +995,10 @@ impl Connection {
             self.pump_records(input, plaintext, pool)
         }))
         .unwrap_or_else(|_| {
-            self.fail(Failure::Client, "internal error in TLS processing (a bug: please report)".into());
+            self.fail(
+                Failure::Client,
+                "internal error in TLS processing (a bug: please report)".into(),
+            );
             Err(rustls::Error::General("internal error".into()))
         })
     }

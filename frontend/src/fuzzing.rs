@@ -420,16 +420,26 @@ pub fn client_hello(data: &[u8]) {
     let len = first_record_len(data).expect("a parsed hello has a record header");
     assert!(len <= data.len(), "parsed past the input");
     if let Some(id) = &info.session_id {
-        assert!((1..=32).contains(&id.len()), "session ID of {} bytes", id.len());
+        assert!(
+            (1..=32).contains(&id.len()),
+            "session ID of {} bytes",
+            id.len()
+        );
     }
     if let Some(name) = &info.server_name {
         assert!(!name.is_empty() && name.len() <= 253);
-        assert!(name.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()));
+        assert!(name
+            .bytes()
+            .all(|b| b.is_ascii() && !b.is_ascii_uppercase()));
     }
     assert_eq!(info.first_psk_identity.is_some(), info.psk_identities > 0);
     let mut longer = data[..len].to_vec();
     longer.extend_from_slice(&[0x16; 64]);
-    assert_eq!(parse(&longer), Some(info), "bytes after the first record changed the result");
+    assert_eq!(
+        parse(&longer),
+        Some(info),
+        "bytes after the first record changed the result"
+    );
 }
 
 /// The PROXY header reader ([`crate::proxy_protocol::parse`]) on arbitrary
@@ -446,13 +456,24 @@ pub fn proxy_header(data: &[u8]) {
     let Parsed::Complete { header, len } = parse(data) else {
         return;
     };
-    assert!(len <= data.len() && len <= MAX_HEADER, "a header of {len} bytes");
+    assert!(
+        len <= data.len() && len <= MAX_HEADER,
+        "a header of {len} bytes"
+    );
     let mut longer = data[..len].to_vec();
     longer.extend_from_slice(b"\x16\x03\x01PROXY \r\n");
-    assert_eq!(parse(&longer), Parsed::Complete { header, len }, "bytes after the header changed it");
+    assert_eq!(
+        parse(&longer),
+        Parsed::Complete { header, len },
+        "bytes after the header changed it"
+    );
     // Every v2 prefix is incomplete; a v1 prefix too (a CRLF ends the line).
     for cut in [0, 1, len / 2, len - 1] {
-        assert_eq!(parse(&data[..cut]), Parsed::Incomplete, "a prefix of {cut} of {len} bytes");
+        assert_eq!(
+            parse(&data[..cut]),
+            Parsed::Incomplete,
+            "a prefix of {cut} of {len} bytes"
+        );
     }
     if let Header::Proxied {
         source,
@@ -465,7 +486,9 @@ pub fn proxy_header(data: &[u8]) {
             }
             let again = proxy_protocol_header(version, source, destination);
             match parse(&again) {
-                Parsed::Complete { header: h, .. } => assert_eq!(h, header, "v{version} round trip"),
+                Parsed::Complete { header: h, .. } => {
+                    assert_eq!(h, header, "v{version} round trip")
+                }
                 other => panic!("tlsfront's own v{version} header does not read back: {other:?}"),
             }
         }

@@ -53,4 +53,3 @@ impl FastHash {
         fmix(self.0)
     }
 }
-

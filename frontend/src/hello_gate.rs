@@ -54,10 +54,7 @@ impl HelloGate for WorkerGate {
         let config = self.live.config();
         let mut decision = Decision::default();
         let tls13 = hello.offers_tls13 && config.protocols.tls13;
-        let remote = self
-            .live
-            .cache()
-            .and_then(|c| c.remote().map(|r| (c, r)));
+        let remote = self.live.cache().and_then(|c| c.remote().map(|r| (c, r)));
         let budget = remote.map_or(Duration::ZERO, |(_, r)| r.budget());
         if tls13 {
             let Some(identity) = &hello.first_psk_identity else {

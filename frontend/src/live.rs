@@ -182,7 +182,8 @@ impl Live {
     /// and the answer says so.
     pub fn reload(&self) -> Result<String, LiveError> {
         let refused = |e: &dyn std::fmt::Display| LiveError::ReloadRefused(e.to_string());
-        let mut next = Config::load(self.file.as_deref(), &self.overrides).map_err(|e| refused(&e))?;
+        let mut next =
+            Config::load(self.file.as_deref(), &self.overrides).map_err(|e| refused(&e))?;
         let current = self.config();
         let mut kept = Vec::new();
         for info in KEYS.iter().filter(|k| k.change == Change::Restart) {
@@ -272,9 +273,7 @@ pub enum LiveError {
 
 /// Starts tlsfront's built-in HTTP responder the first time it is asked
 /// for, and gives its address.
-fn builtin_responder(
-    cell: &Arc<OnceLock<SocketAddr>>,
-) -> impl Fn() -> io::Result<SocketAddr> + '_ {
+fn builtin_responder(cell: &Arc<OnceLock<SocketAddr>>) -> impl Fn() -> io::Result<SocketAddr> + '_ {
     move || {
         if let Some(addr) = cell.get() {
             return Ok(*addr);
@@ -285,4 +284,3 @@ fn builtin_responder(
         Ok(*cell.get_or_init(|| addr))
     }
 }
-

@@ -109,7 +109,10 @@ const COMMANDS: &[CommandSpec] = &[
 
 impl CommandSpec {
     fn help(&self) -> String {
-        let mut text = format!("usage: {}\n\n{}\n\noptions:\n{CONFIG_OPTIONS}\n", self.synopsis, self.about);
+        let mut text = format!(
+            "usage: {}\n\n{}\n\noptions:\n{CONFIG_OPTIONS}\n",
+            self.synopsis, self.about
+        );
         if !self.options.is_empty() {
             text.push_str(self.options);
             text.push('\n');
@@ -144,7 +147,10 @@ fn parse_args(raw: Vec<std::ffi::OsString>) -> Result<Parsed, String> {
     let mut parser = lexopt::Parser::from_args(raw);
     let spec = match parser.next().map_err(|e| e.to_string())? {
         Some(Long("version") | Short('V')) => {
-            return Ok(Parsed::Print(format!("tlsfront {}", env!("CARGO_PKG_VERSION"))))
+            return Ok(Parsed::Print(format!(
+                "tlsfront {}",
+                env!("CARGO_PKG_VERSION")
+            )))
         }
         Some(Long("help") | Short('h')) => return Ok(Parsed::Print(USAGE.to_string())),
         Some(Value(v)) if v == "help" => return Ok(Parsed::Print(USAGE.to_string())),
@@ -356,5 +362,3 @@ fn reload(config: &Config, args: &Args) -> Result<(), String> {
     print!("{reply}");
     Ok(())
 }
-
-

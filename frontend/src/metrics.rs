@@ -243,7 +243,14 @@ impl Stats {
     pub fn to_json(&self) -> serde_json::Value {
         let mut total: std::collections::BTreeMap<&'static str, u64> = Default::default();
         let mut workers = Vec::with_capacity(self.workers.len());
-        for (index, WorkerEntry { cpu, counters: stats }) in self.workers.iter().enumerate() {
+        for (
+            index,
+            WorkerEntry {
+                cpu,
+                counters: stats,
+            },
+        ) in self.workers.iter().enumerate()
+        {
             let mut obj = serde_json::Map::new();
             obj.insert("worker".into(), index.into());
             obj.insert("cpu".into(), (*cpu).into());
@@ -330,7 +337,11 @@ pub fn prometheus_text(stats: &Stats) -> String {
         "# HELP tlsfront_log_lines_dropped_total Log lines dropped because stderr did not keep up."
     );
     let _ = writeln!(out, "# TYPE tlsfront_log_lines_dropped_total counter");
-    let _ = writeln!(out, "tlsfront_log_lines_dropped_total {}", log_lines_dropped());
+    let _ = writeln!(
+        out,
+        "tlsfront_log_lines_dropped_total {}",
+        log_lines_dropped()
+    );
     let _ = writeln!(out, "# HELP tlsfront_build_info tlsfront version.");
     let _ = writeln!(out, "# TYPE tlsfront_build_info gauge");
     let _ = writeln!(
@@ -399,7 +410,13 @@ pub fn prometheus_text(stats: &Stats) -> String {
         "# HELP tlsfront_handshake_duration_seconds Time from accept to a completed handshake."
     );
     let _ = writeln!(out, "# TYPE tlsfront_handshake_duration_seconds histogram");
-    for (w, WorkerEntry { counters: stats, .. }) in stats.workers.iter().enumerate() {
+    for (
+        w,
+        WorkerEntry {
+            counters: stats, ..
+        },
+    ) in stats.workers.iter().enumerate()
+    {
         let h = &stats.handshake_duration;
         let mut cumulative = 0;
         for (i, bound) in HANDSHAKE_BUCKETS_US.iter().enumerate() {

@@ -34,4 +34,3 @@ pub fn note(hint: ResumeHint) {
 pub fn take() -> Option<ResumeHint> {
     RESUME_HINT.with(Cell::take)
 }
-

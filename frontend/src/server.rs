@@ -148,7 +148,8 @@ fn open_cache(
             path.display()
         ),
     }
-    crate::session_cache::remote::attach_configured(&cache, config, workers).map_err(StartError::Remote)?;
+    crate::session_cache::remote::attach_configured(&cache, config, workers)
+        .map_err(StartError::Remote)?;
     Ok(Some((Arc::new(cache), opened)))
 }
 
@@ -195,8 +196,14 @@ fn describe_opened(opened: &Opened, kept: &'static str) -> &'static str {
 fn prepare_shared_files(config: &Config) -> Result<(), StartError> {
     if let Some(user) = &config.process_user.0 {
         let entry = nix::unistd::User::from_name(user)
-            .map_err(|e| StartError::User { user: user.to_string(), what: format!("looking it up: {e}") })?
-            .ok_or_else(|| StartError::User { user: user.to_string(), what: "no such user".to_string() })?;
+            .map_err(|e| StartError::User {
+                user: user.to_string(),
+                what: format!("looking it up: {e}"),
+            })?
+            .ok_or_else(|| StartError::User {
+                user: user.to_string(),
+                what: "no such user".to_string(),
+            })?;
         crate::shm::trust_owner(entry.uid.as_raw());
     }
     if config.uses_runtime_dir() {
@@ -278,16 +285,18 @@ pub fn run(config: Config, args: &RunOptions) -> Result<(), StartError> {
         sources.push(Arc::clone(r) as Arc<dyn PerWorkerCounters>);
     }
     let stats = Arc::new(Stats::new(&cpus, sources));
-    let live = Arc::new(Live::new(
-        config.clone(),
-        server_config,
-        args.file.clone(),
-        args.overrides.clone(),
-        sessions,
-        tickets,
-        set_log_level,
-    )
-    .map_err(StartError::Upstream)?);
+    let live = Arc::new(
+        Live::new(
+            config.clone(),
+            server_config,
+            args.file.clone(),
+            args.overrides.clone(),
+            sessions,
+            tickets,
+            set_log_level,
+        )
+        .map_err(StartError::Upstream)?,
+    );
     let upstream_addr = live.builtin_upstream();
     let control_socket = control::serve(
         &socket,
@@ -391,8 +400,14 @@ pub fn run(config: Config, args: &RunOptions) -> Result<(), StartError> {
 fn drop_privileges(user: &str, owned: &[PathBuf]) -> Result<(), StartError> {
     use nix::unistd::{setgid, setgroups, setuid, User};
     let entry = User::from_name(user)
-        .map_err(|e| StartError::User { user: user.to_string(), what: format!("looking it up: {e}") })?
-        .ok_or_else(|| StartError::User { user: user.to_string(), what: "no such user".to_string() })?;
+        .map_err(|e| StartError::User {
+            user: user.to_string(),
+            what: format!("looking it up: {e}"),
+        })?
+        .ok_or_else(|| StartError::User {
+            user: user.to_string(),
+            what: "no such user".to_string(),
+        })?;
     if nix::unistd::geteuid() == entry.uid {
         // Restarted as that user already (systemd User=, runuser): nothing
         // to drop, and setgroups would fail without privileges.
@@ -405,13 +420,25 @@ fn drop_privileges(user: &str, owned: &[PathBuf]) -> Result<(), StartError> {
         for p in [path.clone(), PathBuf::from(lock)] {
             if p.exists() {
                 std::os::unix::fs::chown(&p, Some(entry.uid.as_raw()), Some(entry.gid.as_raw()))
-                    .map_err(|e| StartError::User { user: user.to_string(), what: format!("chown {}: {e}", p.display()) })?;
+                    .map_err(|e| StartError::User {
+                        user: user.to_string(),
+                        what: format!("chown {}: {e}", p.display()),
+                    })?;
             }
         }
     }
-    setgroups(&[entry.gid]).map_err(|e| StartError::User { user: user.to_string(), what: format!("setgroups: {e}") })?;
-    setgid(entry.gid).map_err(|e| StartError::User { user: user.to_string(), what: format!("setgid: {e}") })?;
-    setuid(entry.uid).map_err(|e| StartError::User { user: user.to_string(), what: format!("setuid: {e}") })?;
+    setgroups(&[entry.gid]).map_err(|e| StartError::User {
+        user: user.to_string(),
+        what: format!("setgroups: {e}"),
+    })?;
+    setgid(entry.gid).map_err(|e| StartError::User {
+        user: user.to_string(),
+        what: format!("setgid: {e}"),
+    })?;
+    setuid(entry.uid).map_err(|e| StartError::User {
+        user: user.to_string(),
+        what: format!("setuid: {e}"),
+    })?;
     tracing::info!("privileges dropped: running as {user} (uid {})", entry.uid);
     Ok(())
 }
@@ -459,10 +486,12 @@ fn enable_request_migration() {
 /// waits for its connections up to `worker.drain_secs`.
 fn handle_signals(live: Arc<Live>, listeners: Vec<socket2::Socket>) -> Result<(), StartError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])
-        .map_err(|source| StartError::Os {
-            what: "installing signal handlers",
-            source,
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT]).map_err(|source| {
+            StartError::Os {
+                what: "installing signal handlers",
+                source,
+            }
         })?;
     std::thread::Builder::new()
         .name("tlsfront-signals".into())

@@ -44,9 +44,9 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LE
 use aws_lc_rs::hkdf;
 use zeroize::Zeroizing;
 
-use crate::metrics::{self, PerWorkerCounters};
 use crate::clock::unix_now;
 use crate::hash::FastHash;
+use crate::metrics::{self, PerWorkerCounters};
 use crate::shm::{Opened, Region, ShmError};
 
 /// RFC 8446 §4.6.1: no ticket lifetime beyond 7 days.
@@ -374,7 +374,9 @@ impl TicketKeyRing {
                 period: 1,
                 keys: Vec::new(),
             }),
-            counters: (0..=workers).map(|_| CachePadded::new(TicketCounters::default())).collect(),
+            counters: (0..=workers)
+                .map(|_| CachePadded::new(TicketCounters::default()))
+                .collect(),
         };
         if let Some(p) = ring.read_published().filter(|_| !alone) {
             let mine = ring.fingerprint.load(Ordering::Relaxed);
@@ -829,7 +831,11 @@ fn buffer_check(period: u64, epoch: u64, source: u64, entries: &[u64]) -> u64 {
 }
 
 fn header_check(keys: u64) -> u64 {
-    FastHash::new(0).word(MAGIC).word(VERSION).word(keys).finish()
+    FastHash::new(0)
+        .word(MAGIC)
+        .word(VERSION)
+        .word(keys)
+        .finish()
 }
 
 /// Checks the header; `keys`, when given, must be the file's key count

@@ -193,7 +193,9 @@ mod tests {
         let picks: Vec<_> = (0..6).map(|_| p.pick(now, 0).expect("a server")).collect();
         assert!(!picks.contains(&1), "{picks:?}");
         let later = now + Duration::from_secs(11);
-        let picks: Vec<_> = (0..3).map(|_| p.pick(later, 0).expect("a server")).collect();
+        let picks: Vec<_> = (0..3)
+            .map(|_| p.pick(later, 0).expect("a server"))
+            .collect();
         assert!(picks.contains(&1), "{picks:?}");
     }
 

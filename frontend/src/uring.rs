@@ -506,7 +506,10 @@ impl Driver {
         let slot = self.slot(tag);
         let inflight = &mut self.inflight[slot as usize];
         let pending = buf.pending();
-        let (ptr, len) = (pending.as_ptr(), pending.len().min(u32::MAX as usize) as u32);
+        let (ptr, len) = (
+            pending.as_ptr(),
+            pending.len().min(u32::MAX as usize) as u32,
+        );
         // The Vec's heap block does not move when the Buf moves into the
         // slot, so `ptr` stays valid until the completion returns it.
         inflight.buf = Some(buf);
@@ -520,10 +523,19 @@ impl Driver {
     /// Reads up to `len` bytes from `fd` (an eventfd) into the spare room of
     /// `buf`, which comes back with the completion (the count is not yet
     /// committed to it).
-    pub fn read(&mut self, fd: RawFd, mut buf: Buf, len: usize, tag: u64) -> Result<(), UringError> {
+    pub fn read(
+        &mut self,
+        fd: RawFd,
+        mut buf: Buf,
+        len: usize,
+        tag: u64,
+    ) -> Result<(), UringError> {
         let slot = self.slot(tag);
         let spare = buf.spare(len);
-        let (ptr, len) = (spare.as_mut_ptr(), spare.len().min(len).min(u32::MAX as usize) as u32);
+        let (ptr, len) = (
+            spare.as_mut_ptr(),
+            spare.len().min(len).min(u32::MAX as usize) as u32,
+        );
         // As for a send: the heap block stays put while the Buf sits in the
         // slot, until the completion hands it back.
         self.inflight[slot as usize].buf = Some(buf);
@@ -534,7 +546,12 @@ impl Driver {
     }
 
     /// Connects `fd` to `addr`.
-    pub fn connect(&mut self, fd: RawFd, addr: socket2::SockAddr, tag: u64) -> Result<(), UringError> {
+    pub fn connect(
+        &mut self,
+        fd: RawFd,
+        addr: socket2::SockAddr,
+        tag: u64,
+    ) -> Result<(), UringError> {
         let slot = self.slot(tag);
         let addr = Box::new(addr);
         let (ptr, len) = (addr.as_ptr(), addr.len());

@@ -28,12 +28,12 @@ use rustls::server::UnbufferedServerConnection;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, warn};
 
+use crate::config::UpstreamServer;
 use crate::connection::{Connection, End, Event, Failure, HelloGate, Limits, Side};
-use crate::live::Live;
 use crate::hello_gate::WorkerGate;
+use crate::live::Live;
 use crate::metrics::{Stats, WorkerStats};
 use crate::session_cache::remote::{Answer, Fetched};
-use crate::config::UpstreamServer;
 use crate::upstream_pool::Pool;
 use crate::uring::{Buf, BufPool, Completion, Driver, UringError};
 
@@ -346,7 +346,11 @@ fn run_worker(
             return;
         }
     };
-    debug!(worker = index, ring = driver.mode().name(), "io_uring ready");
+    debug!(
+        worker = index,
+        ring = driver.mode().name(),
+        "io_uring ready"
+    );
     let now = Instant::now();
     let mut worker = Worker {
         index,
@@ -420,7 +424,11 @@ impl Worker {
         if c.result < 0 && c.result != -libc::EAGAIN && c.result != -libc::EINTR {
             // An eventfd read does not fail; if it did, lookups would still
             // end at their budget.
-            warn!(worker = self.index, "reading the remote tier's eventfd: {}", io::Error::from_raw_os_error(-c.result));
+            warn!(
+                worker = self.index,
+                "reading the remote tier's eventfd: {}",
+                io::Error::from_raw_os_error(-c.result)
+            );
         }
         let mut buf = c.buf;
         if let Some(b) = buf.as_mut() {
@@ -472,7 +480,9 @@ impl Worker {
     fn run(&mut self) -> Result<(), UringError> {
         let mut completions: Vec<Completion> = Vec::with_capacity(256);
         loop {
-            let timeout = self.next_wake().map(|at| at.saturating_duration_since(Instant::now()));
+            let timeout = self
+                .next_wake()
+                .map(|at| at.saturating_duration_since(Instant::now()));
             self.driver.submit(1, timeout)?;
             self.driver.complete(&mut completions);
             let now = Instant::now();
@@ -572,7 +582,11 @@ impl Worker {
     }
 
     fn touch(&mut self, slot: u32) {
-        if let Some(conn) = self.slots.get_mut(slot as usize).and_then(|s| s.conn.as_mut()) {
+        if let Some(conn) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.conn.as_mut())
+        {
             if !conn.touched {
                 conn.touched = true;
                 self.touched.push(slot);
@@ -721,7 +735,17 @@ impl Worker {
                             driver.close(fd, tag(0, 0, Op::Housekeeping))?;
                         }
                         let counters = &stats.workers[*index].counters;
-                        connect_next(conn, driver, live, now, slot, generation, pool, counters, Some(e))?;
+                        connect_next(
+                            conn,
+                            driver,
+                            live,
+                            now,
+                            slot,
+                            generation,
+                            pool,
+                            counters,
+                            Some(e),
+                        )?;
                     }
                 }
             }
@@ -772,7 +796,10 @@ impl Worker {
             // Over the limit: close at once (the client sees a reset)
             // rather than let memory grow.
             WorkerStats::inc(&self.counters().rejected_over_limit);
-            debug!(worker = self.index, "limits.max_connections reached: closed");
+            debug!(
+                worker = self.index,
+                "limits.max_connections reached: closed"
+            );
             return self.driver.close(fd, tag(0, 0, Op::Housekeeping));
         }
         let peer = peer_addr(fd).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -928,7 +955,17 @@ impl Worker {
                 }
                 Event::ConnectUpstream => {
                     let counters = &stats.workers[*index].counters;
-                    connect_next(conn, driver, live, now, slot, generation, &mut self.pool, counters, None)?;
+                    connect_next(
+                        conn,
+                        driver,
+                        live,
+                        now,
+                        slot,
+                        generation,
+                        &mut self.pool,
+                        counters,
+                        None,
+                    )?;
                 }
                 Event::ConnectTimedOut => {
                     let config = live.config();
@@ -950,7 +987,17 @@ impl Worker {
                     );
                     if retry {
                         let counters = &stats.workers[*index].counters;
-                        connect_next(conn, driver, live, now, slot, generation, &mut self.pool, counters, Some(e))?;
+                        connect_next(
+                            conn,
+                            driver,
+                            live,
+                            now,
+                            slot,
+                            generation,
+                            &mut self.pool,
+                            counters,
+                            Some(e),
+                        )?;
                     } else {
                         conn.machine.upstream_connected(now, Err(e), &mut self.pool);
                     }
@@ -980,7 +1027,9 @@ impl Worker {
                 driver.recv(conn.client, tag(slot, generation, Op::ClientRecv))?;
             }
             if let Some(fd) = conn.upstream {
-                if !conn.upstream_recv && !conn.connecting && conn.machine.wants_read(Side::Upstream)
+                if !conn.upstream_recv
+                    && !conn.connecting
+                    && conn.machine.wants_read(Side::Upstream)
                 {
                     conn.upstream_recv = true;
                     conn.ops += 1;
@@ -1062,7 +1111,8 @@ impl Worker {
         };
         s.generation = s.generation.wrapping_add(1);
         self.free.push(slot);
-        self.driver.close(conn.client, tag(0, 0, Op::Housekeeping))?;
+        self.driver
+            .close(conn.client, tag(0, 0, Op::Housekeeping))?;
         if let Some(fd) = conn.upstream {
             self.driver.close(fd, tag(0, 0, Op::Housekeeping))?;
         }
@@ -1151,7 +1201,11 @@ impl Worker {
             "drain time over: closing the connections still open"
         );
         for slot in 0..self.slots.len() as u32 {
-            if let Some(conn) = self.slots[slot as usize].conn.as_mut().filter(|c| !c.closing) {
+            if let Some(conn) = self.slots[slot as usize]
+                .conn
+                .as_mut()
+                .filter(|c| !c.closing)
+            {
                 conn.machine
                     .abort(Failure::Drain, "drain time over (worker.drain_secs)".into());
                 self.close(slot)?;
@@ -1163,7 +1217,8 @@ impl Worker {
     fn publish_counters(&self) {
         let c = self.counters();
         let loop_counters = self.driver.counters;
-        c.uring_enters.store(loop_counters.enters, std::sync::atomic::Ordering::Relaxed);
+        c.uring_enters
+            .store(loop_counters.enters, std::sync::atomic::Ordering::Relaxed);
         c.uring_requests
             .store(loop_counters.requests, std::sync::atomic::Ordering::Relaxed);
     }
@@ -1194,7 +1249,11 @@ fn connect_next(
     let clash = conn
         .abandoned
         .is_some_and(|(_, attempt)| attempt % 2 == (conn.attempts + 1) % 2);
-    let next = if clash { None } else { pool.pick(now, conn.tried) };
+    let next = if clash {
+        None
+    } else {
+        pool.pick(now, conn.tried)
+    };
     let Some(i) = next else {
         let e = last.unwrap_or_else(|| io::Error::other("no upstream server left to try"));
         conn.machine.upstream_connected(now, Err(e), bufs);
@@ -1226,7 +1285,11 @@ fn connect_next(
             conn.upstream_addr = addr.as_socket();
             conn.connecting = true;
             conn.attempts += 1;
-            let op = if conn.attempts % 2 == 1 { Op::Connect } else { Op::ConnectRetry };
+            let op = if conn.attempts % 2 == 1 {
+                Op::Connect
+            } else {
+                Op::ConnectRetry
+            };
             conn.machine.connect_started(now);
             conn.ops += 1;
             driver.connect(fd, addr.clone(), tag(slot, generation, op))

@@ -60,12 +60,18 @@ pub fn read(r: &mut impl Read) -> Result<Pp2, String> {
         )));
         &body[12..]
     } else {
-        return Err(format!("family {:#x}: only TCP over IPv4 is read here", head[13]));
+        return Err(format!(
+            "family {:#x}: only TCP over IPv4 is read here",
+            head[13]
+        ));
     };
     pp.tlvs = tlvs(rest)?;
     if let Some((_, ssl)) = pp.tlvs.iter().find(|(k, _)| *k == 0x20) {
         let fixed = ssl.get(..5).ok_or("SSL TLV shorter than 5 bytes")?;
-        pp.ssl = Some((fixed[0], u32::from_be_bytes([fixed[1], fixed[2], fixed[3], fixed[4]])));
+        pp.ssl = Some((
+            fixed[0],
+            u32::from_be_bytes([fixed[1], fixed[2], fixed[3], fixed[4]]),
+        ));
         pp.ssl_sub = tlvs(&ssl[5..])?;
     }
     Ok(pp)

@@ -105,7 +105,10 @@ fn override_unknown_key_is_an_error_naming_the_override_and_key() {
 
 #[test]
 fn a_zero_buffer_size_stops_run_naming_the_file_line_and_key() {
-    bad_line_3("proxy.buffer_size = 0", " key 'proxy.buffer_size': 0 is out of range");
+    bad_line_3(
+        "proxy.buffer_size = 0",
+        " key 'proxy.buffer_size': 0 is out of range",
+    );
 }
 
 #[test]
@@ -304,7 +307,10 @@ fn check_passes_a_good_file_with_a_one_line_summary_and_touches_nothing() {
         "{}",
         out.describe()
     );
-    let left: Vec<_> = std::fs::read_dir(&shared).expect("read dir").flatten().collect();
+    let left: Vec<_> = std::fs::read_dir(&shared)
+        .expect("read dir")
+        .flatten()
+        .collect();
     assert!(left.is_empty(), "check made shared files: {left:?}");
 }
 
@@ -329,7 +335,11 @@ fn check_names_every_problem_with_its_file_line_and_key() {
         format!("{p}:4: key 'proxy.buffer_size': 0 is out of range: must be from 1k to 16m"),
         format!("{p}:6: key 'tls.key': certificate {}", cert.display()),
     ] {
-        assert!(out.stderr.contains(&want), "no {want:?}\n{}", out.describe());
+        assert!(
+            out.stderr.contains(&want),
+            "no {want:?}\n{}",
+            out.describe()
+        );
     }
     assert!(
         out.stderr.contains(&*other_key.to_string_lossy()),
@@ -356,20 +366,33 @@ fn check_names_an_ocsp_file_run_would_not_staple_and_a_bad_client_ca() {
     assert_eq!(out.code(), Some(2), "{}", out.describe());
     let p = conf.display();
     for want in [
-        format!("{p}:3: key 'tls.ocsp': OCSP response {}", not_ocsp.display()),
+        format!(
+            "{p}:3: key 'tls.ocsp': OCSP response {}",
+            not_ocsp.display()
+        ),
         format!("{p}:4: key 'tls.client_ca':"),
     ] {
-        assert!(out.stderr.contains(&want), "no {want:?}\n{}", out.describe());
+        assert!(
+            out.stderr.contains(&want),
+            "no {want:?}\n{}",
+            out.describe()
+        );
     }
 }
 
 #[test]
 fn check_blames_an_override_by_its_argument() {
-    let out = check(&["-o", "tls.cert=/nonexistent/c.pem", "-o", "tls.key=/nonexistent/c.key"]);
+    let out = check(&[
+        "-o",
+        "tls.cert=/nonexistent/c.pem",
+        "-o",
+        "tls.key=/nonexistent/c.key",
+    ]);
     assert_eq!(out.code(), Some(2), "{}", out.describe());
     assert!(
-        out.stderr
-            .contains("-o tls.cert=/nonexistent/c.pem: key 'tls.cert': certificate /nonexistent/c.pem"),
+        out.stderr.contains(
+            "-o tls.cert=/nonexistent/c.pem: key 'tls.cert': certificate /nonexistent/c.pem"
+        ),
         "{}",
         out.describe()
     );
@@ -381,7 +404,9 @@ fn every_command_answers_help_with_its_usage() {
         let out = tlsfront_cmd(&[command, "--help"]);
         assert_eq!(out.code(), Some(0), "{command} --help\n{}", out.describe());
         assert!(
-            out.stdout.starts_with(&format!("usage: tlsfront {command} ")) && out.stdout.contains("-c, --config FILE"),
+            out.stdout
+                .starts_with(&format!("usage: tlsfront {command} "))
+                && out.stdout.contains("-c, --config FILE"),
             "{command} --help\n{}",
             out.describe()
         );
@@ -394,7 +419,11 @@ fn a_stray_argument_to_run_is_an_error_and_nothing_starts() {
     let mut run = run_command(dir.path(), None, &[]);
     run.cmd.arg("stray");
     let out = run_cmd(run.cmd, b"", CLI_TIMEOUT);
-    assert!(!out.timed_out(), "run started with a stray argument\n{}", out.describe());
+    assert!(
+        !out.timed_out(),
+        "run started with a stray argument\n{}",
+        out.describe()
+    );
     assert_eq!(out.code(), Some(2), "{}", out.describe());
     assert!(
         out.stderr.contains("run: unexpected argument \"stray\""),
@@ -405,7 +434,11 @@ fn a_stray_argument_to_run_is_an_error_and_nothing_starts() {
 
 #[test]
 fn an_option_a_command_does_not_take_is_an_error() {
-    for args in [&["check", "--takeover"][..], &["stats", "-a"], &["reload", "extra"]] {
+    for args in [
+        &["check", "--takeover"][..],
+        &["stats", "-a"],
+        &["reload", "extra"],
+    ] {
         let out = tlsfront_cmd(args);
         assert_eq!(out.code(), Some(2), "{args:?}\n{}", out.describe());
         assert!(

@@ -531,7 +531,13 @@ struct SClientRun {
     failed: Vec<String>,
 }
 
-fn s_client_reconnects(lb: &str, addr: SocketAddr, args: &[&str], n: usize, dir: &std::path::Path) -> SClientRun {
+fn s_client_reconnects(
+    lb: &str,
+    addr: SocketAddr,
+    args: &[&str],
+    n: usize,
+    dir: &std::path::Path,
+) -> SClientRun {
     use tlsfront_tests::robust_support::{lines_starting, s_client_to};
     let sess = dir.join(format!("sess-{}-{}.pem", addr.port(), args.join("")));
     let sess_arg = sess.display().to_string();
@@ -551,10 +557,15 @@ fn s_client_reconnects(lb: &str, addr: SocketAddr, args: &[&str], n: usize, dir:
         again.extend(["-sess_in", &sess_arg]);
         for i in 0..n {
             let out = s_client_to(addr, "localhost", &again, b"");
-            match (lines_starting(&out, "Reused,"), lines_starting(&out, "New,")) {
+            match (
+                lines_starting(&out, "Reused,"),
+                lines_starting(&out, "New,"),
+            ) {
                 (1, 0) => run.reused += 1,
                 (0, 1) => run.new += 1,
-                _ => run.failed.push(format!("reconnect {i}: {}", out.describe())),
+                _ => run
+                    .failed
+                    .push(format!("reconnect {i}: {}", out.describe())),
             }
         }
         run
@@ -580,7 +591,17 @@ fn behind_haproxy_session_ids_resume_on_every_host_and_only_tickets_resume_on_an
     ] {
         let before = f.stats();
         let ours = s_client_reconnects(&lb, tlsfront, args, RECONNECTS, &dir);
-        let after = per_host(&f, mode, &["handshakes", "resumed_tls12_id", "resumed_tls12_ticket", "resumed_tls13_ticket", "remote_hits"]);
+        let after = per_host(
+            &f,
+            mode,
+            &[
+                "handshakes",
+                "resumed_tls12_id",
+                "resumed_tls12_ticket",
+                "resumed_tls13_ticket",
+                "remote_hits",
+            ],
+        );
         let theirs = s_client_reconnects(&lb, nginx, args, RECONNECTS, &dir);
         table.push(format!(
             "| {mode} (`s_client {}`) | {}/{RECONNECTS} | {}/{RECONNECTS} |",
@@ -588,8 +609,17 @@ fn behind_haproxy_session_ids_resume_on_every_host_and_only_tickets_resume_on_an
             ours.reused,
             theirs.reused
         ));
-        assert!(ours.failed.is_empty() && theirs.failed.is_empty(), "{ours:?}\n{theirs:?}\n{}", hosts_output(&f));
-        assert_eq!(ours.reused, RECONNECTS, "tlsfront through HAProxy, {mode}\n{}", hosts_output(&f));
+        assert!(
+            ours.failed.is_empty() && theirs.failed.is_empty(),
+            "{ours:?}\n{theirs:?}\n{}",
+            hosts_output(&f)
+        );
+        assert_eq!(
+            ours.reused,
+            RECONNECTS,
+            "tlsfront through HAProxy, {mode}\n{}",
+            hosts_output(&f)
+        );
         // Every host resumed some: HAProxy spread the reconnects.
         let counter = match mode {
             "TLS 1.2 session ID" => "resumed_tls12_id",
@@ -597,16 +627,32 @@ fn behind_haproxy_session_ids_resume_on_every_host_and_only_tickets_resume_on_an
             _ => "resumed_tls13_ticket",
         };
         for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-            assert!(a.total.get(counter) > b.total.get(counter), "host {i} resumed no {mode}: {a:?}");
+            assert!(
+                a.total.get(counter) > b.total.get(counter),
+                "host {i} resumed no {mode}: {a:?}"
+            );
         }
-        let resumed: u64 = after.iter().zip(&before).map(|(a, b)| a.total.get(counter) - b.total.get(counter)).sum();
-        assert_eq!(resumed, RECONNECTS as u64, "tlsfront's counters must agree with the client");
+        let resumed: u64 = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a.total.get(counter) - b.total.get(counter))
+            .sum();
+        assert_eq!(
+            resumed, RECONNECTS as u64,
+            "tlsfront's counters must agree with the client"
+        );
         if mode == "TLS 1.2 session ID" {
             // Only the host that made the session knows it.
-            assert!(theirs.reused < RECONNECTS / 2, "nginx fleet, session IDs: {theirs:?}");
+            assert!(
+                theirs.reused < RECONNECTS / 2,
+                "nginx fleet, session IDs: {theirs:?}"
+            );
         } else {
             // The shared key file: nginx at its best resumes tickets anywhere.
-            assert_eq!(theirs.reused, RECONNECTS, "nginx fleet with a shared ssl_session_ticket_key, {mode}");
+            assert_eq!(
+                theirs.reused, RECONNECTS,
+                "nginx fleet with a shared ssl_session_ticket_key, {mode}"
+            );
         }
     }
     println!(

@@ -11,7 +11,14 @@ use tlsfront::tickets::{KeySource, TicketKeyRing};
 use tlsfront_tests::temp_dir;
 
 /// The fuzz targets of `fuzz/`; each has a replay test below.
-const TARGETS: &[&str] = &["cache_file", "client_hello", "config", "packet", "proxy_header", "ticket_open"];
+const TARGETS: &[&str] = &[
+    "cache_file",
+    "client_hello",
+    "config",
+    "packet",
+    "proxy_header",
+    "ticket_open",
+];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")

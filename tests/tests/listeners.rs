@@ -22,7 +22,11 @@ fn get_200(fe: &Frontend, addr: SocketAddr, n: usize) {
 
 #[test]
 fn every_worker_serves_every_listed_address_ipv4_and_ipv6() {
-    let ports = [ReservedPort::new(), ReservedPort::new(), ReservedPort::new_v6()];
+    let ports = [
+        ReservedPort::new(),
+        ReservedPort::new(),
+        ReservedPort::new_v6(),
+    ];
     let listen = ports
         .iter()
         .map(ReservedPort::addr_string)
@@ -98,7 +102,13 @@ fn ipv6_end_to_end_curl_to_tlsfront_to_an_ipv6_upstream_with_the_clients_address
     cmd.args(["-6", "-k", "-sS", "--max-time", "10"]);
     cmd.arg(format!("https://[::1]:{}/", port.port));
     let out = run_cmd(cmd, b"", CLI_TIMEOUT);
-    assert_eq!(out.code(), Some(0), "curl\n{}\n{}", out.describe(), fe.output());
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "curl\n{}\n{}",
+        out.describe(),
+        fe.output()
+    );
     // PROXY TCP6 <client> <tlsfront> <client port> <tlsfront port>
     let fields: Vec<&str> = out.stdout.split(' ').collect();
     assert!(

@@ -163,10 +163,18 @@ fn sysctl_w_refuses_out_of_range_values_naming_the_key_and_the_running_value_sta
     for (assignment, key) in [
         ("proxy.buffer_size=0", "proxy.buffer_size"),
         ("limits.idle_timeout_secs=0", "limits.idle_timeout_secs"),
-        ("upstream.connect_timeout=100000h", "upstream.connect_timeout"),
+        (
+            "upstream.connect_timeout=100000h",
+            "upstream.connect_timeout",
+        ),
     ] {
         let out = sysctl_write(&fe.socket, &[assignment]);
-        assert_ne!(out.code(), Some(0), "sysctl -w {assignment} accepted\n{}", out.describe());
+        assert_ne!(
+            out.code(),
+            Some(0),
+            "sysctl -w {assignment} accepted\n{}",
+            out.describe()
+        );
         assert!(
             out.stderr.contains(&format!("key '{key}'")) && out.stderr.contains("out of range"),
             "sysctl -w {assignment}: the key and the range are not named\n{}",
@@ -175,15 +183,23 @@ fn sysctl_w_refuses_out_of_range_values_naming_the_key_and_the_running_value_sta
     }
     let v = sysctl_read(
         &fe.socket,
-        &["proxy.buffer_size", "limits.idle_timeout_secs", "upstream.connect_timeout"],
+        &[
+            "proxy.buffer_size",
+            "limits.idle_timeout_secs",
+            "upstream.connect_timeout",
+        ],
     );
     assert_eq!(v["proxy.buffer_size"], "64k");
     assert_eq!(v["limits.idle_timeout_secs"], "300s");
     assert_eq!(v["upstream.connect_timeout"], "5s");
     // New connections still get through with the running buffer size (a
     // buffer of 0 would have stalled them).
-    let (resp, end) = https_get(fe.addr(), ClientSpec::new(Trust::AnyCert).build(), "localhost")
-        .unwrap_or_else(|e| panic!("handshake after the refused writes: {e}\n{}", fe.output()));
+    let (resp, end) = https_get(
+        fe.addr(),
+        ClientSpec::new(Trust::AnyCert).build(),
+        "localhost",
+    )
+    .unwrap_or_else(|e| panic!("handshake after the refused writes: {e}\n{}", fe.output()));
     assert!(is_http_200(&resp), "no HTTP 200 ({end:?})\n{}", fe.output());
 }
 
@@ -449,7 +465,11 @@ fn certificate_reloads_while_16_clients_handshake_fail_none_and_later_clients_ge
     let conf = dir.path().join("tlsfront.conf");
     std::fs::write(
         &conf,
-        format!("tls.cert = {}\ntls.key = {}\n", cert.display(), key.display()),
+        format!(
+            "tls.cert = {}\ntls.key = {}\n",
+            cert.display(),
+            key.display()
+        ),
     )
     .unwrap();
     let p = Proc::start(Some(&conf), &[("worker.count", "2")]);
@@ -467,7 +487,12 @@ fn certificate_reloads_while_16_clients_handshake_fail_none_and_later_clients_ge
         let leaf = &leaves[round % 2];
         leaf.write(dir.path(), "served");
         let out = reload_cmd(&p.socket);
-        assert!(out.stdout.contains("reloaded"), "reload {round}: {}\n{}", out.describe(), p.output());
+        assert!(
+            out.stdout.contains("reloaded"),
+            "reload {round}: {}\n{}",
+            out.describe(),
+            p.output()
+        );
         assert!(
             served_leaf(&p, &pki) == leaf.der,
             "reload {round}: a client that starts after it must get the new certificate"
@@ -476,16 +501,28 @@ fn certificate_reloads_while_16_clients_handshake_fail_none_and_later_clients_ge
     }
     let attempts = load.stop();
     let failed: Vec<_> = attempts.iter().filter(|a| !a.ok).collect();
-    eprintln!("{} connections through 6 certificate reloads, {} failed", attempts.len(), failed.len());
+    eprintln!(
+        "{} connections through 6 certificate reloads, {} failed",
+        attempts.len(),
+        failed.len()
+    );
     assert!(
         failed.is_empty(),
         "{} of {} connections failed across the reloads: {:?}\n{}",
         failed.len(),
         attempts.len(),
-        failed.iter().take(5).map(|a| a.error.clone()).collect::<Vec<_>>(),
+        failed
+            .iter()
+            .take(5)
+            .map(|a| a.error.clone())
+            .collect::<Vec<_>>(),
         p.output()
     );
-    assert!(attempts.len() >= 100, "too little load to judge: {} connections", attempts.len());
+    assert!(
+        attempts.len() >= 100,
+        "too little load to judge: {} connections",
+        attempts.len()
+    );
 }
 
 // ---------------------------------------------------------------------------

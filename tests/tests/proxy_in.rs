@@ -32,7 +32,10 @@ fn haproxy_to(to: SocketAddr) -> Haproxy {
 
 /// nginx `stream` on a reserved port forwarding to `to` with a v1 header.
 fn nginx_stream(to: SocketAddr) -> Nginx {
-    require(&[Need::File(STREAM_MODULE, "nginx's stream module, libnginx-mod-stream")]);
+    require(&[Need::File(
+        STREAM_MODULE,
+        "nginx's stream module, libnginx-mod-stream",
+    )]);
     Nginx::start_conf(|d, port| {
         format!(
             "load_module {STREAM_MODULE};\ndaemon off;\nmaster_process off;\nworker_processes 1;\n\
@@ -59,14 +62,21 @@ fn tlsfront_behind_a_balancer(upstream: &str) -> Frontend {
 /// A TLS connection from 127.0.0.2 to `addr`, one HTTP request: the
 /// client's own address and the response body.
 fn request_from_127_0_0_2(addr: SocketAddr) -> (SocketAddr, String) {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    sock.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into()).expect("bind 127.0.0.2");
-    sock.connect_timeout(&addr.into(), Duration::from_secs(5)).expect("connect");
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .expect("bind 127.0.0.2");
+    sock.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .expect("connect");
     let sock: TcpStream = sock.into();
     let me = sock.local_addr().expect("local addr");
     let cfg = client_config(&ClientSpec::new(Trust::AnyCert));
-    let mut c = TlsClient::handshake_over(sock, Arc::clone(&cfg), "localhost").expect("TLS through the balancer");
-    let (resp, _) = c.request(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n", Duration::from_secs(10));
+    let mut c = TlsClient::handshake_over(sock, Arc::clone(&cfg), "localhost")
+        .expect("TLS through the balancer");
+    let (resp, _) = c.request(
+        b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+        Duration::from_secs(10),
+    );
     (me, String::from_utf8_lossy(&resp).into_owned())
 }
 
@@ -96,7 +106,10 @@ fn behind_nginx_stream_proxy_protocol_on_the_upstream_and_the_access_log_see_the
     let consumer = Nginx::start().expect("nginx PROXY consumer");
     let fe = tlsfront_behind_a_balancer(&consumer.addr_string());
     let balancer = nginx_stream(fe.addr());
-    the_client_address_reaches_the_upstream_and_the_log(&fe, balancer.addr_string().parse().unwrap());
+    the_client_address_reaches_the_upstream_and_the_log(
+        &fe,
+        balancer.addr_string().parse().unwrap(),
+    );
 }
 
 #[test]
@@ -109,8 +122,13 @@ fn a_peer_outside_the_trusted_networks_is_closed_and_counted() {
         ("upstream.addr", &consumer.addr_string()),
     ]);
     let cfg = client_config(&ClientSpec::new(Trust::AnyCert));
-    assert!(TlsClient::connect(fe.addr(), cfg, "localhost").is_err(), "an untrusted peer must not be served");
-    let (_, ok) = fe.wait_stats(Duration::from_secs(5), |s| s.total.get("proxy_untrusted") == 1);
+    assert!(
+        TlsClient::connect(fe.addr(), cfg, "localhost").is_err(),
+        "an untrusted peer must not be served"
+    );
+    let (_, ok) = fe.wait_stats(Duration::from_secs(5), |s| {
+        s.total.get("proxy_untrusted") == 1
+    });
     assert!(ok, "proxy_untrusted must count it\n{}", fe.output());
 }
 
@@ -120,8 +138,13 @@ fn a_trusted_peer_without_a_valid_header_is_closed_and_counted() {
     let fe = tlsfront_behind_a_balancer(&consumer.addr_string());
     // TLS straight away: no PROXY header.
     let cfg = client_config(&ClientSpec::new(Trust::AnyCert));
-    assert!(TlsClient::connect(fe.addr(), cfg, "localhost").is_err(), "no header, no service");
-    let (_, ok) = fe.wait_stats(Duration::from_secs(5), |s| s.total.get("proxy_invalid") == 1);
+    assert!(
+        TlsClient::connect(fe.addr(), cfg, "localhost").is_err(),
+        "no header, no service"
+    );
+    let (_, ok) = fe.wait_stats(Duration::from_secs(5), |s| {
+        s.total.get("proxy_invalid") == 1
+    });
     assert!(ok, "proxy_invalid must count it\n{}", fe.output());
 }
 
@@ -129,5 +152,9 @@ fn a_trusted_peer_without_a_valid_header_is_closed_and_counted() {
 fn proxy_protocol_on_without_trusted_networks_does_not_start() {
     let out = tlsfront_tests::tlsfront_cmd(&["check", "-o", "net.proxy_protocol=1"]);
     assert_eq!(out.code(), Some(2), "{}", out.describe());
-    assert!(out.stderr.contains("net.proxy_protocol.trusted"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("net.proxy_protocol.trusted"),
+        "{}",
+        out.describe()
+    );
 }

@@ -42,7 +42,9 @@ fn header_upstream() -> (Upstream, mpsc::Receiver<Result<pp2::Pp2, String>>) {
 /// One TLS 1.3 connection for `sni` with ALPN http/1.1; returns the
 /// client's address.
 fn connect(fe: &Frontend, sni: &str) -> SocketAddr {
-    let spec = ClientSpec::new(Trust::AnyCert).alpn(&["http/1.1"]).versions(tlsfront_tests::Versions::Tls13);
+    let spec = ClientSpec::new(Trust::AnyCert)
+        .alpn(&["http/1.1"])
+        .versions(tlsfront_tests::Versions::Tls13);
     let mut c = TlsClient::connect(fe.addr(), client_config(&spec), sni)
         .unwrap_or_else(|e| panic!("TLS: {e}\n{}", fe.output()));
     let me = c.sock.local_addr().expect("addr");
@@ -61,14 +63,30 @@ fn the_upstream_learns_alpn_sni_tls_version_cipher_and_that_no_client_certificat
         .unwrap_or_else(|e| panic!("the header does not decode: {e}"));
     assert_eq!(pp.source, Some(me), "the client's address");
     assert_eq!(pp.text(0x01).as_deref(), Some("http/1.1"), "ALPN: {pp:?}");
-    assert_eq!(pp.text(0x02).as_deref(), Some("api.example.com"), "AUTHORITY: {pp:?}");
-    assert_eq!(pp.ssl, Some((0x01, 0)), "SSL: over TLS, no client certificate, verify 0: {pp:?}");
-    assert_eq!(pp.text(0x21).as_deref(), Some("TLSv1.3"), "SSL_VERSION: {pp:?}");
+    assert_eq!(
+        pp.text(0x02).as_deref(),
+        Some("api.example.com"),
+        "AUTHORITY: {pp:?}"
+    );
+    assert_eq!(
+        pp.ssl,
+        Some((0x01, 0)),
+        "SSL: over TLS, no client certificate, verify 0: {pp:?}"
+    );
+    assert_eq!(
+        pp.text(0x21).as_deref(),
+        Some("TLSv1.3"),
+        "SSL_VERSION: {pp:?}"
+    );
     assert!(
         pp.text(0x23).is_some_and(|c| c.starts_with("TLS_")),
         "SSL_CIPHER names a TLS 1.3 suite as OpenSSL does: {pp:?}"
     );
-    assert_eq!(pp.text(0x22), None, "no SSL_CN without a client certificate");
+    assert_eq!(
+        pp.text(0x22),
+        None,
+        "no SSL_CN without a client certificate"
+    );
 }
 
 /// HAProxy in `mode tcp` reading v2 headers (`accept-proxy`), logging
@@ -126,12 +144,25 @@ fn a_verified_client_certificate_and_its_common_name_reach_the_upstream() {
         ("upstream.addr", &upstream.addr_string()),
         ("upstream.proxy_protocol", "2"),
     ]);
-    let (cert, key) = (alice.cert.display().to_string(), alice.key.display().to_string());
+    let (cert, key) = (
+        alice.cert.display().to_string(),
+        alice.key.display().to_string(),
+    );
     let out = s_client(fe.port, &["-cert", &cert, "-key", &key]);
     let pp = rx
         .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("the upstream got no connection\n{}\n{}", out.describe(), fe.output()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "the upstream got no connection\n{}\n{}",
+                out.describe(),
+                fe.output()
+            )
+        })
         .unwrap_or_else(|e| panic!("the header does not decode: {e}"));
-    assert_eq!(pp.ssl, Some((0x01 | 0x02, 0)), "SSL: a certificate on this connection, verified: {pp:?}");
+    assert_eq!(
+        pp.ssl,
+        Some((0x01 | 0x02, 0)),
+        "SSL: a certificate on this connection, verified: {pp:?}"
+    );
     assert_eq!(pp.text(0x22).as_deref(), Some("alice"), "SSL_CN: {pp:?}");
 }

@@ -57,7 +57,10 @@ fn delayed_copy(mut from: TcpStream, mut to: TcpStream) {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if tx.send((Instant::now() + ONE_WAY, buf[..n].to_vec())).is_err() {
+                if tx
+                    .send((Instant::now() + ONE_WAY, buf[..n].to_vec()))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -77,7 +80,10 @@ fn delaying_relay(target: SocketAddr) -> SocketAddr {
             };
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
-            let (c2, s2) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+            let (c2, s2) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
             thread::spawn(move || delayed_copy(client, server));
             thread::spawn(move || delayed_copy(s2, c2));
         }
@@ -191,7 +197,8 @@ fn resume_all(addr: SocketAddr, configs: &[Arc<rustls::ClientConfig>]) -> Phase 
 }
 
 #[test]
-fn a_worker_that_asks_a_slow_redis_for_every_resumption_keeps_its_rate_and_its_full_handshakes_on_time() {
+fn a_worker_that_asks_a_slow_redis_for_every_resumption_keeps_its_rate_and_its_full_handshakes_on_time(
+) {
     tlsfront_tests::prereq::require(&[tlsfront_tests::prereq::Need::Program("redis-server")]);
     let dir = tlsfront_tests::temp_dir();
     let redis = LocalRedis::start(dir.path());
@@ -226,7 +233,11 @@ fn a_worker_that_asks_a_slow_redis_for_every_resumption_keeps_its_rate_and_its_f
     let foreign = sessions_from(issuer.addr(), SESSIONS);
     let deadline = Instant::now() + Duration::from_secs(20);
     while redis.keys() < before + SESSIONS as i64 {
-        assert!(Instant::now() < deadline, "the issuer's sessions did not reach Redis: {} keys", redis.keys());
+        assert!(
+            Instant::now() < deadline,
+            "the issuer's sessions did not reach Redis: {} keys",
+            redis.keys()
+        );
         thread::sleep(Duration::from_millis(50));
     }
     // The phases alternate in rounds (and which goes first alternates
@@ -267,8 +278,14 @@ fn a_worker_that_asks_a_slow_redis_for_every_resumption_keeps_its_rate_and_its_f
         remote.full.len()
     );
     assert_eq!(local.resumed, SESSIONS, "local sessions must all resume");
-    assert_eq!(remote.resumed, SESSIONS, "every session from the other host must resume through Redis");
-    assert!(gets >= SESSIONS as u64, "each remote resumption needs a GET: {gets}");
+    assert_eq!(
+        remote.resumed, SESSIONS,
+        "every session from the other host must resume through Redis"
+    );
+    assert!(
+        gets >= SESSIONS as u64,
+        "each remote resumption needs a GET: {gets}"
+    );
     assert!(
         remote_rate >= 0.8 * local_rate,
         "asking Redis 2 ms away must not cost the worker its rate: {remote_rate:.0}/s vs {local_rate:.0}/s local"

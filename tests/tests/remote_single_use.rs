@@ -68,7 +68,11 @@ fn sessions_in_redis(fe: &Frontend, redis: &LocalRedis, dir: &std::path::Path) -
 }
 
 /// s_client offering `sess` with `early` as 0-RTT data.
-fn resume_with_early_data(fe: &Frontend, sess: &std::path::Path, early: &std::path::Path) -> CmdOutput {
+fn resume_with_early_data(
+    fe: &Frontend,
+    sess: &std::path::Path,
+    early: &std::path::Path,
+) -> CmdOutput {
     let sess_arg = sess.display().to_string();
     let early_arg = early.display().to_string();
     s_client(
@@ -139,7 +143,12 @@ fn with_redis_gone_a_stateful_ticket_is_refused_and_its_early_data_with_it() {
     // Control, Redis up: the first ticket resumes on the other host with
     // its early data accepted (so refusals below are not for lack of 0-RTT).
     let control = resume_with_early_data(&b, &saved[0], &early);
-    assert_eq!(lines_starting(&control, "Reused,"), 1, "{}", control.describe());
+    assert_eq!(
+        lines_starting(&control, "Reused,"),
+        1,
+        "{}",
+        control.describe()
+    );
     assert!(
         control.stdout.contains("Early data was accepted"),
         "0-RTT must be accepted across hosts while Redis answers\n{}\n{}",
@@ -215,7 +224,11 @@ fn an_old_value_written_back_into_redis_after_its_lifetime_resumes_nothing() {
     let saved = save_sessions(issuer.port, dir.path(), 1, &id_only);
     let deadline = Instant::now() + Duration::from_secs(10);
     while redis.keys() < 1 {
-        assert!(Instant::now() < deadline, "the session did not reach Redis\n{}", issuer.output());
+        assert!(
+            Instant::now() < deadline,
+            "the session did not reach Redis\n{}",
+            issuer.output()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let copied = redis_dump(&redis);
@@ -223,13 +236,21 @@ fn an_old_value_written_back_into_redis_after_its_lifetime_resumes_nothing() {
 
     // Control: while fresh, the value resumes on another host.
     let other = Frontend::start(&opts);
-    assert_eq!(count_reused(other.port, &saved, &id_only), 1, "{}", other.output());
+    assert_eq!(
+        count_reused(other.port, &saved, &id_only),
+        1,
+        "{}",
+        other.output()
+    );
 
     // Past its sealed lifetime, written back with a fresh Redis TTL.
     std::thread::sleep(Duration::from_secs(3));
     for (k, v) in &copied {
         let set = redis.command(&[b"SET", k, v, b"EX", b"60"]);
-        assert!(matches!(set, Ok(RespValue::Simple(ref s)) if s == "OK"), "SET: {set:?}");
+        assert!(
+            matches!(set, Ok(RespValue::Simple(ref s)) if s == "OK"),
+            "SET: {set:?}"
+        );
     }
     let third = Frontend::start(&opts);
     assert_eq!(

@@ -25,7 +25,11 @@ fn pem_of(dir: &std::path::Path, name: &str, der: &[u8]) -> std::path::PathBuf {
         .arg(&pem_path)
         .output()
         .expect("openssl x509");
-    assert!(out.status.success(), "openssl x509: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl x509: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     pem_path
 }
 
@@ -44,7 +48,13 @@ fn start_redis(dir: &std::path::Path, pki: &Pki) -> LocalRedis {
             .args(["--tls-auth-clients", "no"])
             // Only tlsfront's user, allowed only its keys and commands.
             .args(["--user", "default", "off"])
-            .args(["--user", "tlsfront", "on", &format!(">{PASSWORD}"), "~tlsfront:*"])
+            .args([
+                "--user",
+                "tlsfront",
+                "on",
+                &format!(">{PASSWORD}"),
+                "~tlsfront:*",
+            ])
             .args(["+get", "+getdel", "+set", "+ping", "+hello", "+auth"]);
     })
 }
@@ -93,15 +103,29 @@ fn sessions_travel_over_tls_to_redis_as_an_acl_user_whose_password_is_never_show
     ];
     let a = Frontend::start(&opts);
     let b = Frontend::start(&opts);
-    assert!(resumes_across(&a, &b), "a session made on A must resume on B through rediss://");
+    assert!(
+        resumes_across(&a, &b),
+        "a session made on A must resume on B through rediss://"
+    );
     assert!(b.stats().total.get("remote_hits") >= 1);
 
     let sock = b.socket.display().to_string();
     let all = tlsfront_cmd(&["sysctl", "--socket", &sock, "-a"]);
     assert_eq!(all.code(), Some(0), "{}", all.describe());
-    assert!(all.stdout.contains("cache.remote = rediss://***@"), "{}", all.stdout);
-    for (what, text) in [("sysctl -a", all.stdout.clone()), ("A's log", a.output()), ("B's log", b.output())] {
-        assert!(!text.contains(PASSWORD), "{what} shows the Redis password:\n{text}");
+    assert!(
+        all.stdout.contains("cache.remote = rediss://***@"),
+        "{}",
+        all.stdout
+    );
+    for (what, text) in [
+        ("sysctl -a", all.stdout.clone()),
+        ("A's log", a.output()),
+        ("B's log", b.output()),
+    ] {
+        assert!(
+            !text.contains(PASSWORD),
+            "{what} shows the Redis password:\n{text}"
+        );
     }
 }
 
@@ -128,8 +152,14 @@ fn a_redis_whose_certificate_the_ca_did_not_sign_is_not_used() {
     ];
     let a = Frontend::start(&opts);
     let b = Frontend::start(&opts);
-    assert!(!resumes_across(&a, &b), "a session must not travel through an unverified Redis");
+    assert!(
+        !resumes_across(&a, &b),
+        "a session must not travel through an unverified Redis"
+    );
     assert_eq!(b.stats().total.get("remote_hits"), 0);
     assert_eq!(a.stats().total.get("remote_puts"), 0);
-    assert!(a.stats().total.get("remote_errors") >= 1, "the failed verification must be counted");
+    assert!(
+        a.stats().total.get("remote_errors") >= 1,
+        "the failed verification must be counted"
+    );
 }

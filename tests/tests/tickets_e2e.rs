@@ -1108,7 +1108,9 @@ fn early_data_reaches_the_upstream_once_and_a_replayed_flight_gets_none_through(
 
 /// TLS 1.3 tickets a handshake's s_client output says arrived.
 fn tickets_arrived(out: &CmdOutput) -> usize {
-    out.stdout.matches("Post-Handshake New Session Ticket arrived").count()
+    out.stdout
+        .matches("Post-Handshake New Session Ticket arrived")
+        .count()
 }
 
 #[test]
@@ -1117,12 +1119,27 @@ fn a_resumed_tls13_handshake_gets_one_new_ticket_a_full_one_tls13_tickets() {
     let dir = tlsfront_tests::temp_dir();
     let sess = dir.path().join("s13.pem");
     let full = s_client_save_session(&fe, "-tls1_3", &sess);
-    assert_eq!(tickets_arrived(&full), 3, "full handshake\n{}", full.describe());
+    assert_eq!(
+        tickets_arrived(&full),
+        3,
+        "full handshake\n{}",
+        full.describe()
+    );
     let again = s_client(
         fe.port,
         &["-tls1_3", "-ign_eof", "-sess_in", sess.to_str().unwrap()],
         b"GET / HTTP/1.0\r\n\r\n",
     );
-    assert_eq!(lines_starting(&again, "Reused,"), 1, "no resumption\n{}", again.describe());
-    assert_eq!(tickets_arrived(&again), 1, "resumed handshake\n{}", again.describe());
+    assert_eq!(
+        lines_starting(&again, "Reused,"),
+        1,
+        "no resumption\n{}",
+        again.describe()
+    );
+    assert_eq!(
+        tickets_arrived(&again),
+        1,
+        "resumed handshake\n{}",
+        again.describe()
+    );
 }

@@ -218,7 +218,11 @@ impl WildcardSetup {
     /// (`None`: `-noservername`, no SNI at all), as PEM without line breaks.
     fn served_to_s_client(&self, name: Option<&str>) -> String {
         let mut cmd = tlsfront_tests::prereq::tool("openssl");
-        cmd.args(["s_client", "-connect", &format!("127.0.0.1:{}", self.fe.port)]);
+        cmd.args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", self.fe.port),
+        ]);
         match name {
             Some(n) => cmd.args(["-servername", n]),
             None => cmd.arg("-noservername"),
@@ -253,7 +257,15 @@ impl WildcardSetup {
         let ca = write_file(self.dir.path(), "ca.pem", &self.pki.ca_pem);
         let port = self.fe.port;
         let mut cmd = tlsfront_tests::prereq::tool("curl");
-        cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]);
+        cmd.args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ]);
         cmd.arg("--resolve").arg(format!("{name}:{port}:127.0.0.1"));
         cmd.arg("--cacert").arg(&ca);
         cmd.arg(format!("https://{name}:{port}/"));

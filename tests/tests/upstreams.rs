@@ -43,7 +43,12 @@ fn one_worker(upstream: &str) -> Frontend {
 #[test]
 fn connections_take_turns_over_the_listed_servers() {
     let (a, b, c) = (named("a"), named("b"), named("c"));
-    let list = format!("{}, {},{}", a.addr_string(), b.addr_string(), c.addr_string());
+    let list = format!(
+        "{}, {},{}",
+        a.addr_string(),
+        b.addr_string(),
+        c.addr_string()
+    );
     let fe = one_worker(&list);
     let answers: Vec<String> = (0..12).map(|_| served_by(&fe, "localhost")).collect();
     for name in ["a", "b", "c"] {
@@ -66,7 +71,12 @@ fn a_refusing_server_costs_no_client_and_is_skipped_while_down() {
         ("upstream.down_secs", "60s"),
     ]);
     for i in 0..10 {
-        assert_eq!(served_by(&fe, "localhost"), "live", "connection {i}\n{}", fe.output());
+        assert_eq!(
+            served_by(&fe, "localhost"),
+            "live",
+            "connection {i}\n{}",
+            fe.output()
+        );
     }
     assert_eq!(live.accepted.load(std::sync::atomic::Ordering::SeqCst), 10);
     let total = fe.stats().total;
@@ -86,7 +96,9 @@ fn a_server_that_never_answers_costs_no_client() {
     let sock = socket2::SockRef::from(&hole);
     sock.listen(0).expect("listen 0");
     let _fillers: Vec<_> = (0..4)
-        .filter_map(|_| std::net::TcpStream::connect_timeout(&hole_addr, Duration::from_millis(200)).ok())
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&hole_addr, Duration::from_millis(200)).ok()
+        })
         .collect();
     let live = named("live");
     let list = format!("{hole_addr}, {}", live.addr_string());
@@ -132,7 +144,12 @@ fn a_unix_socket_server_is_an_upstream() {
 
 #[test]
 fn a_server_name_can_have_servers_of_its_own_and_they_change_live() {
-    let (default, api, wild, other) = (named("default"), named("api"), named("wild"), named("other"));
+    let (default, api, wild, other) = (
+        named("default"),
+        named("api"),
+        named("wild"),
+        named("other"),
+    );
     let api_key = "tls.sni.api.example.com.upstream";
     let fe = Frontend::start(&[
         ("worker.count", "1"),
@@ -141,18 +158,46 @@ fn a_server_name_can_have_servers_of_its_own_and_they_change_live() {
         ("tls.sni.*.apps.example.com.upstream", &wild.addr_string()),
     ]);
     assert_eq!(served_by(&fe, "api.example.com"), "api");
-    assert_eq!(served_by(&fe, "API.Example.COM"), "api", "names match case-insensitively");
+    assert_eq!(
+        served_by(&fe, "API.Example.COM"),
+        "api",
+        "names match case-insensitively"
+    );
     assert_eq!(served_by(&fe, "one.apps.example.com"), "wild");
-    assert_eq!(served_by(&fe, "a.b.apps.example.com"), "default", "a wildcard is one label");
+    assert_eq!(
+        served_by(&fe, "a.b.apps.example.com"),
+        "default",
+        "a wildcard is one label"
+    );
     assert_eq!(served_by(&fe, "localhost"), "default");
 
     let sock = fe.socket.display().to_string();
-    let set = tlsfront_cmd(&["sysctl", "--socket", &sock, "-w", &format!("{api_key}={}", other.addr_string())]);
+    let set = tlsfront_cmd(&[
+        "sysctl",
+        "--socket",
+        &sock,
+        "-w",
+        &format!("{api_key}={}", other.addr_string()),
+    ]);
     assert_eq!(set.code(), Some(0), "{}", set.describe());
-    assert_eq!(served_by(&fe, "api.example.com"), "other", "live change of a name's upstream");
-    let set = tlsfront_cmd(&["sysctl", "--socket", &sock, "-w", &format!("upstream.addr={}", other.addr_string())]);
+    assert_eq!(
+        served_by(&fe, "api.example.com"),
+        "other",
+        "live change of a name's upstream"
+    );
+    let set = tlsfront_cmd(&[
+        "sysctl",
+        "--socket",
+        &sock,
+        "-w",
+        &format!("upstream.addr={}", other.addr_string()),
+    ]);
     assert_eq!(set.code(), Some(0), "{}", set.describe());
-    assert_eq!(served_by(&fe, "localhost"), "other", "live change of upstream.addr");
+    assert_eq!(
+        served_by(&fe, "localhost"),
+        "other",
+        "live change of upstream.addr"
+    );
 }
 
 #[test]
@@ -160,8 +205,18 @@ fn a_bad_server_list_is_refused_naming_the_key_and_the_running_one_stays() {
     let a = named("a");
     let fe = one_worker(&a.addr_string());
     let sock = fe.socket.display().to_string();
-    for bad in ["127.0.0.1:1,nowhere", "unix:relative.sock", "127.0.0.1:9, 127.0.0.1:9"] {
-        let set = tlsfront_cmd(&["sysctl", "--socket", &sock, "-w", &format!("upstream.addr={bad}")]);
+    for bad in [
+        "127.0.0.1:1,nowhere",
+        "unix:relative.sock",
+        "127.0.0.1:9, 127.0.0.1:9",
+    ] {
+        let set = tlsfront_cmd(&[
+            "sysctl",
+            "--socket",
+            &sock,
+            "-w",
+            &format!("upstream.addr={bad}"),
+        ]);
         assert_ne!(set.code(), Some(0), "{bad:?} must be refused");
         assert!(
             format!("{}{}", set.stdout, set.stderr).contains("upstream.addr"),

@@ -13,9 +13,14 @@ use tlsfront_tests::*;
 /// Echoes `len` pattern bytes through tlsfront on one connection and checks
 /// every byte that comes back.
 fn echo_through(fe_addr: std::net::SocketAddr, seed: u64, len: u64) -> Result<(), String> {
-    let mut client = TlsClient::connect(fe_addr, ClientSpec::new(Trust::AnyCert).build(), "localhost")
-        .map_err(|e| format!("handshake: {e}"))?;
-    let (r, check) = client.echo_pattern(seed, len, &PumpOpts::receive(len, Duration::from_secs(60)));
+    let mut client = TlsClient::connect(
+        fe_addr,
+        ClientSpec::new(Trust::AnyCert).build(),
+        "localhost",
+    )
+    .map_err(|e| format!("handshake: {e}"))?;
+    let (r, check) =
+        client.echo_pattern(seed, len, &PumpOpts::receive(len, Duration::from_secs(60)));
     if r.end != End::Count || check.received != len || check.first_mismatch.is_some() {
         return Err(format!(
             "seed {seed}: {r:?}, received {} of {len}, first mismatch {:?}",
@@ -66,10 +71,15 @@ fn an_upstream_connect_that_times_out_leaves_no_socket_in_syn_sent() {
     // A listener that never accepts, with a backlog of 0: once its queue is
     // full, the kernel drops further SYNs and connects hang in SYN-SENT —
     // a blackholed upstream on loopback.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("socket");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket
-        .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().expect("addr").into())
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .expect("addr")
+                .into(),
+        )
         .expect("bind");
     socket.listen(0).expect("listen");
     let blackhole: TcpListener = socket.into();
@@ -77,7 +87,10 @@ fn an_upstream_connect_that_times_out_leaves_no_socket_in_syn_sent() {
     // Fill the accept queue so that the next SYNs are dropped.
     let mut fillers = Vec::new();
     for _ in 0..4 {
-        if let Ok(s) = TcpStream::connect_timeout(&blackhole.local_addr().expect("a"), Duration::from_millis(300)) {
+        if let Ok(s) = TcpStream::connect_timeout(
+            &blackhole.local_addr().expect("a"),
+            Duration::from_millis(300),
+        ) {
             fillers.push(s);
         }
     }
@@ -92,8 +105,9 @@ fn an_upstream_connect_that_times_out_leaves_no_socket_in_syn_sent() {
         .map(|_| {
             let addr = fe.addr();
             thread::spawn(move || {
-                let mut c = TlsClient::connect(addr, ClientSpec::new(Trust::AnyCert).build(), "localhost")
-                    .map_err(|e| format!("handshake: {e}"))?;
+                let mut c =
+                    TlsClient::connect(addr, ClientSpec::new(Trust::AnyCert).build(), "localhost")
+                        .map_err(|e| format!("handshake: {e}"))?;
                 let (resp, end) = c.request(b"GET / HTTP/1.0\r\n\r\n", Duration::from_secs(10));
                 Ok::<_, String>((resp.len(), end))
             })
@@ -101,13 +115,26 @@ fn an_upstream_connect_that_times_out_leaves_no_socket_in_syn_sent() {
         .collect();
     thread::sleep(Duration::from_millis(500));
     let during = sockets_in_state(pid, "syn-sent", port);
-    let outcomes: Vec<_> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    let outcomes: Vec<_> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
     let after = sockets_in_state(pid, "syn-sent", port);
-    eprintln!("SYN-SENT towards the blackhole: {during} while connecting, {after} after the timeout");
-    assert!(during > 0, "the blackhole did not blackhole (0 sockets in SYN-SENT while connecting)");
-    assert_eq!(after, 0, "sockets left in SYN-SENT after upstream.connect_timeout");
+    eprintln!(
+        "SYN-SENT towards the blackhole: {during} while connecting, {after} after the timeout"
+    );
+    assert!(
+        during > 0,
+        "the blackhole did not blackhole (0 sockets in SYN-SENT while connecting)"
+    );
+    assert_eq!(
+        after, 0,
+        "sockets left in SYN-SENT after upstream.connect_timeout"
+    );
     for o in &outcomes {
-        let (len, end) = o.as_ref().expect("handshake succeeds before the upstream matters");
+        let (len, end) = o
+            .as_ref()
+            .expect("handshake succeeds before the upstream matters");
         assert_eq!((*len, end), (0, &End::CloseNotify), "{outcomes:?}");
     }
     let stats = fe.stats();
@@ -137,12 +164,13 @@ fn two_thousand_idle_connections_cost_no_wake_ups() {
     ]);
     let mut open = Vec::new();
     for i in 0..2000 {
-        let mut c = TlsClient::connect(fe.addr(), ClientSpec::new(Trust::AnyCert).build(), "localhost")
-            .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", fe.output()));
-        c.conn
-            .writer()
-            .write_all(b"hello")
-            .expect("write");
+        let mut c = TlsClient::connect(
+            fe.addr(),
+            ClientSpec::new(Trust::AnyCert).build(),
+            "localhost",
+        )
+        .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", fe.output()));
+        c.conn.writer().write_all(b"hello").expect("write");
         while c.conn.wants_write() {
             c.conn.write_tls(&mut c.sock).expect("write_tls");
         }
@@ -175,7 +203,11 @@ fn a_garbage_flood_while_nobody_reads_the_log_stalls_no_worker() {
         port,
         reservation: _reservation,
         ..
-    } = run_command(dir.path(), None, &[("worker.count", "1"), ("log.level", "info")]);
+    } = run_command(
+        dir.path(),
+        None,
+        &[("worker.count", "1"), ("log.level", "info")],
+    );
     // stderr is a pipe this test never reads: after 64 KiB every write to
     // it would block, as with a stuck journald.
     let mut child = cmd
@@ -200,7 +232,9 @@ fn a_garbage_flood_while_nobody_reads_the_log_stalls_no_worker() {
     // Every garbage connection is a failed handshake: a log line each.
     for _ in 0..3000 {
         if let Ok(mut s) = TcpStream::connect(addr) {
-            let _ = s.write_all(b"\x16\x03\x01\x00\x04\x02\x00\x00\x00 not a client hello, and then some");
+            let _ = s.write_all(
+                b"\x16\x03\x01\x00\x04\x02\x00\x00\x00 not a client hello, and then some",
+            );
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
             let mut b = [0u8; 64];
             let _ = s.read(&mut b);
@@ -213,5 +247,8 @@ fn a_garbage_flood_while_nobody_reads_the_log_stalls_no_worker() {
     let _ = child.wait();
     let (resp, _) = outcome.expect("a real client after the flood must be served");
     assert!(is_http_200(&resp), "no answer after the flood: {resp:?}");
-    eprintln!("served a real client {:?} after the flood", started.elapsed());
+    eprintln!(
+        "served a real client {:?} after the flood",
+        started.elapsed()
+    );
 }

@@ -13,9 +13,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 pub use values::{
-    AutoPath, ConfigValue, Duration, KeySourceSpec, List, Listen, LogLevel, OptAddr, OptPath, OptUser,
-    Networks, Protocols, ProxyProtocol, Size, Steering, Tls13Mode, Upstream, UpstreamServer,
-    WorkerCount,
+    AutoPath, ConfigValue, Duration, KeySourceSpec, List, Listen, LogLevel, Networks, OptAddr,
+    OptPath, OptUser, Protocols, ProxyProtocol, Size, Steering, Tls13Mode, Upstream,
+    UpstreamServer, WorkerCount,
 };
 pub use values::{ClientAuth, Interface, SteeringFallback, XdpMode};
 
@@ -358,18 +358,38 @@ pub const RANGES: &[Range] = &[
     range("worker.drain_secs", 0, 24 * 3600, "0s to 24h"),
     range("worker.rx_buffers", 1, 32768, "1 to 32768, a power of two"),
     range("worker.rx_buffer_size", 1 << 10, 1 << 20, "1k to 1m"),
-    range("tls.tls13_tickets", 0, 16, "0 (TLS 1.3 clients cannot resume) to 16"),
+    range(
+        "tls.tls13_tickets",
+        0,
+        16,
+        "0 (TLS 1.3 clients cannot resume) to 16",
+    ),
     range("upstream.connect_timeout", 1, 600, "1s to 10m"),
     range("upstream.down_secs", 1, 3600, "1s to 1h"),
     range("proxy.buffer_size", 1 << 10, 16 << 20, "1k to 16m"),
-    range("limits.max_connections", 0, 1 << 24, "0 (no limit) to 16777216"),
+    range(
+        "limits.max_connections",
+        0,
+        1 << 24,
+        "0 (no limit) to 16777216",
+    ),
     range("limits.handshake_timeout_secs", 1, 3600, "1s to 1h"),
     range("limits.idle_timeout_secs", 1, WEEK, "1s to 168h"),
-    range("cache.size", 8 << 10, 64 << 30, "8k (one set of 8 sessions) to 64g"),
+    range(
+        "cache.size",
+        8 << 10,
+        64 << 30,
+        "8k (one set of 8 sessions) to 64g",
+    ),
     range("cache.timeout_secs", 1, WEEK, "1s to 168h"),
     range("cache.remote.timeout_ms", 1, 1000, "1 to 1000"),
     range("cache.remote.queue", 1, 1 << 20, "1 to 1048576"),
-    range("tickets.keys", TICKET_KEYS_MIN as u64, TICKET_KEYS_MAX as u64, "3 to 16"),
+    range(
+        "tickets.keys",
+        TICKET_KEYS_MIN as u64,
+        TICKET_KEYS_MAX as u64,
+        "3 to 16",
+    ),
     range("tickets.rotate_secs", 1, WEEK, "1s to 168h"),
 ];
 
@@ -411,7 +431,11 @@ impl Config {
             SniPart::Cert => OptPath(entry.cert.clone()).render(),
             SniPart::Key => OptPath(entry.key.clone()).render(),
             SniPart::Ocsp => OptPath(entry.ocsp.clone()).render(),
-            SniPart::Upstream => entry.upstream.as_ref().map(Upstream::render).unwrap_or_default(),
+            SniPart::Upstream => entry
+                .upstream
+                .as_ref()
+                .map(Upstream::render)
+                .unwrap_or_default(),
         })
     }
 
@@ -487,11 +511,17 @@ impl Config {
             let value = self.magnitude(r.key);
             if value.is_some_and(|v| !(r.min..=r.max).contains(&v)) {
                 let shown = self.get(r.key).unwrap_or_default();
-                bad(r.key, &format!("{shown} is out of range: must be from {}", r.shown));
+                bad(
+                    r.key,
+                    &format!("{shown} is out of range: must be from {}", r.shown),
+                );
             }
         }
         if !self.rx_buffers.is_power_of_two() {
-            bad("worker.rx_buffers", "must be a power of two from 1 to 32768");
+            bad(
+                "worker.rx_buffers",
+                "must be a power of two from 1 to 32768",
+            );
         }
         if self.proxy_in && self.proxy_trusted.0.is_empty() {
             bad(
@@ -500,7 +530,10 @@ impl Config {
             );
         }
         if self.listen.0.iter().any(|a| a.port() == 0) {
-            bad("net.listen", "port 0 would give each worker another random port: name the port");
+            bad(
+                "net.listen",
+                "port 0 would give each worker another random port: name the port",
+            );
         }
         match (&self.cert.0, &self.key.0) {
             (Some(_), None) => bad("tls.cert", "set, but tls.key is not"),
@@ -854,7 +887,9 @@ fn canonical_key(key: &str) -> String {
         Some((name, SniPart::Cert)) => format!("tls.sni.{}.cert", name.to_ascii_lowercase()),
         Some((name, SniPart::Key)) => format!("tls.sni.{}.key", name.to_ascii_lowercase()),
         Some((name, SniPart::Ocsp)) => format!("tls.sni.{}.ocsp", name.to_ascii_lowercase()),
-        Some((name, SniPart::Upstream)) => format!("tls.sni.{}.upstream", name.to_ascii_lowercase()),
+        Some((name, SniPart::Upstream)) => {
+            format!("tls.sni.{}.upstream", name.to_ascii_lowercase())
+        }
         None => key.to_string(),
     }
 }

@@ -118,4 +118,3 @@ pub fn redact(url: &str) -> String {
         _ => url.to_string(),
     }
 }
-

@@ -146,12 +146,19 @@ fn a_wildcard_sni_name_is_accepted_as_the_whole_leftmost_label() {
 
 #[test]
 fn a_wildcard_anywhere_but_the_whole_leftmost_label_is_refused_naming_the_key() {
-    for name in ["w*.example.com", "*.*.example.com", "www.*.com", "*", "a..b"] {
+    for name in [
+        "w*.example.com",
+        "*.*.example.com",
+        "www.*.com",
+        "*",
+        "a..b",
+    ] {
         let msg = parse(&format!("tls.sni.{name}.cert = /w.pem\n"))
             .expect_err(name)
             .to_string();
         assert!(
-            msg.contains(&format!("key 'tls.sni.{name}.cert'")) && msg.contains("not a server name"),
+            msg.contains(&format!("key 'tls.sni.{name}.cert'"))
+                && msg.contains("not a server name"),
             "{name}: {msg}"
         );
     }
@@ -228,7 +235,10 @@ fn a_hash_after_a_blank_starts_a_comment_elsewhere_it_belongs_to_the_value() {
         c.cache_remote.0.as_deref(),
         Some("redis://:pa#ss@127.0.0.1:6379")
     );
-    assert_eq!(c.cache_remote_secret.0.as_deref(), Some(Path::new("/etc/secret")));
+    assert_eq!(
+        c.cache_remote_secret.0.as_deref(),
+        Some(Path::new("/etc/secret"))
+    );
 }
 
 #[test]
@@ -285,7 +295,9 @@ fn absurd_sizes_counts_and_durations_are_refused_naming_the_key() {
 
 #[test]
 fn a_worker_count_of_zero_is_refused_naming_the_key() {
-    let msg = parse("worker.count = 0\n").expect_err("0 workers").to_string();
+    let msg = parse("worker.count = 0\n")
+        .expect_err("0 workers")
+        .to_string();
     assert!(msg.contains("test.conf:1: key 'worker.count'"), "{msg}");
 }
 
@@ -296,7 +308,11 @@ fn every_range_names_a_numeric_key_and_holds_its_default() {
         let v = c
             .magnitude(r.key)
             .unwrap_or_else(|| panic!("{} is not a numeric key", r.key));
-        assert!((r.min..=r.max).contains(&v), "default of {} out of its range", r.key);
+        assert!(
+            (r.min..=r.max).contains(&v),
+            "default of {} out of its range",
+            r.key
+        );
     }
     assert!(c.problems().is_empty(), "{:?}", c.problems());
 }
@@ -318,8 +334,14 @@ fn every_problem_of_a_file_is_collected_with_its_line() {
     );
     let lines: Vec<String> = l.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
-    assert!(lines[0].starts_with("test.conf:1: key 'cache.sizee'"), "{lines:?}");
-    assert!(lines[1].starts_with("test.conf:4: key 'worker.count': set twice"), "{lines:?}");
+    assert!(
+        lines[0].starts_with("test.conf:1: key 'cache.sizee'"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("test.conf:4: key 'worker.count': set twice"),
+        "{lines:?}"
+    );
     assert_eq!(
         l.locate("proxy.buffer_size", "out".into()).to_string(),
         "test.conf:3: key 'proxy.buffer_size': out"
@@ -335,13 +357,25 @@ fn net_listen_takes_a_comma_separated_list_of_ipv4_and_ipv6_addresses() {
         .collect();
     assert_eq!(c.listen.0, want);
     assert_eq!(c.listen.port(), 443);
-    assert_eq!(Listen::parse(&c.listen.render()).expect("renders back"), c.listen);
+    assert_eq!(
+        Listen::parse(&c.listen.render()).expect("renders back"),
+        c.listen
+    );
 }
 
 #[test]
 fn net_listen_refuses_an_empty_entry_a_duplicate_and_a_bad_address() {
-    for value in ["127.0.0.1:1,", "127.0.0.1:1, 127.0.0.1:1", "127.0.0.1:1, nowhere"] {
-        let msg = parse(&format!("net.listen = {value}\n")).expect_err(value).to_string();
-        assert!(msg.contains("test.conf:1: key 'net.listen'"), "{value}: {msg}");
+    for value in [
+        "127.0.0.1:1,",
+        "127.0.0.1:1, 127.0.0.1:1",
+        "127.0.0.1:1, nowhere",
+    ] {
+        let msg = parse(&format!("net.listen = {value}\n"))
+            .expect_err(value)
+            .to_string();
+        assert!(
+            msg.contains("test.conf:1: key 'net.listen'"),
+            "{value}: {msg}"
+        );
     }
 }

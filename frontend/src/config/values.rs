@@ -452,10 +452,12 @@ impl ConfigValue for Networks {
     fn parse(raw: &str) -> Result<Self, String> {
         let mut nets = Vec::new();
         for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let (addr, bits) = item.split_once('/').map_or((item, None), |(a, b)| (a, Some(b)));
-            let ip: IpAddr = addr
-                .parse()
-                .map_err(|_| format!("{item:?} is not an address or network (10.0.0.0/8, 2001:db8::/32)"))?;
+            let (addr, bits) = item
+                .split_once('/')
+                .map_or((item, None), |(a, b)| (a, Some(b)));
+            let ip: IpAddr = addr.parse().map_err(|_| {
+                format!("{item:?} is not an address or network (10.0.0.0/8, 2001:db8::/32)")
+            })?;
             let max = if ip.is_ipv4() { 32 } else { 128 };
             let bits = match bits {
                 None => max,
@@ -516,7 +518,9 @@ impl ConfigValue for Upstream {
         for part in raw.split(',').map(str::trim) {
             let server = if let Some(path) = part.strip_prefix("unix:") {
                 if !path.starts_with('/') {
-                    return Err(format!("{part:?}: a unix socket needs an absolute path (unix:/run/app.sock)"));
+                    return Err(format!(
+                        "{part:?}: a unix socket needs an absolute path (unix:/run/app.sock)"
+                    ));
                 }
                 UpstreamServer::Unix(PathBuf::from(path))
             } else {

@@ -109,7 +109,8 @@ impl Rig {
             while let Some(event) = self.conn.poll_event() {
                 if event == Event::ConnectUpstream && self.auto_connect {
                     self.conn.connect_started(self.now);
-                    self.conn.upstream_connected(self.now, Ok(()), &mut self.pool);
+                    self.conn
+                        .upstream_connected(self.now, Ok(()), &mut self.pool);
                 }
                 progressed = true;
             }
@@ -224,7 +225,10 @@ fn a_record_split_into_one_byte_receives_is_gathered() {
     rig.chunk = 1;
     rig.pump();
     assert!(!rig.client.is_handshaking());
-    rig.client.writer().write_all(b"split hello").expect("write");
+    rig.client
+        .writer()
+        .write_all(b"split hello")
+        .expect("write");
     rig.pump();
     assert_eq!(rig.upstream, b"split hello");
 }
@@ -241,7 +245,12 @@ fn upstream_bytes_reach_the_client_and_its_fin_becomes_close_notify_then_fin() {
     rig.conn.upstream_eof(rig.now, &mut rig.pool);
     rig.pump();
     let got = rig.client_plaintext();
-    assert!(got == data, "client got {} of {} bytes", got.len(), data.len());
+    assert!(
+        got == data,
+        "client got {} of {} bytes",
+        got.len(),
+        data.len()
+    );
     assert!(rig.client_fin, "no FIN after close_notify");
     assert!(rig.client_eof_seen, "close_notify did not reach the client");
     assert_eq!(rig.conn.end(), None, "the client may still send");
@@ -277,12 +286,19 @@ fn reading_from_the_client_pauses_while_the_upstream_does_not_take() {
     let data = pattern(LIMIT * 3);
     rig.client.writer().write_all(&data).expect("write");
     rig.pump();
-    assert!(!rig.conn.wants_read(Side::Client), "still reading past the limit");
+    assert!(
+        !rig.conn.wants_read(Side::Client),
+        "still reading past the limit"
+    );
     rig.conn.connect_started(rig.now);
-    rig.conn
-        .upstream_connected(rig.now, Ok(()), &mut rig.pool);
+    rig.conn.upstream_connected(rig.now, Ok(()), &mut rig.pool);
     rig.pump();
-    assert!(rig.upstream == data, "got {} of {}", rig.upstream.len(), data.len());
+    assert!(
+        rig.upstream == data,
+        "got {} of {}",
+        rig.upstream.len(),
+        data.len()
+    );
 }
 
 #[test]
@@ -346,7 +362,10 @@ fn no_handshake_within_the_limit_ends_the_connection_at_its_deadline() {
     let rig = Rig::new(server, client);
     let mut conn = rig.conn;
     assert_eq!(conn.poll_timeout(), Some(rig.now + limits().handshake));
-    conn.handle_timeout(rig.now + limits().handshake - Duration::from_millis(1), &mut BufPool::new(4));
+    conn.handle_timeout(
+        rig.now + limits().handshake - Duration::from_millis(1),
+        &mut BufPool::new(4),
+    );
     assert_eq!(conn.end(), None);
     conn.handle_timeout(rig.now + limits().handshake, &mut BufPool::new(4));
     assert!(matches!(
@@ -367,7 +386,10 @@ fn an_idle_connection_ends_at_the_idle_limit_and_traffic_moves_it() {
     rig.conn.handle_timeout(rig.now + idle, &mut rig.pool);
     assert_eq!(rig.conn.end(), None, "closed although traffic moved");
     rig.conn.handle_timeout(later + idle, &mut rig.pool);
-    assert!(matches!(rig.conn.end(), Some(End::Failed(Failure::Idle, _))));
+    assert!(matches!(
+        rig.conn.end(),
+        Some(End::Failed(Failure::Idle, _))
+    ));
 }
 
 /// A handshaken connection whose upstream connect ran out of its time:
@@ -391,7 +413,10 @@ fn an_upstream_that_does_not_answer_ends_the_client_with_close_notify() {
     // The driver has no other server to try.
     rig.conn.upstream_connected(
         deadline,
-        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer",
+        )),
         &mut rig.pool,
     );
     let out = rig.conn.poll_transmit(Side::Client).expect("close_notify");
@@ -399,7 +424,8 @@ fn an_upstream_that_does_not_answer_ends_the_client_with_close_notify() {
     let mut data = out.pending();
     rig.client.read_tls(&mut data).expect("read_tls");
     rig.client.process_new_packets().expect("process");
-    rig.conn.sent(rig.now, Side::Client, out, Ok(n), &mut rig.pool);
+    rig.conn
+        .sent(rig.now, Side::Client, out, Ok(n), &mut rig.pool);
     assert!(matches!(
         rig.conn.end(),
         Some(End::Failed(Failure::Upstream, _))
@@ -411,12 +437,18 @@ fn an_upstream_that_does_not_answer_ends_the_client_with_close_notify() {
 #[test]
 fn a_connect_that_timed_out_can_go_to_another_server_with_a_deadline_of_its_own() {
     let (mut rig, deadline) = connect_timed_out();
-    assert!(rig.conn.end().is_none(), "the driver decides, not the connection");
+    assert!(
+        rig.conn.end().is_none(),
+        "the driver decides, not the connection"
+    );
     rig.now = deadline;
     rig.conn.connect_started(rig.now);
     assert_eq!(rig.conn.poll_timeout(), Some(rig.now + limits().connect));
     rig.conn.upstream_connected(rig.now, Ok(()), &mut rig.pool);
-    rig.client.writer().write_all(b"second server").expect("write");
+    rig.client
+        .writer()
+        .write_all(b"second server")
+        .expect("write");
     rig.pump();
     assert_eq!(rig.upstream, b"second server");
 }
@@ -454,8 +486,7 @@ fn the_proxy_header_precedes_every_client_byte() {
     rig.client.writer().write_all(b"GET /").expect("write");
     rig.pump();
     rig.conn.connect_started(rig.now);
-    rig.conn
-        .upstream_connected(rig.now, Ok(()), &mut rig.pool);
+    rig.conn.upstream_connected(rig.now, Ok(()), &mut rig.pool);
     rig.pump();
     assert_eq!(rig.upstream, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET /");
 }
@@ -477,17 +508,27 @@ fn a_proxy_header_in_comes_off_before_tls_and_its_client_goes_to_the_upstream() 
     // The header split over two receives, the ClientHello right after it
     // in the second.
     let header = b"PROXY TCP4 192.0.2.7 198.51.100.9 5555 443\r\n";
-    rig.conn.client_data(rig.now, &mut header[..10].to_vec(), &mut rig.pool);
+    rig.conn
+        .client_data(rig.now, &mut header[..10].to_vec(), &mut rig.pool);
     let mut hello = Vec::new();
     rig.client.write_tls(&mut hello).expect("hello");
     let mut rest = [&header[10..], &hello[..]].concat();
     rig.conn.client_data(rig.now, &mut rest, &mut rig.pool);
     rig.pump();
-    assert!(!rig.client.is_handshaking(), "the handshake went on after the header");
-    assert_eq!(rig.conn.proxied_client(), Some("192.0.2.7:5555".parse().unwrap()));
+    assert!(
+        !rig.client.is_handshaking(),
+        "the handshake went on after the header"
+    );
+    assert_eq!(
+        rig.conn.proxied_client(),
+        Some("192.0.2.7:5555".parse().unwrap())
+    );
     rig.client.writer().write_all(b"GET /").expect("write");
     rig.pump();
-    assert_eq!(rig.upstream, b"PROXY TCP4 192.0.2.7 198.51.100.9 5555 443\r\nGET /");
+    assert_eq!(
+        rig.upstream,
+        b"PROXY TCP4 192.0.2.7 198.51.100.9 5555 443\r\nGET /"
+    );
 }
 
 #[test]
@@ -509,7 +550,10 @@ fn without_a_valid_proxy_header_the_connection_fails_before_tls() {
         "{:?}",
         rig.conn.end()
     );
-    assert!(rig.conn.poll_transmit(Side::Client).is_none(), "nothing is sent to such a client");
+    assert!(
+        rig.conn.poll_transmit(Side::Client).is_none(),
+        "nothing is sent to such a client"
+    );
 }
 
 #[test]
@@ -523,7 +567,10 @@ fn a_send_that_took_part_of_a_buffer_sends_the_rest_first() {
     rig.client.write_tls(&mut bytes).expect("write_tls");
     rig.conn.client_data(rig.now, &mut bytes, &mut rig.pool);
     let buf = rig.conn.poll_transmit(Side::Upstream).expect("bytes");
-    assert!(rig.conn.poll_transmit(Side::Upstream).is_none(), "two sends in flight");
+    assert!(
+        rig.conn.poll_transmit(Side::Upstream).is_none(),
+        "two sends in flight"
+    );
     rig.conn
         .sent(rig.now, Side::Upstream, buf, Ok(4), &mut rig.pool);
     let rest = rig.conn.poll_transmit(Side::Upstream).expect("the rest");
@@ -552,11 +599,13 @@ fn early_data_reaches_the_upstream_before_the_handshake_completes() {
     rig.conn.client_data(rig.now, &mut bytes, &mut rig.pool);
     assert_eq!(rig.conn.poll_event(), Some(Event::ConnectUpstream));
     rig.conn.connect_started(rig.now);
-    rig.conn
-        .upstream_connected(rig.now, Ok(()), &mut rig.pool);
+    rig.conn.upstream_connected(rig.now, Ok(()), &mut rig.pool);
     let to_upstream = rig.conn.poll_transmit(Side::Upstream).expect("early data");
     assert_eq!(to_upstream.pending(), b"GET /early");
-    assert!(rig.conn.handshake_took().is_none(), "the handshake already completed");
+    assert!(
+        rig.conn.handshake_took().is_none(),
+        "the handshake already completed"
+    );
     assert_eq!(rig.conn.early_data_bytes(), 10);
 }
 
@@ -595,7 +644,12 @@ fn records_split_at_every_odd_boundary_arrive_byte_exact() {
         let data = pattern(300_000);
         rig.client.writer().write_all(&data).expect("write");
         rig.pump();
-        assert!(rig.upstream == data, "chunk {chunk}: {} of {} bytes", rig.upstream.len(), data.len());
+        assert!(
+            rig.upstream == data,
+            "chunk {chunk}: {} of {} bytes",
+            rig.upstream.len(),
+            data.len()
+        );
     }
 }
 
@@ -645,8 +699,14 @@ fn a_lookup_holds_the_hello_back_from_rustls_until_it_is_answered() {
     let (mut rig, gate) = gated_rig(usize::MAX);
     rig.pump();
     assert_eq!(gate.seen.lock().expect("lock").len(), 1);
-    assert!(rig.client.is_handshaking(), "the server answered before the lookup");
-    assert_eq!(rig.conn.lookup().map(|l| l.key.as_slice()), Some(&b"the-id"[..]));
+    assert!(
+        rig.client.is_handshaking(),
+        "the server answered before the lookup"
+    );
+    assert_eq!(
+        rig.conn.lookup().map(|l| l.key.as_slice()),
+        Some(&b"the-id"[..])
+    );
     rig.conn.lookup_done(rig.now, None, &mut rig.pool);
     rig.pump();
     assert!(!rig.client.is_handshaking(), "the handshake did not go on");
@@ -674,7 +734,11 @@ fn a_hello_split_over_receives_is_gathered_before_the_gate_reads_it() {
     let (mut rig, gate) = gated_rig(7);
     rig.pump();
     let seen = gate.seen.lock().expect("lock").clone();
-    assert_eq!(seen.len(), 1, "the gate must decide once, on the whole hello");
+    assert_eq!(
+        seen.len(),
+        1,
+        "the gate must decide once, on the whole hello"
+    );
     assert_eq!(seen[0].server_name.as_deref(), Some("localhost"));
     rig.conn.lookup_done(rig.now, None, &mut rig.pool);
     rig.pump();
@@ -686,7 +750,10 @@ fn bytes_that_are_not_a_tls_record_go_to_rustls_at_once_through_the_gate() {
     let (mut rig, gate) = gated_rig(usize::MAX);
     let mut http = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
     rig.conn.client_data(rig.now, &mut http, &mut rig.pool);
-    assert!(gate.seen.lock().expect("lock").is_empty(), "the gate read a non-TLS record");
+    assert!(
+        gate.seen.lock().expect("lock").is_empty(),
+        "the gate read a non-TLS record"
+    );
     assert!(rig.conn.lookup().is_none());
     let alert = rig.conn.poll_transmit(Side::Client);
     assert!(

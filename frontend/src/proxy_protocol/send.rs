@@ -172,7 +172,11 @@ pub fn common_name(der: &[u8]) -> Option<String> {
             atv.value
                 .decode_as::<Utf8StringRef<'_>>()
                 .map(|s| s.as_str().to_string())
-                .or_else(|_| atv.value.decode_as::<PrintableStringRef<'_>>().map(|s| s.as_str().to_string()))
+                .or_else(|_| {
+                    atv.value
+                        .decode_as::<PrintableStringRef<'_>>()
+                        .map(|s| s.as_str().to_string())
+                })
                 .ok()
         })
 }

@@ -116,7 +116,9 @@ impl SessionCache {
             sets,
             seed,
             timeout_secs: AtomicU64::new(timeout_secs),
-            counters: (0..=workers).map(|_| CachePadded::new(CacheCounters::default())).collect(),
+            counters: (0..=workers)
+                .map(|_| CachePadded::new(CacheCounters::default()))
+                .collect(),
             remote: std::sync::OnceLock::new(),
         };
         Ok((cache, opened))

@@ -22,7 +22,9 @@ use crossbeam_queue::SegQueue;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use super::{inc, Fetched, Rejected, RemoteSettings, Shared, CLUSTER_SCHEME, MAX_BACKOFF, MIN_BACKOFF};
+use super::{
+    inc, Fetched, Rejected, RemoteSettings, Shared, CLUSTER_SCHEME, MAX_BACKOFF, MIN_BACKOFF,
+};
 
 /// Longest wait for a connection to Redis (the lookups waiting for it are
 /// bounded by their own budget on the worker's side).
@@ -138,14 +140,16 @@ impl Target {
         let certs = match &settings.ca {
             Some(path) => Some(redis::TlsCertificates {
                 client_tls: None,
-                root_cert: Some(std::fs::read(path).map_err(|e| {
-                    format!("cache.remote.ca {}: {e}", path.display())
-                })?),
+                root_cert: Some(
+                    std::fs::read(path)
+                        .map_err(|e| format!("cache.remote.ca {}: {e}", path.display()))?,
+                ),
             }),
             None => None,
         };
         if settings.url.starts_with(CLUSTER_SCHEME) {
-            let nodes = super::cluster_nodes(&settings.url).map_err(|e| format!("cache.remote {e}"))?;
+            let nodes =
+                super::cluster_nodes(&settings.url).map_err(|e| format!("cache.remote {e}"))?;
             let mut builder = redis::cluster::ClusterClient::builder(nodes)
                 .retries(0)
                 .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
@@ -157,7 +161,8 @@ impl Target {
             let client = builder.build().map_err(|e| format!("cache.remote: {e}"))?;
             return Ok(Target::Cluster(Box::new(client)));
         }
-        let info = super::connection_info(&settings.url).map_err(|e| format!("cache.remote {e}"))?;
+        let info =
+            super::connection_info(&settings.url).map_err(|e| format!("cache.remote {e}"))?;
         let client = match certs {
             Some(certs) => redis::Client::build_with_tls(info, certs),
             None => redis::Client::open(info),
@@ -178,7 +183,10 @@ impl Target {
                     .await
                     .map(Conn::Single)
             }
-            Target::Cluster(client) => client.get_async_connection().await.map(|c| Conn::Cluster(Box::new(c))),
+            Target::Cluster(client) => client
+                .get_async_connection()
+                .await
+                .map(|c| Conn::Cluster(Box::new(c))),
         }
     }
 }
@@ -288,7 +296,10 @@ impl Loop {
                 }
             }
             Event::Connected(Err(e)) => {
-                tracing::debug!("cache.remote: connecting failed: {e}; retrying in {:?}", self.backoff);
+                tracing::debug!(
+                    "cache.remote: connecting failed: {e}; retrying in {:?}",
+                    self.backoff
+                );
                 // Counted for the worker whose job waited for this connect
                 // (the start-up connect has none: the row of other threads).
                 let last = self.shared.counters.len() - 1;
@@ -379,25 +390,27 @@ impl Loop {
                     inc(&counters.gets);
                     let mut cmd = redis::cmd(if take { "GETDEL" } else { "GET" });
                     cmd.arg(&key);
-                    let fetched = match tokio::time::timeout(left, conn.query::<Option<Vec<u8>>>(&cmd)).await {
-                        Err(_) => {
-                            inc(&counters.timeouts);
-                            Fetched::Unavailable
-                        }
-                        Ok(Err(e)) => {
-                            inc(&counters.errors);
-                            tracing::debug!("cache.remote: lookup failed: {e}");
-                            if broken(&e) {
-                                let _ = events.send(Event::Broken(generation));
+                    let fetched =
+                        match tokio::time::timeout(left, conn.query::<Option<Vec<u8>>>(&cmd)).await
+                        {
+                            Err(_) => {
+                                inc(&counters.timeouts);
+                                Fetched::Unavailable
                             }
-                            Fetched::Unavailable
-                        }
-                        Ok(Ok(None)) => {
-                            inc(&counters.misses);
-                            Fetched::Miss
-                        }
-                        Ok(Ok(Some(sealed))) => opened(&shared, worker, &session_id, &sealed),
-                    };
+                            Ok(Err(e)) => {
+                                inc(&counters.errors);
+                                tracing::debug!("cache.remote: lookup failed: {e}");
+                                if broken(&e) {
+                                    let _ = events.send(Event::Broken(generation));
+                                }
+                                Fetched::Unavailable
+                            }
+                            Ok(Ok(None)) => {
+                                inc(&counters.misses);
+                                Fetched::Miss
+                            }
+                            Ok(Ok(Some(sealed))) => opened(&shared, worker, &session_id, &sealed),
+                        };
                     answer(&shared, worker, token, reply, fetched);
                 }
                 Job::Set {
@@ -425,11 +438,14 @@ impl Loop {
                 }
                 Job::Ping { deadline, reply } => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let result = match tokio::time::timeout(left, conn.query::<String>(&redis::cmd("PING"))).await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err(format!("no answer within {left:?}")),
-                    };
+                    let result =
+                        match tokio::time::timeout(left, conn.query::<String>(&redis::cmd("PING")))
+                            .await
+                        {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err(format!("no answer within {left:?}")),
+                        };
                     let _ = reply.send(result);
                 }
             }
@@ -446,7 +462,10 @@ fn broken(e: &redis::RedisError) -> bool {
 /// Opens a value Redis returned.
 fn opened(shared: &Shared, worker: usize, session_id: &[u8], sealed: &[u8]) -> Fetched {
     let counters = &shared.counters[worker];
-    match shared.keys.open(session_id, sealed, crate::clock::unix_now()) {
+    match shared
+        .keys
+        .open(session_id, sealed, crate::clock::unix_now())
+    {
         Ok(o) => {
             inc(&counters.hits);
             Fetched::Hit {

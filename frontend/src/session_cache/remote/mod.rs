@@ -52,8 +52,8 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest pause between attempts after failures.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-pub use crate::config::remote_url::{redact, RemoteSecret, RemoteUrl, CLUSTER_SCHEME};
 use crate::config::remote_url::{cluster_nodes, connection_info};
+pub use crate::config::remote_url::{redact, RemoteSecret, RemoteUrl, CLUSTER_SCHEME};
 
 // ---------------------------------------------------------------------------
 // Counters
@@ -214,7 +214,10 @@ impl RemoteStore {
         let (tx, rx) = std::sync::mpsc::channel();
         let deadline = Instant::now() + timeout;
         self.jobs
-            .send(client::Job::Ping { deadline, reply: tx })
+            .send(client::Job::Ping {
+                deadline,
+                reply: tx,
+            })
             .map_err(|_| "the Redis thread has stopped".to_string())?;
         rx.recv_timeout(timeout)
             .map_err(|_| format!("no answer within {timeout:?}"))?
@@ -363,19 +366,24 @@ impl PerWorkerCounters for RemoteStore {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::ConfigValue;
     use super::*;
+    use crate::config::ConfigValue;
     use std::path::Path;
 
     #[test]
     fn a_hash_in_the_password_reaches_redis_as_it_was_written() {
-        for url in ["redis://:pa#ss@127.0.0.1:6379", "redis://app:pa#ss@127.0.0.1:6379/1"] {
+        for url in [
+            "redis://:pa#ss@127.0.0.1:6379",
+            "redis://app:pa#ss@127.0.0.1:6379/1",
+        ] {
             let info = connection_info(url).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(info.redis_settings().password(), Some("pa#ss"), "{url}");
         }
         let nodes = cluster_nodes("redis+cluster://:pa#ss@127.0.0.1:7000,127.0.0.1:7001")
             .expect("cluster URL");
-        assert!(nodes.iter().all(|n| n.redis_settings().password() == Some("pa#ss")));
+        assert!(nodes
+            .iter()
+            .all(|n| n.redis_settings().password() == Some("pa#ss")));
     }
 
     #[test]
@@ -386,7 +394,9 @@ mod tests {
         assert!(RemoteUrl::parse("rediss://h:6380").is_ok());
         // The password never shows in what sysctl -a renders.
         assert_eq!(
-            RemoteUrl::parse("redis://app:s3cret@h:1/0").unwrap().render(),
+            RemoteUrl::parse("redis://app:s3cret@h:1/0")
+                .unwrap()
+                .render(),
             "redis://***@h:1/0"
         );
         assert!(RemoteUrl::parse("http://x").is_err());
@@ -480,7 +490,8 @@ mod tests {
         // The connect at start fails; lookups then are not even tried.
         let c = &store.shared.counters[1];
         let wait = Instant::now() + Duration::from_secs(5);
-        while store.shared.counters[1].errors.load(Ordering::Relaxed) == 0 && Instant::now() < wait {
+        while store.shared.counters[1].errors.load(Ordering::Relaxed) == 0 && Instant::now() < wait
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(store.fetch_wait(b"id", false), Fetched::Unavailable);
@@ -577,10 +588,14 @@ mod tests {
         assert_eq!(store.fetch_wait(b"id-1", false), hit);
         assert_eq!(store.fetch_wait(b"nope", false), Fetched::Miss);
         // GETDEL: once only.
-        assert!(matches!(store.fetch_wait(b"id-2", true), Fetched::Hit { .. }));
+        assert!(matches!(
+            store.fetch_wait(b"id-2", true),
+            Fetched::Hit { .. }
+        ));
         assert_eq!(store.fetch_wait(b"id-2", true), Fetched::Miss);
         // A value moved to another key, or changed, is rejected.
-        let client = redis::Client::open(format!("redis+unix://{}", redis.socket.display())).unwrap();
+        let client =
+            redis::Client::open(format!("redis+unix://{}", redis.socket.display())).unwrap();
         let mut conn = client.get_connection().unwrap();
         let v: Vec<u8> = redis::cmd("GET")
             .arg(store.keys().redis_key(b"id-1"))

@@ -257,7 +257,10 @@ mod tests {
                 session: b"session bytes".to_vec()
             }
         );
-        assert_eq!(k.open(&[2u8; 32], &sealed, NOW), Err(Rejected::Authentication));
+        assert_eq!(
+            k.open(&[2u8; 32], &sealed, NOW),
+            Err(Rejected::Authentication)
+        );
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x40;
@@ -266,7 +269,10 @@ mod tests {
         let other = Keys::from_secret(&[8u8; 32]);
         assert_eq!(other.open(&id, &sealed, NOW), Err(Rejected::Authentication));
         assert_eq!(k.open(&id, &sealed[..10], NOW), Err(Rejected::Malformed));
-        assert_ne!(sealed, k.seal(&id, NOW, 42, NOW + 60, b"session bytes").unwrap());
+        assert_ne!(
+            sealed,
+            k.seal(&id, NOW, 42, NOW + 60, b"session bytes").unwrap()
+        );
     }
 
     #[test]
@@ -279,7 +285,9 @@ mod tests {
         assert_eq!(k.open(id, &sealed, NOW + 10_000), Err(Rejected::Stale));
         assert!(k.open(id, &sealed, NOW + 299).is_ok());
         // Issued in the future beyond clock skew.
-        let future = k.seal(id, NOW + CLOCK_SKEW + 1, 1, NOW + 600, b"s").unwrap();
+        let future = k
+            .seal(id, NOW + CLOCK_SKEW + 1, 1, NOW + 600, b"s")
+            .unwrap();
         assert_eq!(k.open(id, &future, NOW), Err(Rejected::Stale));
         // A lifetime no tlsfront gives.
         let long = k.seal(id, NOW, 1, NOW + MAX_LIFETIME + 1, b"s").unwrap();

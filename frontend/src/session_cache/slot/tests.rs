@@ -209,7 +209,8 @@ impl Word for Scripted {
         self.0.store(value, order)
     }
     fn compare_exchange(&self, current: u64, new: u64, success: Ordering) -> Result<u64, u64> {
-        self.0.compare_exchange(current, new, success, Ordering::Relaxed)
+        self.0
+            .compare_exchange(current, new, success, Ordering::Relaxed)
     }
     fn fence(order: Ordering) {
         std::sync::atomic::fence(order)
@@ -293,7 +294,13 @@ impl Word for shuttle::sync::atomic::AtomicU64 {
         shuttle::sync::atomic::AtomicU64::store(self, value, order)
     }
     fn compare_exchange(&self, current: u64, new: u64, success: Ordering) -> Result<u64, u64> {
-        shuttle::sync::atomic::AtomicU64::compare_exchange(self, current, new, success, Ordering::Relaxed)
+        shuttle::sync::atomic::AtomicU64::compare_exchange(
+            self,
+            current,
+            new,
+            success,
+            Ordering::Relaxed,
+        )
     }
     fn fence(order: Ordering) {
         shuttle::sync::atomic::fence(order)
