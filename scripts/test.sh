@@ -20,6 +20,11 @@ fi
 
 scripts/setup.sh
 
+# Formatting first: cheap, and a tree that is not rustfmt-clean fails here
+# with the files named rather than in review.
+echo "test: cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
 echo "test: cargo build --workspace --bins --tests --benches"
 cargo build --workspace --bins --tests --benches
 
