@@ -9,8 +9,19 @@ use std::collections::HashMap;
 /// The entry of `by_name` (lower-case names; a wildcard is written
 /// `*.example.com`) that server name `name` selects, if any.
 pub fn lookup<'a, T>(by_name: &'a HashMap<String, T>, name: &str) -> Option<&'a T> {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    if let Some(exact) = by_name.get(&name) {
+    // Called for every handshake (certificate) and every upstream connect:
+    // no allocation when there is nothing to match or the name is already
+    // lower case, as clients send it.
+    if by_name.is_empty() {
+        return None;
+    }
+    let name = name.trim_end_matches('.');
+    let name: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.to_ascii_lowercase().into()
+    } else {
+        name.into()
+    };
+    if let Some(exact) = by_name.get(name.as_ref()) {
         return Some(exact);
     }
     // `*.example.com` stands for one label: `www.example.com`, never
