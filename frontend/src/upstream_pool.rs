@@ -76,6 +76,11 @@ impl Pool {
     /// than no service). `None`: every server was tried.
     pub fn pick(&self, now: Instant, tried: u64) -> Option<usize> {
         let n = self.servers.len();
+        if n == 1 {
+            // The usual case: no round robin, so no write to the counter
+            // every worker shares.
+            return (tried & 1 == 0).then_some(0);
+        }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now_ms = self.millis(now);
         let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
@@ -175,6 +180,15 @@ mod tests {
             .map(|i| UpstreamServer::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i))))
             .collect();
         Pool::new(&servers).expect("pool")
+    }
+
+    #[test]
+    fn a_single_server_is_picked_until_it_was_tried() {
+        let p = pool(1);
+        let now = Instant::now();
+        p.mark_down(0, now, Duration::from_secs(10));
+        assert_eq!(p.pick(now, 0), Some(0), "down, but the only one");
+        assert_eq!(p.pick(now, 1), None);
     }
 
     #[test]
