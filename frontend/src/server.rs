@@ -195,15 +195,7 @@ fn describe_opened(opened: &Opened, kept: &'static str) -> &'static str {
 /// shared files off tmpfs.
 fn prepare_shared_files(config: &Config) -> Result<(), StartError> {
     if let Some(user) = &config.process_user.0 {
-        let entry = nix::unistd::User::from_name(user)
-            .map_err(|e| StartError::User {
-                user: user.to_string(),
-                what: format!("looking it up: {e}"),
-            })?
-            .ok_or_else(|| StartError::User {
-                user: user.to_string(),
-                what: "no such user".to_string(),
-            })?;
+        let entry = lookup_user(user)?;
         crate::shm::trust_owner(entry.uid.as_raw());
     }
     if config.uses_runtime_dir() {
@@ -394,20 +386,23 @@ pub fn run(config: Config, args: &RunOptions) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The account of `process.user`.
+fn lookup_user(user: &str) -> Result<nix::unistd::User, StartError> {
+    let failed = |what: String| StartError::User {
+        user: user.to_string(),
+        what,
+    };
+    nix::unistd::User::from_name(user)
+        .map_err(|e| failed(format!("looking it up: {e}")))?
+        .ok_or_else(|| failed("no such user".to_string()))
+}
+
 /// Hands the shared files (and their lock files) to `user`, then becomes
 /// that user: groups, gid, uid. A process that was root keeps no
 /// capability after `setuid` (no PR_SET_KEEPCAPS).
 fn drop_privileges(user: &str, owned: &[PathBuf]) -> Result<(), StartError> {
-    use nix::unistd::{setgid, setgroups, setuid, User};
-    let entry = User::from_name(user)
-        .map_err(|e| StartError::User {
-            user: user.to_string(),
-            what: format!("looking it up: {e}"),
-        })?
-        .ok_or_else(|| StartError::User {
-            user: user.to_string(),
-            what: "no such user".to_string(),
-        })?;
+    use nix::unistd::{setgid, setgroups, setuid};
+    let entry = lookup_user(user)?;
     if nix::unistd::geteuid() == entry.uid {
         // Restarted as that user already (systemd User=, runuser): nothing
         // to drop, and setgroups would fail without privileges.

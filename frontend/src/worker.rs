@@ -605,6 +605,11 @@ impl Worker {
             return self.answered(now, c);
         }
         let (slot, generation) = untag(c.tag);
+        let at = Attempt {
+            slot,
+            generation,
+            now,
+        };
         let Completion {
             result, buf, rx, ..
         } = c;
@@ -735,17 +740,7 @@ impl Worker {
                             driver.close(fd, tag(0, 0, Op::Housekeeping))?;
                         }
                         let counters = &stats.workers[*index].counters;
-                        connect_next(
-                            conn,
-                            driver,
-                            live,
-                            now,
-                            slot,
-                            generation,
-                            pool,
-                            counters,
-                            Some(e),
-                        )?;
+                        connect_next(conn, driver, live, at, pool, counters, Some(e))?;
                     }
                 }
             }
@@ -900,6 +895,11 @@ impl Worker {
     /// Turns what a connection wants into requests.
     fn flush(&mut self, slot: u32, now: Instant) -> Result<(), UringError> {
         let generation = self.slots[slot as usize].generation & 0x00ff_ffff;
+        let at = Attempt {
+            slot,
+            generation,
+            now,
+        };
         let Worker {
             slots,
             driver,
@@ -955,17 +955,7 @@ impl Worker {
                 }
                 Event::ConnectUpstream => {
                     let counters = &stats.workers[*index].counters;
-                    connect_next(
-                        conn,
-                        driver,
-                        live,
-                        now,
-                        slot,
-                        generation,
-                        &mut self.pool,
-                        counters,
-                        None,
-                    )?;
+                    connect_next(conn, driver, live, at, &mut self.pool, counters, None)?;
                 }
                 Event::ConnectTimedOut => {
                     let config = live.config();
@@ -987,17 +977,7 @@ impl Worker {
                     );
                     if retry {
                         let counters = &stats.workers[*index].counters;
-                        connect_next(
-                            conn,
-                            driver,
-                            live,
-                            now,
-                            slot,
-                            generation,
-                            &mut self.pool,
-                            counters,
-                            Some(e),
-                        )?;
+                        connect_next(conn, driver, live, at, &mut self.pool, counters, Some(e))?;
                     } else {
                         conn.machine.upstream_connected(now, Err(e), &mut self.pool);
                     }
@@ -1225,21 +1205,31 @@ impl Worker {
 }
 
 /// Opens a non-blocking socket towards the upstream.
+/// Which connection (slot, generation) a connect attempt is for, and when.
+#[derive(Clone, Copy)]
+struct Attempt {
+    slot: u32,
+    generation: u32,
+    now: Instant,
+}
+
 /// Starts the connect of the next upstream server this connection has not
 /// tried ([`Pool::pick`]), or, when none is left, tells the connection it
 /// failed with `last` (the previous attempt's error).
-#[allow(clippy::too_many_arguments)]
 fn connect_next(
     conn: &mut Conn,
     driver: &mut Driver,
     live: &Live,
-    now: Instant,
-    slot: u32,
-    generation: u32,
+    at: Attempt,
     bufs: &mut BufPool,
     counters: &WorkerStats,
     last: Option<io::Error>,
 ) -> Result<(), UringError> {
+    let Attempt {
+        slot,
+        generation,
+        now,
+    } = at;
     let pool = Arc::clone(
         conn.pool
             .get_or_insert_with(|| Arc::clone(live.pools().for_name(conn.machine.server_name()))),
