@@ -127,7 +127,7 @@ fn check_files(loaded: &mut Loaded) {
     }
     if let Some(path) = &c.cache_remote_secret.0 {
         if let Err(reason) = crate::session_cache::remote::seal::Keys::from_file(path) {
-            found.push(("cache.remote.secret", reason));
+            found.push(("cache.remote.secret", reason.to_string()));
         }
     }
     for (key, reason) in found {

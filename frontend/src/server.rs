@@ -13,6 +13,7 @@ use crate::control;
 use crate::live::{Live, LogLevelSetter};
 use crate::metrics::{PerWorkerCounters, Stats};
 use crate::session_cache::{Opened, SessionCache};
+pub use crate::steering::SteeringError;
 use crate::tickets::{KeySource, TicketKeyRing};
 use crate::tls::CertSource;
 use crate::{tls, worker};
@@ -46,10 +47,10 @@ pub enum StartError {
     Control(#[from] control::ControlError),
     /// `cache.remote`.
     #[error("{0}")]
-    Remote(String),
+    Remote(#[from] crate::session_cache::remote::RemoteError),
     /// `net.steering` with `net.steering.fallback = fail`.
     #[error("{0}")]
-    Steering(String),
+    Steering(#[from] SteeringError),
     /// The upstream servers (a unix path too long, the built-in responder).
     #[error("upstream.addr: {0}")]
     Upstream(#[source] std::io::Error),
@@ -148,8 +149,7 @@ fn open_cache(
             path.display()
         ),
     }
-    crate::session_cache::remote::attach_configured(&cache, config, workers)
-        .map_err(StartError::Remote)?;
+    crate::session_cache::remote::attach_configured(&cache, config, workers)?;
     Ok(Some((Arc::new(cache), opened)))
 }
 
@@ -265,8 +265,7 @@ pub fn run(config: Config, args: &RunOptions) -> Result<(), StartError> {
         &by_address,
         &cpus,
         args.takeover.then_some(socket.as_path()),
-    )
-    .map_err(StartError::Steering)?;
+    )?;
     let steering = steering_handle.description().to_string();
     let mut sources: Vec<Arc<dyn PerWorkerCounters>> = Vec::new();
     sources.extend(steering_handle.counters());

@@ -26,12 +26,10 @@
 //! the link then stays with the successor, without a moment without XDP.
 
 use std::collections::BTreeSet;
-use std::error::Error as StdError;
-use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
-use aya::maps::{Array, CpuMap, HashMap, MapData, PerCpuArray, ReusePortSockArray};
+use aya::maps::{Array, CpuMap, HashMap, Map, MapData, MapError, PerCpuArray, ReusePortSockArray};
 use std::os::fd::AsFd as _;
 use std::path::Path;
 
@@ -45,7 +43,9 @@ use tracing::{info, warn};
 use crate::config::{Config, Steering as Mode, SteeringFallback, XdpMode};
 use crate::metrics::PerWorkerCounters;
 
+mod error;
 mod xdp_link;
+pub use error::{FlowError, SteeringError, TakeoverError};
 pub use xdp_link::{XdpLink, COMMAND as XDP_LINK_COMMAND};
 
 /// The eBPF object built by `build.rs` (empty when built with
@@ -183,41 +183,29 @@ impl SteeringControl {
     /// with this start's key, which never leaves the process. The server
     /// address defaults to the first `net.listen` address, its port to that
     /// address's port; another port must be one of `net.listen`'s.
-    pub fn flow_worker(&self, args: &str) -> Result<String, String> {
-        let flow = self
-            .flow
-            .as_ref()
-            .ok_or("no flow hash here (net.steering is not xdp, or it fell back)")?;
+    pub fn flow_worker(&self, args: &str) -> Result<String, FlowError> {
+        let flow = self.flow.as_ref().ok_or(FlowError::NoFlowHash)?;
         let (client, server) = match args.trim().split_once('=') {
             Some((c, s)) => (c, Some(s)),
             None => (args.trim(), None),
         };
         let client: SocketAddr = client
             .parse()
-            .map_err(|_| format!("{client:?} is not CLIENT_IP:PORT"))?;
-        let first = flow
-            .listen
-            .first()
-            .copied()
-            .ok_or("no net.listen address")?;
+            .map_err(|_| FlowError::Client(client.to_string()))?;
+        // `setup` is only reached with listeners, so `listen` is never
+        // empty; the XDP program then steers nothing anyway.
+        let first = flow.listen.first().copied().ok_or(FlowError::NoFlowHash)?;
         let server: SocketAddr = match server {
             Some(s) => match (s.parse::<SocketAddr>(), s.parse::<IpAddr>()) {
                 (Ok(addr), _) => addr,
                 (_, Ok(ip)) => SocketAddr::new(ip, first.port()),
-                _ => return Err(format!("{s:?} is not SERVER_IP or SERVER_IP:PORT")),
+                _ => return Err(FlowError::Server(s.to_string())),
             },
-            None if first.ip().is_unspecified() => {
-                return Err(format!(
-                    "net.listen is {first}: give the server address, CLIENT_IP:PORT=SERVER_IP"
-                ))
-            }
+            None if first.ip().is_unspecified() => return Err(FlowError::ServerNeeded(first)),
             None => first,
         };
         if !flow.listen.iter().any(|a| a.port() == server.port()) {
-            return Err(format!(
-                "port {} is not a net.listen port: XDP does not steer it",
-                server.port()
-            ));
+            return Err(FlowError::NotSteered(server.port()));
         }
         let octets = |ip: IpAddr| match ip {
             IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
@@ -229,9 +217,10 @@ impl SteeringControl {
             client.port(),
             server.port(),
         );
-        let workers = u32::try_from(flow.cpus.len()).map_err(|_| "too many workers")?;
-        let slot = worker_slot(&key, &flow.key, workers).ok_or("no workers")?;
-        let cpu = flow.cpus.get(slot as usize).ok_or("no such worker")?;
+        // At most MAX_WORKERS (checked by `setup_ebpf`).
+        let workers = u32::try_from(flow.cpus.len()).map_err(|_| FlowError::NoWorkers)?;
+        let slot = worker_slot(&key, &flow.key, workers).ok_or(FlowError::NoWorkers)?;
+        let cpu = flow.cpus.get(slot as usize).ok_or(FlowError::NoWorkers)?;
         Ok(format!("{client} -> {server}: worker {slot} cpu {cpu}\n"))
     }
 }
@@ -258,18 +247,23 @@ pub fn setup(
     groups: &[Vec<TcpListener>],
     cpus: &[Option<usize>],
     takeover: Option<&Path>,
-) -> Result<Steering, String> {
+) -> Result<Steering, SteeringError> {
     let fallback = config.steering_fallback;
     let mut failed: Vec<String> = Vec::new();
     if config.steering == Mode::Xdp {
         match setup_groups(config, groups, cpus, Some(takeover)) {
             Ok(s) => return Ok(s),
             Err(e) => {
-                let msg = format!("net.steering = xdp is not possible: {e}");
                 if fallback == SteeringFallback::Fail {
-                    return Err(format!("{msg} (net.steering.fallback = fail)"));
+                    return Err(SteeringError::Refused {
+                        mode: "xdp",
+                        cause: Box::new(e),
+                    });
                 }
-                warn!("{msg}; net.steering.fallback = {}", fallback.render_name());
+                warn!(
+                    "net.steering = xdp is not possible: {e}; net.steering.fallback = {}",
+                    fallback.render_name()
+                );
                 failed.push(format!("xdp failed: {e}"));
             }
         }
@@ -285,11 +279,13 @@ pub fn setup(
                 return Ok(s);
             }
             Err(e) => {
-                let msg = format!("net.steering = reuseport is not possible: {e}");
                 if fallback == SteeringFallback::Fail {
-                    return Err(format!("{msg} (net.steering.fallback = fail)"));
+                    return Err(SteeringError::Refused {
+                        mode: "reuseport",
+                        cause: Box::new(e),
+                    });
                 }
-                warn!("{msg}; using none");
+                warn!("net.steering = reuseport is not possible: {e}; using none");
                 failed.push(format!("reuseport failed: {e}"));
             }
         }
@@ -328,14 +324,17 @@ fn setup_groups(
     groups: &[Vec<TcpListener>],
     cpus: &[Option<usize>],
     xdp: Option<Option<&Path>>,
-) -> Result<Steering, String> {
-    let (first, rest) = groups.split_first().ok_or("no listeners")?;
+) -> Result<Steering, SteeringError> {
+    let (first, rest) = groups.split_first().ok_or(SteeringError::NoWorkers)?;
     let mut steering = setup_ebpf(config, first, cpus, xdp)?;
     let key = steering.flow.as_ref().map(|f| f.key);
     for (i, group) in rest.iter().enumerate() {
         let addr = config.listen.0.get(i + 1).copied();
         let mut other = setup_ebpf(config, group, cpus, None).map_err(|e| match addr {
-            Some(a) => format!("net.listen {a}: {e}"),
+            Some(addr) => SteeringError::Listen {
+                addr,
+                cause: Box::new(e),
+            },
             None => e,
         })?;
         if let (Some(key), Some(ebpf)) = (&key, other.ebpf.as_mut()) {
@@ -369,31 +368,30 @@ fn setup_ebpf(
     listeners: &[TcpListener],
     cpus: &[Option<usize>],
     xdp: Option<Option<&Path>>,
-) -> Result<Steering, String> {
+) -> Result<Steering, SteeringError> {
     if EBPF_OBJECT.is_empty() {
-        return Err(
-            "this tlsfront was built without eBPF programs (AYA_BUILD_SKIP=1); \
-             rebuild with the nightly toolchain and bpf-linker (scripts/setup.sh)"
-                .into(),
-        );
+        return Err(SteeringError::NotBuilt);
     }
     let worker_cpus: Vec<u32> = cpus
         .iter()
         .map(|c| c.and_then(|c| u32::try_from(c).ok()))
         .collect::<Option<_>>()
-        .ok_or("the workers are not pinned to CPUs (worker.pin_cpus = 0)")?;
+        .ok_or(SteeringError::NotPinned)?;
     if worker_cpus.is_empty() || worker_cpus.len() != listeners.len() {
-        return Err("no workers".into());
+        return Err(SteeringError::NoWorkers);
     }
     if worker_cpus.len() > MAX_WORKERS as usize {
-        return Err(format!("more than {MAX_WORKERS} workers"));
+        return Err(SteeringError::TooManyWorkers);
     }
     let possible = aya::util::nr_cpus()
-        .map_err(|(what, e)| format!("reading {what}: {e}"))?
+        .map_err(|(what, source)| SteeringError::PossibleCpus {
+            what: what.to_string(),
+            source,
+        })?
         .max(1);
     let possible = u32::try_from(possible).unwrap_or(u32::MAX);
     if let Some(&too_big) = worker_cpus.iter().find(|&&c| c >= possible) {
-        return Err(format!("CPU {too_big} is not a possible CPU"));
+        return Err(SteeringError::CpuNotPossible(too_big));
     }
 
     let ebpf = load_object(possible)?;
@@ -416,7 +414,7 @@ fn setup_ebpf(
     let program: &mut SkReuseport = program_of(ebpf, names::REUSEPORT_PROGRAM, "SK_REUSEPORT")?;
     program
         .load()
-        .map_err(|e| format!("loading the SK_REUSEPORT program: {}", explain(&e)))?;
+        .map_err(|e| SteeringError::kernel("loading the SK_REUSEPORT program", &e))?;
     steering.counters = Some(Arc::new(SteeringCounters::take(ebpf, worker_cpus.clone())?));
 
     if let Some(takeover) = xdp {
@@ -424,7 +422,7 @@ fn setup_ebpf(
             .xdp_interface
             .0
             .clone()
-            .ok_or("net.xdp.interface is not set")?;
+            .ok_or(SteeringError::NoInterface)?;
         let ebpf = steering.ebpf.as_mut().expect("set above");
         let key = random_flow_key()?;
         let ports: Vec<u16> = config.listen.0.iter().map(SocketAddr::port).collect();
@@ -433,10 +431,10 @@ fn setup_ebpf(
         let program: &mut Xdp = program_of(ebpf, names::XDP_PROGRAM, "XDP")?;
         program
             .load()
-            .map_err(|e| format!("loading the XDP program: {}", explain(&e)))?;
+            .map_err(|e| SteeringError::kernel("loading the XDP program", &e))?;
         let prog_fd = program
             .fd()
-            .map_err(|e| format!("the XDP program: {}", explain(&e)))?
+            .map_err(|e| SteeringError::kernel("the XDP program", &e))?
             .as_fd();
         let (link, origin) = match takeover.map(|s| XdpLink::take_over(s, &interface, prog_fd)) {
             Some(Ok((link, pid))) => {
@@ -482,10 +480,7 @@ fn setup_ebpf(
     } = &mut steering;
     let ebpf = ebpf.as_mut().expect("set above");
     {
-        let map = ebpf
-            .map_mut(names::SOCKETS)
-            .ok_or("the eBPF object has no SOCKETS map")?;
-        let mut sockets = ReusePortSockArray::try_from(map).map_err(|e| explain(&e))?;
+        let mut sockets: ReusePortSockArray<_> = typed_map(ebpf, names::SOCKETS)?;
         let mut seen = BTreeSet::new();
         for (worker, (listener, &cpu)) in listeners.iter().zip(&worker_cpus).enumerate() {
             if !seen.insert(cpu) {
@@ -497,22 +492,18 @@ fn setup_ebpf(
                 );
                 continue;
             }
-            sockets
-                .set(cpu, listener, 0)
-                .map_err(|e| format!("adding worker {worker}'s listener: {}", explain(&e)))?;
+            sockets.set(cpu, listener, 0).map_err(|e| {
+                SteeringError::kernel(format!("adding worker {worker}'s listener"), &e)
+            })?;
             registered.push(cpu);
         }
     }
 
     // Attach SK_REUSEPORT last: until now the kernel's hash was in effect.
-    let program: &mut SkReuseport = ebpf
-        .program_mut(names::REUSEPORT_PROGRAM)
-        .ok_or("the eBPF object has no SK_REUSEPORT program")?
-        .try_into()
-        .map_err(|e| explain(&e))?;
+    let program: &mut SkReuseport = program_of(ebpf, names::REUSEPORT_PROGRAM, "SK_REUSEPORT")?;
     program
         .attach(&listeners[0])
-        .map_err(|e| format!("attaching SK_REUSEPORT to the listeners: {}", explain(&e)))?;
+        .map_err(|e| SteeringError::kernel("attaching SK_REUSEPORT to the listeners", &e))?;
     info!("steering: {}", steering.description);
     Ok(steering)
 }
@@ -520,20 +511,34 @@ fn setup_ebpf(
 /// Loads the eBPF object with `CPUMAP` and `SOCKETS` sized for `possible`
 /// CPUs (indexed by CPU id); the other maps have their compiled sizes
 /// (`CPUS`, `STEERED`: [`MAX_WORKERS`]).
-fn load_object(possible: u32) -> Result<Ebpf, String> {
+fn load_object(possible: u32) -> Result<Ebpf, SteeringError> {
     EbpfLoader::new()
         .map_max_entries(names::CPUMAP, possible)
         .map_max_entries(names::SOCKETS, possible)
         .load(EBPF_OBJECT)
-        .map_err(|e| format!("loading the eBPF object: {}", explain(&e)))
+        .map_err(|e| SteeringError::kernel("loading the eBPF object", &e))
 }
 
 /// 128 bits from the OS random generator: the flow hash key of this start.
-fn random_flow_key() -> Result<FlowHashKey, String> {
+fn random_flow_key() -> Result<FlowHashKey, SteeringError> {
     let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes)
-        .map_err(|_| "the OS random generator failed (flow hash key)".to_string())?;
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| SteeringError::Random)?;
     Ok(FlowHashKey::from_bytes(bytes))
+}
+
+/// The map `name` of `ebpf`.
+fn map_of<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, SteeringError> {
+    ebpf.map_mut(name)
+        .ok_or(SteeringError::Missing { kind: "map", name })
+}
+
+/// The map `name` of `ebpf` as `M` (an aya map type over it).
+fn typed_map<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M, SteeringError>
+where
+    M: TryFrom<&'a mut Map, Error = MapError>,
+{
+    M::try_from(map_of(ebpf, name)?)
+        .map_err(|e| SteeringError::kernel(format!("the {name} map"), &e))
 }
 
 /// The maps the XDP program reads to pick a worker: the steered ports, the
@@ -543,54 +548,51 @@ fn setup_workers(
     ports: &[u16],
     worker_cpus: &[u32],
     key: &FlowHashKey,
-) -> Result<(), String> {
+) -> Result<(), SteeringError> {
+    let written = |name: &'static str| {
+        move |e: MapError| SteeringError::kernel(format!("writing {name}"), &e)
+    };
     {
-        let map = ebpf.map_mut(names::PORTS).ok_or("no PORTS map")?;
-        let mut map: HashMap<_, u16, u8> = HashMap::try_from(map).map_err(|e| explain(&e))?;
+        let mut map: HashMap<_, u16, u8> = typed_map(ebpf, names::PORTS)?;
         // Every address's port: the hash spreads each over the workers.
         for &port in ports {
-            map.insert(port, 1, 0)
-                .map_err(|e| format!("PORTS: {}", explain(&e)))?;
+            map.insert(port, 1, 0).map_err(written(names::PORTS))?;
         }
     }
     write_flow_key(ebpf, key)?;
+    // At most MAX_WORKERS slots (checked by `setup_ebpf`).
+    let slots = u32::try_from(worker_cpus.len()).map_err(|_| SteeringError::TooManyWorkers)?;
     {
-        let map = ebpf.map_mut(names::CPUS).ok_or("no CPUS map")?;
-        let mut list: Array<_, u32> = Array::try_from(map).map_err(|e| explain(&e))?;
-        for (slot, &cpu) in worker_cpus.iter().enumerate() {
-            let slot = u32::try_from(slot).map_err(|_| "too many workers")?;
-            list.set(slot, cpu, 0)
-                .map_err(|e| format!("CPUS: {}", explain(&e)))?;
+        let mut list: Array<_, u32> = typed_map(ebpf, names::CPUS)?;
+        for (slot, &cpu) in (0..slots).zip(worker_cpus) {
+            list.set(slot, cpu, 0).map_err(written(names::CPUS))?;
         }
     }
-    {
-        let map = ebpf.map_mut(names::CONFIG).ok_or("no CONFIG map")?;
-        let mut cfg: Array<_, u32> = Array::try_from(map).map_err(|e| explain(&e))?;
-        let n = u32::try_from(worker_cpus.len()).map_err(|_| "too many workers")?;
-        cfg.set(CONFIG_WORKERS, n, 0)
-            .map_err(|e| format!("CONFIG: {}", explain(&e)))?;
-    }
-    Ok(())
+    let mut cfg: Array<_, u32> = typed_map(ebpf, names::CONFIG)?;
+    cfg.set(CONFIG_WORKERS, slots, 0)
+        .map_err(written(names::CONFIG))
 }
 
 /// `FLOW_KEY[0] = key`.
-fn write_flow_key(ebpf: &mut Ebpf, key: &FlowHashKey) -> Result<(), String> {
-    let map = ebpf.map_mut(names::FLOW_KEY).ok_or("no FLOW_KEY map")?;
+fn write_flow_key(ebpf: &mut Ebpf, key: &FlowHashKey) -> Result<(), SteeringError> {
     // `[u64; 2]` has the layout of the `#[repr(C)]` FlowHashKey.
-    let mut slot: Array<_, [u64; 2]> = Array::try_from(map).map_err(|e| explain(&e))?;
+    let mut slot: Array<_, [u64; 2]> = typed_map(ebpf, names::FLOW_KEY)?;
     slot.set(0, [key.k0, key.k1], 0)
-        .map_err(|e| format!("FLOW_KEY: {}", explain(&e)))
+        .map_err(|e| SteeringError::kernel(format!("writing {}", names::FLOW_KEY), &e))
 }
 
 /// A CPUMAP queue of `queue_size` frames for each CPU a worker runs on.
-fn setup_cpumap(ebpf: &mut Ebpf, queue_size: u32, worker_cpus: &[u32]) -> Result<(), String> {
-    let map = ebpf.map_mut(names::CPUMAP).ok_or("no CPUMAP map")?;
-    let mut cpumap = CpuMap::try_from(map).map_err(|e| explain(&e))?;
+fn setup_cpumap(
+    ebpf: &mut Ebpf,
+    queue_size: u32,
+    worker_cpus: &[u32],
+) -> Result<(), SteeringError> {
+    let mut cpumap: CpuMap<_> = typed_map(ebpf, names::CPUMAP)?;
     let distinct: BTreeSet<u32> = worker_cpus.iter().copied().collect();
     for cpu in distinct {
-        cpumap
-            .set(cpu, queue_size, None, 0)
-            .map_err(|e| format!("CPUMAP entry for CPU {cpu}: {}", explain(&e)))?;
+        cpumap.set(cpu, queue_size, None, 0).map_err(|e| {
+            SteeringError::kernel(format!("{} entry for CPU {cpu}", names::CPUMAP), &e)
+        })?;
     }
     Ok(())
 }
@@ -599,76 +601,45 @@ fn attach_xdp(
     program: std::os::fd::BorrowedFd<'_>,
     interface: &str,
     mode: XdpMode,
-) -> Result<XdpLink, String> {
+) -> Result<XdpLink, SteeringError> {
     let attach = |native: bool| {
         XdpLink::attach(program, interface, native).map_err(|e| {
             let name = if native { "native" } else { "generic" };
-            format!("attaching XDP ({name}) to {interface}: {}", explain(&e))
+            SteeringError::kernel(format!("attaching XDP ({name}) to {interface}"), &e)
         })
     };
     match mode {
         XdpMode::Native => attach(true),
         XdpMode::Generic => attach(false),
-        XdpMode::Auto => attach(true).or_else(|native_err| {
-            info!(
-                "steering: native XDP on {interface} not possible ({native_err}); trying generic"
-            );
-            attach(false).map_err(|e| format!("{e} (native mode: {native_err})"))
+        XdpMode::Auto => attach(true).or_else(|native| {
+            info!("steering: native XDP on {interface} not possible ({native}); trying generic");
+            attach(false).map_err(|generic| SteeringError::XdpAttach {
+                native: Box::new(native),
+                generic: Box::new(generic),
+            })
         }),
     }
 }
 
-/// The error and its sources on one line, with a hint when the cause is a
-/// missing privilege or missing kernel support.
 /// The program `name` of the object, as its type (`kind` for messages).
-fn program_of<'a, P>(ebpf: &'a mut Ebpf, name: &str, kind: &str) -> Result<&'a mut P, String>
+fn program_of<'a, P>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    kind: &'static str,
+) -> Result<&'a mut P, SteeringError>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     ebpf.program_mut(name)
-        .ok_or_else(|| format!("the eBPF object has no {kind} program"))?
+        .ok_or(SteeringError::Missing {
+            kind: "program",
+            name,
+        })?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| explain(&e))
+        .map_err(|e: aya::programs::ProgramError| {
+            SteeringError::kernel(format!("the {kind} program {name}"), &e)
+        })
 }
-
-fn explain(e: &dyn StdError) -> String {
-    let mut text = e.to_string();
-    let mut errno = None;
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        if let Some(io) = s.downcast_ref::<io::Error>() {
-            errno = errno.or(io.raw_os_error());
-        }
-        source = s.source();
-    }
-    // aya sometimes embeds the io::Error without exposing it as a source.
-    let lower = text.to_lowercase();
-    let hint = match errno {
-        Some(libc::EPERM) | Some(libc::EACCES) => Some(PRIVILEGE_HINT),
-        Some(libc::ENOSYS) => Some("the kernel has no bpf() system call (CONFIG_BPF_SYSCALL)"),
-        Some(libc::EOPNOTSUPP) => Some("not supported by this kernel or driver"),
-        Some(libc::EBUSY) => Some(
-            "another XDP program is attached there (a running tlsfront? start the new one \
-             with --takeover to take its link over)",
-        ),
-        _ if lower.contains("operation not permitted") || lower.contains("permission denied") => {
-            Some(PRIVILEGE_HINT)
-        }
-        _ => None,
-    };
-    match hint {
-        Some(h) => format!("{text} [{h}]"),
-        None => text,
-    }
-}
-
-const PRIVILEGE_HINT: &str = "missing privileges: eBPF steering needs CAP_BPF and CAP_NET_ADMIN \
-     (or root), and a memlock limit that allows BPF maps";
 
 /// A [`SteeringStats`] as an aya map value.
 #[repr(transparent)]
@@ -701,16 +672,10 @@ struct ObjectCounters {
 impl SteeringCounters {
     /// Takes the counter maps out of `ebpf` (they stay alive with the
     /// programs that use them).
-    fn take(ebpf: &mut Ebpf, cpus: Vec<u32>) -> Result<SteeringCounters, String> {
-        let stats = ebpf
-            .take_map(names::STATS)
-            .ok_or("the eBPF object has no STATS map")?;
-        let steered = ebpf
-            .take_map(names::STEERED)
-            .ok_or("the eBPF object has no STEERED map")?;
+    fn take(ebpf: &mut Ebpf, cpus: Vec<u32>) -> Result<SteeringCounters, SteeringError> {
         let object = ObjectCounters {
-            stats: PerCpuArray::try_from(stats).map_err(|e| explain(&e))?,
-            steered: PerCpuArray::try_from(steered).map_err(|e| explain(&e))?,
+            stats: take_per_cpu(ebpf, names::STATS)?,
+            steered: take_per_cpu(ebpf, names::STEERED)?,
         };
         Ok(SteeringCounters {
             maps: Mutex::new(vec![object]),
@@ -745,6 +710,17 @@ impl SteeringCounters {
             .map(|o| o.steered.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0))
             .sum()
     }
+}
+
+/// The per-CPU array `name`, taken out of `ebpf`.
+fn take_per_cpu<V: Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<PerCpuArray<MapData, V>, SteeringError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(SteeringError::Missing { kind: "map", name })?;
+    PerCpuArray::try_from(map).map_err(|e| SteeringError::kernel(format!("the {name} map"), &e))
 }
 
 impl PerWorkerCounters for SteeringCounters {

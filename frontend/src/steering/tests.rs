@@ -145,8 +145,5 @@ fn flow_hashes_with_the_port_of_the_listen_address_it_names() {
 fn flow_refuses_a_port_that_is_not_listened_on() {
     let (control, _) = flow_control(&["10.0.0.1:8443", "10.0.0.1:8444"]);
     let answer = control.flow_worker("10.0.0.2:40000=10.0.0.1:9999");
-    assert_eq!(
-        answer,
-        Err("port 9999 is not a net.listen port: XDP does not steer it".to_string())
-    );
+    assert_eq!(answer, Err(FlowError::NotSteered(9999)));
 }

@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
+use super::TakeoverError;
+
 /// `enum bpf_cmd`: BPF_LINK_CREATE, BPF_LINK_UPDATE.
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
@@ -206,8 +208,11 @@ impl XdpLink {
         socket: &Path,
         interface: &str,
         program: BorrowedFd<'_>,
-    ) -> Result<(XdpLink, u32), String> {
-        let what = |e: io::Error| format!("control socket {}: {e}", socket.display());
+    ) -> Result<(XdpLink, u32), TakeoverError> {
+        let what = |source: io::Error| TakeoverError::Socket {
+            path: socket.to_path_buf(),
+            source,
+        };
         let mut stream = UnixStream::connect(socket).map_err(what)?;
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -245,16 +250,17 @@ impl XdpLink {
             // A refusal (or an older tlsfront): read the rest of the text.
             let _ = stream.read_to_string(&mut line);
             let line = line.trim();
-            return Err(line.strip_prefix("error: ").unwrap_or(line).to_string());
+            let words = line.strip_prefix("error: ").unwrap_or(line);
+            return Err(TakeoverError::Refused(words.to_string()));
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
         let (native, pid) = match fields[..] {
             ["ok", got, mode, pid] if got == interface => (
                 mode == "native",
                 pid.parse::<u32>()
-                    .map_err(|_| format!("bad answer {line:?}"))?,
+                    .map_err(|_| TakeoverError::BadAnswer(line.clone()))?,
             ),
-            _ => return Err(format!("bad answer {line:?}")),
+            _ => return Err(TakeoverError::BadAnswer(line)),
         };
         let fd = received.into_iter().next().expect("checked non-empty");
         let attr = LinkUpdate {
@@ -264,8 +270,10 @@ impl XdpLink {
             old_prog_fd: 0,
             _rest: [0; 6],
         };
-        bpf(BPF_LINK_UPDATE, &attr).map_err(|e| {
-            format!("BPF_LINK_UPDATE of the XDP link of pid {pid} on {interface}: {e}")
+        bpf(BPF_LINK_UPDATE, &attr).map_err(|source| TakeoverError::Update {
+            pid,
+            interface: interface.to_string(),
+            source,
         })?;
         Ok((XdpLink::new(fd, interface, native), pid))
     }

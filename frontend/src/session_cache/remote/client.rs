@@ -23,7 +23,8 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::{
-    inc, Fetched, Rejected, RemoteSettings, Shared, CLUSTER_SCHEME, MAX_BACKOFF, MIN_BACKOFF,
+    inc, Fetched, Rejected, RemoteError, RemoteSettings, Shared, CLUSTER_SCHEME, MAX_BACKOFF,
+    MIN_BACKOFF,
 };
 
 /// Longest wait for a connection to Redis (the lookups waiting for it are
@@ -52,9 +53,12 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
-    pub(super) fn new() -> Result<Mailbox, String> {
+    pub(super) fn new() -> Result<Mailbox, RemoteError> {
         let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
-            .map_err(|e| format!("cache.remote: eventfd: {e}"))?;
+            .map_err(|e| RemoteError::Os {
+                what: "eventfd",
+                source: e.into(),
+            })?;
         Ok(Mailbox {
             answers: SegQueue::new(),
             wake,
@@ -114,7 +118,7 @@ pub(super) enum Job {
     },
     Ping {
         deadline: Instant,
-        reply: std::sync::mpsc::Sender<Result<(), String>>,
+        reply: std::sync::mpsc::Sender<Result<(), RemoteError>>,
     },
 }
 
@@ -136,20 +140,19 @@ pub(super) enum Target {
 }
 
 impl Target {
-    pub(super) fn new(settings: &RemoteSettings, budget: Duration) -> Result<Target, String> {
+    pub(super) fn new(settings: &RemoteSettings, budget: Duration) -> Result<Target, RemoteError> {
         let certs = match &settings.ca {
             Some(path) => Some(redis::TlsCertificates {
                 client_tls: None,
-                root_cert: Some(
-                    std::fs::read(path)
-                        .map_err(|e| format!("cache.remote.ca {}: {e}", path.display()))?,
-                ),
+                root_cert: Some(std::fs::read(path).map_err(|source| RemoteError::CaRead {
+                    path: path.clone(),
+                    source,
+                })?),
             }),
             None => None,
         };
         if settings.url.starts_with(CLUSTER_SCHEME) {
-            let nodes =
-                super::cluster_nodes(&settings.url).map_err(|e| format!("cache.remote {e}"))?;
+            let nodes = super::cluster_nodes(&settings.url).map_err(RemoteError::Url)?;
             let mut builder = redis::cluster::ClusterClient::builder(nodes)
                 .retries(0)
                 .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
@@ -158,16 +161,21 @@ impl Target {
             if let Some(certs) = certs {
                 builder = builder.certs(certs);
             }
-            let client = builder.build().map_err(|e| format!("cache.remote: {e}"))?;
+            let client = builder.build().map_err(|source| RemoteError::Client {
+                url: super::redact(&settings.url),
+                source,
+            })?;
             return Ok(Target::Cluster(Box::new(client)));
         }
-        let info =
-            super::connection_info(&settings.url).map_err(|e| format!("cache.remote {e}"))?;
+        let info = super::connection_info(&settings.url).map_err(RemoteError::Url)?;
         let client = match certs {
             Some(certs) => redis::Client::build_with_tls(info, certs),
             None => redis::Client::open(info),
         }
-        .map_err(|e| format!("cache.remote {}: {e}", super::redact(&settings.url)))?;
+        .map_err(|source| RemoteError::Client {
+            url: super::redact(&settings.url),
+            source,
+        })?;
         Ok(Target::Single(client))
     }
 
@@ -208,16 +216,20 @@ impl Conn {
 }
 
 /// Starts the thread; the sender is how jobs reach it.
-pub(super) fn spawn(target: Target, shared: Arc<Shared>) -> Result<UnboundedSender<Job>, String> {
+pub(super) fn spawn(
+    target: Target,
+    shared: Arc<Shared>,
+) -> Result<UnboundedSender<Job>, RemoteError> {
+    let os = |what| move |source| RemoteError::Os { what, source };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cache.remote: starting its runtime: {e}"))?;
+        .map_err(os("starting its runtime"))?;
     let (tx, rx) = unbounded_channel();
     std::thread::Builder::new()
         .name("tlsfront-remote".into())
         .spawn(move || runtime.block_on(run(target, shared, rx)))
-        .map_err(|e| format!("cache.remote: starting its thread: {e}"))?;
+        .map_err(os("starting its thread"))?;
     Ok(tx)
 }
 
@@ -361,7 +373,9 @@ impl Loop {
                 inc(&shared.counters[worker].put_dropped);
             }
             Job::Ping { reply, .. } => {
-                let _ = reply.send(Err("Redis is not reachable".to_string()));
+                let _ = reply.send(Err(RemoteError::Redis(
+                    "Redis is not reachable".to_string(),
+                )));
             }
         }
     }
@@ -443,8 +457,8 @@ impl Loop {
                             .await
                         {
                             Ok(Ok(_)) => Ok(()),
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(_) => Err(format!("no answer within {left:?}")),
+                            Ok(Err(e)) => Err(RemoteError::Redis(e.to_string())),
+                            Err(_) => Err(RemoteError::NoAnswer(left)),
                         };
                     let _ = reply.send(result);
                 }

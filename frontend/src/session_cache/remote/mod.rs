@@ -33,6 +33,7 @@
 //! their lifetime, is [`seal`]'s.
 
 mod client;
+mod error;
 pub mod seal;
 
 use crossbeam_utils::CachePadded;
@@ -43,6 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use client::{Answer, Mailbox};
+pub use error::RemoteError;
 pub use seal::{Keys, Rejected, KEY_PREFIX, MIN_SECRET, OVERHEAD};
 
 use crate::metrics::{self, PerWorkerCounters};
@@ -153,13 +155,12 @@ impl RemoteStore {
     /// Reads the secret (and CA), parses the URL and starts the Redis
     /// thread, which connects at once. Redis need not be up: lookups are
     /// answered "unavailable" and the thread retries.
-    pub fn open(settings: &RemoteSettings) -> Result<RemoteStore, String> {
+    pub fn open(settings: &RemoteSettings) -> Result<RemoteStore, RemoteError> {
         let keys = Keys::from_file(&settings.secret)?;
         let budget = settings.timeout.max(Duration::from_millis(1));
         let target = client::Target::new(settings, budget)?;
         let mut issuer = [0u8; 8];
-        aws_lc_rs::rand::fill(&mut issuer)
-            .map_err(|_| "cache.remote: the random generator failed".to_string())?;
+        aws_lc_rs::rand::fill(&mut issuer).map_err(|_| RemoteError::Random)?;
         let shared = Arc::new(Shared {
             keys,
             counters: (0..=settings.workers)
@@ -210,7 +211,7 @@ impl RemoteStore {
     /// `PING`, waiting at most `timeout` (also for the connection, if it is
     /// being made). Blocks the caller: for start-up and tools, never for a
     /// worker.
-    pub fn ping(&self, timeout: Duration) -> Result<(), String> {
+    pub fn ping(&self, timeout: Duration) -> Result<(), RemoteError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let deadline = Instant::now() + timeout;
         self.jobs
@@ -218,9 +219,9 @@ impl RemoteStore {
                 deadline,
                 reply: tx,
             })
-            .map_err(|_| "the Redis thread has stopped".to_string())?;
+            .map_err(|_| RemoteError::Stopped)?;
         rx.recv_timeout(timeout)
-            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|_| RemoteError::NoAnswer(timeout))?
     }
 
     /// Hands `session` over for writing under `session_id` until `expiry`
@@ -317,7 +318,7 @@ pub fn attach_configured(
     cache: &super::SessionCache,
     config: &crate::config::Config,
     workers: usize,
-) -> Result<(), String> {
+) -> Result<(), RemoteError> {
     let (Some(url), Some(secret)) = (&config.cache_remote.0, &config.cache_remote_secret.0) else {
         return Ok(());
     };
@@ -339,7 +340,7 @@ pub fn attach_configured(
     if cache.attach_remote(store) {
         Ok(())
     } else {
-        Err("cache.remote: a remote tier is attached already".to_string())
+        Err(RemoteError::AlreadyAttached)
     }
 }
 
@@ -473,7 +474,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = settings("redis://127.0.0.1:1", dir.path());
         std::fs::write(&s.secret, [1u8; 31]).unwrap();
-        assert!(RemoteStore::open(&s).unwrap_err().contains("at least 32"));
+        assert!(RemoteStore::open(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 32"));
         s.secret = dir.path().join("missing");
         assert!(RemoteStore::open(&s).is_err());
     }

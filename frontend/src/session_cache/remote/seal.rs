@@ -22,6 +22,8 @@ use std::path::Path;
 use aws_lc_rs::{aead, hkdf, hmac};
 use zeroize::Zeroizing;
 
+use super::RemoteError;
+
 /// Prefix of every key tlsfront writes.
 pub const KEY_PREFIX: &str = "tlsfront:s:";
 /// Smallest shared secret accepted.
@@ -114,20 +116,21 @@ impl Keys {
     }
 
     /// Reads `path` (at least [`MIN_SECRET`] bytes) and derives the keys.
-    pub fn from_file(path: &Path) -> Result<Keys, String> {
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| format!("cache.remote.secret {}: {e}", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<Keys, RemoteError> {
+        let read = |source| RemoteError::SecretRead {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(read)?;
         let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
         // Sized up front so that no reallocation leaves a copy behind.
         let mut secret = Zeroizing::new(Vec::with_capacity(len.clamp(64, 1 << 20) + 1));
-        file.read_to_end(&mut secret)
-            .map_err(|e| format!("cache.remote.secret {}: {e}", path.display()))?;
+        file.read_to_end(&mut secret).map_err(read)?;
         if secret.len() < MIN_SECRET {
-            return Err(format!(
-                "cache.remote.secret {}: {} bytes; the secret needs at least {MIN_SECRET}",
-                path.display(),
-                secret.len()
-            ));
+            return Err(RemoteError::SecretShort {
+                path: path.to_path_buf(),
+                len: secret.len(),
+            });
         }
         Ok(Keys::from_secret(&secret))
     }
