@@ -16,9 +16,7 @@ use tlsfront_shared::{
 };
 
 use crate::config::Config;
-use crate::hash::FastHash;
-use crate::session_cache::layout;
-use crate::session_cache::{Opened, SessionCache};
+use crate::session_cache::{self, Opened, SessionCache};
 use crate::tickets::TicketKeyRing;
 
 /// The config parser on arbitrary text (target `config`).
@@ -76,12 +74,12 @@ pub fn config(data: &[u8]) {
 ///   taken key is a miss.
 pub fn cache_file(dir: &Path, data: &[u8]) {
     let sets = 1 + usize::from(data.first().copied().unwrap_or(0) % 4);
-    let len = layout::file_len(sets);
+    let len = usize::try_from(session_cache::file_size(sets)).expect("at most 4 sets");
     let path = dir.join("fuzz.cache");
 
     let mut padded = data.to_vec();
     padded.resize(len, 0);
-    let mut with_header = header_for(sets, len);
+    let mut with_header = session_cache::valid_header(sets, FUZZ_SEED);
     with_header.extend_from_slice(data);
     with_header.resize(len, 0);
 
@@ -100,7 +98,7 @@ pub fn cache_file(dir: &Path, data: &[u8]) {
             assert_eq!(
                 opened,
                 Opened::Reused,
-                "a file with a valid header must be used as it is (does header_for still match the layout?)"
+                "a file with a valid header must be used as it is (does valid_header still match the layout?)"
             );
         }
         let hostile = opened == Opened::Reused;
@@ -109,31 +107,9 @@ pub fn cache_file(dir: &Path, data: &[u8]) {
 }
 
 /// The key-hash seed of the cache files [`cache_file`] writes with a valid
-/// header.
+/// header. Fixed: one drawn from `data` would change with the very slots
+/// the fuzzer writes, and no key hash in them could ever match.
 pub const FUZZ_SEED: u64 = 0x7f4a_7c15_9e37_79b9;
-
-/// A valid header for `sets` sets, with the seed [`FUZZ_SEED`].
-fn header_for(sets: usize, len: usize) -> Vec<u8> {
-    let mut words = [0u64; layout::HEADER_WORDS];
-    words[layout::H_MAGIC] = layout::MAGIC;
-    words[layout::H_VERSION] = layout::VERSION;
-    words[layout::H_HEADER_BYTES] = layout::HEADER_BYTES as u64;
-    words[layout::H_SLOT_BYTES] = layout::SLOT_BYTES as u64;
-    words[layout::H_WAYS] = layout::WAYS as u64;
-    words[layout::H_SETS] = sets as u64;
-    words[layout::H_FILE_LEN] = len as u64;
-    words[layout::H_CREATED] = 0;
-    // A fixed seed: one drawn from `data` would change with the very slots
-    // the fuzzer writes, and no key hash in them could ever match.
-    words[layout::H_SEED] = FUZZ_SEED;
-    words[layout::H_CHECK] = words[..layout::H_CHECK]
-        .iter()
-        .fold(FastHash::new(0), |h, w| h.word(*w))
-        .finish();
-    let mut out: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    out.resize(layout::HEADER_BYTES, 0);
-    out
-}
 
 /// The operations of [`cache_file`] on one opened cache.
 fn cache_ops(cache: &SessionCache, data: &[u8], file: &[u8], hostile: bool) {
@@ -167,8 +143,7 @@ fn cache_ops(cache: &SessionCache, data: &[u8], file: &[u8], hostile: bool) {
         match op[0] % 5 {
             0 | 1 => {
                 let stored = cache.put(key, value);
-                let fits =
-                    key.len() <= layout::MAX_KEY && key.len() + value.len() <= layout::DATA_BYTES;
+                let fits = session_cache::fits(key, value);
                 if !hostile {
                     assert_eq!(
                         stored,

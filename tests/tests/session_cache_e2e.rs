@@ -424,7 +424,7 @@ fn measure(dir: &Path, versions: Versions, server_name: &str, alpn: &[&str]) -> 
 
 #[test]
 fn ordinary_tls12_and_tls13_sessions_fit_a_slot() {
-    use tlsfront::session_cache::layout::DATA_BYTES;
+    use tlsfront::session_cache::ENTRY_BYTES as DATA_BYTES;
     let dir = temp_dir();
     // The longest DNS name there is: 253 characters.
     let long_name = format!("{0}.{0}.{0}.{1}", "a".repeat(63), "b".repeat(61));

@@ -12,14 +12,14 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tlsfront::session_cache::layout::{slot_start, HEADER_BYTES, SET_BYTES, WAYS};
+use tlsfront::session_cache::{entry_sequences, file_size, SET_ENTRIES};
 use tlsfront::session_cache::{Opened, SessionCache};
 use tlsfront_tests::cache_value;
 use tlsfront_tests::*;
 
 const HAMMER: &str = env!("CARGO_BIN_EXE_cache_hammer");
 /// One set of 8 slots: every key collides with every other.
-const ONE_SET: u64 = (HEADER_BYTES + SET_BYTES) as u64;
+const ONE_SET: u64 = file_size(1);
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn hammer_cmd(command: &str, path: &Path, size: u64, extra: &[(&str, String)]) -> Command {
@@ -191,12 +191,7 @@ fn two_processes_hammering_a_1_mib_cache_never_read_a_torn_or_foreign_value() {
 
 /// Sequence words of every slot, read from the file itself.
 fn slot_sequences(path: &Path) -> Vec<u64> {
-    let bytes = std::fs::read(path).expect("read cache file");
-    let sets = (bytes.len() - HEADER_BYTES) / SET_BYTES;
-    (0..sets)
-        .flat_map(|set| (0..WAYS).map(move |way| slot_start(set, way) * 8))
-        .map(|at| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()))
-        .collect()
+    entry_sequences(&std::fs::read(path).expect("read cache file"))
 }
 
 /// Every key of `0..keys` is either absent or holds a whole value of its own.
@@ -268,7 +263,7 @@ fn writers_killed_mid_write_leave_only_misses_or_whole_values() {
     // STALE_CLAIM_SECS (2 s) old: then every put succeeds again.
     thread::sleep(Duration::from_millis(2100));
     let (cache, _) = SessionCache::open(&path, ONE_SET, 300, 1).expect("reopen");
-    let mine: Vec<Vec<u8>> = (0..WAYS as u32)
+    let mine: Vec<Vec<u8>> = (0..SET_ENTRIES as u32)
         .map(|k| cache_value::encode(k, 9999, 1, 40 + 40 * k as usize))
         .collect();
     for (k, v) in mine.iter().enumerate() {

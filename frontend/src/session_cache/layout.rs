@@ -81,8 +81,8 @@ pub const S_EXPIRY: usize = 2;
 pub const S_LENS: usize = 3;
 /// Checksum of the entry.
 pub const S_CHECK: usize = 4;
-/// Reserved (layout 2 kept the claim time here, apart from the claim).
-pub const S_CLAIMED: usize = 5;
+// Word 5 is reserved (layout 2 kept the claim time there, apart from
+// the claim).
 /// First data word.
 pub const S_DATA: usize = 6;
 /// Bytes for key plus value in one slot.
@@ -91,7 +91,7 @@ pub const DATA_BYTES: usize = (SLOT_WORDS - S_DATA) * 8;
 pub const MAX_KEY: usize = 64;
 
 /// The file length for `sets` sets.
-pub fn file_len(sets: usize) -> usize {
+pub const fn file_len(sets: usize) -> usize {
     HEADER_BYTES + sets * SET_BYTES
 }
 

@@ -15,10 +15,10 @@
 //! `put`/`take`, where `take` is one CAS on the slot's sequence, so a ticket
 //! is redeemed at most once on the whole box.
 
-pub mod fetched;
-pub mod layout;
-pub mod remote;
-pub mod slot;
+pub(crate) mod fetched;
+mod layout;
+pub(crate) mod remote;
+mod slot;
 
 use crossbeam_utils::CachePadded;
 use std::hint::spin_loop;
@@ -31,6 +31,7 @@ use crate::shm::{Region, ShmError};
 /// Why the cache file cannot be used (it names the file).
 pub type CacheError = ShmError;
 use layout::*;
+pub use remote::RemoteError;
 
 use crate::hash::FastHash;
 use crate::metrics::{self, PerWorkerCounters};
@@ -51,6 +52,51 @@ crate::metrics::named_counters! {
     corrupt: "Slots whose checksum or lengths did not match (torn by a crash, or scribbled).",
     contended: "Inserts or takes that lost a race for a slot.",
     }
+}
+
+// What callers may know of the layout: enough to size a file and to tell
+// whether an entry fits, and, for the tests that kill writers, where each
+// entry's sequence word is. Nothing else of `layout` leaves this module, so
+// that the layout can change here alone.
+
+/// Bytes of key plus value one entry holds; a session that does not fit
+/// is not cached (counted `cache_oversize`).
+pub const ENTRY_BYTES: usize = DATA_BYTES;
+/// Entries per set: the keys that hash to one set compete for these.
+pub const SET_ENTRIES: usize = WAYS;
+
+/// The length of a cache file of `sets` sets (`cache.size` is rounded down
+/// to whole sets; one set is the smallest cache).
+pub const fn file_size(sets: usize) -> u64 {
+    layout::file_len(sets) as u64
+}
+
+/// The sequence word of every entry in the bytes of a cache file, in file
+/// order; an odd one is a write in progress, or one whose writer died.
+/// Bytes past the last whole set are ignored.
+pub fn entry_sequences(file: &[u8]) -> Vec<u64> {
+    let sets = file.len().saturating_sub(HEADER_BYTES) / SET_BYTES;
+    (0..sets)
+        .flat_map(|set| (0..WAYS).map(move |way| slot_start(set, way) * 8))
+        .filter_map(|at| file.get(at..at + 8))
+        .map(|word| u64::from_le_bytes(std::array::from_fn(|i| word[i])))
+        .collect()
+}
+
+/// Whether `key` and `value` fit one entry (else `put` refuses them).
+pub(crate) fn fits(key: &[u8], value: &[u8]) -> bool {
+    key.len() <= MAX_KEY && key.len() + value.len() <= DATA_BYTES
+}
+
+/// A valid header for a file of `sets` sets with key-hash seed `seed`, as
+/// its whole first [`HEADER_BYTES`] (for the fuzz target that writes
+/// hostile slots behind it).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn valid_header(sets: usize, seed: u64) -> Vec<u8> {
+    let words = header_words(sets, layout::file_len(sets), seed, 0);
+    let mut out: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    out.resize(HEADER_BYTES, 0);
+    out
 }
 
 /// The shared, lock-free, file-backed session store.
@@ -285,7 +331,7 @@ impl SessionCache {
     /// [`put`](Self::put) with an explicit expiry (unix seconds).
     pub fn put_with_expiry(&self, key: &[u8], value: &[u8], expiry: u64) -> bool {
         let counters = self.counters();
-        if key.len() > MAX_KEY || key.len() + value.len() > DATA_BYTES {
+        if !fits(key, value) {
             counters.oversize.fetch_add(1, Ordering::Relaxed);
             return false;
         }
@@ -387,6 +433,14 @@ fn check_header(words: &[AtomicU64], sets: usize, len: usize) -> Result<(), Stri
 
 /// Writes the header of a new file (not yet visible to anyone).
 fn write_header(words: &[AtomicU64], sets: usize, len: usize, seed: u64) {
+    let header = header_words(sets, len, seed, unix_now());
+    for (word, value) in words.iter().zip(header) {
+        word.store(value, Ordering::Relaxed);
+    }
+}
+
+/// The header words of a file of this geometry, checksum included.
+fn header_words(sets: usize, len: usize, seed: u64, created: u64) -> [u64; HEADER_WORDS] {
     let mut header = [0u64; HEADER_WORDS];
     header[H_MAGIC] = MAGIC;
     header[H_VERSION] = VERSION;
@@ -395,12 +449,10 @@ fn write_header(words: &[AtomicU64], sets: usize, len: usize, seed: u64) {
     header[H_WAYS] = WAYS as u64;
     header[H_SETS] = sets as u64;
     header[H_FILE_LEN] = len as u64;
-    header[H_CREATED] = unix_now();
+    header[H_CREATED] = created;
     header[H_SEED] = seed;
     header[H_CHECK] = header_check(&header);
-    for (word, value) in words.iter().zip(header) {
-        word.store(value, Ordering::Relaxed);
-    }
+    header
 }
 
 /// Checksum of the header words before `H_CHECK`.

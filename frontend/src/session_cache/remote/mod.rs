@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 pub use client::{Answer, Mailbox};
 pub use error::RemoteError;
-pub use seal::{Keys, Rejected, KEY_PREFIX, MIN_SECRET, OVERHEAD};
+pub use seal::{Keys, Rejected, MIN_SECRET};
 
 use crate::metrics::{self, PerWorkerCounters};
 
@@ -55,7 +55,7 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(50);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 use crate::config::remote_url::{cluster_nodes, connection_info};
-pub use crate::config::remote_url::{redact, RemoteSecret, RemoteUrl, CLUSTER_SCHEME};
+pub use crate::config::remote_url::{redact, CLUSTER_SCHEME};
 
 // ---------------------------------------------------------------------------
 // Counters
@@ -368,7 +368,7 @@ impl PerWorkerCounters for RemoteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ConfigValue;
+    use crate::config::{ConfigValue, RemoteSecret, RemoteUrl};
     use std::path::Path;
 
     #[test]
