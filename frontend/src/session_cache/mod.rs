@@ -1,11 +1,11 @@
 //! The shared session cache: one file, mapped by every worker of every
 //! tlsfront process on the box, surviving restarts.
 //!
-//! Set-associative: a key's hash picks a set of [`WAYS`] slots (one 4 KiB
+//! Set-associative: a key's hash picks a set of [`SET_ENTRIES`] slots (one 4 KiB
 //! page). Each slot is a seqlock: readers take no lock and retry when the
 //! state word moved under them; a writer claims a slot with one
 //! compare-and-swap of the state word (carrying its pid and the time) and
-//! publishes with another ([`slot`]). A checksum over each entry is the last
+//! publishes with another (`slot.rs`). A checksum over each entry is the last
 //! line of defence: a torn, half-written (writer killed) or hostile slot is
 //! a miss, never a wrong value. Every length read from the file is checked
 //! before use, so no content of the file can cause an out-of-bounds access.
@@ -172,14 +172,14 @@ impl SessionCache {
 
     /// Adds the fleet-wide second tier: from now on sessions are also
     /// written there, and rustls's lookups that miss here ask it (see
-    /// [`remote`]). Only once: false (and `store` dropped) if one is
+    /// `remote`). Only once: false (and `store` dropped) if one is
     /// attached already.
-    pub fn attach_remote(&self, store: remote::RemoteStore) -> bool {
+    pub(crate) fn attach_remote(&self, store: remote::RemoteStore) -> bool {
         self.remote.set(store).is_ok()
     }
 
     /// The second tier, if one is attached.
-    pub fn remote(&self) -> Option<&remote::RemoteStore> {
+    pub(crate) fn remote(&self) -> Option<&remote::RemoteStore> {
         self.remote.get()
     }
 
@@ -486,9 +486,9 @@ impl PerWorkerCounters for SessionCache {
 }
 
 /// What rustls calls. Never Redis: the worker asked Redis before rustls
-/// saw the ClientHello (see [`remote`]), and placed what it found where
+/// saw the ClientHello (see `remote`), and placed what it found where
 /// these calls look — a session ID's session in the local cache, a
-/// single-use ticket in [`fetched`].
+/// single-use ticket in `fetched`.
 impl rustls::server::StoresServerSessions for SessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
         let Some(r) = self.remote.get() else {

@@ -13,7 +13,7 @@ use tlsfront_shared::MAX_WORKERS;
 
 /// Why a steering mode could not be set up. The set-up falls back as
 /// `net.steering.fallback` says; only [`SteeringError::Refused`] leaves
-/// [`super::setup`].
+/// `steering::setup`.
 #[derive(Debug, thiserror::Error)]
 pub enum SteeringError {
     /// `net.steering` could not be set up and `net.steering.fallback =
