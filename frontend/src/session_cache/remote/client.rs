@@ -95,7 +95,8 @@ impl Mailbox {
 pub(super) enum Reply {
     /// In the worker's mailbox.
     Mailbox,
-    /// On a channel (a caller that blocks: tests, tools).
+    /// On a channel (a caller that blocks: the unit tests).
+    #[cfg(test)]
     Channel(std::sync::mpsc::Sender<Fetched>),
 }
 
@@ -504,6 +505,7 @@ fn opened(shared: &Shared, worker: usize, session_id: &[u8], sealed: &[u8]) -> F
 fn answer(shared: &Shared, worker: usize, token: u64, reply: Reply, fetched: Fetched) {
     match reply {
         Reply::Mailbox => shared.mailboxes[worker].post(Answer { token, fetched }),
+        #[cfg(test)]
         Reply::Channel(tx) => {
             let _ = tx.send(fetched);
         }

@@ -192,7 +192,8 @@ impl RemoteStore {
         self.budget
     }
 
-    /// The derived keys (for tests and tools that inspect the store).
+    /// The derived keys (for the tests that inspect what Redis holds).
+    #[cfg(test)]
     pub fn keys(&self) -> &Keys {
         &self.shared.keys
     }
@@ -289,7 +290,8 @@ impl RemoteStore {
     }
 
     /// [`lookup`](Self::lookup), waiting for the answer. Blocks the caller:
-    /// for tests and tools, never for a worker.
+    /// for tests, never for a worker.
+    #[cfg(test)]
     pub fn fetch_wait(&self, session_id: &[u8], take: bool) -> Fetched {
         let (tx, rx) = std::sync::mpsc::channel();
         let sent = self.jobs.send(client::Job::Lookup {
