@@ -1,7 +1,7 @@
 //! Per-core workers: one thread per worker, pinned to its CPU, each the
 //! driver of its own io_uring ([`crate::uring`]) and its own SO_REUSEPORT
-//! listener for each `net.listen` address (one multishot accept each). A connection is accepted, handshaken and proxied entirely on
-//! one worker.
+//! listener for each `net.listen` address (one multishot accept each). A
+//! connection is accepted, handshaken and proxied entirely on one worker.
 //!
 //! The loop: one `io_uring_enter` submits every request the previous turn
 //! produced and waits for completions (or the nearest deadline); each
@@ -13,22 +13,25 @@
 //! a buffer from the provided-buffer ring only when data arrives; timers
 //! are one deadline heap per worker, with at most a few entries per
 //! connection and no periodic task.
+//!
+//! Beside the loop: `listeners` (the sockets and CPUs, made before the
+//! workers start because steering needs them too), `upstream_connect` (the
+//! next upstream server of a connection and its connect) and `logs` (the
+//! access line and the rate-limited failure lines).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustls::server::UnbufferedServerConnection;
-use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, warn};
 
-use crate::config::UpstreamServer;
 use crate::connection::{Connection, End, Event, Failure, HelloGate, Limits, Side};
 use crate::hello_gate::WorkerGate;
 use crate::live::Live;
@@ -37,17 +40,20 @@ use crate::session_cache::remote::{Answer, Fetched};
 use crate::upstream_pool::Pool;
 use crate::uring::{Buf, BufPool, Completion, Driver, UringError};
 
+mod listeners;
+mod logs;
+mod upstream_connect;
+
+pub(crate) use listeners::{bind_listeners, plan_cpus};
+use logs::FailureLog;
+use upstream_connect::{connect_next, Attempt};
+
 /// Submission queue entries per worker ring (the completion queue is four
 /// times larger; a full submission queue is submitted early, never lost).
 const RING_ENTRIES: u32 = 1024;
 
 /// Free send buffers a worker keeps for reuse.
 const POOL_KEEP: usize = 256;
-
-/// Failure lines a worker logs per second; beyond that they are counted
-/// and summed up once a second, so that a flood of bad handshakes cannot
-/// make the log the bottleneck.
-const FAILURE_LINES_PER_SEC: u32 = 50;
 
 /// The longest a worker sleeps with nothing to do (a safety net: the drain
 /// signal wakes it through its listener anyway).
@@ -90,64 +96,6 @@ fn send_fin(fd: RawFd, finished: bool) {
     if let Err(e) = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write) {
         debug!(fd, "shutdown(SHUT_WR): {e}");
     }
-}
-
-/// For each address of `addrs`, one listening socket per worker, all bound
-/// with SO_REUSEPORT so that the kernel spreads that address's connections
-/// over the workers: `result[address][worker]`.
-pub fn bind_listeners(
-    addrs: &[SocketAddr],
-    count: usize,
-    backlog: u32,
-) -> Result<Vec<Vec<std::net::TcpListener>>, WorkerError> {
-    addrs
-        .iter()
-        .map(|&addr| bind_group(addr, count, backlog))
-        .collect()
-}
-
-/// `count` listening sockets bound to `addr`, one per worker.
-fn bind_group(
-    addr: SocketAddr,
-    count: usize,
-    backlog: u32,
-) -> Result<Vec<std::net::TcpListener>, WorkerError> {
-    let err = |what: &'static str| move |source| WorkerError::Listen { addr, what, source };
-    let mut listeners = Vec::with_capacity(count);
-    for _ in 0..count {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(err("socket"))?;
-        socket
-            .set_reuse_address(true)
-            .map_err(err("SO_REUSEADDR"))?;
-        socket.set_reuse_port(true).map_err(err("SO_REUSEPORT"))?;
-        // Accepted sockets inherit TCP_NODELAY (handshake flights are small
-        // writes that Nagle would delay): one setsockopt per listener
-        // instead of one per connection.
-        socket.set_nodelay(true).map_err(err("TCP_NODELAY"))?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true).map_err(err("IPV6_V6ONLY"))?;
-        }
-        socket.bind(&addr.into()).map_err(err("bind"))?;
-        socket
-            .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
-            .map_err(err("listen"))?;
-        listeners.push(socket.into());
-    }
-    Ok(listeners)
-}
-
-/// The CPU each worker is pinned to (`None`: not pinned), worker n on the
-/// n-th CPU this process may run on.
-pub fn plan_cpus(count: usize, pin: bool) -> Vec<Option<usize>> {
-    let cores = if pin {
-        core_affinity::get_core_ids().unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    (0..count)
-        .map(|i| (!cores.is_empty()).then(|| cores[i % cores.len()].id))
-        .collect()
 }
 
 /// Starts one worker thread per entry of `listeners` (worker n's sockets,
@@ -288,13 +236,6 @@ struct Slot {
     conn: Option<Conn>,
 }
 
-/// Rate limit of failure lines.
-struct FailureLog {
-    second: Instant,
-    logged: u32,
-    suppressed: u64,
-}
-
 struct Worker {
     index: usize,
     live: Arc<Live>,
@@ -368,11 +309,7 @@ fn run_worker(
         starved: Vec::new(),
         accept_again_at: None,
         drain_deadline: None,
-        failures: FailureLog {
-            second: now,
-            logged: 0,
-            suppressed: 0,
-        },
+        failures: FailureLog::new(now),
         gate: None,
         answers: Vec::new(),
     };
@@ -1060,10 +997,12 @@ impl Worker {
                 Failure::ProxyHeader => WorkerStats::inc(&counters.proxy_invalid),
                 Failure::Client | Failure::Drain => {}
             }
-            self.log_failure(*failure, conn.client_addr(), conn.upstream_addr, reason);
+            let (index, peer) = (self.index, conn.client_addr());
+            self.failures
+                .log(index, *failure, peer, conn.upstream_addr, reason);
         }
         if conn.log_access {
-            self.log_access(&conn);
+            logs::access(self.index, &conn);
         }
         conn.machine.release(&mut self.pool);
         conn.closing = true;
@@ -1100,66 +1039,6 @@ impl Worker {
             self.driver.close(fd, tag(0, 0, Op::Housekeeping))?;
         }
         Ok(())
-    }
-
-    fn log_failure(
-        &mut self,
-        failure: Failure,
-        peer: SocketAddr,
-        upstream: Option<SocketAddr>,
-        reason: &str,
-    ) {
-        let now = Instant::now();
-        let log = &mut self.failures;
-        if now.duration_since(log.second) >= Duration::from_secs(1) {
-            if log.suppressed > 0 {
-                info!(
-                    worker = self.index,
-                    "{} more failed connections in the last second were not logged (rate limit)",
-                    log.suppressed
-                );
-            }
-            log.second = now;
-            log.logged = 0;
-            log.suppressed = 0;
-        }
-        if log.logged >= FAILURE_LINES_PER_SEC {
-            log.suppressed += 1;
-            return;
-        }
-        log.logged += 1;
-        match failure {
-            Failure::Handshake | Failure::HandshakeTimeout => {
-                info!(worker = self.index, %peer, "handshake failed: {reason}")
-            }
-            Failure::Upstream => {
-                let upstream = upstream.map_or_else(|| "-".to_string(), |a| a.to_string());
-                warn!(worker = self.index, %peer, "upstream {upstream}: {reason}; closing the client")
-            }
-            Failure::Idle | Failure::Client | Failure::Drain | Failure::ProxyHeader => {
-                info!(worker = self.index, %peer, "connection closed: {reason}")
-            }
-        }
-    }
-
-    fn log_access(&self, conn: &Conn) {
-        let m = &conn.machine;
-        let alpn = m.alpn_protocol().map(String::from_utf8_lossy);
-        let (bytes_in, bytes_out) = m.bytes();
-        info!(
-            target: "tlsfront::access",
-            client = %conn.client_addr(),
-            sni = m.server_name().unwrap_or("-"),
-            alpn = alpn.as_deref().unwrap_or("-"),
-            version = tls_version(m.protocol_version()),
-            resumed = m.resumption().name(),
-            client_cert = m.client_cert(),
-            bytes_in,
-            bytes_out,
-            ms = m.started().elapsed().as_millis() as u64,
-            worker = self.index,
-            "access"
-        );
     }
 
     /// While draining: true once this worker may stop (no connection
@@ -1204,94 +1083,6 @@ impl Worker {
     }
 }
 
-/// Opens a non-blocking socket towards the upstream.
-/// Which connection (slot, generation) a connect attempt is for, and when.
-#[derive(Clone, Copy)]
-struct Attempt {
-    slot: u32,
-    generation: u32,
-    now: Instant,
-}
-
-/// Starts the connect of the next upstream server this connection has not
-/// tried ([`Pool::pick`]), or, when none is left, tells the connection it
-/// failed with `last` (the previous attempt's error).
-fn connect_next(
-    conn: &mut Conn,
-    driver: &mut Driver,
-    live: &Live,
-    at: Attempt,
-    bufs: &mut BufPool,
-    counters: &WorkerStats,
-    last: Option<io::Error>,
-) -> Result<(), UringError> {
-    let Attempt {
-        slot,
-        generation,
-        now,
-    } = at;
-    let pool = Arc::clone(
-        conn.pool
-            .get_or_insert_with(|| Arc::clone(live.pools().for_name(conn.machine.server_name()))),
-    );
-    // A new attempt must not share its connect op with the cancelled one
-    // still completing (they are told apart by parity).
-    let clash = conn
-        .abandoned
-        .is_some_and(|(_, attempt)| attempt % 2 == (conn.attempts + 1) % 2);
-    let next = if clash {
-        None
-    } else {
-        pool.pick(now, conn.tried)
-    };
-    let Some(i) = next else {
-        let e = last.unwrap_or_else(|| io::Error::other("no upstream server left to try"));
-        conn.machine.upstream_connected(now, Err(e), bufs);
-        return Ok(());
-    };
-    if i < 64 {
-        conn.tried |= 1 << i;
-    }
-    if last.is_some() {
-        WorkerStats::inc(&counters.upstream_retries);
-    }
-    let (server, addr) = pool.server(i);
-    let opened = Socket::new(
-        addr.domain(),
-        Type::STREAM.nonblocking().cloexec(),
-        matches!(server, UpstreamServer::Tcp(_)).then_some(Protocol::TCP),
-    )
-    .and_then(|socket| {
-        if matches!(server, UpstreamServer::Tcp(_)) {
-            socket.set_nodelay(true)?;
-        }
-        Ok(socket)
-    });
-    match opened {
-        Ok(socket) => {
-            let fd = socket.into_raw_fd();
-            conn.server = i;
-            conn.upstream = Some(fd);
-            conn.upstream_addr = addr.as_socket();
-            conn.connecting = true;
-            conn.attempts += 1;
-            let op = if conn.attempts % 2 == 1 {
-                Op::Connect
-            } else {
-                Op::ConnectRetry
-            };
-            conn.machine.connect_started(now);
-            conn.ops += 1;
-            driver.connect(fd, addr.clone(), tag(slot, generation, op))
-        }
-        // Out of descriptors, or similar: not the server's fault.
-        Err(e) => {
-            conn.machine.upstream_connected(now, Err(e), bufs);
-            Ok(())
-        }
-    }
-}
-
 fn sockaddr(addr: nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = addr.as_sockaddr_in() {
         return Some(SocketAddr::V4((*v4).into()));
@@ -1308,12 +1099,4 @@ fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
 /// The address the client connected to (for the PROXY header).
 fn local_addr(fd: RawFd) -> Option<SocketAddr> {
     sockaddr(nix::sys::socket::getsockname(fd).ok()?)
-}
-
-fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
-    match v {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-        _ => "-",
-    }
 }
