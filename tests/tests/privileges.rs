@@ -98,3 +98,122 @@ fn an_unknown_process_user_stops_start_up_naming_it() {
         out.describe()
     );
 }
+
+/// A unix stream server at `path` that answers `name` to every
+/// connection, with the socket file's mode set to `mode` and its directory
+/// open to everyone (so only the socket's own mode decides).
+fn unix_upstream(path: &Path, mode: u32, name: &'static str) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().expect("socket directory");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind unix socket");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod socket");
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(name.as_bytes());
+        }
+    })
+}
+
+/// tlsfront as `nobody` with `upstream.addr = unix:<socket>`.
+fn as_nobody_with_unix_upstream(dir: &Path, socket: &Path) -> Proc {
+    let (c, r) = (
+        dir.join("c.cache").display().to_string(),
+        dir.join("k.ring").display().to_string(),
+    );
+    Proc::start(
+        None,
+        &[
+            ("process.user", "nobody"),
+            ("worker.count", "1"),
+            ("cache.path", &c),
+            ("tickets.path", &r),
+            ("upstream.addr", &format!("unix:{}", socket.display())),
+        ],
+    )
+}
+
+/// What one TLS request through `proc` got back.
+fn answer_through(proc: &Proc) -> String {
+    let config = client_config(&ClientSpec::new(Trust::AnyCert));
+    let mut client = TlsClient::connect(proc.addr(), config, "localhost")
+        .unwrap_or_else(|e| panic!("TLS to {}: {e}\n{}", proc.addr(), proc.output()));
+    let (answer, _) = client.request(b"hello", std::time::Duration::from_secs(10));
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn after_the_drop_a_unix_upstream_process_user_may_write_is_served() {
+    tlsfront_tests::prereq::require(&[tlsfront_tests::prereq::Need::Root]);
+    let dir = temp_dir();
+    let socket = dir.path().join("open.sock");
+    let _server = unix_upstream(&socket, 0o666, "unix upstream");
+    let proc = as_nobody_with_unix_upstream(dir.path(), &socket);
+    assert_eq!(answer_through(&proc), "unix upstream", "{}", proc.output());
+}
+
+#[test]
+fn after_the_drop_a_unix_upstream_only_root_may_write_fails_and_the_log_names_it() {
+    tlsfront_tests::prereq::require(&[tlsfront_tests::prereq::Need::Root]);
+    let dir = temp_dir();
+    let socket = dir.path().join("root-only.sock");
+    let _server = unix_upstream(&socket, 0o600, "must not be reached");
+    let proc = as_nobody_with_unix_upstream(dir.path(), &socket);
+    // nginx answers 502 here ("connect() to unix:… failed (13: Permission
+    // denied)"); a TCP proxy can only close the client.
+    assert_eq!(answer_through(&proc), "", "{}", proc.output());
+    let line = format!(
+        "upstream unix:{}: connecting: Permission denied",
+        socket.display()
+    );
+    assert!(
+        proc.wait_stderr(&line, std::time::Duration::from_secs(5)),
+        "the failure line must name the socket and the cause: {line:?}\n{}",
+        proc.output()
+    );
+}
+
+#[test]
+fn after_the_drop_a_reload_that_cannot_read_a_root_only_key_keeps_serving_and_names_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    tlsfront_tests::prereq::require(&[tlsfront_tests::prereq::Need::Root]);
+    let dir = temp_dir();
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf(&["localhost"]).write(dir.path(), "server");
+    // As certbot and most packages leave a private key: root's alone.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+    let (c, r, s) = (
+        dir.path().join("c.cache").display().to_string(),
+        dir.path().join("k.ring").display().to_string(),
+        dir.path().join("ctl.sock").display().to_string(),
+    );
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let proc = Proc::start(
+        None,
+        &[
+            ("process.user", "nobody"),
+            ("cache.path", &c),
+            ("tickets.path", &r),
+            ("control.socket", &s),
+            ("tls.cert", &cert_s),
+            ("tls.key", &key_s),
+        ],
+    );
+    let trusting = client_config(&ClientSpec::new(pki.trust()));
+    let before = visit(proc.addr(), trusting.clone(), "localhost").expect("served before");
+    assert!(before.http_200);
+
+    let out = tlsfront_tests::ops_support::reload_cmd(Path::new(&s));
+    assert_ne!(out.code(), Some(0), "{}", out.describe());
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains(&key_s) && said.contains("Permission denied"),
+        "the refusal must name the key file and why: {}",
+        out.describe()
+    );
+    let after = visit(proc.addr(), trusting, "localhost").expect("served after");
+    assert!(after.http_200, "the running certificate must stay in use");
+}

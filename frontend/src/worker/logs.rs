@@ -39,7 +39,7 @@ impl FailureLog {
         worker: usize,
         failure: Failure,
         peer: SocketAddr,
-        upstream: Option<SocketAddr>,
+        upstream: Option<String>,
         reason: &str,
     ) {
         let now = Instant::now();
@@ -65,7 +65,7 @@ impl FailureLog {
                 info!(worker, %peer, "handshake failed: {reason}")
             }
             Failure::Upstream => {
-                let upstream = upstream.map_or_else(|| "-".to_string(), |a| a.to_string());
+                let upstream = upstream.as_deref().unwrap_or("-");
                 warn!(worker, %peer, "upstream {upstream}: {reason}; closing the client")
             }
             Failure::Idle | Failure::Client | Failure::Drain | Failure::ProxyHeader => {

@@ -201,8 +201,6 @@ struct Conn {
     log_access: bool,
     /// Plaintext bytes (up, down) already added to the worker's counters.
     counted: (u64, u64),
-    /// Where the upstream connection goes (for the log).
-    upstream_addr: Option<SocketAddr>,
     /// The upstream servers this connection chooses from, once it asked.
     pool: Option<Arc<Pool>>,
     /// The server of `pool` being connected to, and those tried (a bit each).
@@ -228,6 +226,13 @@ impl Conn {
     /// with one, else the socket's peer.
     fn client_addr(&self) -> SocketAddr {
         self.machine.proxied_client().unwrap_or(self.peer)
+    }
+
+    /// The upstream server of the last connect started (`IP:PORT` or
+    /// `unix:/path`), for the failure line; `None` before any.
+    fn upstream_name(&self) -> Option<String> {
+        let pool = self.pool.as_ref().filter(|_| self.attempts > 0)?;
+        Some(pool.server(self.server).0.to_string())
     }
 }
 
@@ -778,7 +783,6 @@ impl Worker {
             touched: false,
             log_access: config.log_access,
             counted: (0, 0),
-            upstream_addr: None,
             pool: None,
             server: 0,
             tried: 0,
@@ -999,7 +1003,7 @@ impl Worker {
             }
             let (index, peer) = (self.index, conn.client_addr());
             self.failures
-                .log(index, *failure, peer, conn.upstream_addr, reason);
+                .log(index, *failure, peer, conn.upstream_name(), reason);
         }
         if conn.log_access {
             logs::access(self.index, &conn);

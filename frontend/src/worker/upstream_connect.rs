@@ -82,7 +82,6 @@ pub(super) fn connect_next(
             let fd = socket.into_raw_fd();
             conn.server = i;
             conn.upstream = Some(fd);
-            conn.upstream_addr = addr.as_socket();
             conn.connecting = true;
             conn.attempts += 1;
             let op = if conn.attempts % 2 == 1 {
