@@ -1,21 +1,36 @@
 //! `tlsfront check`: reads and verifies everything `run` would (the config,
 //! certificates and their keys, CA and secret files, the shared paths, the
 //! user to become) without binding a port, opening a shared file or
-//! talking to Redis, and names every problem, not only the first.
+//! talking to Redis, and names every problem, not only the first. With
+//! `process.user` it also warns of the files a reload would re-read, and
+//! the `unix:` upstreams it would connect to, as that user and could not.
 
 use std::path::Path;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use crate::config::{Config, ConfigError, KeySourceSpec, Loaded, Steering, Tls13Mode};
+use crate::config::{
+    Config, ConfigError, KeySourceSpec, Loaded, Steering, Tls13Mode, Upstream, UpstreamServer,
+};
 use crate::tickets::KeySource;
 use crate::tls::{self, TlsError};
+use crate::user_access::{Access, Identity};
+
+/// What a configuration that `run` would accept still deserves a word on.
+#[derive(Debug)]
+pub struct Checked {
+    /// One line: keys set, certificates, listen and upstream addresses.
+    pub summary: String,
+    /// What would work at start but not later, each located like a
+    /// problem (a file a reload after the privilege drop could not read).
+    pub warnings: Vec<ConfigError>,
+}
 
 /// Checks the configuration `file` + `overrides` would give `run`. `Ok`: a
 /// one-line summary; `Err`: every problem, located at the file's line or
 /// the `-o` that set the key to blame where there is one.
-pub fn check(file: Option<&Path>, overrides: &[String]) -> Result<String, Vec<ConfigError>> {
+pub fn check(file: Option<&Path>, overrides: &[String]) -> Result<Checked, Vec<ConfigError>> {
     let mut loaded = Loaded::read(file, overrides);
     let certificates = check_certificates(&mut loaded);
     check_files(&mut loaded);
@@ -29,13 +44,75 @@ pub fn check(file: Option<&Path>, overrides: &[String]) -> Result<String, Vec<Co
         Some(p) => p.display().to_string(),
         None => "built-in defaults".to_string(),
     };
-    Ok(format!(
+    let summary = format!(
         "{source}: OK: {} keys set, {certificates} certificate(s) ({} by SNI), listen {}, upstream {}",
         loaded.origins.len(),
         c.sni.len(),
         crate::config::ConfigValue::render(&c.listen),
         crate::config::ConfigValue::render(&c.upstream),
-    ))
+    );
+    let warnings = after_the_drop(&loaded);
+    Ok(Checked { summary, warnings })
+}
+
+/// With `process.user`: every file a reload re-reads that the user could
+/// not read, and every `unix:` upstream it could not connect to (`run`
+/// reads the files at start as the starting user, so only later does it
+/// fail: a refused reload, a failed client).
+fn after_the_drop(loaded: &Loaded) -> Vec<ConfigError> {
+    let c = &loaded.config;
+    let Some(name) = &c.process_user.0 else {
+        return Vec::new();
+    };
+    // An unknown user is a problem of its own (`check_system`).
+    let Ok(Some(user)) = nix::unistd::User::from_name(name) else {
+        return Vec::new();
+    };
+    let who = match Identity::of(&user) {
+        Ok(who) => who,
+        Err(reason) => return vec![loaded.locate("process.user", reason)],
+    };
+    let mut files: Vec<(String, std::path::PathBuf, Access)> = Vec::new();
+    let mut read = |key: String, path: &Option<std::path::PathBuf>| {
+        if let Some(path) = path {
+            files.push((key, path.clone(), Access::Read));
+        }
+    };
+    read("tls.cert".into(), &c.cert.0);
+    read("tls.key".into(), &c.key.0);
+    read("tls.ocsp".into(), &c.ocsp.0);
+    if c.client_auth != crate::config::ClientAuth::None {
+        read("tls.client_ca".into(), &c.client_ca.0);
+    }
+    for (name, sni) in &c.sni {
+        read(format!("tls.sni.{name}.cert"), &sni.cert);
+        read(format!("tls.sni.{name}.key"), &sni.key);
+        read(format!("tls.sni.{name}.ocsp"), &sni.ocsp);
+    }
+    let mut sockets = |key: String, upstream: Option<&Upstream>| {
+        if let Some(Upstream::Servers(servers)) = upstream {
+            for server in servers {
+                if let UpstreamServer::Unix(path) = server {
+                    files.push((key.clone(), path.clone(), Access::Write));
+                }
+            }
+        }
+    };
+    sockets("upstream.addr".into(), Some(&c.upstream));
+    for (name, sni) in &c.sni {
+        sockets(format!("tls.sni.{name}.upstream"), sni.upstream.as_ref());
+    }
+    files
+        .into_iter()
+        .filter_map(|(key, path, access)| {
+            let refused = who.may(&path, access).err()?;
+            let consequence = match access {
+                Access::Read => "a reload after the privilege drop would be refused",
+                Access::Write => "connections to this upstream would fail after the privilege drop",
+            };
+            Some(loaded.locate(&key, format!("{refused}: {consequence} (process.user)")))
+        })
+        .collect()
 }
 
 /// Loads every certificate with its key, as `run` would; a failure is

@@ -51,6 +51,7 @@ pub mod tls;
 pub(crate) mod upstream;
 pub(crate) mod upstream_pool;
 pub(crate) mod uring;
+pub(crate) mod user_access;
 pub(crate) mod worker;
 
 /// The suite's one prerequisite check (`tests/src/prereq.rs`), shared with

@@ -255,8 +255,11 @@ fn main() -> ExitCode {
 /// stderr and 2.
 fn check(args: &Args) -> ExitCode {
     match tlsfront::check::check(args.file.as_deref(), &args.overrides) {
-        Ok(summary) => {
-            println!("tlsfront check: {summary}");
+        Ok(checked) => {
+            for w in &checked.warnings {
+                eprintln!("tlsfront: warning: {w}");
+            }
+            println!("tlsfront check: {}", checked.summary);
             ExitCode::SUCCESS
         }
         Err(problems) => {

@@ -217,3 +217,51 @@ fn after_the_drop_a_reload_that_cannot_read_a_root_only_key_keeps_serving_and_na
     let after = visit(proc.addr(), trusting, "localhost").expect("served after");
     assert!(after.http_200, "the running certificate must stay in use");
 }
+
+#[test]
+fn check_warns_of_the_files_and_sockets_process_user_could_not_use_after_the_drop() {
+    use std::os::unix::fs::PermissionsExt;
+    tlsfront_tests::prereq::require(&[tlsfront_tests::prereq::Need::Root]);
+    let dir = temp_dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf(&["localhost"]).write(dir.path(), "server");
+    std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let socket = dir.path().join("root-only.sock");
+    let _server = unix_upstream(&socket, 0o600, "unused");
+    let args = [
+        "process.user=nobody".to_string(),
+        format!("tls.cert={}", cert.display()),
+        format!("tls.key={}", key.display()),
+        format!("upstream.addr=unix:{}", socket.display()),
+    ];
+    let mut cmd = vec!["check"];
+    for a in &args {
+        cmd.extend(["-o", a.as_str()]);
+    }
+    let out = tlsfront_cmd(&cmd);
+    // `run` would start (it reads the files before the drop): not an error.
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{}", out.describe());
+    assert!(
+        warnings[0].contains("tls.key")
+            && warnings[0].contains(&format!("nobody may not read {}", key.display()))
+            && warnings[0].contains("a reload after the privilege drop would be refused"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        warnings[1].contains("upstream.addr")
+            && warnings[1].contains(&format!("nobody may not write {}", socket.display())),
+        "{}",
+        out.describe()
+    );
+    // The readable certificate is not warned of.
+    assert!(!out.stderr.contains("tls.cert"), "{}", out.describe());
+}
