@@ -51,7 +51,7 @@ pub fn check(file: Option<&Path>, overrides: &[String]) -> Result<Checked, Vec<C
         crate::config::ConfigValue::render(&c.listen),
         crate::config::ConfigValue::render(&c.upstream),
     );
-    let warnings = after_the_drop(&loaded);
+    let warnings = after_the_drop(&loaded, file);
     Ok(Checked { summary, warnings })
 }
 
@@ -59,7 +59,7 @@ pub fn check(file: Option<&Path>, overrides: &[String]) -> Result<Checked, Vec<C
 /// not read, and every `unix:` upstream it could not connect to (`run`
 /// reads the files at start as the starting user, so only later does it
 /// fail: a refused reload, a failed client).
-fn after_the_drop(loaded: &Loaded) -> Vec<ConfigError> {
+fn after_the_drop(loaded: &Loaded, file: Option<&Path>) -> Vec<ConfigError> {
     let c = &loaded.config;
     let Some(name) = &c.process_user.0 else {
         return Vec::new();
@@ -73,6 +73,14 @@ fn after_the_drop(loaded: &Loaded) -> Vec<ConfigError> {
         Err(reason) => return vec![loaded.locate("process.user", reason)],
     };
     let mut files: Vec<(String, std::path::PathBuf, Access)> = Vec::new();
+    if let Some(file) = file {
+        files.push(("the config file".into(), file.to_path_buf(), Access::Read));
+    }
+    if let (true, Tls13Mode::Stateless, KeySourceSpec::File(path)) =
+        (c.tickets_enabled, c.tls13_mode, &c.ticket_source)
+    {
+        files.push(("tickets.key_source".into(), path.clone(), Access::Read));
+    }
     let mut read = |key: String, path: &Option<std::path::PathBuf>| {
         if let Some(path) = path {
             files.push((key, path.clone(), Access::Read));
