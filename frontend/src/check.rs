@@ -8,34 +8,49 @@ use std::path::Path;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use crate::config::{Config, ConfigError, KeySourceSpec, Loaded, Steering, Tls13Mode};
+use crate::config::{
+    Config, ConfigError, ConfigWarning, KeySourceSpec, Loaded, Steering, Tls13Mode,
+};
 use crate::tickets::KeySource;
 use crate::tls::{self, TlsError};
 
-/// Checks the configuration `file` + `overrides` would give `run`. `Ok`: a
-/// one-line summary; `Err`: every problem, located at the file's line or
-/// the `-o` that set the key to blame where there is one.
-pub fn check(file: Option<&Path>, overrides: &[String]) -> Result<String, Vec<ConfigError>> {
+/// What [`check`] found.
+#[derive(Debug)]
+pub struct Checked {
+    /// Every use of a renamed key's old name: accepted, worth a warning.
+    pub warnings: Vec<ConfigWarning>,
+    /// `Ok`: a one-line summary; `Err`: every problem, located at the
+    /// file's line or the `-o` that set the key to blame where there is one.
+    pub outcome: Result<String, Vec<ConfigError>>,
+}
+
+/// Checks the configuration `file` + `overrides` would give `run`.
+pub fn check(file: Option<&Path>, overrides: &[String]) -> Checked {
     let mut loaded = Loaded::read(file, overrides);
     let certificates = check_certificates(&mut loaded);
     check_files(&mut loaded);
     check_paths(&mut loaded);
     check_system(&mut loaded);
+    let warnings = std::mem::take(&mut loaded.warnings);
     if !loaded.problems.is_empty() {
-        return Err(loaded.problems);
+        return Checked {
+            warnings,
+            outcome: Err(loaded.problems),
+        };
     }
     let c = &loaded.config;
     let source = match file {
         Some(p) => p.display().to_string(),
         None => "built-in defaults".to_string(),
     };
-    Ok(format!(
+    let outcome = Ok(format!(
         "{source}: OK: {} keys set, {certificates} certificate(s) ({} by SNI), listen {}, upstream {}",
         loaded.origins.len(),
         c.sni.len(),
         crate::config::ConfigValue::render(&c.listen),
         crate::config::ConfigValue::render(&c.upstream),
-    ))
+    ));
+    Checked { warnings, outcome }
 }
 
 /// Loads every certificate with its key, as `run` would; a failure is
