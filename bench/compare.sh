@@ -367,9 +367,9 @@ tf_args() { # name port
     local name=$1 port=$2
     local a=(-o "net.listen=127.0.0.1:$port" -o worker.count=1 -o worker.pin_cpus=1
         -o "tls.cert=$TMP/cert.pem" -o "tls.key=$TMP/key.pem"
-        -o "upstream.addr=127.0.0.1:$UP_PORT" -o net.migrate_requests=0 -o worker.drain_secs=1s
+        -o "upstream.addr=127.0.0.1:$UP_PORT" -o net.migrate_requests=0 -o worker.drain_timeout=1s
         -o net.backlog=4096
-        -o "cache.path=$TMP/$name.cache" -o cache.size=64m -o cache.timeout_secs=300s
+        -o "cache.path=$TMP/$name.cache" -o cache.size=64m -o cache.timeout=300s
         -o "tickets.path=$TMP/$name.tickets" -o "control.socket=$TMP/$name.sock" -o log.level=warn)
     if [[ $name == tf-n ]]; then a+=(-o tickets.enabled=0 -o tickets.tls13_mode=stateful); fi
     printf '%s\n' "${a[@]}"

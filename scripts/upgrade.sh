@@ -6,7 +6,7 @@
 # Starts NEW_BINARY with the same arguments (same address, cache file and
 # ticket ring) and --takeover, waits until it prints `tlsfront: ready`, then
 # sends SIGTERM to OLD_PID, which stops accepting and drains its open
-# connections (worker.drain_secs). Both listen on the address with
+# connections (worker.drain_timeout). Both listen on the address with
 # SO_REUSEPORT meanwhile, and with net.ipv4.tcp_migrate_req = 1 (tlsfront
 # sets it when net.migrate_requests = 1 and it runs as root) connections
 # queued at the old process move to the new one: none is refused. Sessions

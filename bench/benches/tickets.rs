@@ -48,7 +48,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const PLAIN_LEN: usize = 100;
 /// Keys in the ring (`tickets.keys` default).
 const KEYS: usize = 3;
-/// Rotation period in seconds (`tickets.rotate_secs` default).
+/// Rotation period in seconds (`tickets.rotate_interval` default).
 const PERIOD: u64 = 3600;
 /// Thread counts measured.
 const THREADS: [usize; 2] = [1, 2];

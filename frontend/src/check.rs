@@ -11,48 +11,71 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::config::{
-    Config, ConfigError, KeySourceSpec, Loaded, Steering, Tls13Mode, Upstream, UpstreamServer,
+    Config, ConfigError, ConfigWarning, KeySourceSpec, Loaded, Steering, Tls13Mode, Upstream,
+    UpstreamServer,
 };
 use crate::tickets::KeySource;
 use crate::tls::{self, TlsError};
 use crate::user_access::{Access, Identity};
 
-/// What a configuration that `run` would accept still deserves a word on.
+/// What [`check`] found.
 #[derive(Debug)]
 pub struct Checked {
-    /// One line: keys set, certificates, listen and upstream addresses.
-    pub summary: String,
-    /// What would work at start but not later, each located like a
-    /// problem (a file a reload after the privilege drop could not read).
-    pub warnings: Vec<ConfigError>,
+    /// What `run` accepts but deserves a word: old key names, files a
+    /// reload after the privilege drop could not read.
+    pub warnings: Vec<Warning>,
+    /// `Ok`: a one-line summary; `Err`: every problem, located at the
+    /// file's line or the `-o` that set the key to blame where there is one.
+    pub outcome: Result<String, Vec<ConfigError>>,
 }
 
-/// Checks the configuration `file` + `overrides` would give `run`. `Ok`: a
-/// one-line summary; `Err`: every problem, located at the file's line or
-/// the `-o` that set the key to blame where there is one.
-pub fn check(file: Option<&Path>, overrides: &[String]) -> Result<Checked, Vec<ConfigError>> {
+/// Something `run` would accept that an operator should still hear of.
+#[derive(Debug, thiserror::Error)]
+pub enum Warning {
+    /// A renamed key used under its old name.
+    #[error("{0}")]
+    Renamed(ConfigWarning),
+    /// A file or socket `process.user` could not use after the drop,
+    /// located where its key was set.
+    #[error("{0}")]
+    AfterTheDrop(ConfigError),
+}
+
+/// Checks the configuration `file` + `overrides` would give `run`.
+pub fn check(file: Option<&Path>, overrides: &[String]) -> Checked {
     let mut loaded = Loaded::read(file, overrides);
     let certificates = check_certificates(&mut loaded);
     check_files(&mut loaded);
     check_paths(&mut loaded);
     check_system(&mut loaded);
+    let mut warnings: Vec<Warning> = std::mem::take(&mut loaded.warnings)
+        .into_iter()
+        .map(Warning::Renamed)
+        .collect();
+    warnings.extend(
+        after_the_drop(&loaded, file)
+            .into_iter()
+            .map(Warning::AfterTheDrop),
+    );
     if !loaded.problems.is_empty() {
-        return Err(loaded.problems);
+        return Checked {
+            warnings,
+            outcome: Err(loaded.problems),
+        };
     }
     let c = &loaded.config;
     let source = match file {
         Some(p) => p.display().to_string(),
         None => "built-in defaults".to_string(),
     };
-    let summary = format!(
+    let outcome = Ok(format!(
         "{source}: OK: {} keys set, {certificates} certificate(s) ({} by SNI), listen {}, upstream {}",
         loaded.origins.len(),
         c.sni.len(),
         crate::config::ConfigValue::render(&c.listen),
         crate::config::ConfigValue::render(&c.upstream),
-    );
-    let warnings = after_the_drop(&loaded, file);
-    Ok(Checked { summary, warnings })
+    ));
+    Checked { warnings, outcome }
 }
 
 /// With `process.user`: every file a reload re-reads that the user could

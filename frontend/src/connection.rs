@@ -114,9 +114,9 @@ const MAX_HELLO_RECORD: usize = 5 + 16 * 1024 + 256;
 pub enum Failure {
     /// Bad TLS from the client, or it went away during the handshake.
     Handshake,
-    /// No complete handshake within `limits.handshake_timeout_secs`.
+    /// No complete handshake within `limits.handshake_timeout`.
     HandshakeTimeout,
-    /// No byte moved for `limits.idle_timeout_secs`.
+    /// No byte moved for `limits.idle_timeout`.
     Idle,
     /// The upstream could not be reached, or reset.
     Upstream,
@@ -142,9 +142,9 @@ pub enum End {
 /// taken when it was accepted).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// `limits.handshake_timeout_secs`.
+    /// `limits.handshake_timeout`.
     pub handshake: Duration,
-    /// `limits.idle_timeout_secs`.
+    /// `limits.idle_timeout`.
     pub idle: Duration,
     /// `upstream.connect_timeout`.
     pub connect: Duration,
@@ -708,7 +708,7 @@ impl Connection {
             let limit = self.limits.idle;
             self.fail(
                 Failure::Idle,
-                format!("idle for {limit:?} (limits.idle_timeout_secs)"),
+                format!("idle for {limit:?} (limits.idle_timeout)"),
             );
         }
     }

@@ -54,6 +54,25 @@ pub fn config(data: &[u8]) {
             "{key}: value changed on the way through set()/get()"
         );
     }
+    // A renamed key's old name reads and writes the same value in the old
+    // name's syntax (a bare number of milliseconds for `*_ms`).
+    for r in crate::config::RENAMED {
+        let old = config.get(r.old).unwrap_or_default();
+        let mut via_old = Config::default();
+        if let Err(reason) = via_old.set(r.old, &old) {
+            panic!(
+                "{} = {old:?} is shown by get() but refused by set(): {reason}",
+                r.old
+            );
+        }
+        assert_eq!(
+            via_old.get(r.new),
+            config.get(r.new),
+            "{}: value changed on the way through its old name {}",
+            r.new,
+            r.old
+        );
+    }
 }
 
 /// The session cache on an attacker-controlled file (target `cache_file`).

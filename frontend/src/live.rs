@@ -139,6 +139,9 @@ impl Live {
                 .ok_or_else(|| LiveError::NotAnAssignment(arg.to_string()))?;
             let info = crate::config::key_info(key)
                 .ok_or_else(|| LiveError::UnknownKey(key.to_string()))?;
+            if let Some(renamed) = crate::config::renamed_key(key) {
+                tracing::warn!("sysctl -w {arg}: {}", renamed.warning());
+            }
             match info.change {
                 Change::Live => {}
                 Change::Reload => return Err(LiveError::NeedsReload(key.to_string())),
@@ -182,8 +185,11 @@ impl Live {
     /// and the answer says so.
     pub fn reload(&self) -> Result<String, LiveError> {
         let refused = |e: &dyn std::fmt::Display| LiveError::ReloadRefused(e.to_string());
-        let mut next =
-            Config::load(self.file.as_deref(), &self.overrides).map_err(|e| refused(&e))?;
+        let (mut next, warnings) =
+            Config::load_warned(self.file.as_deref(), &self.overrides).map_err(|e| refused(&e))?;
+        for w in &warnings {
+            tracing::warn!("reload: {w}");
+        }
         let current = self.config();
         let mut kept = Vec::new();
         for info in KEYS.iter().filter(|k| k.change == Change::Restart) {
@@ -228,6 +234,9 @@ impl Live {
         let mut summary = String::from("reloaded: new connections use the new configuration\n");
         for k in kept {
             summary.push_str(&format!("needs restart, kept: {k}\n"));
+        }
+        for w in warnings {
+            summary.push_str(&format!("warning: {w}\n"));
         }
         Ok(summary)
     }

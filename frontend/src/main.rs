@@ -221,8 +221,14 @@ fn main() -> ExitCode {
     if args.command == "check" {
         return check(&args);
     }
-    let config = match Config::load(args.file.as_deref(), &args.overrides) {
-        Ok(c) => c,
+    let config = match Config::load_warned(args.file.as_deref(), &args.overrides) {
+        Ok((c, warnings)) => {
+            // Before `run` sets up logging, so on stderr as it is.
+            for w in warnings {
+                eprintln!("tlsfront: warning: {w}");
+            }
+            c
+        }
         Err(e) => {
             eprintln!("tlsfront: error: {e}");
             return ExitCode::from(EXIT_USAGE);
@@ -252,14 +258,15 @@ fn main() -> ExitCode {
 }
 
 /// `tlsfront check`: the summary on stdout and 0, or every problem on
-/// stderr and 2.
+/// stderr and 2; warnings (renamed keys) on stderr either way.
 fn check(args: &Args) -> ExitCode {
-    match tlsfront::check::check(args.file.as_deref(), &args.overrides) {
-        Ok(checked) => {
-            for w in &checked.warnings {
-                eprintln!("tlsfront: warning: {w}");
-            }
-            println!("tlsfront check: {}", checked.summary);
+    let checked = tlsfront::check::check(args.file.as_deref(), &args.overrides);
+    for w in &checked.warnings {
+        eprintln!("tlsfront: warning: {w}");
+    }
+    match checked.outcome {
+        Ok(summary) => {
+            println!("tlsfront check: {summary}");
             ExitCode::SUCCESS
         }
         Err(problems) => {
@@ -296,6 +303,12 @@ fn control_socket(config: &Config, args: &Args) -> PathBuf {
 
 fn sysctl(config: &Config, args: &Args) -> Result<(), String> {
     let socket = control_socket(config, args);
+    for key in &args.keys {
+        let name = key.split_once('=').map_or(key.as_str(), |(k, _)| k);
+        if let Some(renamed) = tlsfront::config::renamed_key(name.trim()) {
+            eprintln!("tlsfront: warning: {}", renamed.warning());
+        }
+    }
     if args.write {
         let reply = control::set_remote(&socket, &args.keys).map_err(|e| e.to_string())?;
         print!("{reply}");
@@ -329,10 +342,13 @@ fn sysctl(config: &Config, args: &Args) -> Result<(), String> {
         return Err(format!("sysctl needs -a, -w or a key\n{USAGE}"));
     } else {
         for key in &args.keys {
+            // An old name reads its new key, shown as the old name showed it.
+            let renamed = tlsfront::config::renamed_key(key);
+            let name = renamed.map_or(key.as_str(), |r| r.new);
             let value = entries
                 .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v)
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| renamed.map_or_else(|| v.clone(), |r| r.old_value(v)))
                 .ok_or_else(|| {
                     format!("unknown key '{key}' (see `tlsfront sysctl -a` or docs/config.md)")
                 })?;

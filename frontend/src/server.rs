@@ -477,7 +477,7 @@ fn enable_request_migration() {
 
 /// SIGHUP reloads; SIGTERM and SIGINT drain: the listening sockets are shut
 /// down (pending accepts end, the workers stop accepting) and each worker
-/// waits for its connections up to `worker.drain_secs`.
+/// waits for its connections up to `worker.drain_timeout`.
 fn handle_signals(live: Arc<Live>, listeners: Vec<socket2::Socket>) -> Result<(), StartError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals =
@@ -503,7 +503,7 @@ fn handle_signals(live: Arc<Live>, listeners: Vec<socket2::Socket>) -> Result<()
                 }
                 tracing::info!(
                     "signal {signal}: draining, no new connections; open ones get up to {:?}",
-                    live.config().drain_secs.0
+                    live.config().drain_timeout.0
                 );
                 live.start_draining();
                 for listener in &listeners {

@@ -3,7 +3,7 @@
 //! every host sharing a `file:` secret — can decrypt.
 //!
 //! The ring holds K keys (`tickets.keys`, at least 3) for consecutive
-//! epochs of `tickets.rotate_secs`: index 0 the next epoch's key, 1 the
+//! epochs of `tickets.rotate_interval`: index 0 the next epoch's key, 1 the
 //! current one (which encrypts), 2.. the previous ones. A ticket is
 //! `name (16) ‖ salt (16) ‖ nonce (12) ‖ AES-256-GCM(ciphertext ‖ tag)`,
 //! sealed with a key of its own, HKDF-SHA256(salt, epoch key), and the
@@ -26,7 +26,7 @@
 //! The published buffer carries the ring's settings (period, source):
 //! every process follows them, whatever its own configuration says, so
 //! two processes with different settings on one ring (a `--takeover`
-//! upgrade that changes `tickets.rotate_secs`) never rotate against each
+//! upgrade that changes `tickets.rotate_interval`) never rotate against each
 //! other. A process applies its own settings when it is the ring's only
 //! user at start (a shared `flock` on `<path>.users` tells), and at its
 //! reload or `sysctl -w`; otherwise it warns and follows. Keys derived from

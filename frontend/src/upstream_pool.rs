@@ -1,6 +1,6 @@
 //! Which upstream server a connection goes to: round robin over the servers
 //! of `upstream.addr` (or of `tls.sni.<name>.upstream` for that name),
-//! skipping for `upstream.down_secs` a server whose connect failed or timed
+//! skipping for `upstream.down_time` a server whose connect failed or timed
 //! out (passive health, as nginx's `max_fails`/`fail_timeout` and HAProxy's
 //! `observe layer4`). The connection that met the failure tries the next
 //! server at once, so one dead server costs no client.

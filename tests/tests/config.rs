@@ -1,6 +1,9 @@
 //! Configuration: errors name the file, line and key (or the -o override), and
 //! `tlsfront sysctl` lists every key.
 
+use std::time::Duration;
+
+use tlsfront_tests::ops_support::{reload_cmd, sysctl_read, sysctl_write, Proc};
 use tlsfront_tests::*;
 
 /// `tlsfront run -c FILE` with the given extra overrides, and (in case it
@@ -141,14 +144,17 @@ fn published_defaults() -> Vec<(String, String)> {
         .collect()
 }
 
-/// `30s`, `5m`, `1h`, `3600` as seconds; `None` if `v` is not a duration.
-fn seconds(v: &str) -> Option<u64> {
+/// `20ms`, `30s`, `5m`, `1h`, `1d`, `3600` as milliseconds; `None` if `v`
+/// is not a duration.
+fn millis(v: &str) -> Option<u64> {
     let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
     let n: u64 = num.parse().ok()?;
     Some(match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
+        "ms" => n,
+        "" | "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
         _ => return None,
     })
 }
@@ -199,7 +205,7 @@ fn sysctl_lists_every_key_with_its_default() {
         .iter()
         .filter(|(k, v)| {
             let got = &keys[k];
-            got != v && (seconds(got).is_none() || seconds(got) != seconds(v))
+            got != v && (millis(got).is_none() || millis(got) != millis(v))
         })
         .map(|(k, v)| format!("{k}: published {v:?}, sysctl {:?}", keys[k]))
         .collect();
@@ -447,4 +453,146 @@ fn an_option_a_command_does_not_take_is_an_error() {
             out.describe()
         );
     }
+}
+
+/// The duration keys of an older release, under the names it used, one a
+/// line from line 2 (line 1 is `worker.count`).
+const OLD_NAMED_KEYS: &str = "worker.count = 1\nworker.drain_secs = 7\n\
+    cache.remote.timeout_ms = 150\ntickets.rotate_secs = 600\nlimits.idle_timeout_secs = 2m\n";
+
+/// The old names of [`OLD_NAMED_KEYS`], their line, their new names and
+/// the value each new name must show.
+const RENAMED_IN_EFFECT: [(&str, usize, &str, &str); 4] = [
+    ("worker.drain_secs", 2, "worker.drain_timeout", "7s"),
+    (
+        "cache.remote.timeout_ms",
+        3,
+        "cache.remote.timeout",
+        "150ms",
+    ),
+    ("tickets.rotate_secs", 4, "tickets.rotate_interval", "600s"),
+    ("limits.idle_timeout_secs", 5, "limits.idle_timeout", "120s"),
+];
+
+/// `text` has a warning, located at `origin` (`FILE:LINE`), for each use
+/// of an old name of [`RENAMED_IN_EFFECT`].
+fn warns_of_every_old_name(text: &str, path: &std::path::Path, context: &str) {
+    for (old, line, new, _) in RENAMED_IN_EFFECT {
+        let want = format!("{}:{line}: key '{old}' is renamed '{new}'", path.display());
+        assert_eq!(
+            text.matches(&want).count(),
+            1,
+            "{context}: not one warning {want:?}\n{text}"
+        );
+    }
+}
+
+/// An upgrade that keeps an older release's config file: the new binary
+/// takes over (`--takeover`) with the file as it was, every value is in
+/// effect under its new key, each old name gets one warning naming its new
+/// key on stderr, and a reload of the same file is accepted and says so
+/// too. `sysctl -a` lists the new names only.
+#[test]
+fn an_upgrade_that_keeps_a_file_with_old_key_names_runs_it_with_the_same_values_and_warns() {
+    let dir = temp_dir();
+    let conf = write_file(dir.path(), "old.conf", OLD_NAMED_KEYS);
+    let reserved = ReservedPort::new();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let opts = [
+        ("net.listen", format!("127.0.0.1:{}", reserved.port)),
+        ("control.socket", path("ctl.sock")),
+        ("cache.path", path("c.cache")),
+        ("tickets.path", path("t.ring")),
+    ];
+    let opts: Vec<(&str, &str)> = opts.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut old = Proc::start(Some(&conf), &opts);
+    let takeover = ["sh", "-c", "exec \"$0\" \"$@\" --takeover"];
+    let new = Proc::start_wrapped(&takeover, Some(&conf), &opts);
+    old.signal(libc::SIGTERM);
+    assert!(
+        old.wait_exit(Duration::from_secs(20)).is_some(),
+        "the old process did not stop\n{}",
+        old.output()
+    );
+    warns_of_every_old_name(&new.stderr(), &conf, "start-up");
+    let news: Vec<&str> = RENAMED_IN_EFFECT.iter().map(|r| r.2).collect();
+    let shown = sysctl_read(&new.socket, &news);
+    for (_, _, key, value) in RENAMED_IN_EFFECT {
+        assert_eq!(shown[key], value, "{key}\n{}", new.output());
+    }
+    let all = tlsfront_cmd(&["sysctl", "--socket", &path("ctl.sock"), "-a"]);
+    for (old_name, _, new_name, _) in RENAMED_IN_EFFECT {
+        assert!(
+            all.stdout.contains(&format!("{new_name} = "))
+                && !all.stdout.contains(&format!("{old_name} = ")),
+            "sysctl -a must list {new_name}, not {old_name}\n{}",
+            all.describe()
+        );
+    }
+    let reload = reload_cmd(&new.socket);
+    assert_eq!(reload.code(), Some(0), "{}", reload.describe());
+    assert!(reload.stdout.contains("reloaded"), "{}", reload.describe());
+    warns_of_every_old_name(&reload.stdout, &conf, "reload");
+}
+
+/// `sysctl -w` and `sysctl KEY` take an old name too: the write sets the
+/// new key (a bare number of `cache.remote.timeout_ms` being milliseconds),
+/// the read shows the value as the old name showed it, and each warns on
+/// stderr naming the new key.
+#[test]
+fn sysctl_writes_and_reads_a_key_under_its_old_name_with_a_warning() {
+    let p = Proc::start(None, &[("worker.count", "1")]);
+    let w = sysctl_write(&p.socket, &["tickets.rotate_secs=900"]);
+    assert_eq!(w.code(), Some(0), "{}", w.describe());
+    assert!(
+        w.stderr
+            .contains("key 'tickets.rotate_secs' is renamed 'tickets.rotate_interval'"),
+        "{}",
+        w.describe()
+    );
+    assert_eq!(
+        sysctl_read(&p.socket, &["tickets.rotate_interval"])["tickets.rotate_interval"],
+        "900s"
+    );
+    assert!(
+        p.wait_stderr(
+            "sysctl -w tickets.rotate_secs=900: key 'tickets.rotate_secs' is renamed",
+            Duration::from_secs(5)
+        ),
+        "the server does not log the old name's use\n{}",
+        p.output()
+    );
+    let sock = p.socket.display().to_string();
+    let read = tlsfront_cmd(&["sysctl", "--socket", &sock, "cache.remote.timeout_ms"]);
+    assert_eq!(read.code(), Some(0), "{}", read.describe());
+    assert_eq!(
+        read.stdout.trim(),
+        "cache.remote.timeout_ms = 20",
+        "{}",
+        read.describe()
+    );
+    assert!(
+        read.stderr
+            .contains("key 'cache.remote.timeout_ms' is renamed 'cache.remote.timeout'"),
+        "{}",
+        read.describe()
+    );
+}
+
+/// `tlsfront check` passes a file with old key names (exit 0, the summary)
+/// and names each old name as a warning, at its line, with its new key.
+#[test]
+fn check_passes_a_file_with_old_key_names_and_warns_of_each() {
+    let dir = temp_dir();
+    let shared = dir.path().display();
+    let text = format!(
+        "{OLD_NAMED_KEYS}cache.path = {shared}/c.cache\ntickets.path = {shared}/t.ring\n\
+         control.socket = {shared}/c.sock\n"
+    );
+    let conf = write_file(dir.path(), "old.conf", &text);
+    let out = check(&["-c", conf.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(out.stdout.contains("OK"), "{}", out.describe());
+    assert!(!out.stderr.contains("error"), "{}", out.describe());
+    warns_of_every_old_name(&out.stderr, &conf, "check");
 }

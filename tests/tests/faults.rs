@@ -204,7 +204,7 @@ fn an_upstream_that_accepts_and_hangs_is_cut_at_the_idle_timeout_and_does_not_pi
     let fe = Frontend::start(&[
         ("worker.count", "2"),
         ("upstream.addr", &hung.addr_string()),
-        ("limits.idle_timeout_secs", "2"),
+        ("limits.idle_timeout", "2"),
     ]);
     let cfg = ClientSpec::new(Trust::AnyCert).build();
     let mut clients = Vec::new();
@@ -533,7 +533,7 @@ fn upgrade_under_handshake_load() {
         ("cache.path", cache.to_str().unwrap()),
         ("cache.size", "8m"),
         ("tickets.path", ring.to_str().unwrap()),
-        ("worker.drain_secs", "10s"),
+        ("worker.drain_timeout", "10s"),
         ("net.migrate_requests", "1"),
     ];
     let run_args: Vec<String> = opts

@@ -115,10 +115,7 @@ fn a_thousand_slowloris_half_handshakes_do_not_delay_a_legitimate_handshake_past
 #[test]
 fn a_thousand_slowloris_half_handshakes_are_closed_at_the_handshake_timeout_and_counted() {
     const N: usize = 1000;
-    let fe = start(&[
-        ("worker.count", "2"),
-        ("limits.handshake_timeout_secs", "2"),
-    ]);
+    let fe = start(&[("worker.count", "2"), ("limits.handshake_timeout", "2")]);
     let before = fe.stats();
     let held = slowloris(fe.addr(), N);
     let last_sent = held.last().unwrap().1;
@@ -395,7 +392,7 @@ fn a_client_hello_with_a_60_kb_extension_is_handled_and_the_next_client_succeeds
 
 #[test]
 fn a_client_hello_record_claiming_more_than_it_carries_is_closed_at_the_handshake_timeout() {
-    let fe = start(&[("limits.handshake_timeout_secs", "2")]);
+    let fe = start(&[("limits.handshake_timeout", "2")]);
     let msg = Hello::tls13("localhost", 7).message();
     // The record header says 16384 bytes; only the real hello follows.
     let mut bytes = vec![0x16, 0x03, 0x01, 0x40, 0x00];

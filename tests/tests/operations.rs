@@ -65,7 +65,7 @@ fn handshake_debug_lines(stderr: &str, peer: SocketAddr) -> Vec<LogLine> {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn sysctl_w_changes_log_level_and_rotate_secs_of_the_running_process_on_every_worker() {
+fn sysctl_w_changes_log_level_and_rotate_interval_of_the_running_process_on_every_worker() {
     let fe = Frontend::start(&[("worker.count", "2")]);
     let out_fn = || fe.output();
     let cfg = ClientSpec::new(Trust::AnyCert).build();
@@ -79,7 +79,10 @@ fn sysctl_w_changes_log_level_and_rotate_secs_of_the_running_process_on_every_wo
         fe.output()
     );
 
-    let w = sysctl_write(&fe.socket, &["log.level=debug", "tickets.rotate_secs=600"]);
+    let w = sysctl_write(
+        &fe.socket,
+        &["log.level=debug", "tickets.rotate_interval=600"],
+    );
     assert_eq!(
         w.code(),
         Some(0),
@@ -95,13 +98,13 @@ fn sysctl_w_changes_log_level_and_rotate_secs_of_the_running_process_on_every_wo
         w.stdout
     );
     assert_eq!(
-        printed.get("tickets.rotate_secs").map(String::as_str),
+        printed.get("tickets.rotate_interval").map(String::as_str),
         Some("600s"),
         "{}",
         w.stdout
     );
-    let read = sysctl_read(&fe.socket, &["tickets.rotate_secs", "log.level"]);
-    assert_eq!(read["tickets.rotate_secs"], "600s", "{read:?}");
+    let read = sysctl_read(&fe.socket, &["tickets.rotate_interval", "log.level"]);
+    assert_eq!(read["tickets.rotate_interval"], "600s", "{read:?}");
     assert_eq!(read["log.level"], "debug", "{read:?}");
 
     // Connections until both workers have logged a debug `handshake done`
@@ -152,7 +155,7 @@ fn sysctl_w_changes_log_level_and_rotate_secs_of_the_running_process_on_every_wo
     }
     // The ticket rotation value stays as set.
     assert_eq!(
-        sysctl_read(&fe.socket, &["tickets.rotate_secs"])["tickets.rotate_secs"],
+        sysctl_read(&fe.socket, &["tickets.rotate_interval"])["tickets.rotate_interval"],
         "600s"
     );
 }
@@ -162,7 +165,7 @@ fn sysctl_w_refuses_out_of_range_values_naming_the_key_and_the_running_value_sta
     let fe = Frontend::start(&[("worker.count", "1")]);
     for (assignment, key) in [
         ("proxy.buffer_size=0", "proxy.buffer_size"),
-        ("limits.idle_timeout_secs=0", "limits.idle_timeout_secs"),
+        ("limits.idle_timeout=0", "limits.idle_timeout"),
         (
             "upstream.connect_timeout=100000h",
             "upstream.connect_timeout",
@@ -185,12 +188,12 @@ fn sysctl_w_refuses_out_of_range_values_naming_the_key_and_the_running_value_sta
         &fe.socket,
         &[
             "proxy.buffer_size",
-            "limits.idle_timeout_secs",
+            "limits.idle_timeout",
             "upstream.connect_timeout",
         ],
     );
     assert_eq!(v["proxy.buffer_size"], "64k");
-    assert_eq!(v["limits.idle_timeout_secs"], "300s");
+    assert_eq!(v["limits.idle_timeout"], "300s");
     assert_eq!(v["upstream.connect_timeout"], "5s");
     // New connections still get through with the running buffer size (a
     // buffer of 0 would have stalled them).
@@ -242,15 +245,15 @@ fn sysctl_w_refuses_restart_reload_unknown_and_bad_keys_and_a_refused_write_chan
     refused(&["tls.alpn=h2"], &["key 'tls.alpn'", "needs reload"]);
     refused(&["no.such.key=1"], &["key 'no.such.key'", "unknown key"]);
     refused(
-        &["tickets.rotate_secs=soon"],
-        &["key 'tickets.rotate_secs'", "not a duration"],
+        &["tickets.rotate_interval=soon"],
+        &["key 'tickets.rotate_interval'", "not a duration"],
     );
     refused(&["log.level=loud"], &["key 'log.level'"]);
     // All or nothing: valid assignments before the bad one are not applied.
     refused(
         &[
             "log.level=debug",
-            "tickets.rotate_secs=900",
+            "tickets.rotate_interval=900",
             "net.listen=127.0.0.1:1",
         ],
         &["key 'net.listen'", "needs restart"],
@@ -260,8 +263,8 @@ fn sysctl_w_refuses_restart_reload_unknown_and_bad_keys_and_a_refused_write_chan
         &["key 'proxy.buffer_size'"],
     );
     refused(
-        &["log.level=debug", "tickets.rotate_secs=0"],
-        &["tickets.rotate_secs"],
+        &["log.level=debug", "tickets.rotate_interval=0"],
+        &["tickets.rotate_interval"],
     );
 
     let after = snapshot();
@@ -271,10 +274,10 @@ fn sysctl_w_refuses_restart_reload_unknown_and_bad_keys_and_a_refused_write_chan
     );
     let v = sysctl_read(
         &fe.socket,
-        &["log.level", "tickets.rotate_secs", "proxy.buffer_size"],
+        &["log.level", "tickets.rotate_interval", "proxy.buffer_size"],
     );
     assert_eq!(v["log.level"], "info");
-    assert_eq!(v["tickets.rotate_secs"], "3600s");
+    assert_eq!(v["tickets.rotate_interval"], "3600s");
 }
 
 // ---------------------------------------------------------------------------
@@ -538,7 +541,7 @@ fn sigterm_lets_a_streaming_connection_finish_refuses_new_ones_and_exits_0() {
         None,
         &[
             ("upstream.addr", &echo.addr_string()),
-            ("worker.drain_secs", "10"),
+            ("worker.drain_timeout", "10"),
         ],
     );
     let mut c = connect_any(p.addr(), &|| p.output());
@@ -611,7 +614,7 @@ fn sigterm_lets_a_streaming_connection_finish_refuses_new_ones_and_exits_0() {
     assert!(
         exited.duration_since(ended) < Duration::from_secs(3)
             && exited.duration_since(term) < Duration::from_secs(8),
-        "exited {:?} after the stream ended, {:?} after SIGTERM (drain_secs = 10)",
+        "exited {:?} after the stream ended, {:?} after SIGTERM (worker.drain_timeout = 10)",
         exited.duration_since(ended),
         exited.duration_since(term)
     );
@@ -619,13 +622,13 @@ fn sigterm_lets_a_streaming_connection_finish_refuses_new_ones_and_exits_0() {
 }
 
 #[test]
-fn sigterm_closes_an_idle_connection_after_drain_secs_and_exits_0() {
+fn sigterm_closes_an_idle_connection_after_drain_timeout_and_exits_0() {
     let echo = Upstream::echo();
     let mut p = Proc::start(
         None,
         &[
             ("upstream.addr", &echo.addr_string()),
-            ("worker.drain_secs", "1"),
+            ("worker.drain_timeout", "1"),
         ],
     );
     let mut c = connect_any(p.addr(), &|| p.output());
@@ -647,7 +650,7 @@ fn sigterm_closes_an_idle_connection_after_drain_secs_and_exits_0() {
     );
     assert!(
         closed >= Duration::from_millis(800) && closed < Duration::from_secs(4),
-        "the idle connection closed {closed:?} after SIGTERM (drain_secs = 1)\n{}",
+        "the idle connection closed {closed:?} after SIGTERM (worker.drain_timeout = 1)\n{}",
         p.output()
     );
     let status = p.wait_exit(Duration::from_secs(5));
@@ -1067,7 +1070,7 @@ fn sigint_drains_like_sigterm_and_exits_0() {
         None,
         &[
             ("upstream.addr", &echo.addr_string()),
-            ("worker.drain_secs", "5"),
+            ("worker.drain_timeout", "5"),
         ],
     );
     let mut c = connect_any(p.addr(), &|| p.output());
@@ -1091,19 +1094,19 @@ fn sigint_drains_like_sigterm_and_exits_0() {
 }
 
 #[test]
-fn sysctl_w_worker_drain_secs_sets_how_long_the_next_drain_waits() {
+fn sysctl_w_worker_drain_timeout_sets_how_long_the_next_drain_waits() {
     let echo = Upstream::echo();
     let mut p = Proc::start(
         None,
         &[
             ("upstream.addr", &echo.addr_string()),
-            ("worker.drain_secs", "60"),
+            ("worker.drain_timeout", "60"),
         ],
     );
-    let w = sysctl_write(&p.socket, &["worker.drain_secs=1"]);
+    let w = sysctl_write(&p.socket, &["worker.drain_timeout=1"]);
     assert_eq!(w.code(), Some(0), "{}", w.describe());
     assert_eq!(
-        parse_sysctl(&w.stdout)["worker.drain_secs"],
+        parse_sysctl(&w.stdout)["worker.drain_timeout"],
         "1s",
         "{}",
         w.stdout
@@ -1122,6 +1125,6 @@ fn sysctl_w_worker_drain_secs_sets_how_long_the_next_drain_waits() {
     assert_exited_0(status, &p);
     assert!(
         took >= Duration::from_millis(800) && took < Duration::from_secs(5),
-        "exited {took:?} after SIGTERM with worker.drain_secs set to 1 s (started with 60 s)"
+        "exited {took:?} after SIGTERM with worker.drain_timeout set to 1 s (started with 60 s)"
     );
 }

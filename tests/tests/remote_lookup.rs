@@ -211,7 +211,7 @@ fn a_worker_that_asks_a_slow_redis_for_every_resumption_keeps_its_rate_and_its_f
         ("cache.remote.secret", secret.as_str()),
         // The budget is not what is measured: the worker's rate is; it
         // covers a loaded test machine's scheduling of the relay threads.
-        ("cache.remote.timeout_ms", "1000"),
+        ("cache.remote.timeout", "1s"),
         ("tls.protocols", "1.2"),
     ];
     fn with<'a>(common: &[(&'a str, &'a str)], url: &'a str) -> Vec<(&'a str, &'a str)> {

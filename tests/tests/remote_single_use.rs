@@ -36,7 +36,7 @@ fn fleet_options(dir: &std::path::Path, redis: &LocalRedis) -> Vec<(String, Stri
         ("tls.early_data_max", "16k".to_string()),
         ("cache.remote", format!("redis://{}", redis.addr)),
         ("cache.remote.secret", format!("file:{}", secret.display())),
-        ("cache.remote.timeout_ms", "500".to_string()),
+        ("cache.remote.timeout", "500ms".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -214,10 +214,10 @@ fn an_old_value_written_back_into_redis_after_its_lifetime_resumes_nothing() {
     let opts = [
         ("worker.count", "1"),
         ("tls.protocols", "1.2"),
-        ("cache.timeout_secs", "2s"),
+        ("cache.timeout", "2s"),
         ("cache.remote", url.as_str()),
         ("cache.remote.secret", secret.as_str()),
-        ("cache.remote.timeout_ms", "500"),
+        ("cache.remote.timeout", "500ms"),
     ];
     let issuer = Frontend::start(&opts);
     let id_only = ["-tls1_2", "-no_ticket"];

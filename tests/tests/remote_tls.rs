@@ -97,7 +97,7 @@ fn sessions_travel_over_tls_to_redis_as_an_acl_user_whose_password_is_never_show
         ("cache.remote", url.as_str()),
         ("cache.remote.secret", secret.as_str()),
         ("cache.remote.ca", ca_opt.as_str()),
-        ("cache.remote.timeout_ms", "500"),
+        ("cache.remote.timeout", "500ms"),
         ("tls.protocols", "1.2"),
         ("log.level", "debug"),
     ];

@@ -321,7 +321,8 @@ fn a_refused_reload_leaves_the_ticket_keys_as_they_were() {
     // A live change makes the ring rebuild now: from the secret the
     // running configuration names, keeping its keys (not from the refused
     // one, which would replace them all).
-    let set = tlsfront_tests::ops_support::sysctl_write(&proc.socket, &["tickets.rotate_secs=2h"]);
+    let set =
+        tlsfront_tests::ops_support::sysctl_write(&proc.socket, &["tickets.rotate_interval=2h"]);
     assert_eq!(set.code(), Some(0), "{}", set.describe());
     assert_eq!(
         count_reused(proc.port, &saved, &tls12),
@@ -332,7 +333,7 @@ fn a_refused_reload_leaves_the_ticket_keys_as_they_were() {
 }
 
 #[test]
-fn a_takeover_that_changes_tickets_rotate_secs_keeps_every_ticket() {
+fn a_takeover_that_changes_tickets_rotate_interval_keeps_every_ticket() {
     let dir = temp_dir();
     let path = |name: &str| dir.path().join(name).display().to_string();
     let (ring, socket, cache) = (path("k.ring"), path("ctl.sock"), path("c.cache"));
@@ -346,7 +347,7 @@ fn a_takeover_that_changes_tickets_rotate_secs_keeps_every_ticket() {
             ("cache.path", cache.clone()),
             // Tickets only: nothing else could resume.
             ("cache.enabled", "0".to_string()),
-            ("tickets.rotate_secs", rotate.to_string()),
+            ("tickets.rotate_interval", rotate.to_string()),
             ("worker.count", "2".to_string()),
         ]
     };

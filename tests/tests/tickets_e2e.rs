@@ -169,7 +169,7 @@ fn sleep_until_unix(t: f64) {
 }
 
 /// Sleeps until `offset` seconds after the next multiple of `period` (in
-/// unix time: tlsfront's epochs are `floor(unix_time / rotate_secs)`), and
+/// unix time: tlsfront's epochs are `floor(unix_time / tickets.rotate_interval)`), and
 /// returns that multiple.
 fn align_to_epoch(period: u64, offset: f64) -> f64 {
     let now = unix_now_f64();
@@ -574,12 +574,12 @@ fn a_tls13_ticket_sealed_by_one_worker_resumes_on_the_other() {
 
 #[test]
 fn a_ticket_resumes_after_one_rotation_and_gets_a_full_handshake_once_its_key_left_the_ring() {
-    // rotate_secs = 2, 3 keys: a ticket sealed in epoch E opens in E (current)
+    // tickets.rotate_interval = 2s, 3 keys: a ticket sealed in epoch E opens in E (current)
     // and E+1 (previous); from E+2 its key is out of the ring.
     const PERIOD: u64 = 2;
     let fe = Frontend::start(&[
         ("worker.count", "2"),
-        ("tickets.rotate_secs", "2s"),
+        ("tickets.rotate_interval", "2s"),
         ("tickets.keys", "3"),
     ]);
     let versions = [Versions::Tls12, Versions::Tls13];
@@ -885,7 +885,7 @@ fn processes_sharing_a_file_secret_resume_each_others_tickets_and_another_secret
 #[test]
 fn resumptions_at_full_speed_across_rotations_never_fail() {
     const RUN: Duration = Duration::from_millis(3500);
-    let fe = Frontend::start(&[("worker.count", "2"), ("tickets.rotate_secs", "1s")]);
+    let fe = Frontend::start(&[("worker.count", "2"), ("tickets.rotate_interval", "1s")]);
     // Start just after a rotation so the run spans at least 3 of them.
     align_to_epoch(1, 0.02);
     let stop = Arc::new(AtomicBool::new(false));
@@ -954,7 +954,7 @@ fn resumptions_at_full_speed_across_rotations_never_fail() {
     eprintln!("{}", ticket_counters(&stats));
     assert!(
         stats.total.get("tickets_rotations") >= 2,
-        "fewer than 2 rotations in {RUN:?} at rotate_secs = 1: {}",
+        "fewer than 2 rotations in {RUN:?} at tickets.rotate_interval = 1s: {}",
         ticket_counters(&stats)
     );
     assert_eq!(

@@ -1,6 +1,6 @@
 //! Upstream choice: `upstream.addr` lists servers (`IP:PORT`, `unix:/path`)
 //! used round robin; a server whose connect fails (refused, or no answer
-//! within `upstream.connect_timeout`) is skipped for `upstream.down_secs`
+//! within `upstream.connect_timeout`) is skipped for `upstream.down_time`
 //! and the connection goes to the next one, so a dead server costs no
 //! client; `tls.sni.<name>.upstream` sends a name elsewhere; all of it
 //! live-settable. Judged by which real upstream server answered each real
@@ -68,7 +68,7 @@ fn a_refusing_server_costs_no_client_and_is_skipped_while_down() {
     let fe = Frontend::start(&[
         ("worker.count", "1"),
         ("upstream.addr", &list),
-        ("upstream.down_secs", "60s"),
+        ("upstream.down_time", "60s"),
     ]);
     for i in 0..10 {
         assert_eq!(
@@ -83,7 +83,7 @@ fn a_refusing_server_costs_no_client_and_is_skipped_while_down() {
     assert_eq!(
         total.get("upstream_retries"),
         1,
-        "the refusing server must be tried once, then skipped for upstream.down_secs"
+        "the refusing server must be tried once, then skipped for upstream.down_time"
     );
     assert_eq!(total.get("upstream_errors"), 0, "no client lost");
 }
@@ -106,7 +106,7 @@ fn a_server_that_never_answers_costs_no_client() {
         ("worker.count", "1"),
         ("upstream.addr", &list),
         ("upstream.connect_timeout", "1s"),
-        ("upstream.down_secs", "60s"),
+        ("upstream.down_time", "60s"),
     ]);
     let started = Instant::now();
     let first = served_by(&fe, "localhost");

@@ -6,15 +6,17 @@
 //! `tlsfront sysctl -a` and the reference page `docs/config.md` are all
 //! derived from it.
 
+mod renamed;
 mod values;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+pub use renamed::{renamed_key, BareUnit, Renamed, RENAMED};
 pub use values::{
     AutoPath, ConfigValue, Duration, KeySourceSpec, List, Listen, LogLevel, Networks, OptAddr,
-    OptPath, OptUser, Protocols, ProxyProtocol, Size, Steering, Tls13Mode, Upstream,
+    OptPath, OptUser, Protocols, ProxyProtocol, Seconds, Size, Steering, Tls13Mode, Upstream,
     UpstreamServer, WorkerCount,
 };
 pub use values::{ClientAuth, Interface, SteeringFallback, XdpMode};
@@ -237,7 +239,7 @@ config_keys! {
         "Frames queued per CPU in the CPUMAP between the receiving CPU and a worker's CPU (1 to 16384).";
     workers: WorkerCount = "auto", "worker.count", change = Restart,
         "Number of workers (threads, one io_uring each); auto = one per online CPU.";
-    drain_secs: Duration = "30s", "worker.drain_secs", change = Live,
+    drain_timeout: Duration = "30s", "worker.drain_timeout", change = Live,
         "On SIGTERM: stop accepting, then wait this long for open connections to finish before closing them.";
     pin_cpus: bool = "1", "worker.pin_cpus", change = Restart,
         "Pin worker n to the n-th online CPU (1) or let the scheduler move them (0).";
@@ -260,20 +262,20 @@ config_keys! {
     protocols: Protocols = "1.2,1.3", "tls.protocols", change = Reload,
         "TLS versions accepted, comma-separated, from 1.2 and 1.3.";
     upstream: Upstream = "builtin", "upstream.addr", change = Live,
-        "Where plaintext goes: one or more servers, comma-separated, each IP:PORT ([::1]:8080 for IPv6) or unix:/path, used round robin; a server whose connect fails is skipped for upstream.down_secs and the connection tries the next one. Or builtin = a tiny HTTP responder inside tlsfront on a loopback port.";
+        "Where plaintext goes: one or more servers, comma-separated, each IP:PORT ([::1]:8080 for IPv6) or unix:/path, used round robin; a server whose connect fails is skipped for upstream.down_time and the connection tries the next one. Or builtin = a tiny HTTP responder inside tlsfront on a loopback port.";
     proxy_protocol: ProxyProtocol = "0", "upstream.proxy_protocol", change = Live,
         "Send the client's address to the upstream first: 0 = no, 1 = PROXY protocol v1 (text), 2 = v2 (binary).";
     connect_timeout: Duration = "5s", "upstream.connect_timeout", change = Live,
         "How long to wait for an upstream server to accept; then the next server of upstream.addr is tried, and when none is left the client is closed.";
-    down_secs: Duration = "10s", "upstream.down_secs", change = Live,
+    down_time: Duration = "10s", "upstream.down_time", change = Live,
         "How long a server whose connect failed or timed out is skipped (passive health check, per process). When every server is down, they are tried anyway.";
     buffer_size: Size = "64k", "proxy.buffer_size", change = Live,
         "Bytes buffered per connection and direction before reading from that side pauses (backpressure).";
     max_connections: u32 = "0", "limits.max_connections", change = Live,
         "Open connections per worker beyond which new ones are closed at accept (total = this x worker.count); 0 = no limit.";
-    handshake_timeout: Duration = "10s", "limits.handshake_timeout_secs", change = Live,
+    handshake_timeout: Duration = "10s", "limits.handshake_timeout", change = Live,
         "A client that has not completed its TLS handshake by then is closed (slowloris).";
-    idle_timeout: Duration = "300s", "limits.idle_timeout_secs", change = Live,
+    idle_timeout: Duration = "300s", "limits.idle_timeout", change = Live,
         "A connection with no byte moving either way for this long is closed.";
     cache_enabled: bool = "1", "cache.enabled", change = Restart,
         "Keep TLS 1.2 session IDs and TLS 1.3 stateful tickets in the shared session cache (0 = no server-side sessions).";
@@ -281,16 +283,16 @@ config_keys! {
         "The shared cache file (mode 0600, space reserved at start, best on tmpfs); auto = /dev/shm/tlsfront-<uid>/<port>.cache, in a 0700 directory of the user tlsfront runs as (process.user, else the starting user).";
     cache_size: Size = "64m", "cache.size", change = Restart,
         "Size of the cache file; fixed, it never grows (512 bytes per session).";
-    cache_timeout: Duration = "300s", "cache.timeout_secs", change = Live,
-        "How long a cached session can be resumed (like nginx's ssl_session_timeout).";
+    cache_timeout: Seconds = "300s", "cache.timeout", change = Live,
+        "How long a cached session can be resumed (like nginx's ssl_session_timeout); whole seconds, since expiry is kept in seconds (1500ms is refused, not rounded).";
     cache_remote: RemoteUrl = "", "cache.remote", change = Restart,
-        "A Redis shared by a fleet (redis://HOST:PORT[/DB], redis://:PASSWORD@HOST:PORT, redis+unix:///PATH) as a second tier behind the local cache, so sessions resume on any host behind a load balancer; empty = off. A Redis Cluster: redis+cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT...] (seed nodes; each lookup goes to the node owning its key's slot, with cache.remote.timeout_ms as connect and reply timeout, no retries). TLS: rediss://HOST:PORT (verified against cache.remote.ca or the system's roots). An ACL user: redis://USER:PASSWORD@HOST:PORT (never shown by sysctl -a or in logs). Values are sealed with cache.remote.secret. Lookups run on a thread of their own, never on a worker.";
+        "A Redis shared by a fleet (redis://HOST:PORT[/DB], redis://:PASSWORD@HOST:PORT, redis+unix:///PATH) as a second tier behind the local cache, so sessions resume on any host behind a load balancer; empty = off. A Redis Cluster: redis+cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT...] (seed nodes; each lookup goes to the node owning its key's slot, with cache.remote.timeout as connect and reply timeout, no retries). TLS: rediss://HOST:PORT (verified against cache.remote.ca or the system's roots). An ACL user: redis://USER:PASSWORD@HOST:PORT (never shown by sysctl -a or in logs). Values are sealed with cache.remote.secret. Lookups run on a thread of their own, never on a worker.";
     cache_remote_secret: RemoteSecret = "", "cache.remote.secret", change = Restart,
         "file:PATH of a secret of 32+ bytes shared by the fleet (like tickets.key_source): seals the sessions kept in cache.remote and names their keys. Required with cache.remote.";
     cache_remote_ca: OptPath = "", "cache.remote.ca", change = Restart,
         "PEM file of the CA that signs Redis's certificate, for rediss:// (the server's name or address is verified against it); empty = the system's trusted roots.";
-    cache_remote_timeout_ms: u32 = "20", "cache.remote.timeout_ms", change = Restart,
-        "Longest a handshake waits for cache.remote after a local miss, in milliseconds (1 to 1000); past it the handshake goes on as a full one. Only that handshake waits: other connections of the worker never do, so the budget can cover a loaded host's scheduling as well as Redis's round trip.";
+    cache_remote_timeout: Duration = "20ms", "cache.remote.timeout", change = Restart,
+        "Longest a handshake waits for cache.remote after a local miss (write 20ms: a bare number is seconds); past it the handshake goes on as a full one. Only that handshake waits: other connections of the worker never do, so the budget can cover a loaded host's scheduling as well as Redis's round trip.";
     cache_remote_queue: u32 = "4096", "cache.remote.queue", change = Restart,
         "Writes to cache.remote that may wait at once (they are pipelined by the Redis thread, never by a handshake); past it new sessions are not written (counted as remote_put_dropped).";
     tickets_enabled: bool = "1", "tickets.enabled", change = Restart,
@@ -298,9 +300,9 @@ config_keys! {
     tls13_mode: Tls13Mode = "stateless", "tickets.tls13_mode", change = Restart,
         "TLS 1.3 resumption: stateless = ring-sealed tickets; stateful = ticket IDs in the shared cache, redeemable once box-wide (needed for 0-RTT; rustls then issues no TLS 1.2 tickets, which resume by session ID).";
     ticket_keys: u32 = "3", "tickets.keys", change = Restart,
-        "Keys in the ring: next, current and previous ones (3 to 16); a ticket lives (keys - 2) x rotate_secs.";
-    ticket_rotate: Duration = "1h", "tickets.rotate_secs", change = Live,
-        "Ticket-key rotation period; epochs are aligned to unix time so hosts agree.";
+        "Keys in the ring: next, current and previous ones (3 to 16); a ticket lives (keys - 2) x tickets.rotate_interval.";
+    ticket_rotate: Seconds = "1h", "tickets.rotate_interval", change = Live,
+        "Ticket-key rotation period; epochs are aligned to unix time so hosts agree, in whole seconds (1500ms is refused, not rounded).";
     ticket_source: KeySourceSpec = "random", "tickets.key_source", change = Reload,
         "random = OS random keys kept in the shared ring file; file:PATH = keys derived (HKDF-SHA256) from a secret of 32+ bytes shared by a fleet.";
     tickets_path: AutoPath = "auto", "tickets.path", change = Restart,
@@ -321,8 +323,8 @@ config_keys! {
         "One line per finished connection (info level): client, SNI, ALPN, TLS version, how it resumed (full, id, ticket, tls13, tls13-stateful), client_cert (verified, or - when none was presented), bytes each way, duration, worker.";
 }
 
-/// The values a numeric key accepts: a count, bytes for a size, seconds
-/// for a duration. Zero would stall or switch off what most of these keys
+/// The values a numeric key accepts: a count, bytes for a size,
+/// milliseconds for a duration. Zero would stall or switch off what most of these keys
 /// are for, and the upper bounds keep deadlines, allocations and ticket
 /// lifetimes sane. Checked at start, by `check`, on reload and by
 /// `sysctl -w`; shown in docs/config.md.
@@ -349,13 +351,17 @@ const fn range(key: &'static str, min: u64, max: u64, shown: &'static str) -> Ra
 
 /// RFC 8446 §4.6.1: a ticket lives at most 7 days; sessions and key
 /// rotations of tlsfront are held to the same.
-const WEEK: u64 = 7 * 24 * 3600;
+const WEEK: u64 = 7 * 24 * HOUR;
+
+/// A second, an hour: the unit of a duration's [`Range`] is the millisecond.
+const SECOND: u64 = 1000;
+const HOUR: u64 = 3600 * SECOND;
 
 /// Every bounded key (see [`Range`]).
 pub const RANGES: &[Range] = &[
     range("net.backlog", 1, 65535, "1 to 65535"),
     range("net.xdp.queue_size", 1, 16384, "1 to 16384"),
-    range("worker.drain_secs", 0, 24 * 3600, "0s to 24h"),
+    range("worker.drain_timeout", 0, 24 * HOUR, "0s to 24h"),
     range("worker.rx_buffers", 1, 32768, "1 to 32768, a power of two"),
     range("worker.rx_buffer_size", 1 << 10, 1 << 20, "1k to 1m"),
     range(
@@ -364,8 +370,13 @@ pub const RANGES: &[Range] = &[
         16,
         "0 (TLS 1.3 clients cannot resume) to 16",
     ),
-    range("upstream.connect_timeout", 1, 600, "1s to 10m"),
-    range("upstream.down_secs", 1, 3600, "1s to 1h"),
+    range(
+        "upstream.connect_timeout",
+        SECOND,
+        600 * SECOND,
+        "1s to 10m",
+    ),
+    range("upstream.down_time", SECOND, HOUR, "1s to 1h"),
     range("proxy.buffer_size", 1 << 10, 16 << 20, "1k to 16m"),
     range(
         "limits.max_connections",
@@ -373,16 +384,16 @@ pub const RANGES: &[Range] = &[
         1 << 24,
         "0 (no limit) to 16777216",
     ),
-    range("limits.handshake_timeout_secs", 1, 3600, "1s to 1h"),
-    range("limits.idle_timeout_secs", 1, WEEK, "1s to 168h"),
+    range("limits.handshake_timeout", SECOND, HOUR, "1s to 1h"),
+    range("limits.idle_timeout", SECOND, WEEK, "1s to 7d"),
     range(
         "cache.size",
         8 << 10,
         64 << 30,
         "8k (one set of 8 sessions) to 64g",
     ),
-    range("cache.timeout_secs", 1, WEEK, "1s to 168h"),
-    range("cache.remote.timeout_ms", 1, 1000, "1 to 1000"),
+    range("cache.timeout", SECOND, WEEK, "1s to 7d"),
+    range("cache.remote.timeout", 1, SECOND, "1ms to 1s"),
     range("cache.remote.queue", 1, 1 << 20, "1 to 1048576"),
     range(
         "tickets.keys",
@@ -390,13 +401,18 @@ pub const RANGES: &[Range] = &[
         TICKET_KEYS_MAX as u64,
         "3 to 16",
     ),
-    range("tickets.rotate_secs", 1, WEEK, "1s to 168h"),
+    range("tickets.rotate_interval", SECOND, WEEK, "1s to 7d"),
 ];
 
 impl Config {
     /// Sets `key` from its textual value. `Err` carries the reason, without
     /// the location (the caller knows the file and line or the `-o`).
+    /// A renamed key's old name sets its new key, a bare number read as
+    /// the old name meant it ([`RENAMED`]).
     pub fn set(&mut self, key: &str, raw: &str) -> Result<(), String> {
+        if let Some(r) = renamed_key(key) {
+            return self.set(r.new, &r.new_value(raw));
+        }
         if let Some(result) = self.set_fixed(key, raw) {
             return result;
         }
@@ -420,8 +436,12 @@ impl Config {
         Err("unknown key (see `tlsfront sysctl -a` or docs/config.md)".to_string())
     }
 
-    /// The current value of `key`, rendered as a config file would write it.
+    /// The current value of `key`, rendered as a config file would write it
+    /// (under a renamed key's old name, as the old name showed it).
     pub fn get(&self, key: &str) -> Option<String> {
+        if let Some(r) = renamed_key(key) {
+            return self.get(r.new).map(|v| r.old_value(&v));
+        }
         if let Some(v) = self.get_fixed(key) {
             return Some(v);
         }
@@ -487,10 +507,19 @@ impl Config {
     /// Defaults, then the file (if any), then the overrides in order; then
     /// the checks that involve several keys. The first problem, located.
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
+        Config::load_warned(file, overrides).map(|(config, _)| config)
+    }
+
+    /// [`load`](Self::load), with every use of a renamed key's old name, for
+    /// the caller to report ([`ConfigWarning`]).
+    pub fn load_warned(
+        file: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
         let loaded = Loaded::read(file, overrides);
         match loaded.problems.into_iter().next() {
             Some(problem) => Err(problem),
-            None => Ok(loaded.config),
+            None => Ok((loaded.config, loaded.warnings)),
         }
     }
 
@@ -677,10 +706,11 @@ fn sni_key(key: &str) -> Option<(&str, SniPart)> {
     (!name.is_empty()).then_some((name, part))
 }
 
-/// The description of `key`: a key of [`KEYS`], or a per-name key of
-/// [`SNI_KEYS`] (`tls.sni.api.example.com.upstream` →
-/// `tls.sni.<name>.upstream`).
+/// The description of `key`: a key of [`KEYS`] (a renamed key's old name
+/// gets its new key's), or a per-name key of [`SNI_KEYS`]
+/// (`tls.sni.api.example.com.upstream` → `tls.sni.<name>.upstream`).
 pub fn key_info(key: &str) -> Option<&'static KeyInfo> {
+    let key = renamed_key(key).map_or(key, |r| r.new);
     if let Some(k) = KEYS.iter().find(|k| k.name == key) {
         return Some(k);
     }
@@ -724,6 +754,26 @@ pub enum Origin {
     Override(String),
 }
 
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Line { path, line } => write!(f, "{}:{line}", path.display()),
+            Origin::Override(arg) => write!(f, "-o {arg}"),
+        }
+    }
+}
+
+/// A use of a renamed key's old name ([`RENAMED`]): accepted, but worth
+/// telling the operator, located like a [`ConfigError`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{origin}: {}", .renamed.warning())]
+pub struct ConfigWarning {
+    /// The line or `-o` that used the old name.
+    pub origin: Origin,
+    /// Which key it was.
+    pub renamed: &'static Renamed,
+}
+
 impl Origin {
     /// `reason` about `key`, located here.
     pub fn error(&self, key: &str, reason: String) -> ConfigError {
@@ -754,6 +804,8 @@ pub struct Loaded {
     pub origins: BTreeMap<String, Origin>,
     /// Every problem, located where the file or `-o` could be blamed.
     pub problems: Vec<ConfigError>,
+    /// Every use of a renamed key's old name, located.
+    pub warnings: Vec<ConfigWarning>,
 }
 
 impl Loaded {
@@ -810,8 +862,15 @@ impl Loaded {
         }
     }
 
-    /// Sets `key` from `origin`, recording where it came from.
+    /// Sets `key` from `origin`, recording where it came from (and, for a
+    /// renamed key's old name, a warning).
     fn set(&mut self, key: &str, value: &str, origin: Origin) {
+        if let Some(renamed) = renamed_key(key) {
+            self.warnings.push(ConfigWarning {
+                origin: origin.clone(),
+                renamed,
+            });
+        }
         match self.config.set(key, value) {
             Ok(()) => {
                 self.origins.insert(canonical_key(key), origin);
@@ -848,7 +907,8 @@ impl Loaded {
                 self.problems.push(syntax());
                 continue;
             }
-            if let Some(first) = seen.insert(key.to_string(), line) {
+            // An old name and its new one are the same key.
+            if let Some(first) = seen.insert(canonical_key(key), line) {
                 let reason = format!("set twice (first on line {first})");
                 self.problems.push(origin.error(key, reason));
                 continue;
@@ -881,7 +941,8 @@ impl ConfigError {
     }
 }
 
-/// `key` as [`Config::problems`] names it: SNI names lower-cased.
+/// `key` as [`Config::problems`] names it: SNI names lower-cased, a
+/// renamed key by its new name.
 fn canonical_key(key: &str) -> String {
     match sni_key(key) {
         Some((name, SniPart::Cert)) => format!("tls.sni.{}.cert", name.to_ascii_lowercase()),
@@ -890,7 +951,7 @@ fn canonical_key(key: &str) -> String {
         Some((name, SniPart::Upstream)) => {
             format!("tls.sni.{}.upstream", name.to_ascii_lowercase())
         }
-        None => key.to_string(),
+        None => renamed_key(key).map_or(key, |r| r.new).to_string(),
     }
 }
 
@@ -931,8 +992,9 @@ pub fn reference_markdown() -> String {
          after a space (`tls.cert = /etc/tls/my \\#1.pem`). The same keys \
          are accepted on the command line as `-o key=value` (applied after the file, in order; \
          the whole value is taken as given, `#` included). \
-         Sizes take a unit `k`, `m` or `g` (powers of 1024); durations are seconds, or take a \
-         unit `s`, `m` or `h`; booleans are `0` or `1`. Numbers, sizes and durations must lie in \
+         Sizes take a unit `k`, `m` or `g` (powers of 1024); durations are written as nginx \
+         writes times, a whole number with a unit `ms`, `s`, `m`, `h` or `d` (`500ms`, `30s`, \
+         `1h`), a bare number being seconds; booleans are `0` or `1`. Numbers, sizes and durations must lie in \
          the range their description gives. An unknown key, a bad value, a bad unit or a value \
          out of its range stops the process with the file, line and key named (`tlsfront check` \
          names every one); `sysctl -w` refuses it and keeps the running value. A key set twice \
@@ -967,6 +1029,21 @@ pub fn reference_markdown() -> String {
             rt,
             cell(&doc)
         );
+    }
+    out.push_str(
+        "\n## Renamed keys\n\n\
+         These names of older releases are still accepted everywhere a key is (config file, \
+         `-o`, `tlsfront sysctl` and `sysctl -w`, `tlsfront check`), each use with a warning \
+         naming the new key; `sysctl -a` lists only the new names. Under an old name a bare \
+         number keeps its old meaning.\n\n\
+         | old key | new key | a bare number under the old name |\n|---|---|---|\n",
+    );
+    for r in RENAMED {
+        let bare = match r.bare {
+            BareUnit::Seconds => "seconds (as under the new name)",
+            BareUnit::Milliseconds => "milliseconds (under the new name: seconds)",
+        };
+        let _ = writeln!(out, "| `{}` | `{}` | {bare} |", r.old, r.new);
     }
     out
 }

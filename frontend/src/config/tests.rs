@@ -277,16 +277,16 @@ fn absurd_sizes_counts_and_durations_are_refused_naming_the_key() {
         ("proxy.buffer_size", "1g"),
         ("tls.tls13_tickets", "1000"),
         ("net.backlog", "0"),
-        ("limits.idle_timeout_secs", "0"),
-        ("limits.idle_timeout_secs", "100000h"),
-        ("limits.handshake_timeout_secs", "2h"),
+        ("limits.idle_timeout", "0"),
+        ("limits.idle_timeout", "100000h"),
+        ("limits.handshake_timeout", "2h"),
         ("upstream.connect_timeout", "0"),
         ("cache.size", "1k"),
-        ("cache.timeout_secs", "0"),
+        ("cache.timeout", "0"),
         ("cache.remote.queue", "0"),
-        ("tickets.rotate_secs", "0"),
-        ("tickets.rotate_secs", "200h"),
-        ("worker.drain_secs", "25h"),
+        ("tickets.rotate_interval", "0"),
+        ("tickets.rotate_interval", "200h"),
+        ("worker.drain_timeout", "25h"),
         ("limits.max_connections", "4000000000"),
     ] {
         refused_out_of_range(key, value);
@@ -319,7 +319,7 @@ fn every_range_names_a_numeric_key_and_holds_its_default() {
 
 #[test]
 fn the_edges_of_a_range_are_accepted() {
-    parse("proxy.buffer_size = 1k\ntls.tls13_tickets = 0\nlimits.idle_timeout_secs = 168h\n")
+    parse("proxy.buffer_size = 1k\ntls.tls13_tickets = 0\nlimits.idle_timeout = 7d\n")
         .expect("edges of their ranges");
 }
 
@@ -376,6 +376,173 @@ fn net_listen_refuses_an_empty_entry_a_duplicate_and_a_bad_address() {
         assert!(
             msg.contains("test.conf:1: key 'net.listen'"),
             "{value}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn durations_take_nginx_units_and_a_bare_number_is_seconds() {
+    for (raw, millis) in [
+        ("250ms", 250),
+        ("30", 30_000),
+        ("30s", 30_000),
+        ("2m", 120_000),
+        ("1h", 3_600_000),
+        ("1d", 86_400_000),
+        ("5 S", 5_000),
+        ("20MS", 20),
+    ] {
+        let d = Duration::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+        assert_eq!(d.0, std::time::Duration::from_millis(millis), "{raw}");
+    }
+    for raw in ["", "s", "1.5s", "-1s", "1w", "1h30m", "ms"] {
+        let e = Duration::parse(raw).expect_err(raw);
+        assert!(e.contains("ms, s, m, h or d"), "{raw}: {e}");
+    }
+}
+
+#[test]
+fn a_duration_renders_whole_seconds_as_s_and_finer_ones_as_ms_and_parses_back() {
+    for (millis, shown) in [
+        (0, "0s"),
+        (1500, "1500ms"),
+        (3_600_000, "3600s"),
+        (20, "20ms"),
+    ] {
+        let d = Duration(std::time::Duration::from_millis(millis));
+        assert_eq!(d.render(), shown);
+        assert_eq!(Duration::parse(shown), Ok(d), "{shown}");
+    }
+}
+
+#[test]
+fn a_key_that_counts_in_whole_seconds_refuses_a_fraction_of_one_naming_the_key() {
+    for key in ["cache.timeout", "tickets.rotate_interval"] {
+        let msg = parse(&format!("{key} = 1500ms\n"))
+            .expect_err(key)
+            .to_string();
+        assert!(
+            msg.contains(&format!("test.conf:1: key '{key}'"))
+                && msg.contains("not a whole number of seconds"),
+            "{key}: {msg}"
+        );
+        let c = parse(&format!("{key} = 2000ms\n")).expect("whole seconds in ms");
+        assert_eq!(c.get(key).as_deref(), Some("2s"), "{key}");
+    }
+}
+
+#[test]
+fn cache_remote_timeout_takes_milliseconds_and_its_range_is_shown_in_them() {
+    let c = parse("cache.remote.timeout = 150ms\n").expect("150ms");
+    assert_eq!(
+        c.cache_remote_timeout.0,
+        std::time::Duration::from_millis(150)
+    );
+    let msg = parse("cache.remote.timeout = 2s\n")
+        .expect_err("over 1s")
+        .to_string();
+    assert_eq!(
+        msg,
+        "test.conf:1: key 'cache.remote.timeout': 2s is out of range: must be from 1ms to 1s"
+    );
+}
+
+/// Every renamed key, under its old name, in a file of an older release.
+const OLD_NAMED_FILE: &str = "worker.drain_secs = 7\nupstream.down_secs = 8\n\
+    limits.handshake_timeout_secs = 9\nlimits.idle_timeout_secs = 2m\n\
+    cache.timeout_secs = 600\ncache.remote.timeout_ms = 150\ntickets.rotate_secs = 1h\n";
+
+#[test]
+fn old_key_names_set_their_new_keys_with_their_old_meaning_of_a_bare_number() {
+    let c = parse(OLD_NAMED_FILE).expect("an older release's file");
+    for (new, value) in [
+        ("worker.drain_timeout", "7s"),
+        ("upstream.down_time", "8s"),
+        ("limits.handshake_timeout", "9s"),
+        ("limits.idle_timeout", "120s"),
+        ("cache.timeout", "600s"),
+        ("cache.remote.timeout", "150ms"),
+        ("tickets.rotate_interval", "3600s"),
+    ] {
+        assert_eq!(c.get(new).as_deref(), Some(value), "{new}");
+    }
+    assert_eq!(c.get("cache.remote.timeout_ms").as_deref(), Some("150"));
+    assert_eq!(c.get("tickets.rotate_secs").as_deref(), Some("3600s"));
+}
+
+#[test]
+fn each_use_of_an_old_key_name_is_one_warning_naming_the_new_key_at_its_line() {
+    let mut l = Loaded::default();
+    l.apply_text(Path::new("test.conf"), OLD_NAMED_FILE);
+    l.apply_override("worker.drain_secs=3");
+    assert!(l.problems.is_empty(), "{:?}", l.problems);
+    let lines: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(lines.len(), RENAMED.len() + 1, "{lines:#?}");
+    assert!(
+        lines[5].starts_with(
+            "test.conf:6: key 'cache.remote.timeout_ms' is renamed 'cache.remote.timeout'"
+        ) && lines[5].contains("milliseconds under the old name"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[7].starts_with("-o worker.drain_secs=3: key 'worker.drain_secs' is renamed"),
+        "{lines:#?}"
+    );
+    let mut fresh = Loaded::default();
+    fresh.apply_text(Path::new("test.conf"), "cache.timeout = 300s\n");
+    assert!(fresh.warnings.is_empty(), "{:?}", fresh.warnings);
+}
+
+#[test]
+fn an_old_key_name_and_its_new_one_in_one_file_are_a_key_set_twice() {
+    let msg = parse("cache.timeout_secs = 300\ncache.timeout = 600s\n")
+        .expect_err("the same key twice")
+        .to_string();
+    assert!(
+        msg.contains("test.conf:2: key 'cache.timeout': set twice (first on line 1)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_old_key_name_out_of_range_is_located_at_its_line_with_the_new_keys_bounds() {
+    let msg = parse("\ncache.remote.timeout_ms = 5000\n")
+        .expect_err("5 s")
+        .to_string();
+    assert_eq!(
+        msg,
+        "test.conf:2: key 'cache.remote.timeout': 5s is out of range: must be from 1ms to 1s"
+    );
+}
+
+#[test]
+fn every_old_key_name_describes_and_changes_like_its_new_key_and_is_not_listed() {
+    let listed: Vec<String> = Config::default()
+        .entries()
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    for r in RENAMED {
+        let new = key_info(r.new).unwrap_or_else(|| panic!("{} is no key", r.new));
+        let old = key_info(r.old).unwrap_or_else(|| panic!("{} unknown", r.old));
+        assert_eq!((old.name, old.change), (new.name, new.change), "{}", r.old);
+        assert!(!listed.contains(&r.old.to_string()), "{} listed", r.old);
+        assert!(renamed_key(r.new).is_none(), "{} is both", r.new);
+    }
+}
+
+#[test]
+fn the_reference_page_tables_every_renamed_key() {
+    let page = reference_markdown();
+    let table = page
+        .split("## Renamed keys")
+        .nth(1)
+        .expect("a Renamed keys section");
+    for r in RENAMED {
+        assert!(
+            table.contains(&format!("| `{}` | `{}` |", r.old, r.new)),
+            "{} missing",
+            r.old
         );
     }
 }

@@ -12,7 +12,8 @@ pub trait ConfigValue: Sized {
     /// Prints the value so that `parse(render())` gives it back.
     fn render(&self) -> String;
     /// The number a [`Range`](super::Range) bounds: a count, bytes for a
-    /// size, seconds for a duration; `None` for values that are not numbers.
+    /// size, milliseconds for a duration; `None` for values that are not
+    /// numbers.
     fn magnitude(&self) -> Option<u64> {
         None
     }
@@ -141,37 +142,86 @@ impl ConfigValue for Size {
     }
 }
 
-/// A duration in whole seconds: a bare number, or a unit `s`, `m` or `h`.
+/// What [`Duration`] and [`Seconds`] accept, for their error messages.
+const DURATION_SYNTAX: &str =
+    "a number with a unit ms, s, m, h or d (a bare number is seconds, as nginx reads it)";
+
+/// `raw` as nginx reads a time: a whole number with a unit `ms`, `s`, `m`,
+/// `h` or `d` (case-insensitive), a bare number being seconds.
+fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
+    let lower = raw.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (digits, unit) = lower.split_at(split);
+    let millis_per_unit: u64 = match unit.trim_start() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60 * 1000,
+        "h" => 3600 * 1000,
+        "d" => 24 * 3600 * 1000,
+        _ => return Err(format!("{raw:?} is not a duration: {DURATION_SYNTAX}")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration: {DURATION_SYNTAX}"))?;
+    n.checked_mul(millis_per_unit)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("{raw:?} is too long"))
+}
+
+/// `d` as [`parse_duration`] reads it back exactly: whole seconds as `Ns`,
+/// anything finer as `NNNms` (a parsed duration is always whole
+/// milliseconds).
+fn render_duration(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// A duration to the millisecond: a number with a unit `ms`, `s`, `m`, `h`
+/// or `d`; a bare number is seconds (nginx's time syntax).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Duration(pub std::time::Duration);
 
 impl ConfigValue for Duration {
-    const KIND: &'static str = "duration (seconds, s, m, h)";
+    const KIND: &'static str = "duration (ms, s, m, h, d; bare number = seconds)";
     fn parse(raw: &str) -> Result<Self, String> {
-        let lower = raw.to_ascii_lowercase();
-        let (digits, mult) = match lower.as_bytes().last() {
-            Some(b's') => (&lower[..lower.len() - 1], 1),
-            Some(b'm') => (&lower[..lower.len() - 1], 60),
-            Some(b'h') => (&lower[..lower.len() - 1], 3600),
-            Some(c) if c.is_ascii_digit() => (&lower[..], 1),
-            _ => {
-                return Err(format!(
-                    "{raw:?} is not a duration: seconds, or a number with a unit s, m or h"
-                ))
-            }
-        };
-        let n: u64 = digits.trim().parse().map_err(|_| {
-            format!("{raw:?} is not a duration: seconds, or a number with a unit s, m or h")
-        })?;
-        n.checked_mul(mult)
-            .map(|s| Duration(std::time::Duration::from_secs(s)))
-            .ok_or_else(|| format!("{raw:?} is too long"))
+        parse_duration(raw).map(Duration)
     }
     fn render(&self) -> String {
-        format!("{}s", self.0.as_secs())
+        render_duration(self.0)
     }
     fn magnitude(&self) -> Option<u64> {
-        Some(self.0.as_secs())
+        u64::try_from(self.0.as_millis()).ok()
+    }
+}
+
+/// A duration in whole seconds, for what counts in seconds (session expiry,
+/// ticket-key epochs): the syntax of [`Duration`], but a value that is not
+/// a whole number of seconds (`1500ms`) is refused rather than rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub std::time::Duration);
+
+impl ConfigValue for Seconds {
+    const KIND: &'static str = "duration in whole seconds (s, m, h, d; bare number = seconds)";
+    fn parse(raw: &str) -> Result<Self, String> {
+        let d = parse_duration(raw)?;
+        if d.subsec_millis() != 0 {
+            return Err(format!(
+                "{raw:?} is not a whole number of seconds: this key counts in seconds \
+                 (use s, m, h or d)"
+            ));
+        }
+        Ok(Seconds(d))
+    }
+    fn render(&self) -> String {
+        render_duration(self.0)
+    }
+    fn magnitude(&self) -> Option<u64> {
+        u64::try_from(self.0.as_millis()).ok()
     }
 }
 

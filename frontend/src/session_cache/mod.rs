@@ -320,7 +320,7 @@ impl SessionCache {
         self.lookup(key, true, true)
     }
 
-    /// Stores `value` under `key` for `cache.timeout_secs`. Refused (false)
+    /// Stores `value` under `key` for `cache.timeout`. Refused (false)
     /// when it does not fit a slot or every slot of its set is being
     /// written at this instant.
     pub fn put(&self, key: &[u8], value: &[u8]) -> bool {

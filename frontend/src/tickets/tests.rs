@@ -260,7 +260,7 @@ fn rotations(rings: &[&TicketKeyRing]) -> u64 {
         .sum()
 }
 
-/// A `--takeover` that changes `tickets.rotate_secs`: the newcomer follows
+/// A `--takeover` that changes `tickets.rotate_interval`: the newcomer follows
 /// the ring of the process still running, and the two never rotate against
 /// each other.
 #[test]

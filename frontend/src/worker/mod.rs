@@ -674,7 +674,7 @@ impl Worker {
                         // Refused, unreachable, reset: this server is down;
                         // the next one gets this client.
                         let e = error();
-                        let down = live.config().down_secs.0;
+                        let down = live.config().down_time.0;
                         if let Some(p) = &conn.pool {
                             p.mark_down(conn.server, now, down);
                         }
@@ -901,7 +901,7 @@ impl Worker {
                 Event::ConnectTimedOut => {
                     let config = live.config();
                     if let Some(p) = &conn.pool {
-                        p.mark_down(conn.server, now, config.down_secs.0);
+                        p.mark_down(conn.server, now, config.down_time.0);
                     }
                     // Its connect is cancelled; the socket closes when the
                     // cancellation completes (at most one such at a time).
@@ -1050,7 +1050,7 @@ impl Worker {
     fn drain(&mut self, now: Instant) -> Result<bool, UringError> {
         let deadline = *self
             .drain_deadline
-            .get_or_insert_with(|| now + self.live.config().drain_secs.0);
+            .get_or_insert_with(|| now + self.live.config().drain_timeout.0);
         if self.active == 0 {
             info!(worker = self.index, "drained: no connection left");
             return Ok(true);
@@ -1069,8 +1069,10 @@ impl Worker {
                 .as_mut()
                 .filter(|c| !c.closing)
             {
-                conn.machine
-                    .abort(Failure::Drain, "drain time over (worker.drain_secs)".into());
+                conn.machine.abort(
+                    Failure::Drain,
+                    "drain time over (worker.drain_timeout)".into(),
+                );
                 self.close(slot)?;
             }
         }

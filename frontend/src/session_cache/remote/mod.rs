@@ -19,7 +19,7 @@
 //!   ticket: it sends `GET` or `GETDEL` and goes on serving every other
 //!   connection; the answer comes back through the worker's [`Mailbox`] (a
 //!   lock-free queue and an eventfd the worker's io_uring reads), or the
-//!   connection's budget (`cache.remote.timeout_ms`) runs out first and the
+//!   connection's budget (`cache.remote.timeout`) runs out first and the
 //!   handshake goes on without it.
 //! - **single use** (TLS 1.3 stateful tickets): with a remote tier a ticket
 //!   is redeemed by `GETDEL` (atomic in Redis: once in the fleet) or not at
@@ -68,7 +68,7 @@ crate::metrics::named_counters! {
     hits: "Lookups that returned a session that opened and was fresh.",
     misses: "Lookups that found nothing.",
     errors: "Failed connects and commands other than timeouts, of lookups and of writes.",
-    timeouts: "Lookups that ran out of cache.remote.timeout_ms.",
+    timeouts: "Lookups that ran out of cache.remote.timeout.",
     skipped: "Lookups not sent because Redis was being left alone after a failure.",
     puts: "Sessions written to Redis.",
     put_dropped: "Sessions not written: cache.remote.queue writes were waiting, Redis was down, or the write failed.",
@@ -328,7 +328,7 @@ pub fn attach_configured(
         url: url.clone(),
         secret: secret.clone(),
         ca: config.cache_remote_ca.0.clone(),
-        timeout: Duration::from_millis(u64::from(config.cache_remote_timeout_ms)),
+        timeout: config.cache_remote_timeout.0,
         queue: config.cache_remote_queue as usize,
         workers,
     })?;
@@ -448,14 +448,14 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.contains("cache.enabled"), "{e}");
-        let e = load(&["cache.remote.timeout_ms=0"]).unwrap_err();
-        assert!(e.contains("timeout_ms"), "{e}");
+        let e = load(&["cache.remote.timeout=0"]).unwrap_err();
+        assert!(e.contains("cache.remote.timeout"), "{e}");
         let c = load(&[
             "cache.remote=redis://127.0.0.1:6379/1",
             "cache.remote.secret=file:/s",
         ])
         .unwrap();
-        assert_eq!(c.cache_remote_timeout_ms, 20);
+        assert_eq!(c.cache_remote_timeout.0, Duration::from_millis(20));
     }
 
     fn settings(url: &str, dir: &Path) -> RemoteSettings {
