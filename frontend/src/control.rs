@@ -2,21 +2,21 @@
 //! process answers one command per connection.
 //!
 //! Protocol: the client writes one line, the server answers and closes.
-//! - `stats`: the counters as JSON ([`crate::metrics::Stats::to_json`]);
+//! - `stats`: the counters as JSON (`Stats::to_json` in `metrics`);
 //! - `sysctl`: the running configuration, one `key = value` per line;
 //! - `set KEY=VALUE...`: changes live keys on every worker at once;
 //! - `reload`: re-reads the config file and certificates;
 //! - `xdp-link IFNAME PID`: from a `--takeover` successor (pid PID): the
 //!   answer carries this process's XDP link on IFNAME as a descriptor
-//!   ([`crate::steering::XdpLink::hand_over`]);
+//!   (`XdpLink::hand_over` in `steering`);
 //! - `flow CLIENT_IP:PORT[=SERVER_IP]`: the worker the XDP program sends
-//!   that client's connection to ([`SteeringControl::flow_worker`]).
+//!   that client's connection to (`SteeringControl::flow_worker`).
 //!
 //! An answer that starts with `error: ` is a refusal, with the reason.
 //!
 //! It runs on its own plain thread so that a slow or stuck client of the
 //! control socket never delays a worker. What it changes is
-//! [`crate::live::Live`], the running state.
+//! `Live` (module `live`), the running state.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -61,14 +61,14 @@ fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> C
 /// The bound control socket; on exit, [`ControlSocket::remove`] deletes
 /// the path only if it is still this process's socket (a successor that
 /// took it over keeps its own).
-pub struct ControlSocket {
+pub(crate) struct ControlSocket {
     path: PathBuf,
     inode: u64,
 }
 
 impl ControlSocket {
     /// Removes the socket file if it is still ours.
-    pub fn remove(&self) {
+    pub(crate) fn remove(&self) {
         use std::os::unix::fs::MetadataExt;
         if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
             let _ = std::fs::remove_file(&self.path);
@@ -82,7 +82,7 @@ impl ControlSocket {
 /// which a process still answers is an error, unless `takeover` (a new
 /// process replacing a draining one: the old one keeps its bound socket,
 /// the path now leads to the new one).
-pub fn serve(
+pub(crate) fn serve(
     path: &Path,
     stats: Arc<Stats>,
     live: Arc<Live>,

@@ -1,6 +1,6 @@
 //! Per-worker counters, read by the control socket (`tlsfront stats`).
 //!
-//! Each worker owns one [`WorkerStats`] and is the only writer of it, so the
+//! Each worker owns one `WorkerStats` and is the only writer of it, so the
 //! counters are plain relaxed atomics: a reader wants a recent value, not an
 //! ordering with any other memory. Each worker's counters (these, and the
 //! cache's, ring's and remote tier's) sit in a `CachePadded` of their own,
@@ -22,7 +22,7 @@ pub fn set_current_worker(index: usize) {
 }
 
 /// The worker index of the calling thread, if it is a worker.
-pub fn current_worker() -> Option<usize> {
+pub(crate) fn current_worker() -> Option<usize> {
     CURRENT_WORKER.with(Cell::get)
 }
 
@@ -33,13 +33,13 @@ macro_rules! named_counters {
     ($(#[$meta:meta])* $name:ident, $prefix:literal, { $( $field:ident : $doc:literal ),* $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Default)]
-        pub struct $name {
+        pub(crate) struct $name {
             $( #[doc = $doc] pub $field: std::sync::atomic::AtomicU64, )*
         }
 
         impl $name {
             /// Names and values, in declaration order.
-            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+            pub(crate) fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![ $( (
                     concat!($prefix, stringify!($field)),
                     self.$field.load(std::sync::atomic::Ordering::Relaxed),
@@ -52,7 +52,7 @@ pub(crate) use named_counters;
 
 /// How a completed handshake got its session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resumption {
+pub(crate) enum Resumption {
     /// A full handshake.
     Full,
     /// TLS 1.2, session ID found in the shared cache.
@@ -67,7 +67,7 @@ pub enum Resumption {
 
 impl Resumption {
     /// The word the access log and metrics use.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Resumption::Full => "full",
             Resumption::SessionId => "id",
@@ -80,22 +80,22 @@ impl Resumption {
 
 /// Upper bounds (microseconds) of the handshake-duration histogram buckets;
 /// a last, unbounded bucket follows.
-pub const HANDSHAKE_BUCKETS_US: [u64; 12] = [
+pub(crate) const HANDSHAKE_BUCKETS_US: [u64; 12] = [
     250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000,
 ];
 
 /// A histogram of handshake durations (one worker writes it).
 #[derive(Debug, Default)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     /// Count per bucket of [`HANDSHAKE_BUCKETS_US`], then the overflow.
-    pub buckets: [AtomicU64; HANDSHAKE_BUCKETS_US.len() + 1],
+    pub(crate) buckets: [AtomicU64; HANDSHAKE_BUCKETS_US.len() + 1],
     /// Sum of all observations, microseconds.
-    pub sum_us: AtomicU64,
+    pub(crate) sum_us: AtomicU64,
 }
 
 impl Histogram {
     /// Records one duration.
-    pub fn observe(&self, d: std::time::Duration) {
+    pub(crate) fn observe(&self, d: std::time::Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let i = HANDSHAKE_BUCKETS_US
             .iter()
@@ -116,34 +116,29 @@ macro_rules! counters {
     ($( $field:ident : $doc:literal ),* $(,)?) => {
         /// Counters of one worker.
         #[derive(Debug, Default)]
-        pub struct WorkerStats {
+        pub(crate) struct WorkerStats {
             $( #[doc = $doc] pub $field: AtomicU64, )*
             /// Durations of completed handshakes.
-            pub handshake_duration: Histogram,
+            pub(crate) handshake_duration: Histogram,
         }
 
         /// A point-in-time copy of [`WorkerStats`] (or their sum).
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-        pub struct Snapshot {
+        pub(crate) struct Snapshot {
             $( #[doc = $doc] pub $field: u64, )*
         }
 
         impl WorkerStats {
             /// Reads every counter.
-            pub fn snapshot(&self) -> Snapshot {
+            pub(crate) fn snapshot(&self) -> Snapshot {
                 Snapshot { $( $field: self.$field.load(Ordering::Relaxed), )* }
             }
         }
 
         impl Snapshot {
             /// Field names and values, in declaration order.
-            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+            pub(crate) fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![ $( (stringify!($field), self.$field), )* ]
-            }
-
-            /// Adds `other` into `self`.
-            pub fn add(&mut self, other: &Snapshot) {
-                $( self.$field += other.$field; )*
             }
         }
     };
@@ -177,7 +172,7 @@ counters! {
 
 impl WorkerStats {
     /// Counts a completed handshake by how it resumed.
-    pub fn count_handshake(&self, how: Resumption, tls13: bool, took: std::time::Duration) {
+    pub(crate) fn count_handshake(&self, how: Resumption, tls13: bool, took: std::time::Duration) {
         Self::inc(&self.handshakes);
         self.handshake_duration.observe(took);
         let (by_version, by_mechanism) = match how {
@@ -193,40 +188,40 @@ impl WorkerStats {
     }
 
     /// Adds `n` to a counter.
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Adds one to a counter.
-    pub fn inc(counter: &AtomicU64) {
+    pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Subtracts one from a gauge.
-    pub fn dec(counter: &AtomicU64) {
+    pub(crate) fn dec(counter: &AtomicU64) {
         counter.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// One worker's entry of [`Stats`].
-pub struct WorkerEntry {
+pub(crate) struct WorkerEntry {
     /// The CPU the worker is pinned to, if it is.
-    pub cpu: Option<usize>,
+    pub(crate) cpu: Option<usize>,
     /// Its counters, on cache lines of their own.
-    pub counters: CachePadded<WorkerStats>,
+    pub(crate) counters: CachePadded<WorkerStats>,
 }
 
 /// The counters of every worker, and of the components that count per
 /// worker (cache, ring, remote tier).
-pub struct Stats {
+pub(crate) struct Stats {
     /// One entry per worker, by worker index.
-    pub workers: Vec<WorkerEntry>,
+    pub(crate) workers: Vec<WorkerEntry>,
     sources: Vec<Arc<dyn PerWorkerCounters>>,
 }
 
 impl Stats {
     /// Counters for `cpus.len()` workers, plus those of `sources`.
-    pub fn new(cpus: &[Option<usize>], sources: Vec<Arc<dyn PerWorkerCounters>>) -> Stats {
+    pub(crate) fn new(cpus: &[Option<usize>], sources: Vec<Arc<dyn PerWorkerCounters>>) -> Stats {
         Stats {
             workers: cpus
                 .iter()
@@ -240,7 +235,7 @@ impl Stats {
     }
 
     /// JSON: `{"workers":[{"worker":0,"cpu":0,...}],"total":{...}}`.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         let mut total: std::collections::BTreeMap<&'static str, u64> = Default::default();
         let mut workers = Vec::with_capacity(self.workers.len());
         for (
@@ -273,7 +268,7 @@ impl Stats {
     }
 }
 
-/// Renders the JSON of [`Stats::to_json`] as a table: one column per
+/// Renders the JSON of `Stats::to_json` as a table: one column per
 /// worker and a total column.
 pub fn render_table(json: &serde_json::Value) -> String {
     let workers = json["workers"].as_array().cloned().unwrap_or_default();
@@ -314,22 +309,22 @@ pub fn render_table(json: &serde_json::Value) -> String {
 }
 
 /// Reads how many log lines the non-blocking log writer dropped.
-pub type DroppedLines = Box<dyn Fn() -> u64 + Send + Sync>;
+pub(crate) type DroppedLines = Box<dyn Fn() -> u64 + Send + Sync>;
 
 static LOG_LINES_DROPPED: std::sync::OnceLock<DroppedLines> = std::sync::OnceLock::new();
 
 /// Registers the log writer's count of dropped lines (once per process).
-pub fn set_log_lines_dropped(read: DroppedLines) {
+pub(crate) fn set_log_lines_dropped(read: DroppedLines) {
     let _ = LOG_LINES_DROPPED.set(read);
 }
 
 /// Log lines dropped because the log's queue was full (a slow stderr).
-pub fn log_lines_dropped() -> u64 {
+pub(crate) fn log_lines_dropped() -> u64 {
     LOG_LINES_DROPPED.get().map_or(0, |read| read())
 }
 
 /// Renders every counter in the Prometheus text exposition format (0.0.4).
-pub fn prometheus_text(stats: &Stats) -> String {
+pub(crate) fn prometheus_text(stats: &Stats) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
@@ -495,7 +490,7 @@ fn counter_help(name: &str) -> String {
 
 /// Serves [`prometheus_text`] over HTTP on `addr` (any path), on its own
 /// thread so that a slow scraper never delays a worker.
-pub fn serve_prometheus(
+pub(crate) fn serve_prometheus(
     addr: std::net::SocketAddr,
     stats: Arc<Stats>,
 ) -> std::io::Result<std::net::SocketAddr> {

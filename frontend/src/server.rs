@@ -13,9 +13,13 @@ use crate::control;
 use crate::live::{Live, LogLevelSetter};
 use crate::metrics::{PerWorkerCounters, Stats};
 use crate::session_cache::{Opened, SessionCache};
+// The error types a `StartError` carries whose modules are crate-internal,
+// re-exported so that a caller can name (and match on) what `source()` gives.
+pub use crate::shm::ShmError;
 pub use crate::steering::SteeringError;
 use crate::tickets::{KeySource, TicketKeyRing};
 use crate::tls::CertSource;
+pub use crate::worker::WorkerError;
 use crate::{tls, worker};
 
 /// Log lines queued for stderr at most; beyond that they are dropped and
@@ -35,13 +39,13 @@ pub enum StartError {
     Tickets(#[from] crate::tickets::TicketError),
     /// The private directory of the shared files.
     #[error("{0}")]
-    SharedFiles(#[from] crate::shm::ShmError),
+    SharedFiles(#[from] ShmError),
     /// Certificates, keys, the rustls configuration.
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
     /// Binding the listeners or starting the workers.
     #[error("{0}")]
-    Workers(#[from] worker::WorkerError),
+    Workers(#[from] WorkerError),
     /// The control socket.
     #[error("{0}")]
     Control(#[from] control::ControlError),

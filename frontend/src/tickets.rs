@@ -12,7 +12,7 @@
 //! birthday bound (about 2^32 seals per key) however many tickets a fleet
 //! sharing a `file:` secret seals per epoch.
 //!
-//! The ring lives in a 0600 shared-memory file ([`crate::shm`]), double
+//! The ring lives in a 0600 shared-memory file (module `shm`), double
 //! buffered: a rotation writes the new ring into the buffer nobody reads,
 //! then publishes it with one compare-and-swap of the publication word
 //! (generation and buffer index), so a reader sees the old ring or the new
@@ -52,7 +52,7 @@ use crate::shm::{Opened, Region, ShmError};
 /// RFC 8446 §4.6.1: no ticket lifetime beyond 7 days.
 const MAX_LIFETIME_SECS: u64 = 7 * 24 * 3600;
 /// Bytes of a key name.
-pub const NAME_LEN: usize = 16;
+pub(crate) const NAME_LEN: usize = 16;
 /// Bytes of an AES-256 key.
 const KEY_LEN: usize = 32;
 const TAG_LEN: usize = 16;
@@ -61,9 +61,9 @@ const SALT_LEN: usize = 16;
 /// Associated data before the key name: the ticket format's version.
 const TICKET_AAD_VERSION: &[u8] = b"tlsfront ticket v2";
 /// Fewest keys: next, current, previous (the range `tickets.keys` takes).
-pub const MIN_KEYS: usize = crate::config::TICKET_KEYS_MIN;
+pub(crate) const MIN_KEYS: usize = crate::config::TICKET_KEYS_MIN;
 /// Most keys a ring file holds.
-pub const MAX_KEYS: usize = crate::config::TICKET_KEYS_MAX;
+pub(crate) const MAX_KEYS: usize = crate::config::TICKET_KEYS_MAX;
 const MAGIC: u64 = u64::from_le_bytes(*b"TLSFTKTS");
 /// 2: double-buffered ring, settings in each buffer, derived keys not stored.
 const VERSION: u64 = 2;
@@ -119,7 +119,7 @@ impl std::fmt::Debug for KeySource {
 
 impl KeySource {
     /// Reads the secret of `file:PATH`.
-    pub fn from_file(path: &Path) -> Result<KeySource, TicketError> {
+    pub(crate) fn from_file(path: &Path) -> Result<KeySource, TicketError> {
         let secret = Zeroizing::new(std::fs::read(path).map_err(|source| TicketError::Secret {
             path: path.to_path_buf(),
             reason: source.to_string(),
@@ -404,13 +404,13 @@ impl TicketKeyRing {
     }
 
     /// The shared file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Changes where keys come from (a re-read `file:` secret); the shared
     /// ring is rebuilt from it at the next use.
-    pub fn set_source(&self, source: KeySource) {
+    pub(crate) fn set_source(&self, source: KeySource) {
         let fingerprint = source.fingerprint();
         self.source.store(Arc::new(source));
         self.fingerprint.store(fingerprint, Ordering::Release);
@@ -420,7 +420,7 @@ impl TicketKeyRing {
     /// Changes the rotation period (`sysctl -w`, reload): the shared ring
     /// takes this process's settings now (or, if another party is rotating
     /// it at this instant, at the next use).
-    pub fn set_rotate_secs(&self, secs: u64) {
+    pub(crate) fn set_rotate_secs(&self, secs: u64) {
         self.period.store(secs.max(1), Ordering::Relaxed);
         self.apply.store(true, Ordering::Release);
         self.current(unix_now());
@@ -428,7 +428,7 @@ impl TicketKeyRing {
 
     /// The rotation period in seconds: the shared ring's, which this
     /// process follows (its configured one once applied).
-    pub fn rotate_secs(&self) -> u64 {
+    pub(crate) fn rotate_secs(&self) -> u64 {
         let decoded = self.decoded.load();
         if decoded.keys.is_empty() {
             self.period.load(Ordering::Relaxed)
@@ -780,7 +780,7 @@ impl TicketKeyRing {
 
     /// Seconds a ticket issued now stays decryptable at the least: a key
     /// encrypts during its epoch, then stays K−2 epochs as a previous key.
-    pub fn lifetime_secs(&self) -> u64 {
+    pub(crate) fn lifetime_secs(&self) -> u64 {
         let keys = self.keys as u64;
         (keys - 2)
             .saturating_mul(self.rotate_secs())

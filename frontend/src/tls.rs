@@ -54,7 +54,7 @@ pub enum CertSource {
 }
 
 /// The crypto provider every part of tlsfront uses.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
@@ -62,7 +62,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// then a one-label wildcard, case-insensitive); unknown or absent names get
 /// the default.
 #[derive(Debug)]
-pub struct CertResolver {
+pub(crate) struct CertResolver {
     default: Arc<CertifiedKey>,
     by_name: HashMap<String, Arc<CertifiedKey>>,
 }
@@ -70,12 +70,15 @@ pub struct CertResolver {
 impl CertResolver {
     /// A resolver serving `default` unless the SNI name matches a key of
     /// `by_name` (lower-case names; a wildcard is written `*.example.com`).
-    pub fn new(default: Arc<CertifiedKey>, by_name: HashMap<String, Arc<CertifiedKey>>) -> Self {
+    pub(crate) fn new(
+        default: Arc<CertifiedKey>,
+        by_name: HashMap<String, Arc<CertifiedKey>>,
+    ) -> Self {
         CertResolver { default, by_name }
     }
 
     /// The certificate for SNI `name` (`None`: the client sent none).
-    pub fn for_name(&self, name: Option<&str>) -> &Arc<CertifiedKey> {
+    pub(crate) fn for_name(&self, name: Option<&str>) -> &Arc<CertifiedKey> {
         name.and_then(|name| crate::server_name::lookup(&self.by_name, name))
             .unwrap_or(&self.default)
     }
@@ -88,7 +91,7 @@ impl ResolvesServerCert for CertResolver {
 }
 
 /// Loads a certificate chain and its key from PEM files.
-pub fn load_certified_key(
+pub(crate) fn load_certified_key(
     cert: &Path,
     key: &Path,
     provider: &CryptoProvider,
@@ -126,7 +129,7 @@ fn pem_error(what: &'static str, path: &Path, e: rustls_pki_types::pem::Error) -
 }
 
 /// A certificate for `localhost`, `127.0.0.1` and `::1`, made in memory.
-pub fn self_signed(provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+pub(crate) fn self_signed(provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
     let names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
@@ -226,7 +229,7 @@ fn bind_sessions(server: &mut ServerConfig, context: crate::client_auth::Context
 /// `key`'s certificate now; else `key` as it was, with a warning naming the
 /// file and why (a stale or wrong response never stops the server, and is
 /// never stapled: clients would refuse the connection).
-pub fn with_ocsp(mut key: CertifiedKey, path: Option<&Path>) -> CertifiedKey {
+pub(crate) fn with_ocsp(mut key: CertifiedKey, path: Option<&Path>) -> CertifiedKey {
     let Some(path) = path else {
         return key;
     };
@@ -257,7 +260,7 @@ pub fn with_ocsp(mut key: CertifiedKey, path: Option<&Path>) -> CertifiedKey {
 /// one count for both kinds of handshake, so the worker picks this
 /// configuration once it has read the hello; should the offered ticket not
 /// resume, that full handshake gets one ticket too.
-pub fn for_resumption(full: &Arc<ServerConfig>) -> Arc<ServerConfig> {
+pub(crate) fn for_resumption(full: &Arc<ServerConfig>) -> Arc<ServerConfig> {
     let mut resumed = ServerConfig::clone(full);
     resumed.send_tls13_tickets = full.send_tls13_tickets.min(1);
     resumed.max_tls13_tickets = full.max_tls13_tickets.min(1);

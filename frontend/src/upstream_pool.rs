@@ -49,16 +49,6 @@ impl Pool {
         })
     }
 
-    /// How many servers the pool has.
-    pub fn len(&self) -> usize {
-        self.servers.len()
-    }
-
-    /// Never true: a pool has at least one server.
-    pub fn is_empty(&self) -> bool {
-        self.servers.is_empty()
-    }
-
     /// Server `i`: its configured form (for logs) and address.
     pub fn server(&self, i: usize) -> (&UpstreamServer, &SockAddr) {
         let (s, a) = &self.servers[i];
@@ -100,13 +90,6 @@ impl Pool {
         if let Some(d) = self.down_until.get(i) {
             d.store(self.millis(now + down), Ordering::Relaxed);
         }
-    }
-
-    /// Whether server `i` is being skipped at `now`.
-    pub fn is_down(&self, i: usize, now: Instant) -> bool {
-        self.down_until
-            .get(i)
-            .is_some_and(|d| d.load(Ordering::Relaxed) > self.millis(now))
     }
 }
 

@@ -218,7 +218,7 @@ macro_rules! config_keys {
 
 config_keys! {
     listen: Listen = "127.0.0.1:8443", "net.listen", change = Restart,
-        "Addresses and ports the TLS listeners bind, comma-separated (e.g. 0.0.0.0:443, [::]:443, 127.0.0.1:8443); every worker binds each with SO_REUSEPORT and serves them all. An IPv6 address takes only IPv6 (IPV6_V6ONLY): list 0.0.0.0:443 too for IPv4. The auto shared files are named by the first one's port. net.steering applies to each address.";
+        "Addresses and ports the TLS listeners bind, comma-separated (e.g. `0.0.0.0:443, [::]:443, 127.0.0.1:8443`); every worker binds each with SO_REUSEPORT and serves them all. An IPv6 address takes only IPv6 (IPV6_V6ONLY): list 0.0.0.0:443 too for IPv4. The auto shared files are named by the first one's port. net.steering applies to each address.";
     proxy_in: bool = "0", "net.proxy_protocol", change = Live,
         "1: every connection starts with a PROXY protocol header (v1 or v2, told apart by their signatures) from a balancer in net.proxy_protocol.trusted; the address it carries is the client's for the access log and upstream.proxy_protocol. A connection from elsewhere, or without a valid header, is closed and counted (proxy_untrusted, proxy_invalid). As HAProxy's accept-proxy, nginx's listen … proxy_protocol.";
     proxy_trusted: Networks = "", "net.proxy_protocol.trusted", change = Live,
@@ -262,7 +262,7 @@ config_keys! {
     protocols: Protocols = "1.2,1.3", "tls.protocols", change = Reload,
         "TLS versions accepted, comma-separated, from 1.2 and 1.3.";
     upstream: Upstream = "builtin", "upstream.addr", change = Live,
-        "Where plaintext goes: one or more servers, comma-separated, each IP:PORT ([::1]:8080 for IPv6) or unix:/path, used round robin; a server whose connect fails is skipped for upstream.down_time and the connection tries the next one. Or builtin = a tiny HTTP responder inside tlsfront on a loopback port.";
+        "Where plaintext goes: one or more servers, comma-separated, each `IP:PORT` (`[::1]:8080` for IPv6) or `unix:/path`, used round robin; a server whose connect fails is skipped for upstream.down_time and the connection tries the next one. Or builtin = a tiny HTTP responder inside tlsfront on a loopback port.";
     proxy_protocol: ProxyProtocol = "0", "upstream.proxy_protocol", change = Live,
         "Send the client's address to the upstream first: 0 = no, 1 = PROXY protocol v1 (text), 2 = v2 (binary).";
     connect_timeout: Duration = "5s", "upstream.connect_timeout", change = Live,
@@ -280,13 +280,13 @@ config_keys! {
     cache_enabled: bool = "1", "cache.enabled", change = Restart,
         "Keep TLS 1.2 session IDs and TLS 1.3 stateful tickets in the shared session cache (0 = no server-side sessions).";
     cache_path: AutoPath = "auto", "cache.path", change = Restart,
-        "The shared cache file (mode 0600, space reserved at start, best on tmpfs); auto = /dev/shm/tlsfront-<uid>/<port>.cache, in a 0700 directory of the user tlsfront runs as (process.user, else the starting user).";
+        "The shared cache file (mode 0600, space reserved at start, best on tmpfs); auto = `/dev/shm/tlsfront-<uid>/<port>.cache`, in a 0700 directory of the user tlsfront runs as (process.user, else the starting user).";
     cache_size: Size = "64m", "cache.size", change = Restart,
         "Size of the cache file; fixed, it never grows (512 bytes per session).";
     cache_timeout: Seconds = "300s", "cache.timeout", change = Live,
         "How long a cached session can be resumed (like nginx's ssl_session_timeout); whole seconds, since expiry is kept in seconds (1500ms is refused, not rounded).";
     cache_remote: RemoteUrl = "", "cache.remote", change = Restart,
-        "A Redis shared by a fleet (redis://HOST:PORT[/DB], redis://:PASSWORD@HOST:PORT, redis+unix:///PATH) as a second tier behind the local cache, so sessions resume on any host behind a load balancer; empty = off. A Redis Cluster: redis+cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT...] (seed nodes; each lookup goes to the node owning its key's slot, with cache.remote.timeout as connect and reply timeout, no retries). TLS: rediss://HOST:PORT (verified against cache.remote.ca or the system's roots). An ACL user: redis://USER:PASSWORD@HOST:PORT (never shown by sysctl -a or in logs). Values are sealed with cache.remote.secret. Lookups run on a thread of their own, never on a worker.";
+        "A Redis shared by a fleet (`redis://HOST:PORT[/DB]`, `redis://:PASSWORD@HOST:PORT`, `redis+unix:///PATH`) as a second tier behind the local cache, so sessions resume on any host behind a load balancer; empty = off. A Redis Cluster: `redis+cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT...]` (seed nodes; each lookup goes to the node owning its key's slot, with cache.remote.timeout as connect and reply timeout, no retries). TLS: rediss://HOST:PORT (verified against cache.remote.ca or the system's roots). An ACL user: redis://USER:PASSWORD@HOST:PORT (never shown by sysctl -a or in logs). Values are sealed with cache.remote.secret. Lookups run on a thread of their own, never on a worker.";
     cache_remote_secret: RemoteSecret = "", "cache.remote.secret", change = Restart,
         "file:PATH of a secret of 32+ bytes shared by the fleet (like tickets.key_source): seals the sessions kept in cache.remote and names their keys. Required with cache.remote.";
     cache_remote_ca: OptPath = "", "cache.remote.ca", change = Restart,
@@ -306,13 +306,13 @@ config_keys! {
     ticket_source: KeySourceSpec = "random", "tickets.key_source", change = Reload,
         "random = OS random keys kept in the shared ring file; file:PATH = keys derived (HKDF-SHA256) from a secret of 32+ bytes shared by a fleet.";
     tickets_path: AutoPath = "auto", "tickets.path", change = Restart,
-        "The shared ticket-key ring file (mode 0600, keep it on tmpfs); auto = /dev/shm/tlsfront-<uid>/<port>.tickets.";
+        "The shared ticket-key ring file (mode 0600, keep it on tmpfs); auto = `/dev/shm/tlsfront-<uid>/<port>.tickets`.";
     tls13_tickets: u32 = "2", "tls.tls13_tickets", change = Reload,
         "Tickets sent after each TLS 1.3 handshake.";
     early_data_max: Size = "0", "tls.early_data_max", change = Reload,
         "Most 0-RTT bytes accepted per connection; 0 = 0-RTT off. Needs tickets.tls13_mode = stateful (single-use tickets box-wide against replay).";
     control_socket: AutoPath = "auto", "control.socket", change = Restart,
-        "Unix socket (mode 0600) for stats and sysctl queries; auto = /dev/shm/tlsfront-<uid>/<port>.sock.";
+        "Unix socket (mode 0600) for stats and sysctl queries; auto = `/dev/shm/tlsfront-<uid>/<port>.sock`.";
     process_user: OptUser = "", "process.user", change = Restart,
         "After binding the port and attaching eBPF, become this user (its files: cache, ticket ring, control socket); a restart as root or as this user reuses files owned by it. Best a dedicated user (e.g. tlsfront), not nobody: whoever runs as it can read the ticket keys. Empty = stay as started.";
     metrics_listen: OptAddr = "", "metrics.listen", change = Restart,
