@@ -145,26 +145,48 @@ fn answer_through(proc: &Proc) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-#[test]
-fn after_the_drop_a_unix_upstream_process_user_may_write_is_served() {
+/// A unix upstream answering `name` on a socket of `mode`, and tlsfront
+/// as `nobody` in front of it (the directory, socket path and upstream
+/// thread live as long as the test).
+struct BehindUnixUpstream {
+    _dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+    _server: std::thread::JoinHandle<()>,
+    proc: Proc,
+}
+
+fn nobody_behind_unix_upstream(mode: u32, name: &'static str) -> BehindUnixUpstream {
     tlsfront_tests::prereq::require(&[tlsfront_tests::prereq::Need::Root]);
     let dir = temp_dir();
-    let socket = dir.path().join("open.sock");
-    let _server = unix_upstream(&socket, 0o666, "unix upstream");
+    let socket = dir.path().join("upstream.sock");
+    let server = unix_upstream(&socket, mode, name);
     let proc = as_nobody_with_unix_upstream(dir.path(), &socket);
-    assert_eq!(answer_through(&proc), "unix upstream", "{}", proc.output());
+    BehindUnixUpstream {
+        _dir: dir,
+        socket,
+        _server: server,
+        proc,
+    }
+}
+
+#[test]
+fn after_the_drop_a_unix_upstream_process_user_may_write_is_served() {
+    let up = nobody_behind_unix_upstream(0o666, "unix upstream");
+    assert_eq!(
+        answer_through(&up.proc),
+        "unix upstream",
+        "{}",
+        up.proc.output()
+    );
 }
 
 #[test]
 fn after_the_drop_a_unix_upstream_only_root_may_write_fails_and_the_log_names_it() {
-    tlsfront_tests::prereq::require(&[tlsfront_tests::prereq::Need::Root]);
-    let dir = temp_dir();
-    let socket = dir.path().join("root-only.sock");
-    let _server = unix_upstream(&socket, 0o600, "must not be reached");
-    let proc = as_nobody_with_unix_upstream(dir.path(), &socket);
+    let up = nobody_behind_unix_upstream(0o600, "must not be reached");
+    let (proc, socket) = (&up.proc, &up.socket);
     // nginx answers 502 here ("connect() to unix:… failed (13: Permission
     // denied)"); a TCP proxy can only close the client.
-    assert_eq!(answer_through(&proc), "", "{}", proc.output());
+    assert_eq!(answer_through(proc), "", "{}", proc.output());
     let line = format!(
         "upstream unix:{}: connecting: Permission denied",
         socket.display()
