@@ -25,22 +25,9 @@ fn with_process_user_it_runs_as_that_user_without_capabilities_and_owns_its_file
     let cache = dir.path().join("c.cache");
     let ring = dir.path().join("k.ring");
     let socket = dir.path().join("ctl.sock");
-    let (c, r, s) = (
-        cache.display().to_string(),
-        ring.display().to_string(),
-        socket.display().to_string(),
-    );
     // The temp dir must be enterable by `nobody` for the socket to be usable
     // by anyone; tlsfront itself only needs its open descriptors.
-    let proc = Proc::start(
-        None,
-        &[
-            ("process.user", "nobody"),
-            ("cache.path", &c),
-            ("tickets.path", &r),
-            ("control.socket", &s),
-        ],
-    );
+    let proc = as_nobody(dir.path(), &[]);
     let pid = proc.pid();
     let uids: Vec<String> = status_field(pid, "Uid")
         .split_whitespace()
@@ -118,22 +105,28 @@ fn unix_upstream(path: &Path, mode: u32, name: &'static str) -> std::thread::Joi
     })
 }
 
-/// tlsfront as `nobody` with `upstream.addr = unix:<socket>`.
-fn as_nobody_with_unix_upstream(dir: &Path, socket: &Path) -> Proc {
-    let (c, r) = (
+/// tlsfront as `nobody`, its shared files and control socket in `dir`
+/// (`c.cache`, `k.ring`, `ctl.sock`), with `more` settings.
+fn as_nobody(dir: &Path, more: &[(&str, &str)]) -> Proc {
+    let (c, r, s) = (
         dir.join("c.cache").display().to_string(),
         dir.join("k.ring").display().to_string(),
+        dir.join("ctl.sock").display().to_string(),
     );
-    Proc::start(
-        None,
-        &[
-            ("process.user", "nobody"),
-            ("worker.count", "1"),
-            ("cache.path", &c),
-            ("tickets.path", &r),
-            ("upstream.addr", &format!("unix:{}", socket.display())),
-        ],
-    )
+    let mut settings = vec![
+        ("process.user", "nobody"),
+        ("cache.path", c.as_str()),
+        ("tickets.path", r.as_str()),
+        ("control.socket", s.as_str()),
+    ];
+    settings.extend_from_slice(more);
+    Proc::start(None, &settings)
+}
+
+/// tlsfront as `nobody` with `upstream.addr = unix:<socket>`.
+fn as_nobody_with_unix_upstream(dir: &Path, socket: &Path) -> Proc {
+    let upstream = format!("unix:{}", socket.display());
+    as_nobody(dir, &[("worker.count", "1"), ("upstream.addr", &upstream)])
 }
 
 /// What one TLS request through `proc` got back.
@@ -207,28 +200,14 @@ fn after_the_drop_a_reload_that_cannot_read_a_root_only_key_keeps_serving_and_na
     let (cert, key) = pki.leaf(&["localhost"]).write(dir.path(), "server");
     // As certbot and most packages leave a private key: root's alone.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
-    let (c, r, s) = (
-        dir.path().join("c.cache").display().to_string(),
-        dir.path().join("k.ring").display().to_string(),
-        dir.path().join("ctl.sock").display().to_string(),
-    );
     let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
-    let proc = Proc::start(
-        None,
-        &[
-            ("process.user", "nobody"),
-            ("cache.path", &c),
-            ("tickets.path", &r),
-            ("control.socket", &s),
-            ("tls.cert", &cert_s),
-            ("tls.key", &key_s),
-        ],
-    );
+    let proc = as_nobody(dir.path(), &[("tls.cert", &cert_s), ("tls.key", &key_s)]);
+    let s = dir.path().join("ctl.sock");
     let trusting = client_config(&ClientSpec::new(pki.trust()));
     let before = visit(proc.addr(), trusting.clone(), "localhost").expect("served before");
     assert!(before.http_200);
 
-    let out = tlsfront_tests::ops_support::reload_cmd(Path::new(&s));
+    let out = tlsfront_tests::ops_support::reload_cmd(&s);
     assert_ne!(out.code(), Some(0), "{}", out.describe());
     let said = format!("{}{}", out.stdout, out.stderr);
     assert!(
