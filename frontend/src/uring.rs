@@ -376,6 +376,9 @@ pub struct Driver {
     pub counters: LoopCounters,
 }
 
+/// Sets one ring mode's flags on a builder, with the completion queue size.
+type RingSetUp = fn(&mut io_uring::Builder, u32);
+
 /// Bytes reserved in the tag for the operation slot (`Inflight` index is
 /// separate; tags are the worker's own).
 impl Driver {
@@ -383,7 +386,7 @@ impl Driver {
     /// of `rx_size` bytes.
     pub fn new(entries: u32, rx_count: u16, rx_size: usize) -> Result<Driver, UringError> {
         let cq = entries.saturating_mul(4);
-        let attempts: [(RingMode, fn(&mut io_uring::Builder, u32)); 3] = [
+        let attempts: [(RingMode, RingSetUp); 3] = [
             (RingMode::DeferTaskrun, |b, cq| {
                 b.setup_single_issuer()
                     .setup_defer_taskrun()

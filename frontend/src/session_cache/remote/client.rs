@@ -136,7 +136,8 @@ impl Job {
 
 /// Where the store is.
 pub(super) enum Target {
-    Single(redis::Client),
+    // Both boxed: built once per process, and the two clients differ in size.
+    Single(Box<redis::Client>),
     Cluster(Box<redis::cluster::ClusterClient>),
 }
 
@@ -177,7 +178,7 @@ impl Target {
             url: super::redact(&settings.url),
             source,
         })?;
-        Ok(Target::Single(client))
+        Ok(Target::Single(Box::new(client)))
     }
 
     async fn connect(&self) -> redis::RedisResult<Conn> {
