@@ -23,8 +23,8 @@ use rustls::server::UnbufferedServerConnection;
 
 use crate::client_hello::HelloInfo;
 use crate::config::Tls13Mode;
-use crate::connection::{Decision, HelloGate, Lookup};
 use crate::live::Live;
+use crate::relay::{Decision, HelloGate, Lookup};
 
 /// A worker's [`HelloGate`].
 pub struct WorkerGate {

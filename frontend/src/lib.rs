@@ -2,8 +2,8 @@
 //!
 //! Each connection lives on one per-core io_uring worker (`worker`, the
 //! driver of `uring`); TLS is rustls's unbuffered API ([`tls`]); the
-//! protocol logic is a sans-IO state machine per connection
-//! (`connection`); the PROXY protocol headers are read and built by `proxy_protocol`;
+//! protocol logic, TLS on one side and the plaintext upstream on the other,
+//! is a sans-IO state machine per connection (`relay`); the PROXY protocol headers are read and built by `proxy_protocol`;
 //! configuration is sysctl-style ([`config`]); [`server`] assembles the
 //! process, whose running state is `live`; it answers on a unix control
 //! socket ([`control`]) with the counters of [`metrics`]. The architecture
@@ -28,7 +28,6 @@ pub(crate) mod client_auth;
 pub(crate) mod client_hello;
 pub(crate) mod clock;
 pub mod config;
-pub(crate) mod connection;
 pub mod control;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -38,6 +37,7 @@ pub(crate) mod live;
 pub mod metrics;
 pub(crate) mod ocsp;
 pub(crate) mod proxy_protocol;
+pub(crate) mod relay;
 pub(crate) mod resume_hint;
 pub mod server;
 pub(crate) mod server_name;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::Conn;
-use crate::connection::Failure;
+use crate::relay::Failure;
 
 /// Failure lines a worker logs per second; beyond that they are counted
 /// and summed up once a second, so that a flood of bad handshakes cannot

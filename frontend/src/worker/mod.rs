@@ -32,10 +32,10 @@ use std::time::{Duration, Instant};
 use rustls::server::UnbufferedServerConnection;
 use tracing::{debug, info, warn};
 
-use crate::connection::{Connection, End, Event, Failure, HelloGate, Limits, Side};
 use crate::hello_gate::WorkerGate;
 use crate::live::Live;
 use crate::metrics::{Stats, WorkerStats};
+use crate::relay::{Connection, End, Event, Failure, HelloGate, Limits, Side};
 use crate::session_cache::remote::{Answer, Fetched};
 use crate::upstream_pool::Pool;
 use crate::uring::{Buf, BufPool, Completion, Driver, UringError};
