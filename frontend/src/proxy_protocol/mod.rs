@@ -1,7 +1,7 @@
 //! The PROXY protocol (HAProxy's `proxy-protocol.txt`, v1 text and v2
 //! binary): the header tlsfront reads first from a trusted L4 balancer in
-//! front of it (`net.proxy_protocol`, [`parse`]), and the one it sends the
-//! upstream (`upstream.proxy_protocol`, [`send`]), each naming the client's
+//! front of it (`net.proxy_protocol`, [`parse`](mod@parse)), and the one it sends the
+//! upstream (`upstream.proxy_protocol`, [`send`](mod@send)), each naming the client's
 //! address.
 
 pub mod parse;

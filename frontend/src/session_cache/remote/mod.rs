@@ -6,7 +6,7 @@
 //! that key's slot.
 //!
 //! The shared mmap cache stays the first tier. **No worker ever waits for
-//! Redis**: one thread of the process ([`client`]) owns the connection (one
+//! Redis**: one thread of the process ([`thread`]) owns the connection ([`client`]) (one
 //! multiplexed, pipelined connection, or the cluster's), and everything a
 //! worker asks of Redis is a message to it:
 //!
@@ -34,7 +34,9 @@
 
 mod client;
 mod error;
+mod mailbox;
 pub mod seal;
+mod thread;
 
 use crossbeam_utils::CachePadded;
 use std::fmt;
@@ -43,8 +45,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use client::{Answer, Mailbox};
 pub use error::RemoteError;
+pub use mailbox::{Answer, Mailbox};
 pub use seal::{Keys, Rejected, MIN_SECRET};
 
 use crate::metrics::{self, PerWorkerCounters};
@@ -139,7 +141,7 @@ pub struct RemoteStore {
     /// This process's issuer number, sealed into every value it writes.
     issuer: u64,
     shared: Arc<Shared>,
-    jobs: tokio::sync::mpsc::UnboundedSender<client::Job>,
+    jobs: tokio::sync::mpsc::UnboundedSender<thread::Job>,
 }
 
 impl fmt::Debug for RemoteStore {
@@ -172,7 +174,7 @@ impl RemoteStore {
             writes: AtomicUsize::new(0),
             queue: settings.queue.max(1),
         });
-        let jobs = client::spawn(target, Arc::clone(&shared))?;
+        let jobs = thread::spawn(target, Arc::clone(&shared))?;
         Ok(RemoteStore {
             url: redact(&settings.url),
             budget,
@@ -216,7 +218,7 @@ impl RemoteStore {
         let (tx, rx) = std::sync::mpsc::channel();
         let deadline = Instant::now() + timeout;
         self.jobs
-            .send(client::Job::Ping {
+            .send(thread::Job::Ping {
                 deadline,
                 reply: tx,
             })
@@ -245,7 +247,7 @@ impl RemoteStore {
             .shared
             .keys
             .seal(session_id, now, self.issuer, expiry, session)
-            .map(|value| client::Job::Set {
+            .map(|value| thread::Job::Set {
                 key: self.shared.keys.redis_key(session_id),
                 value,
                 ttl,
@@ -268,14 +270,14 @@ impl RemoteStore {
     pub fn lookup(&self, worker: usize, token: u64, session_id: Vec<u8>, take: bool) -> bool {
         let last = self.shared.mailboxes.len() - 1;
         self.jobs
-            .send(client::Job::Lookup {
+            .send(thread::Job::Lookup {
                 worker: worker.min(last),
                 token,
                 key: self.shared.keys.redis_key(&session_id),
                 session_id,
                 take,
                 deadline: Instant::now() + self.budget,
-                reply: client::Reply::Mailbox,
+                reply: thread::Reply::Mailbox,
             })
             .is_ok()
     }
@@ -294,14 +296,14 @@ impl RemoteStore {
     #[cfg(test)]
     pub fn fetch_wait(&self, session_id: &[u8], take: bool) -> Fetched {
         let (tx, rx) = std::sync::mpsc::channel();
-        let sent = self.jobs.send(client::Job::Lookup {
+        let sent = self.jobs.send(thread::Job::Lookup {
             worker: self.worker_index(),
             token: 0,
             key: self.shared.keys.redis_key(session_id),
             session_id: session_id.to_vec(),
             take,
             deadline: Instant::now() + self.budget,
-            reply: client::Reply::Channel(tx),
+            reply: thread::Reply::Channel(tx),
         });
         if sent.is_err() {
             return Fetched::Unavailable;
