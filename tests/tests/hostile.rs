@@ -803,3 +803,61 @@ fn a_session_from_one_server_name_does_not_resume_under_another_with_tickets() {
 fn a_session_from_one_server_name_does_not_resume_under_another_with_session_ids() {
     session_stays_with_its_server_name("0");
 }
+
+/// A client that completed its handshake and holds the connection open.
+fn held_client(fe: &Frontend, what: &str) -> TlsClient {
+    TlsClient::connect(
+        fe.addr(),
+        ClientSpec::new(Trust::AnyCert).build(),
+        "localhost",
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}\n{}", fe.output()))
+}
+
+#[test]
+fn past_limits_max_connections_a_new_client_is_closed_at_accept_while_the_open_ones_are_served() {
+    let fe = start(&[("worker.count", "1"), ("limits.max_connections", "2")]);
+    let mut first = held_client(&fe, "first of two allowed");
+    let _second = held_client(&fe, "second of two allowed");
+
+    // The third is accepted by the kernel and closed by tlsfront before any
+    // byte of TLS: its handshake cannot complete.
+    let third = TlsClient::connect(
+        fe.addr(),
+        ClientSpec::new(Trust::AnyCert).build(),
+        "localhost",
+    );
+    assert!(
+        third.is_err(),
+        "a third connection past limits.max_connections = 2 was served\n{}",
+        fe.output()
+    );
+    // The open ones are untouched.
+    let (answer, _) = first.request(b"GET / HTTP/1.0\r\n\r\n", IO_TIMEOUT);
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "an open connection must still be served: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let (stats, counted) = fe.wait_stats(STATS_WAIT, |s| stat(s, "rejected_over_limit") >= 1);
+    assert!(counted, "the refusal is counted: {stats:?}");
+    assert_eq!(stat(&stats, "rejected_over_limit"), 1, "{stats:?}");
+}
+
+#[test]
+fn limits_max_connections_is_live_a_raised_limit_admits_the_next_client() {
+    let fe = start(&[("worker.count", "1"), ("limits.max_connections", "1")]);
+    let _held = held_client(&fe, "the one allowed");
+    assert!(
+        TlsClient::connect(
+            fe.addr(),
+            ClientSpec::new(Trust::AnyCert).build(),
+            "localhost"
+        )
+        .is_err(),
+        "a second connection past limits.max_connections = 1 was served"
+    );
+    let set = ops_support::sysctl_write(&fe.socket, &["limits.max_connections=2"]);
+    assert_eq!(set.code(), Some(0), "{}", set.describe());
+    let _next = held_client(&fe, "the next client after raising the limit to 2");
+}
