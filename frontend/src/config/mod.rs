@@ -1,6 +1,6 @@
 //! Sysctl-style configuration: `key = value` lines, `#` comments.
 //!
-//! [`KEYS`] is the single source of truth: every key's name, type, default,
+//! `KEYS` is the single source of truth: every key's name, type, default,
 //! whether it can change at run time and its one-line doc are written once,
 //! in the `config_keys!` table below. Parsing, `-o key=value` overrides,
 //! `tlsfront sysctl -a` and the reference page `docs/config.md` are all
@@ -10,6 +10,7 @@ mod renamed;
 mod values;
 
 use std::collections::BTreeMap;
+#[cfg(test)]
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -26,29 +27,32 @@ pub use remote_url::{RemoteSecret, RemoteUrl};
 
 /// Fewest keys of the ticket ring (`tickets.keys`): the next, the current
 /// and the previous epoch's.
-pub const TICKET_KEYS_MIN: usize = 3;
+pub(crate) const TICKET_KEYS_MIN: usize = 3;
 /// Most keys of the ticket ring (`tickets.keys`).
-pub const TICKET_KEYS_MAX: usize = 16;
+pub(crate) const TICKET_KEYS_MAX: usize = 16;
 
 /// Description of one configuration key, as listed by `sysctl -a` and in
 /// `docs/config.md`.
 #[derive(Debug, Clone, Copy)]
-pub struct KeyInfo {
+// `kind`, `default`, `doc` are read only where docs/config.md and
+// examples/tlsfront.conf are generated and checked: the unit tests.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) struct KeyInfo {
     /// Dotted key name, e.g. `net.listen`.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// Human description of the accepted values.
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// Default, in the same syntax a config file uses.
-    pub default: &'static str,
+    pub(crate) default: &'static str,
     /// How a new value reaches a running process.
-    pub change: Change,
+    pub(crate) change: Change,
     /// One-line documentation.
-    pub doc: &'static str,
+    pub(crate) doc: &'static str,
 }
 
 /// How a key's new value reaches a running process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// `tlsfront sysctl -w` applies it at once, to every worker.
     Live,
     /// Edit the file, then `tlsfront reload` (or SIGHUP): new connections
@@ -60,7 +64,8 @@ pub enum Change {
 
 impl Change {
     /// The word the reference page uses.
-    pub fn describe(self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Change::Live => "live (sysctl -w)",
             Change::Reload => "reload",
@@ -113,19 +118,19 @@ pub enum ConfigError {
 /// What a server name gets of its own: `tls.sni.<name>.cert` / `.key`
 /// (a certificate) and `tls.sni.<name>.upstream` (where its plaintext goes).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SniCert {
+pub(crate) struct SniCert {
     /// PEM certificate chain.
-    pub cert: Option<PathBuf>,
+    pub(crate) cert: Option<PathBuf>,
     /// PEM private key.
-    pub key: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
     /// Servers for this name instead of `upstream.addr`.
-    pub upstream: Option<Upstream>,
+    pub(crate) upstream: Option<Upstream>,
     /// DER OCSP response stapled with `cert` (`tls.sni.<name>.ocsp`).
-    pub ocsp: Option<PathBuf>,
+    pub(crate) ocsp: Option<PathBuf>,
 }
 
 /// Keys of the form `tls.sni.<name>.cert|key|ocsp|upstream`; documented beside [`KEYS`].
-pub const SNI_KEYS: &[KeyInfo] = &[
+pub(crate) const SNI_KEYS: &[KeyInfo] = &[
     KeyInfo {
         name: "tls.sni.<name>.cert",
         kind: "path",
@@ -158,17 +163,17 @@ pub const SNI_KEYS: &[KeyInfo] = &[
 
 macro_rules! config_keys {
     ($( $field:ident : $ty:ty = $default:literal, $key:literal, change = $rt:ident, $doc:literal; )*) => {
-        /// The effective configuration: one typed field per key of [`KEYS`],
+        /// The effective configuration: one typed field per key of `KEYS`,
         /// plus the per-name SNI certificates.
         #[derive(Debug, Clone)]
         pub struct Config {
             $( #[doc = $doc] pub $field: $ty, )*
             /// Certificates by server name (`tls.sni.<name>.cert|key`).
-            pub sni: BTreeMap<String, SniCert>,
+            pub(crate) sni: BTreeMap<String, SniCert>,
         }
 
         /// Every fixed key, in the order `sysctl -a` prints them.
-        pub const KEYS: &[KeyInfo] = &[
+        pub(crate) const KEYS: &[KeyInfo] = &[
             $( KeyInfo {
                 name: $key,
                 kind: <$ty as ConfigValue>::KIND,
@@ -329,15 +334,15 @@ config_keys! {
 /// lifetimes sane. Checked at start, by `check`, on reload and by
 /// `sysctl -w`; shown in docs/config.md.
 #[derive(Debug, Clone, Copy)]
-pub struct Range {
+pub(crate) struct Range {
     /// A key of [`KEYS`].
-    pub key: &'static str,
+    pub(crate) key: &'static str,
     /// Smallest value accepted.
-    pub min: u64,
+    pub(crate) min: u64,
     /// Largest value accepted.
-    pub max: u64,
+    pub(crate) max: u64,
     /// The range as the reference page and messages word it.
-    pub shown: &'static str,
+    pub(crate) shown: &'static str,
 }
 
 const fn range(key: &'static str, min: u64, max: u64, shown: &'static str) -> Range {
@@ -358,7 +363,7 @@ const SECOND: u64 = 1000;
 const HOUR: u64 = 3600 * SECOND;
 
 /// Every bounded key (see [`Range`]).
-pub const RANGES: &[Range] = &[
+pub(crate) const RANGES: &[Range] = &[
     range("net.backlog", 1, 65535, "1 to 65535"),
     range("net.xdp.queue_size", 1, 16384, "1 to 16384"),
     range("worker.drain_timeout", 0, 24 * HOUR, "0s to 24h"),
@@ -438,7 +443,7 @@ impl Config {
 
     /// The current value of `key`, rendered as a config file would write it
     /// (under a renamed key's old name, as the old name showed it).
-    pub fn get(&self, key: &str) -> Option<String> {
+    pub(crate) fn get(&self, key: &str) -> Option<String> {
         if let Some(r) = renamed_key(key) {
             return self.get(r.new).map(|v| r.old_value(&v));
         }
@@ -489,7 +494,7 @@ impl Config {
 
     /// Applies a config file's text on top of `self`; stops at the first
     /// problem.
-    pub fn apply_text(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+    pub(crate) fn apply_text(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
         let mut loaded = Loaded::new(std::mem::take(self));
         loaded.apply_text(path, text);
         *self = loaded.config;
@@ -497,7 +502,7 @@ impl Config {
     }
 
     /// Applies one `-o key=value` argument.
-    pub fn apply_override(&mut self, arg: &str) -> Result<(), ConfigError> {
+    pub(crate) fn apply_override(&mut self, arg: &str) -> Result<(), ConfigError> {
         let mut loaded = Loaded::new(std::mem::take(self));
         loaded.apply_override(arg);
         *self = loaded.config;
@@ -524,7 +529,7 @@ impl Config {
     }
 
     /// The first of [`problems`](Self::problems), unlocated.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         match self.problems().into_iter().next() {
             Some((key, reason)) => Err(ConfigError::Inconsistent { key, reason }),
             None => Ok(()),
@@ -533,7 +538,7 @@ impl Config {
 
     /// Every value out of its range and every set of keys that do not fit
     /// together: (the key to blame, why). Empty = usable.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    pub(crate) fn problems(&self) -> Vec<(String, String)> {
         let mut found: Vec<(String, String)> = Vec::new();
         let mut bad = |key: &str, reason: &str| found.push((key.to_string(), reason.to_string()));
         for r in RANGES {
@@ -632,7 +637,7 @@ impl Config {
     /// process's effective uid. Names the private directory of the default
     /// paths, so that a restart as root with `process.user` and a restart
     /// as that user find the same files.
-    pub fn runtime_uid(&self) -> u32 {
+    pub(crate) fn runtime_uid(&self) -> u32 {
         let user = self
             .process_user
             .0
@@ -648,7 +653,7 @@ impl Config {
     /// of the `auto` paths: `/dev/shm/tlsfront-<uid>`. Not a shared
     /// world-writable name: another local user cannot pre-create, swap or
     /// lock the files inside.
-    pub fn runtime_dir(&self) -> PathBuf {
+    pub(crate) fn runtime_dir(&self) -> PathBuf {
         PathBuf::from(format!("/dev/shm/tlsfront-{}", self.runtime_uid()))
     }
 
@@ -666,18 +671,18 @@ impl Config {
     }
 
     /// The ticket-key ring file this configuration resolves to.
-    pub fn tickets_path(&self) -> PathBuf {
+    pub(crate) fn tickets_path(&self) -> PathBuf {
         self.tickets_path.resolve(|| self.auto_path("tickets"))
     }
 
     /// The session cache file this configuration resolves to.
-    pub fn cache_path(&self) -> PathBuf {
+    pub(crate) fn cache_path(&self) -> PathBuf {
         self.cache_path.resolve(|| self.auto_path("cache"))
     }
 
     /// True when some shared path is `auto` (then [`runtime_dir`](Self::runtime_dir)
     /// must exist before start-up opens them).
-    pub fn uses_runtime_dir(&self) -> bool {
+    pub(crate) fn uses_runtime_dir(&self) -> bool {
         [&self.control_socket, &self.tickets_path, &self.cache_path]
             .iter()
             .any(|p| matches!(p, AutoPath::Auto))
@@ -709,7 +714,7 @@ fn sni_key(key: &str) -> Option<(&str, SniPart)> {
 /// The description of `key`: a key of [`KEYS`] (a renamed key's old name
 /// gets its new key's), or a per-name key of [`SNI_KEYS`]
 /// (`tls.sni.api.example.com.upstream` → `tls.sni.<name>.upstream`).
-pub fn key_info(key: &str) -> Option<&'static KeyInfo> {
+pub(crate) fn key_info(key: &str) -> Option<&'static KeyInfo> {
     let key = renamed_key(key).map_or(key, |r| r.new);
     if let Some(k) = KEYS.iter().find(|k| k.name == key) {
         return Some(k);
@@ -776,7 +781,7 @@ pub struct ConfigWarning {
 
 impl Origin {
     /// `reason` about `key`, located here.
-    pub fn error(&self, key: &str, reason: String) -> ConfigError {
+    pub(crate) fn error(&self, key: &str, reason: String) -> ConfigError {
         match self {
             Origin::Line { path, line } => ConfigError::Key {
                 path: path.clone(),
@@ -796,16 +801,16 @@ impl Origin {
 /// A configuration as read, with where each key was set and every problem
 /// found, not only the first (`tlsfront check` names them all).
 #[derive(Debug, Default)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     /// The values; a key whose value was refused keeps the one before.
-    pub config: Config,
+    pub(crate) config: Config,
     /// Where each key set was set, by key (SNI names lower-cased); the last
     /// setting wins, as it does for the value.
-    pub origins: BTreeMap<String, Origin>,
+    pub(crate) origins: BTreeMap<String, Origin>,
     /// Every problem, located where the file or `-o` could be blamed.
-    pub problems: Vec<ConfigError>,
+    pub(crate) problems: Vec<ConfigError>,
     /// Every use of a renamed key's old name, located.
-    pub warnings: Vec<ConfigWarning>,
+    pub(crate) warnings: Vec<ConfigWarning>,
 }
 
 impl Loaded {
@@ -819,7 +824,7 @@ impl Loaded {
     /// Defaults, then the file (if any), then the overrides in order; then
     /// the checks of [`Config::problems`], each located at the line or `-o`
     /// that set its key. Reads nothing but the file.
-    pub fn read(file: Option<&Path>, overrides: &[String]) -> Loaded {
+    pub(crate) fn read(file: Option<&Path>, overrides: &[String]) -> Loaded {
         let mut loaded = Loaded::new(Config::default());
         if let Some(path) = file {
             match std::fs::read_to_string(path) {
@@ -852,7 +857,7 @@ impl Loaded {
 
     /// `reason` about `key`, at the line or `-o` that set it (unlocated
     /// when the key has its default).
-    pub fn locate(&self, key: &str, reason: String) -> ConfigError {
+    pub(crate) fn locate(&self, key: &str, reason: String) -> ConfigError {
         match self.origins.get(key) {
             Some(origin) => origin.error(key, reason),
             None => ConfigError::Inconsistent {
@@ -931,7 +936,7 @@ impl Loaded {
 
 impl ConfigError {
     /// The key the problem is about, if it names one.
-    pub fn key(&self) -> Option<String> {
+    pub(crate) fn key(&self) -> Option<String> {
         match self {
             ConfigError::Key { key, .. }
             | ConfigError::Override { key, .. }
@@ -978,7 +983,8 @@ fn strip_comment(line: &str) -> String {
 }
 
 /// The reference page `docs/config.md`, generated from [`KEYS`].
-pub fn reference_markdown() -> String {
+#[cfg(test)]
+pub(crate) fn reference_markdown() -> String {
     let mut out = String::new();
     out.push_str("# tlsfront configuration reference\n\n");
     out.push_str(
@@ -1050,7 +1056,8 @@ pub fn reference_markdown() -> String {
 
 /// `examples/tlsfront.conf`: every key at its default, with its doc as a
 /// comment; generated from [`KEYS`] like the reference page.
-pub fn example_file() -> String {
+#[cfg(test)]
+pub(crate) fn example_file() -> String {
     let mut out = String::from(
         "# tlsfront configuration: every key, at its default value.\n\
          # Generated from the key table (frontend/src/config/mod.rs); see docs/config.md.\n\

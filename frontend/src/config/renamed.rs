@@ -27,7 +27,7 @@ pub enum BareUnit {
 pub struct Renamed {
     /// The name older releases used.
     pub old: &'static str,
-    /// The key of [`KEYS`](super::KEYS) it is now.
+    /// The key (of the table `KEYS`) it is now.
     pub new: &'static str,
     /// What a bare number meant under `old`.
     pub bare: BareUnit,

@@ -11,7 +11,7 @@ pub trait ConfigValue: Sized {
     fn parse(raw: &str) -> Result<Self, String>;
     /// Prints the value so that `parse(render())` gives it back.
     fn render(&self) -> String;
-    /// The number a [`Range`](super::Range) bounds: a count, bytes for a
+    /// The number a `Range` of the key table bounds: a count, bytes for a
     /// size, milliseconds for a duration; `None` for values that are not
     /// numbers.
     fn magnitude(&self) -> Option<u64> {

@@ -184,12 +184,12 @@ impl SessionCache {
     }
 
     /// Changes how long sessions stored from now on live.
-    pub fn set_timeout_secs(&self, secs: u64) {
+    pub(crate) fn set_timeout_secs(&self, secs: u64) {
         self.timeout_secs.store(secs, Ordering::Relaxed);
     }
 
     /// The file this cache maps.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -309,7 +309,7 @@ impl SessionCache {
 
     /// Whether `key` is here now, counting nothing (the worker's look
     /// before rustls's own `get`).
-    pub fn contains(&self, key: &[u8]) -> bool {
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
         self.lookup(key, false, false).is_some()
     }
 
@@ -329,7 +329,7 @@ impl SessionCache {
     }
 
     /// [`put`](Self::put) with an explicit expiry (unix seconds).
-    pub fn put_with_expiry(&self, key: &[u8], value: &[u8], expiry: u64) -> bool {
+    pub(crate) fn put_with_expiry(&self, key: &[u8], value: &[u8], expiry: u64) -> bool {
         let counters = self.counters();
         if !fits(key, value) {
             counters.oversize.fetch_add(1, Ordering::Relaxed);
