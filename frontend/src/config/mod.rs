@@ -494,6 +494,8 @@ impl Config {
 
     /// Applies a config file's text on top of `self`; stops at the first
     /// problem.
+    // For the unit tests and the config fuzz target; `Loaded` is the way in.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn apply_text(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
         let mut loaded = Loaded::new(std::mem::take(self));
         loaded.apply_text(path, text);
@@ -502,6 +504,8 @@ impl Config {
     }
 
     /// Applies one `-o key=value` argument.
+    // For the unit tests and the config fuzz target; `Loaded` is the way in.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn apply_override(&mut self, arg: &str) -> Result<(), ConfigError> {
         let mut loaded = Loaded::new(std::mem::take(self));
         loaded.apply_override(arg);
