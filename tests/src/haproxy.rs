@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fleet_support::HAPROXY;
+use crate::fleet::HAPROXY;
 use crate::prereq::{require, Need};
 use crate::{temp_dir, write_file, ReservedPort, TempDir};
 

@@ -22,22 +22,33 @@ pub use tempfile::TempDir;
 
 pub mod cache_value;
 pub mod clients;
+pub mod control;
 pub mod cpus;
 pub mod data;
 pub mod files;
-pub mod fleet_support;
+pub mod fleet;
 pub mod haproxy;
+pub mod lifecycle;
+pub mod load;
+pub mod logs;
 pub mod netns;
+pub mod nginx;
+pub mod openssl_client;
 pub mod openssl_pki;
-pub mod ops_support;
 pub mod pki;
 pub mod ports;
 pub mod pp2;
 pub mod prereq;
 pub mod process;
+pub mod process_status;
+pub mod prometheus;
+pub mod raw_tls;
 pub mod redis;
-pub mod robust_support;
+pub mod resp;
+pub mod sessions;
+pub mod sockets;
 pub mod stats;
+pub mod streaming;
 pub mod upstreams;
 
 pub use clients::{

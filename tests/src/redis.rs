@@ -1,13 +1,13 @@
 //! A real redis-server on a reserved loopback port, for the remote-tier
 //! tests that need no network namespace (the fleet's lives in
-//! [`crate::fleet_support`]).
+//! [`crate::fleet`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fleet_support::{resp, RespValue};
+use crate::resp::{resp, RespValue};
 use crate::ReservedPort;
 
 /// redis-server on 127.0.0.1 without persistence, killed on drop.

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 use tlsfront_tests::openssl_pki::{reused, s_client, served, Issued, OpensslCa, Usage};
-use tlsfront_tests::ops_support::{log_lines, reload_cmd};
 use tlsfront_tests::*;
+use tlsfront_tests::{control::reload_cmd, logs::log_lines};
 
 /// A CA that signs the server's and the client's certificate, and a
 /// client certificate from another CA.

@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
-use tlsfront_tests::ops_support::{reload_cmd, sysctl_read, sysctl_write, Proc};
 use tlsfront_tests::*;
+use tlsfront_tests::{
+    control::{reload_cmd, sysctl_read, sysctl_write},
+    lifecycle::Proc,
+};
 
 /// `tlsfront run -c FILE` with the given extra overrides, and (in case it
 /// starts anyway) its own reserved port, control socket, cache and ticket

@@ -15,9 +15,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tlsfront_tests::netns::{in_netns, Netns};
-use tlsfront_tests::ops_support::{sysctl_write, Proc};
-use tlsfront_tests::robust_support::*;
 use tlsfront_tests::*;
+use tlsfront_tests::{control::sysctl_write, lifecycle::Proc};
+use tlsfront_tests::{load::*, process_status::*, sockets::*};
 
 const STATS_WAIT: Duration = Duration::from_secs(10);
 

@@ -5,8 +5,8 @@
 use std::net::TcpStream;
 use std::time::Duration;
 
-use tlsfront_tests::ops_support::{Proc, Streamer};
 use tlsfront_tests::*;
+use tlsfront_tests::{lifecycle::Proc, streaming::Streamer};
 
 /// utime + stime of `pid`, in clock ticks (USER_HZ, 100 on Linux).
 fn cpu_ticks(pid: i32) -> u64 {

@@ -12,13 +12,14 @@
 //! `balance roundrobin`) as the balancer, judged by `openssl s_client`.
 //!
 //! Needs root, redis-server and nginx with the stream module; fails, naming
-//! what is missing, otherwise (`fleet_support::NEEDS`).
+//! what is missing, otherwise (`fleet::NEEDS`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tlsfront_tests::fleet_support::*;
+use tlsfront_tests::netns::in_netns;
 use tlsfront_tests::*;
+use tlsfront_tests::{fleet::*, resp::*, sessions::*};
 
 /// Resumption attempts per run.
 const RECONNECTS: usize = 100;
@@ -538,7 +539,7 @@ fn s_client_reconnects(
     n: usize,
     dir: &std::path::Path,
 ) -> SClientRun {
-    use tlsfront_tests::robust_support::{lines_starting, s_client_to};
+    use tlsfront_tests::openssl_client::{lines_starting, s_client_to};
     let sess = dir.join(format!("sess-{}-{}.pem", addr.port(), args.join("")));
     let sess_arg = sess.display().to_string();
     in_netns(lb, || {

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tlsfront_tests::robust_support::*;
 use tlsfront_tests::*;
+use tlsfront_tests::{load::*, openssl_client::*, raw_tls::*, sockets::*};
 
 const STATS_WAIT: Duration = Duration::from_secs(10);
 
@@ -857,7 +857,7 @@ fn limits_max_connections_is_live_a_raised_limit_admits_the_next_client() {
         .is_err(),
         "a second connection past limits.max_connections = 1 was served"
     );
-    let set = ops_support::sysctl_write(&fe.socket, &["limits.max_connections=2"]);
+    let set = control::sysctl_write(&fe.socket, &["limits.max_connections=2"]);
     assert_eq!(set.code(), Some(0), "{}", set.describe());
     let _next = held_client(&fe, "the next client after raising the limit to 2");
 }

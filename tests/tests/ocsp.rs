@@ -3,8 +3,8 @@
 //! from a test CA, as an operator's cron job would make them.
 
 use std::path::{Path, PathBuf};
+use tlsfront_tests::control::reload_cmd;
 use tlsfront_tests::openssl_pki::{s_client, served, Issued, OpensslCa, Usage};
-use tlsfront_tests::ops_support::reload_cmd;
 use tlsfront_tests::*;
 
 /// A CA and a server certificate for `localhost` from it, in `dir`.

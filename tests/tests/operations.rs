@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tlsfront_tests::ops_support::*;
 use tlsfront_tests::*;
+use tlsfront_tests::{control::*, lifecycle::*, logs::*, nginx::*, prometheus::*, streaming::*};
 
 /// Connects with `cfg`, sends `GET /` and reads to the end; returns the
 /// client's own address (the `peer` tlsfront sees) and whether it resumed.
@@ -479,12 +479,7 @@ fn certificate_reloads_while_16_clients_handshake_fail_none_and_later_clients_ge
     // 16 clients, each a full handshake (TLS 1.2 and 1.3) and a request
     // per connection, all through the reloads.
     let versions: Vec<Versions> = [Versions::Tls12, Versions::Tls13].repeat(8);
-    let load = tlsfront_tests::robust_support::LoadLoop::start(
-        p.addr(),
-        &versions,
-        Some(1),
-        Duration::ZERO,
-    );
+    let load = tlsfront_tests::load::LoadLoop::start(p.addr(), &versions, Some(1), Duration::ZERO);
     thread::sleep(Duration::from_millis(300));
     for round in 1..=6 {
         let leaf = &leaves[round % 2];

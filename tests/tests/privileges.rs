@@ -5,7 +5,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use tlsfront_tests::ops_support::Proc;
+use tlsfront_tests::lifecycle::Proc;
 use tlsfront_tests::*;
 
 /// The `Name:\tvalue` line of /proc/<pid>/status.
@@ -207,7 +207,7 @@ fn after_the_drop_a_reload_that_cannot_read_a_root_only_key_keeps_serving_and_na
     let before = visit(proc.addr(), trusting.clone(), "localhost").expect("served before");
     assert!(before.http_200);
 
-    let out = tlsfront_tests::ops_support::reload_cmd(&s);
+    let out = tlsfront_tests::control::reload_cmd(&s);
     assert_ne!(out.code(), Some(0), "{}", out.describe());
     let said = format!("{}{}", out.stdout, out.stderr);
     assert!(

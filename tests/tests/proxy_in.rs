@@ -14,11 +14,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tlsfront_tests::fleet_support::STREAM_MODULE;
+use tlsfront_tests::fleet::STREAM_MODULE;
 use tlsfront_tests::haproxy::Haproxy;
-use tlsfront_tests::ops_support::{access_line_for, Nginx};
 use tlsfront_tests::prereq::{require, Need};
 use tlsfront_tests::{client_config, ClientSpec, Frontend, TlsClient, Trust};
+use tlsfront_tests::{logs::access_line_for, nginx::Nginx};
 
 /// HAProxy in `mode tcp` forwarding to `to` with `send-proxy-v2`.
 fn haproxy_to(to: SocketAddr) -> Haproxy {

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use tlsfront_tests::openssl_client::{lines_starting, s_client};
 use tlsfront_tests::prereq::Need;
-use tlsfront_tests::robust_support::{lines_starting, s_client};
 use tlsfront_tests::*;
 
 /// Sessions spread over the cluster's slots.

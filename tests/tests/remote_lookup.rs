@@ -23,8 +23,8 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tlsfront_tests::fleet_support::session_id_client;
 use tlsfront_tests::redis::LocalRedis;
+use tlsfront_tests::sessions::session_id_client;
 use tlsfront_tests::{Frontend, TlsClient};
 
 /// Delay each way through the relay: a 2 ms round trip.

@@ -10,10 +10,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tlsfront_tests::fleet_support::RespValue;
+use tlsfront_tests::openssl_client::{count_reused, lines_starting, s_client, save_sessions};
 use tlsfront_tests::prereq::{require, Need};
 use tlsfront_tests::redis::LocalRedis;
-use tlsfront_tests::robust_support::{count_reused, lines_starting, s_client, save_sessions};
+use tlsfront_tests::resp::RespValue;
 use tlsfront_tests::{write_file, CmdOutput, Frontend};
 
 /// Sessions saved per test.

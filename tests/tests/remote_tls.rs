@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use tlsfront_tests::fleet_support::session_id_client;
 use tlsfront_tests::redis::LocalRedis;
+use tlsfront_tests::sessions::session_id_client;
 use tlsfront_tests::{tlsfront_cmd, write_file, Frontend, Pki, TlsClient};
 
 const PASSWORD: &str = "Zq7-acl-secret-Xw";

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tlsfront_tests::robust_support::{self, lines_starting};
+use tlsfront_tests::openssl_client::{self, lines_starting};
 use tlsfront_tests::*;
 
 /// Resumption through the session cache only (see the module comment).
@@ -19,7 +19,7 @@ const STATEFUL: (&str, &str) = ("tickets.tls13_mode", "stateful");
 
 /// `openssl s_client` against `port` with SNI `localhost` (the harness's).
 fn s_client(port: u16, args: &[&str], stdin: &[u8]) -> CmdOutput {
-    robust_support::s_client(port, "localhost", args, stdin)
+    openssl_client::s_client(port, "localhost", args, stdin)
 }
 
 #[test]

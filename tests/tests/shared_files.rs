@@ -12,8 +12,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use tlsfront_tests::ops_support::Proc;
-use tlsfront_tests::robust_support::{count_reused, save_sessions};
+use tlsfront_tests::lifecycle::Proc;
+use tlsfront_tests::openssl_client::{count_reused, save_sessions};
 use tlsfront_tests::*;
 
 /// The uid of `nobody`: an existing unprivileged user to drop to. A real
@@ -309,7 +309,7 @@ fn a_refused_reload_leaves_the_ticket_keys_as_they_were() {
             junk.display()
         ),
     );
-    let out = tlsfront_tests::ops_support::reload_cmd(&proc.socket);
+    let out = tlsfront_tests::control::reload_cmd(&proc.socket);
     assert_ne!(
         out.code(),
         Some(0),
@@ -321,8 +321,7 @@ fn a_refused_reload_leaves_the_ticket_keys_as_they_were() {
     // A live change makes the ring rebuild now: from the secret the
     // running configuration names, keeping its keys (not from the refused
     // one, which would replace them all).
-    let set =
-        tlsfront_tests::ops_support::sysctl_write(&proc.socket, &["tickets.rotate_interval=2h"]);
+    let set = tlsfront_tests::control::sysctl_write(&proc.socket, &["tickets.rotate_interval=2h"]);
     assert_eq!(set.code(), Some(0), "{}", set.describe());
     assert_eq!(
         count_reused(proc.port, &saved, &tls12),
@@ -380,7 +379,7 @@ fn a_takeover_that_changes_tickets_rotate_interval_keeps_every_ticket() {
     );
     let after = count_reused(port, &saved, &tls13);
     // The newcomer's reload applies its own period.
-    let reload = tlsfront_tests::ops_support::reload_cmd(&new.socket);
+    let reload = tlsfront_tests::control::reload_cmd(&new.socket);
     assert_eq!(reload.code(), Some(0), "{}", reload.describe());
     let reloaded = count_reused(port, &saved, &tls13);
     println!(

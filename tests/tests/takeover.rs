@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tlsfront_tests::ops_support::Proc;
+use tlsfront_tests::lifecycle::Proc;
 use tlsfront_tests::{
     client_config, temp_dir, ClientSpec, ReservedPort, TlsClient, Trust, Upstream,
 };

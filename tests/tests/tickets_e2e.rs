@@ -26,7 +26,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::UnixTime;
-use tlsfront_tests::robust_support::{self, lines_starting};
+use tlsfront_tests::openssl_client::{self, lines_starting};
 use tlsfront_tests::*;
 
 const S_CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -45,7 +45,7 @@ const DECRYPTED: [&str; 4] = [
 
 /// `openssl s_client` against `port` with SNI `localhost` (the harness's).
 fn s_client(port: u16, args: &[&str], stdin: &[u8]) -> CmdOutput {
-    robust_support::s_client(port, "localhost", args, stdin)
+    openssl_client::s_client(port, "localhost", args, stdin)
 }
 
 /// A full handshake with s_client that saves the session (with its ticket)
@@ -247,7 +247,7 @@ fn session_ticket(sess: &Path) -> Vec<u8> {
 fn tamper_session_ticket(sess: &Path, out: &Path) -> Vec<u8> {
     let ticket = session_ticket(sess);
     let der = out.with_extension("der");
-    let convert = robust_support::sess_id_convert;
+    let convert = openssl_client::sess_id_convert;
     convert(&["-outform", "DER"], sess, &der);
     let mut bytes = std::fs::read(&der).unwrap();
     let at = bytes

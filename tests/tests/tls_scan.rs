@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tlsfront_tests::robust_support::{lines_starting, s_client};
+use tlsfront_tests::openssl_client::{lines_starting, s_client};
 use tlsfront_tests::*;
 
 /// Resumptions sslyze attempts with each mechanism.

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tlsfront_tests::robust_support::proc_status_kb;
+use tlsfront_tests::process_status::proc_status_kb;
 use tlsfront_tests::{
     resuming_client_config, tlsfront_cmd, visit, ClientSpec, Stats, Trust, Versions,
 };

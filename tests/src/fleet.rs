@@ -17,7 +17,7 @@
 //! stream module; without them a test fails saying what is missing ([`NEEDS`]).
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,27 +25,36 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::netns::{must, NsFrontend};
+use crate::netns::{in_netns, must, NsFrontend};
 use crate::prereq::{require, Need};
 use crate::process::wait_until;
+use crate::resp::{resp, RespValue};
 use crate::{temp_dir, write_file, Stats, TempDir};
 
 /// The balancer's address (on the balancer namespace's loopback).
 pub const BALANCER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
 /// Redis's address (on the balancer namespace's loopback).
 pub const STORE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
 /// Redis's port.
 pub const STORE_PORT: u16 = 6379;
+
 /// Port of the tlsfront fleet, on the hosts and on the balancer.
 pub const TLSFRONT_PORT: u16 = 443;
+
 /// Port of the nginx fleet, on the hosts and on the balancer.
 pub const NGINX_PORT: u16 = 8443;
+
 /// The HAProxy balancer's port for the tlsfront fleet.
 pub const HAPROXY_TLSFRONT_PORT: u16 = 1443;
+
 /// The HAProxy balancer's port for the nginx fleet.
 pub const HAPROXY_NGINX_PORT: u16 = 9443;
+
 /// HAProxy as Debian installs it.
 pub const HAPROXY: &str = "/usr/sbin/haproxy";
+
 /// nginx's stream module as Debian installs it.
 pub const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
@@ -71,8 +80,6 @@ pub const NEEDS: &[Need] = &[
     Need::File(NGINX, "nginx, from scripts/setup.sh"),
     Need::File(STREAM_MODULE, "nginx's stream module, libnginx-mod-stream"),
 ];
-
-pub use crate::netns::in_netns;
 
 /// A child process killed (SIGKILL) and reaped on drop.
 pub struct Proc {
@@ -502,20 +509,6 @@ impl Drop for Fleet {
     }
 }
 
-// ---------------------------------------------------------------------------
-// A minimal RESP client (binary-safe), to inspect and tamper with the store
-// ---------------------------------------------------------------------------
-
-/// A Redis reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RespValue {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<RespValue>),
-}
-
 /// `n` bytes from /dev/urandom.
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];
@@ -525,143 +518,8 @@ fn random_bytes(n: usize) -> Vec<u8> {
     b
 }
 
-/// Sends one command on a new connection and reads the reply (2 s limit).
-pub fn resp(addr: SocketAddr, args: &[&[u8]]) -> io::Result<RespValue> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut req = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        req.extend_from_slice(a);
-        req.extend_from_slice(b"\r\n");
-    }
-    s.write_all(&req)?;
-    read_reply(&mut BufReader::new(s))
-}
-
-fn read_reply(r: &mut impl BufRead) -> io::Result<RespValue> {
-    let mut line = Vec::new();
-    r.read_until(b'\n', &mut line)?;
-    if line.len() < 3 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short reply"));
-    }
-    let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
-    let bad = |_| io::Error::new(io::ErrorKind::InvalidData, "bad length");
-    Ok(match line[0] {
-        b'+' => RespValue::Simple(text),
-        b'-' => RespValue::Error(text),
-        b':' => RespValue::Int(text.parse().map_err(bad)?),
-        b'$' => {
-            let n: i64 = text.parse().map_err(bad)?;
-            if n < 0 {
-                RespValue::Bulk(None)
-            } else {
-                let mut v = vec![0u8; n as usize + 2];
-                r.read_exact(&mut v)?;
-                v.truncate(n as usize);
-                RespValue::Bulk(Some(v))
-            }
-        }
-        b'*' => {
-            let n: i64 = text.parse().map_err(bad)?;
-            let mut items = Vec::new();
-            for _ in 0..n.max(0) {
-                items.push(read_reply(r)?);
-            }
-            RespValue::Array(items)
-        }
-        _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "unknown reply")),
-    })
-}
-
 /// The median of `samples` (sorted in place).
 pub fn median(samples: &mut [Duration]) -> Duration {
     samples.sort();
     samples.get(samples.len() / 2).copied().unwrap_or_default()
-}
-
-/// A TLS 1.2 client session store that keeps the first session it is given
-/// and offers it on every connection, like `openssl s_client -sess_in` of
-/// one saved file (a server that does not resume it is not allowed to
-/// replace it).
-#[derive(Debug)]
-pub struct FirstSessionStore {
-    inner: rustls::client::ClientSessionMemoryCache,
-    first: std::sync::Mutex<Option<rustls::client::Tls12ClientSessionValue>>,
-}
-
-impl Default for FirstSessionStore {
-    fn default() -> Self {
-        FirstSessionStore::new()
-    }
-}
-
-impl FirstSessionStore {
-    pub fn new() -> FirstSessionStore {
-        FirstSessionStore {
-            inner: rustls::client::ClientSessionMemoryCache::new(8),
-            first: std::sync::Mutex::new(None),
-        }
-    }
-}
-
-impl rustls::client::ClientSessionStore for FirstSessionStore {
-    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
-        self.inner.set_kx_hint(name, group)
-    }
-    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
-        self.inner.kx_hint(name)
-    }
-    fn set_tls12_session(
-        &self,
-        _name: rustls::pki_types::ServerName<'static>,
-        value: rustls::client::Tls12ClientSessionValue,
-    ) {
-        self.first.lock().unwrap().get_or_insert(value);
-    }
-    fn tls12_session(
-        &self,
-        _name: &rustls::pki_types::ServerName<'_>,
-    ) -> Option<rustls::client::Tls12ClientSessionValue> {
-        self.first.lock().unwrap().clone()
-    }
-    fn remove_tls12_session(&self, _name: &rustls::pki_types::ServerName<'static>) {}
-    fn insert_tls13_ticket(
-        &self,
-        name: rustls::pki_types::ServerName<'static>,
-        value: rustls::client::Tls13ClientSessionValue,
-    ) {
-        self.inner.insert_tls13_ticket(name, value)
-    }
-    fn take_tls13_ticket(
-        &self,
-        name: &rustls::pki_types::ServerName<'static>,
-    ) -> Option<rustls::client::Tls13ClientSessionValue> {
-        self.inner.take_tls13_ticket(name)
-    }
-}
-
-/// A TLS 1.2 client config that offers its first session's ID (no
-/// tickets) on every connection ([`FirstSessionStore`]).
-pub fn first_session_client_config(
-    spec: &crate::ClientSpec,
-) -> std::sync::Arc<rustls::ClientConfig> {
-    let mut cfg = (*crate::client_config(spec)).clone();
-    cfg.resumption =
-        rustls::client::Resumption::store(std::sync::Arc::new(FirstSessionStore::new()))
-            .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
-    std::sync::Arc::new(cfg)
-}
-
-/// A TLS 1.2 client config that offers only session IDs (no tickets),
-/// trusts any certificate, and remembers the sessions it is given: what a
-/// session-ID-resumption test across hosts needs.
-pub fn session_id_client() -> std::sync::Arc<rustls::ClientConfig> {
-    let spec = crate::ClientSpec::new(crate::Trust::AnyCert).versions(crate::Versions::Tls12);
-    let mut cfg = (*crate::client_config(&spec)).clone();
-    cfg.resumption = rustls::client::Resumption::store(std::sync::Arc::new(
-        rustls::client::ClientSessionMemoryCache::new(4),
-    ))
-    .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
-    std::sync::Arc::new(cfg)
 }
