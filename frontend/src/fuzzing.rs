@@ -161,7 +161,7 @@ fn cache_ops(cache: &SessionCache, data: &[u8], file: &[u8], hostile: bool) {
         );
         match op[0] % 5 {
             0 | 1 => {
-                let stored = cache.put(key, value);
+                let stored = cache.put_local(key, value);
                 let fits = session_cache::fits(key, value);
                 if !hostile {
                     assert_eq!(
@@ -179,7 +179,7 @@ fn cache_ops(cache: &SessionCache, data: &[u8], file: &[u8], hostile: bool) {
             }
             2 => {
                 // Stored already expired: must never be returned.
-                let stored = cache.put_with_expiry(key, value, 1);
+                let stored = cache.put_local_until(key, value, 1);
                 if stored {
                     live.insert(key.to_vec(), None);
                 }
@@ -187,9 +187,9 @@ fn cache_ops(cache: &SessionCache, data: &[u8], file: &[u8], hostile: bool) {
             op => {
                 let take = op == 4;
                 let got = if take {
-                    cache.take(key)
+                    cache.take_local(key)
                 } else {
-                    cache.get(key)
+                    cache.get_local(key)
                 };
                 let Some(got) = got else { continue };
                 let ours = put.get(key).is_some_and(|vs| vs.contains(&got));

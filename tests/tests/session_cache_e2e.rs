@@ -311,13 +311,13 @@ struct Recorder {
 impl rustls::server::StoresServerSessions for Recorder {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
         self.puts.lock().unwrap().push((key.len(), value.len()));
-        self.cache.put(&key, &value)
+        self.cache.put_local(&key, &value)
     }
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.cache.get(key)
+        self.cache.get_local(key)
     }
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.cache.take(key)
+        self.cache.take_local(key)
     }
     fn can_cache(&self) -> bool {
         true

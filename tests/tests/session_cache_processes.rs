@@ -198,7 +198,7 @@ fn slot_sequences(path: &Path) -> Vec<u64> {
 fn assert_all_consistent(cache: &SessionCache, keys: u32, when: &str) -> usize {
     let mut present = 0;
     for k in 0..keys {
-        if let Some(v) = cache.get(&cache_value::key(k)) {
+        if let Some(v) = cache.get_local(&cache_value::key(k)) {
             if let Err(why) = cache_value::decode(k, &v) {
                 panic!(
                     "{when}: key {k} holds a bad value: {why}; {} bytes: {}",
@@ -255,7 +255,7 @@ fn writers_killed_mid_write_leave_only_misses_or_whole_values() {
         // Not asserted (it depends on where the kills landed): with every
         // slot of the set claimed by a dead writer, a put is refused.
         let (cache, _) = SessionCache::open(&path, ONE_SET, 300, 1).expect("reopen");
-        let accepted = cache.put(&cache_value::key(0), &cache_value::encode(0, 9998, 1, 64));
+        let accepted = cache.put_local(&cache_value::key(0), &cache_value::encode(0, 9998, 1, 64));
         eprintln!("a put right after the last kill was accepted: {accepted}");
     }
 
@@ -268,14 +268,14 @@ fn writers_killed_mid_write_leave_only_misses_or_whole_values() {
         .collect();
     for (k, v) in mine.iter().enumerate() {
         assert!(
-            cache.put(&cache_value::key(k as u32), v),
+            cache.put_local(&cache_value::key(k as u32), v),
             "put of key {k} refused 2.1 s after the last kill; slot sequences {:?}",
             slot_sequences(&path)
         );
     }
     for (k, v) in mine.iter().enumerate() {
         assert_eq!(
-            cache.get(&cache_value::key(k as u32)).as_deref(),
+            cache.get_local(&cache_value::key(k as u32)).as_deref(),
             Some(&v[..]),
             "key {k} after filling the set"
         );
@@ -321,11 +321,14 @@ fn two_processes_racing_to_take_the_same_tickets_take_each_exactly_once() {
     for round in 0..ROUNDS {
         for i in 0..N {
             let v = cache_value::encode(i, 0, u64::from(round), 100);
-            assert!(cache.put(&cache_value::key_in(round, i), &v), "put {i}");
+            assert!(
+                cache.put_local(&cache_value::key_in(round, i), &v),
+                "put {i}"
+            );
         }
         // All N are there before the race (none evicted by a full set).
         let present = (0..N)
-            .filter(|&i| cache.get(&cache_value::key_in(round, i)).is_some())
+            .filter(|&i| cache.get_local(&cache_value::key_in(round, i)).is_some())
             .count();
         assert_eq!(
             present, N as usize,
@@ -390,7 +393,7 @@ fn two_processes_racing_to_take_the_same_tickets_take_each_exactly_once() {
             "round {round}: every ticket is taken exactly once"
         );
         let left = (0..N)
-            .filter(|&i| cache.get(&cache_value::key_in(round, i)).is_some())
+            .filter(|&i| cache.get_local(&cache_value::key_in(round, i)).is_some())
             .count();
         assert_eq!(
             left, 0,

@@ -302,8 +302,9 @@ impl SessionCache {
         None
     }
 
-    /// Looks `key` up without removing it (TLS 1.2 session IDs).
-    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+    /// Looks `key` up in this box's cache without removing it (TLS 1.2
+    /// session IDs). Only the local tier: rustls's `get` is the trait's.
+    pub fn get_local(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.lookup(key, false, true)
     }
 
@@ -316,20 +317,20 @@ impl SessionCache {
     /// Looks `key` up and removes it; of any number of concurrent takers on
     /// the whole box, exactly one gets the value (TLS 1.3 single-use
     /// tickets).
-    pub fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+    pub fn take_local(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.lookup(key, true, true)
     }
 
     /// Stores `value` under `key` for `cache.timeout`. Refused (false)
     /// when it does not fit a slot or every slot of its set is being
     /// written at this instant.
-    pub fn put(&self, key: &[u8], value: &[u8]) -> bool {
+    pub fn put_local(&self, key: &[u8], value: &[u8]) -> bool {
         let timeout = self.timeout_secs.load(Ordering::Relaxed);
-        self.put_with_expiry(key, value, unix_now().saturating_add(timeout))
+        self.put_local_until(key, value, unix_now().saturating_add(timeout))
     }
 
-    /// [`put`](Self::put) with an explicit expiry (unix seconds).
-    pub(crate) fn put_with_expiry(&self, key: &[u8], value: &[u8], expiry: u64) -> bool {
+    /// [`put_local`](Self::put_local) with an explicit expiry (unix seconds).
+    pub(crate) fn put_local_until(&self, key: &[u8], value: &[u8], expiry: u64) -> bool {
         let counters = self.counters();
         if !fits(key, value) {
             counters.oversize.fetch_add(1, Ordering::Relaxed);
@@ -492,27 +493,27 @@ impl PerWorkerCounters for SessionCache {
 impl rustls::server::StoresServerSessions for SessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
         let Some(r) = self.remote.get() else {
-            return SessionCache::put(self, &key, &value);
+            return self.put_local(&key, &value);
         };
         let timeout = self.timeout_secs.load(Ordering::Relaxed);
         let expiry = unix_now().saturating_add(timeout);
-        let local = self.put_with_expiry(&key, &value, expiry);
+        let local = self.put_local_until(&key, &value, expiry);
         r.put(&key, &value, expiry) || local
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        SessionCache::get(self, key)
+        self.get_local(key)
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
         if self.remote.get().is_none() {
-            return SessionCache::take(self, key);
+            return self.take_local(key);
         }
         // With a remote tier a ticket is redeemed by Redis's GETDEL or not at
         // all (fail closed): a local copy is stale either way and goes,
         // without counting as a resumption.
         let hint = crate::resume_hint::take();
-        SessionCache::take(self, key);
+        self.take_local(key);
         crate::resume_hint::take();
         let session = fetched::take(key);
         match (&session, hint) {

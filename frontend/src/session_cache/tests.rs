@@ -27,30 +27,30 @@ fn far_future() -> u64 {
 fn a_stored_session_is_found_by_its_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = cache_in(&dir, 1 << 20);
-    assert!(cache.put(b"session-id-1", b"secret state"));
+    assert!(cache.put_local(b"session-id-1", b"secret state"));
     assert_eq!(
-        cache.get(b"session-id-1").as_deref(),
+        cache.get_local(b"session-id-1").as_deref(),
         Some(&b"secret state"[..])
     );
-    assert_eq!(cache.get(b"session-id-2"), None);
+    assert_eq!(cache.get_local(b"session-id-2"), None);
 }
 
 #[test]
 fn take_returns_a_session_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = cache_in(&dir, 1 << 20);
-    assert!(cache.put(b"ticket", b"psk"));
-    assert_eq!(cache.take(b"ticket").as_deref(), Some(&b"psk"[..]));
-    assert_eq!(cache.take(b"ticket"), None);
-    assert_eq!(cache.get(b"ticket"), None);
+    assert!(cache.put_local(b"ticket", b"psk"));
+    assert_eq!(cache.take_local(b"ticket").as_deref(), Some(&b"psk"[..]));
+    assert_eq!(cache.take_local(b"ticket"), None);
+    assert_eq!(cache.get_local(b"ticket"), None);
 }
 
 #[test]
 fn an_expired_session_is_a_miss() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = cache_in(&dir, 1 << 20);
-    assert!(cache.put_with_expiry(b"old", b"v", unix_now() - 1));
-    assert_eq!(cache.get(b"old"), None);
+    assert!(cache.put_local_until(b"old", b"v", unix_now() - 1));
+    assert_eq!(cache.get_local(b"old"), None);
     assert_eq!(cache.counters().expired.load(Ordering::Relaxed), 1);
 }
 
@@ -59,12 +59,12 @@ fn a_value_larger_than_a_slot_is_refused_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = cache_in(&dir, 1 << 20);
     let big = vec![7u8; DATA_BYTES];
-    assert!(!cache.put(b"k", &big));
+    assert!(!cache.put_local(b"k", &big));
     assert_eq!(cache.counters().oversize.load(Ordering::Relaxed), 1);
-    assert_eq!(cache.get(b"k"), None);
+    assert_eq!(cache.get_local(b"k"), None);
     let fits = vec![7u8; DATA_BYTES - 1];
-    assert!(cache.put(b"k", &fits));
-    assert_eq!(cache.get(b"k"), Some(fits));
+    assert!(cache.put_local(b"k", &fits));
+    assert_eq!(cache.get_local(b"k"), Some(fits));
 }
 
 #[test]
@@ -73,12 +73,16 @@ fn a_full_set_evicts_the_session_expiring_first() {
     let cache = cache_in(&dir, ONE_SET);
     let base = far_future();
     for i in 0..WAYS as u64 {
-        assert!(cache.put_with_expiry(&i.to_le_bytes(), b"v", base + i));
+        assert!(cache.put_local_until(&i.to_le_bytes(), b"v", base + i));
     }
-    assert!(cache.put_with_expiry(b"newcomer", b"v", base + 100));
-    assert_eq!(cache.get(&0u64.to_le_bytes()), None, "the oldest went");
+    assert!(cache.put_local_until(b"newcomer", b"v", base + 100));
+    assert_eq!(
+        cache.get_local(&0u64.to_le_bytes()),
+        None,
+        "the oldest went"
+    );
     for i in 1..WAYS as u64 {
-        assert!(cache.get(&i.to_le_bytes()).is_some(), "{i} stays");
+        assert!(cache.get_local(&i.to_le_bytes()).is_some(), "{i} stays");
     }
     assert_eq!(cache.counters().evictions.load(Ordering::Relaxed), 1);
 }
@@ -90,11 +94,11 @@ fn an_expired_session_is_replaced_before_a_live_one() {
     let base = far_future();
     for i in 0..WAYS as u64 {
         let expiry = if i == 5 { unix_now() - 10 } else { base + i };
-        assert!(cache.put_with_expiry(&i.to_le_bytes(), b"v", expiry));
+        assert!(cache.put_local_until(&i.to_le_bytes(), b"v", expiry));
     }
-    assert!(cache.put(b"newcomer", b"v"));
+    assert!(cache.put_local(b"newcomer", b"v"));
     for i in (0..WAYS as u64).filter(|i| *i != 5) {
-        assert!(cache.get(&i.to_le_bytes()).is_some(), "{i} stays");
+        assert!(cache.get_local(&i.to_le_bytes()).is_some(), "{i} stays");
     }
     assert_eq!(cache.counters().evictions.load(Ordering::Relaxed), 0);
 }
@@ -106,11 +110,11 @@ fn sessions_survive_reopening_the_file() {
     {
         let (cache, opened) = SessionCache::open(&path, 1 << 20, 300, 1).expect("open");
         assert_eq!(opened, Opened::Created);
-        assert!(cache.put(b"k", b"v"));
+        assert!(cache.put_local(b"k", b"v"));
     }
     let (cache, opened) = SessionCache::open(&path, 1 << 20, 300, 1).expect("reopen");
     assert_eq!(opened, Opened::Reused);
-    assert_eq!(cache.get(b"k").as_deref(), Some(&b"v"[..]));
+    assert_eq!(cache.get_local(b"k").as_deref(), Some(&b"v"[..]));
 }
 
 #[test]
@@ -118,13 +122,13 @@ fn a_file_of_another_geometry_is_rebuilt() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.cache");
     let (cache, _) = SessionCache::open(&path, 1 << 20, 300, 1).expect("open");
-    assert!(cache.put(b"k", b"v"));
+    assert!(cache.put_local(b"k", b"v"));
     let (cache, opened) = SessionCache::open(&path, 2 << 20, 300, 1).expect("reopen bigger");
     assert!(
         matches!(opened, Opened::Rebuilt(ref why) if why.contains("length")),
         "{opened:?}"
     );
-    assert_eq!(cache.get(b"k"), None);
+    assert_eq!(cache.get_local(b"k"), None);
 }
 
 #[test]
@@ -226,7 +230,7 @@ fn random_bytes_over_the_body_cause_misses_never_garbage() {
     {
         let (cache, _) = SessionCache::open(&path, size, 300, 1).expect("open");
         for k in &keys {
-            cache.put(k, &k[..16]);
+            cache.put_local(k, &k[..16]);
         }
     }
     let mut bytes = std::fs::read(&path).expect("read");
@@ -241,11 +245,11 @@ fn random_bytes_over_the_body_cause_misses_never_garbage() {
     let (cache, opened) = SessionCache::open(&path, size, 300, 1).expect("reopen");
     assert_eq!(opened, Opened::Reused, "the header is intact");
     for k in &keys {
-        if let Some(v) = cache.get(k) {
+        if let Some(v) = cache.get_local(k) {
             assert_eq!(v, &k[..16]);
         }
-        cache.put(k, b"again");
-        assert_eq!(cache.get(k).as_deref(), Some(&b"again"[..]));
+        cache.put_local(k, b"again");
+        assert_eq!(cache.get_local(k).as_deref(), Some(&b"again"[..]));
     }
 }
 
@@ -286,11 +290,11 @@ proptest! {
             match op {
                 Op::Put(k, v, live) => {
                     let expiry = if live { far_future() } else { unix_now() - 1 };
-                    prop_assert!(cache.put_with_expiry(&key_of(k), &value_of(k, v), expiry));
+                    prop_assert!(cache.put_local_until(&key_of(k), &value_of(k, v), expiry));
                     if live { model.insert(k, value_of(k, v)); } else { model.remove(&k); }
                 }
-                Op::Get(k) => prop_assert_eq!(cache.get(&key_of(k)), model.get(&k).cloned()),
-                Op::Take(k) => prop_assert_eq!(cache.take(&key_of(k)), model.remove(&k)),
+                Op::Get(k) => prop_assert_eq!(cache.get_local(&key_of(k)), model.get(&k).cloned()),
+                Op::Take(k) => prop_assert_eq!(cache.take_local(&key_of(k)), model.remove(&k)),
             }
         }
     }
@@ -306,20 +310,20 @@ proptest! {
         for op in ops {
             match op {
                 Op::Put(k, v, _) => {
-                    prop_assert!(cache.put(&key_of(k), &value_of(k, v)));
+                    prop_assert!(cache.put_local(&key_of(k), &value_of(k, v)));
                     model.insert(k, value_of(k, v));
                 }
                 Op::Get(k) => {
-                    if let Some(got) = cache.get(&key_of(k)) {
+                    if let Some(got) = cache.get_local(&key_of(k)) {
                         prop_assert_eq!(Some(&got), model.get(&k));
                     }
                 }
                 Op::Take(k) => {
                     let expected = model.remove(&k);
-                    if let Some(got) = cache.take(&key_of(k)) {
+                    if let Some(got) = cache.take_local(&key_of(k)) {
                         prop_assert_eq!(Some(got), expected);
                     }
-                    prop_assert_eq!(cache.get(&key_of(k)), None);
+                    prop_assert_eq!(cache.get_local(&key_of(k)), None);
                 }
             }
         }
@@ -364,15 +368,15 @@ fn concurrent_threads_never_see_torn_or_foreign_values() {
                     let key = ((n.wrapping_mul(7) + u32::from(t)) % 12) as u8;
                     match n % 3 {
                         0 => {
-                            cache.put(&key_of(key), &self_checking_value(key, t, n));
+                            cache.put_local(&key_of(key), &self_checking_value(key, t, n));
                         }
                         1 => {
-                            if let Some(v) = cache.get(&key_of(key)) {
+                            if let Some(v) = cache.get_local(&key_of(key)) {
                                 check_value(key, &v);
                             }
                         }
                         _ => {
-                            if let Some(v) = cache.take(&key_of(key)) {
+                            if let Some(v) = cache.take_local(&key_of(key)) {
                                 check_value(key, &v);
                                 taken.fetch_add(1, Ordering::Relaxed);
                             }
@@ -400,14 +404,14 @@ fn racing_takers_redeem_a_ticket_exactly_once() {
     let cache = Arc::new(cache_in(&dir, 1 << 20));
     for round in 0..300u32 {
         let key = round.to_le_bytes().repeat(8);
-        assert!(cache.put(&key, b"single-use"));
+        assert!(cache.put_local(&key, b"single-use"));
         let barrier = Arc::new(std::sync::Barrier::new(4));
         let winners: u32 = (0..4)
             .map(|_| {
                 let (cache, barrier, key) = (Arc::clone(&cache), Arc::clone(&barrier), key.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
-                    u32::from(cache.take(&key).is_some())
+                    u32::from(cache.take_local(&key).is_some())
                 })
             })
             .collect::<Vec<_>>()

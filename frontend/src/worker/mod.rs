@@ -398,7 +398,7 @@ impl Worker {
                 Fetched::Hit { expiry, session } => {
                     // Where rustls's `get` will find it, and the next
                     // connection of this session on this box too.
-                    cache.put_with_expiry(&lookup.key, &session, expiry);
+                    cache.put_local_until(&lookup.key, &session, expiry);
                     None
                 }
                 Fetched::Miss | Fetched::Unavailable => None,

@@ -157,13 +157,13 @@ fn hammer(args: &Args) -> Result<String, String> {
                                     MIN_LEN + rng.below((MAX_LEN - MIN_LEN + 1) as u64) as usize;
                                 let v = cache_value::encode(k, me, counter, len);
                                 totals.puts.fetch_add(1, Ordering::Relaxed);
-                                if !cache.put(&key, &v) {
+                                if !cache.put_local(&key, &v) {
                                     totals.refused.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
                             4..=7 => {
                                 totals.gets.fetch_add(1, Ordering::Relaxed);
-                                if let Some(v) = cache.get(&key) {
+                                if let Some(v) = cache.get_local(&key) {
                                     totals.get_hits.fetch_add(1, Ordering::Relaxed);
                                     check("get", k, &v)
                                         .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
@@ -171,7 +171,7 @@ fn hammer(args: &Args) -> Result<String, String> {
                             }
                             _ => {
                                 totals.takes.fetch_add(1, Ordering::Relaxed);
-                                if let Some(v) = cache.take(&key) {
+                                if let Some(v) = cache.take_local(&key) {
                                     totals.take_hits.fetch_add(1, Ordering::Relaxed);
                                     check("take", k, &v)
                                         .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
@@ -221,7 +221,7 @@ fn write_forever(args: &Args) -> Result<String, String> {
         let k = rng.below(keys) as u32;
         counter += 1;
         let len = MIN_LEN + rng.below((MAX_LEN - MIN_LEN + 1) as u64) as usize;
-        cache.put(
+        cache.put_local(
             &cache_value::key(k),
             &cache_value::encode(k, writer, counter, len),
         );
@@ -245,7 +245,7 @@ fn take_all(args: &Args) -> Result<String, String> {
     }
     let mut took = 0u32;
     for i in 0..count {
-        if let Some(v) = cache.take(&cache_value::key_in(ns, i)) {
+        if let Some(v) = cache.take_local(&cache_value::key_in(ns, i)) {
             cache_value::decode(i, &v).map_err(|why| bad("take", i, &v, &why))?;
             took += 1;
             writeln!(out, "took {i}").map_err(|e| e.to_string())?;
