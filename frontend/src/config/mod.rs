@@ -494,8 +494,8 @@ impl Config {
 
     /// Applies a config file's text on top of `self`; stops at the first
     /// problem.
-    // For the unit tests and the config fuzz target; `Loaded` is the way in.
-    #[cfg(any(test, feature = "fuzzing"))]
+    // For the config fuzz target; `Loaded` is the way in.
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn apply_text(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
         let mut loaded = Loaded::new(std::mem::take(self));
         loaded.apply_text(path, text);
