@@ -15,8 +15,9 @@ pub const KEY_LEN: usize = 32;
 pub const HEAD_LEN: usize = 4 + 4 + 8 + 2;
 /// Smallest value.
 pub const MIN_LEN: usize = HEAD_LEN + 8;
-/// Largest value that fits one slot with a [`KEY_LEN`] key (464 - 32).
-pub const MAX_LEN: usize = 432;
+/// Largest value that fits one entry with a [`KEY_LEN`] key (the cache
+/// says how many bytes an entry holds: its layout is its own).
+pub const MAX_LEN: usize = tlsfront::session_cache::ENTRY_BYTES - KEY_LEN;
 
 /// The key of index `i` (32 bytes).
 pub fn key(i: u32) -> Vec<u8> {

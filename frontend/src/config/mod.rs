@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-pub use renamed::{renamed_key, BareUnit, Renamed, RENAMED};
+pub(crate) use renamed::RENAMED;
+pub use renamed::{renamed_key, BareUnit, Renamed};
 pub use values::{
     AutoPath, ConfigValue, Duration, KeySourceSpec, List, Listen, LogLevel, Networks, OptAddr,
     OptPath, OptUser, Protocols, ProxyProtocol, Seconds, Size, Steering, Tls13Mode, Upstream,
@@ -22,7 +23,7 @@ pub use values::{
 };
 pub use values::{ClientAuth, Interface, SteeringFallback, XdpMode};
 
-pub mod remote_url;
+pub(crate) mod remote_url;
 pub use remote_url::{RemoteSecret, RemoteUrl};
 
 /// Fewest keys of the ticket ring (`tickets.keys`): the next, the current
