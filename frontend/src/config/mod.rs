@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-pub(crate) use renamed::RENAMED;
 pub use renamed::{renamed_key, BareUnit, Renamed};
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use renamed::RENAMED;
 pub use values::{
     AutoPath, ConfigValue, Duration, KeySourceSpec, List, Listen, LogLevel, Networks, OptAddr,
     OptPath, OptUser, Protocols, ProxyProtocol, Seconds, Size, Steering, Tls13Mode, Upstream,
@@ -414,7 +415,7 @@ impl Config {
     /// Sets `key` from its textual value. `Err` carries the reason, without
     /// the location (the caller knows the file and line or the `-o`).
     /// A renamed key's old name sets its new key, a bare number read as
-    /// the old name meant it ([`RENAMED`]).
+    /// the old name meant it (the renamed-keys table, `config/renamed.rs`).
     pub fn set(&mut self, key: &str, raw: &str) -> Result<(), String> {
         if let Some(r) = renamed_key(key) {
             return self.set(r.new, &r.new_value(raw));
@@ -773,7 +774,7 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// A use of a renamed key's old name ([`RENAMED`]): accepted, but worth
+/// A use of a renamed key's old name (in the renamed-keys table): accepted, but worth
 /// telling the operator, located like a [`ConfigError`].
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{origin}: {}", .renamed.warning())]

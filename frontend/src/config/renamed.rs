@@ -72,7 +72,7 @@ const fn renamed(old: &'static str, new: &'static str, bare: BareUnit) -> Rename
     Renamed { old, new, bare }
 }
 
-/// The entry of [`RENAMED`] whose old name is `key`.
+/// The entry of the renamed-keys table whose old name is `key`.
 pub fn renamed_key(key: &str) -> Option<&'static Renamed> {
     RENAMED.iter().find(|r| r.old == key)
 }
