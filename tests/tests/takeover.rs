@@ -139,3 +139,59 @@ fn a_takeover_of_a_process_with_two_listen_addresses_serves_both_throughout() {
         }
     }
 }
+
+/// One TLS connection to `addr` that first sends a PROXY v1 header naming
+/// `client` (as a balancer would): which upstream answered.
+fn served_through_balancer(addr: SocketAddr, client: &str) -> Result<String, String> {
+    let mut sock =
+        std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let header = format!("PROXY TCP4 {client} 127.0.0.1 40000 {}\r\n", addr.port());
+    sock.write_all(header.as_bytes())
+        .map_err(|e| format!("PROXY header to {addr}: {e}"))?;
+    let cfg = client_config(&ClientSpec::new(Trust::AnyCert));
+    let mut c = TlsClient::handshake_over(sock, cfg, "localhost")
+        .map_err(|e| format!("TLS to {addr} after a PROXY header: {e}"))?;
+    let (resp, _) = c.request(b"hello", Duration::from_secs(10));
+    Ok(String::from_utf8_lossy(&resp).into_owned())
+}
+
+#[test]
+fn a_takeover_that_turns_on_net_proxy_protocol_wants_the_header_once_the_old_process_left() {
+    let dir = temp_dir();
+    let port = ReservedPort::new();
+    let listen = port.addr_string();
+    let up = named("up");
+    let old = Proc::start(
+        None,
+        &as_refs(&opts(
+            dir.path(),
+            &listen,
+            &[("upstream.addr", &up.addr_string())],
+        )),
+    );
+    let addr = old.addr();
+    assert_eq!(served_by(addr).as_deref(), Ok("up"), "before: no header");
+
+    // A balancer is put in front: the successor expects its PROXY header.
+    let new = takeover(&opts(
+        dir.path(),
+        &listen,
+        &[
+            ("upstream.addr", &up.addr_string()),
+            ("net.proxy_protocol", "1"),
+            ("net.proxy_protocol.trusted", "127.0.0.0/8"),
+        ],
+    ));
+    stop(old);
+    assert_eq!(
+        served_through_balancer(addr, "192.0.2.7").as_deref(),
+        Ok("up"),
+        "after: a connection with the header is served\n{}",
+        new.output()
+    );
+    assert!(
+        served_by(addr).map_or(true, |answer| answer.is_empty()),
+        "after: a connection without the header must not be served\n{}",
+        new.output()
+    );
+}

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-pub use renamed::{renamed_key, BareUnit, Renamed};
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use renamed::RENAMED;
+pub use renamed::{renamed_key, BareUnit, Renamed};
 pub use values::{
     AutoPath, ConfigValue, Duration, KeySourceSpec, List, Listen, LogLevel, Networks, OptAddr,
     OptPath, OptUser, Protocols, ProxyProtocol, Seconds, Size, Steering, Tls13Mode, Upstream,
