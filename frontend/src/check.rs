@@ -234,7 +234,7 @@ fn check_files(loaded: &mut Loaded) {
         }
     }
     if let Some(path) = &c.cache_remote_secret.0 {
-        if let Err(reason) = crate::session_cache::remote::seal::Keys::from_file(path) {
+        if let Err(reason) = crate::session_cache::remote::Keys::from_file(path) {
             found.push(("cache.remote.secret", reason.to_string()));
         }
     }

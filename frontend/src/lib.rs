@@ -39,6 +39,7 @@ pub(crate) mod ocsp;
 pub(crate) mod proxy_protocol;
 pub(crate) mod relay;
 pub(crate) mod resume_hint;
+pub(crate) mod seal;
 pub mod server;
 pub(crate) mod server_name;
 pub mod session_cache;

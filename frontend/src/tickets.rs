@@ -40,13 +40,14 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
 use aws_lc_rs::hkdf;
 use zeroize::Zeroizing;
 
 use crate::clock::unix_now;
 use crate::hash::FastHash;
 use crate::metrics::{self, PerWorkerCounters};
+use crate::seal::{self, OkmLen};
 use crate::shm::{Opened, Region, ShmError};
 
 /// RFC 8446 §4.6.1: no ticket lifetime beyond 7 days.
@@ -55,9 +56,6 @@ const MAX_LIFETIME_SECS: u64 = 7 * 24 * 3600;
 pub(crate) const NAME_LEN: usize = 16;
 /// Bytes of an AES-256 key.
 const KEY_LEN: usize = 32;
-const TAG_LEN: usize = 16;
-/// Bytes of the per-ticket salt.
-const SALT_LEN: usize = 16;
 /// Associated data before the key name: the ticket format's version.
 const TICKET_AAD_VERSION: &[u8] = b"tlsfront ticket v2";
 /// Fewest keys: next, current, previous (the range `tickets.keys` takes).
@@ -173,19 +171,11 @@ impl KeySource {
     }
 }
 
-struct Len(usize);
-
-impl hkdf::KeyType for Len {
-    fn len(&self) -> usize {
-        self.0
-    }
-}
-
 /// HKDF-SHA256 of `secret` (no salt) expanded with `info` into `out`;
 /// false if it failed (only for lengths above 255 × 32 bytes).
 fn hkdf_fill(secret: &[u8], info: &[u8], out: &mut [u8]) -> bool {
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(secret);
-    prk.expand(&[info], Len(out.len()))
+    prk.expand(&[info], OkmLen(out.len()))
         .and_then(|okm| okm.fill(out))
         .is_ok()
 }
@@ -707,23 +697,9 @@ impl TicketKeyRing {
         // current now, and sealing with it keeps the promised lifetime.
         let behind = ring.epoch + 1 == now / ring.period.max(1);
         let key = ring.keys.get(if behind { 0 } else { 1 })?;
-        let mut salt = [0u8; SALT_LEN];
-        aws_lc_rs::rand::fill(&mut salt).ok()?;
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).ok()?;
-        let aead = key.ticket_key(&salt)?;
-        let mut out = Vec::with_capacity(NAME_LEN + SALT_LEN + NONCE_LEN + plain.len() + TAG_LEN);
+        let mut out = Vec::with_capacity(NAME_LEN + seal::OVERHEAD + plain.len());
         out.extend_from_slice(&key.name);
-        out.extend_from_slice(&salt);
-        out.extend_from_slice(&nonce);
-        let mut body = plain.to_vec();
-        aead.seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(key.aad()),
-            &mut body,
-        )
-        .ok()?;
-        out.extend_from_slice(&body);
+        seal::seal_into(&mut out, &key.aad(), plain, |salt| key.ticket_key(salt))?;
         self.counters().issued.fetch_add(1, Ordering::Relaxed);
         Some(out)
     }
@@ -757,24 +733,17 @@ impl TicketKeyRing {
     }
 
     fn try_open(&self, now: u64, ticket: &[u8]) -> Option<(usize, Vec<u8>)> {
-        if ticket.len() < NAME_LEN + SALT_LEN + NONCE_LEN + TAG_LEN {
+        if ticket.len() < NAME_LEN + seal::OVERHEAD {
             return None;
         }
-        let (name, rest) = ticket.split_at(NAME_LEN);
-        let (salt, rest) = rest.split_at(SALT_LEN);
-        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let (name, sealed) = ticket.split_at(NAME_LEN);
         let ring = self.current(now);
         let (age, key) = ring
             .keys
             .iter()
             .enumerate()
             .find(|(_, k)| k.name[..] == *name)?;
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut body = sealed.to_vec();
-        let plain = key
-            .ticket_key(salt)?
-            .open_in_place(nonce, Aad::from(key.aad()), &mut body)
-            .ok()?;
+        let plain = seal::open(sealed, &key.aad(), |salt| key.ticket_key(salt)).ok()?;
         Some((age, plain.to_vec()))
     }
 

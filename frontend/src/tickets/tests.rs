@@ -3,6 +3,7 @@
 use std::sync::atomic::AtomicBool;
 
 use super::*;
+use crate::seal::SALT_LEN;
 
 const PERIOD: u64 = 3600;
 /// The start of the current epoch: rings built "now" are at this epoch, and

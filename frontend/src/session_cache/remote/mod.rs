@@ -10,7 +10,7 @@
 //! multiplexed, pipelined connection, or the cluster's), and everything a
 //! worker asks of Redis is a message to it:
 //!
-//! - **put**: the session is sealed ([`seal`]) and handed over; at most
+//! - **put**: the session is sealed ([`value`], with [`crate::seal`]) and handed over; at most
 //!   `cache.remote.queue` writes wait at a time, more are dropped (counted).
 //!   `SET key value EX secs`.
 //! - **lookup**: the worker read the ClientHello before rustls did
@@ -30,13 +30,13 @@
 //!   answered "unavailable" at once.
 //!
 //! What Redis holds, and how values are bound to their ID, their secret and
-//! their lifetime, is [`seal`]'s.
+//! their lifetime, is [`value`]'s.
 
 mod client;
 mod error;
 mod mailbox;
-pub mod seal;
 mod thread;
+mod value;
 
 use crossbeam_utils::CachePadded;
 use std::fmt;
@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 pub use error::RemoteError;
 pub use mailbox::{Answer, Mailbox};
-pub use seal::{Keys, Rejected, MIN_SECRET};
+pub use value::{Keys, Rejected, MIN_SECRET};
 
 use crate::metrics::{self, PerWorkerCounters};
 

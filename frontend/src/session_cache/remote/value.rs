@@ -23,6 +23,7 @@ use aws_lc_rs::{aead, hkdf, hmac};
 use zeroize::Zeroizing;
 
 use super::RemoteError;
+use crate::seal::{self, OkmLen, Unsealed};
 
 /// Prefix of every key tlsfront writes.
 pub const KEY_PREFIX: &str = "tlsfront:s:";
@@ -35,14 +36,10 @@ pub const CLOCK_SKEW: u64 = 60;
 
 /// Format version: the first byte of every value (1 had no issue time).
 const VERSION: u8 = 2;
-const SALT_LEN: usize = 16;
-const NONCE_LEN: usize = aead::NONCE_LEN;
-const TAG_LEN: usize = 16;
-const HEADER_LEN: usize = 1 + SALT_LEN + NONCE_LEN;
 /// Expiry, issue time, issuer.
 const META_LEN: usize = 8 + 8 + 8;
-/// Bytes a sealed value adds to a session.
-pub const OVERHEAD: usize = HEADER_LEN + META_LEN + TAG_LEN;
+/// Bytes a sealed value adds to a session: version, meta, sealing.
+pub const OVERHEAD: usize = 1 + META_LEN + seal::OVERHEAD;
 
 /// Why a value from Redis was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,14 +81,6 @@ impl fmt::Debug for Keys {
     }
 }
 
-struct Len(usize);
-
-impl hkdf::KeyType for Len {
-    fn len(&self) -> usize {
-        self.0
-    }
-}
-
 impl Keys {
     /// Derives the keys from a secret of at least [`MIN_SECRET`] bytes.
     pub fn from_secret(secret: &[u8]) -> Keys {
@@ -104,7 +93,7 @@ impl Keys {
             (&b"tlsfront remote id key"[..], &mut id),
             (&b"tlsfront remote seal key"[..], &mut seal),
         ] {
-            if let Ok(okm) = prk.expand(&[info], Len(32)) {
+            if let Ok(okm) = prk.expand(&[info], OkmLen(32)) {
                 let _ = okm.fill(&mut out[..]);
             }
         }
@@ -150,7 +139,7 @@ impl Keys {
     fn value_key(&self, salt: &[u8]) -> Option<aead::LessSafeKey> {
         let mut raw = Zeroizing::new([0u8; 32]);
         let info: [&[u8]; 2] = [b"tlsfront remote value key", salt];
-        let okm = self.seal.expand(&info, Len(32)).ok()?;
+        let okm = self.seal.expand(&info, OkmLen(32)).ok()?;
         okm.fill(&mut raw[..]).ok()?;
         let key = aead::UnboundKey::new(&aead::AES_256_GCM, &raw[..]).ok()?;
         Some(aead::LessSafeKey::new(key))
@@ -167,22 +156,16 @@ impl Keys {
         expiry: u64,
         session: &[u8],
     ) -> Option<Vec<u8>> {
-        let mut header = [0u8; HEADER_LEN];
-        header[0] = VERSION;
-        aws_lc_rs::rand::fill(&mut header[1..]).ok()?;
-        let (salt, nonce) = header[1..].split_at(SALT_LEN);
-        let key = self.value_key(salt)?;
-        let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut plain = Zeroizing::new(Vec::with_capacity(META_LEN + session.len()));
+        plain.extend_from_slice(&expiry.to_le_bytes());
+        plain.extend_from_slice(&issued.to_le_bytes());
+        plain.extend_from_slice(&issuer.to_le_bytes());
+        plain.extend_from_slice(session);
         let mut out = Vec::with_capacity(session.len() + OVERHEAD);
-        out.extend_from_slice(&header);
-        let mut body = Zeroizing::new(Vec::with_capacity(META_LEN + session.len() + TAG_LEN));
-        body.extend_from_slice(&expiry.to_le_bytes());
-        body.extend_from_slice(&issued.to_le_bytes());
-        body.extend_from_slice(&issuer.to_le_bytes());
-        body.extend_from_slice(session);
-        key.seal_in_place_append_tag(nonce, aad(session_id), &mut *body)
-            .ok()?;
-        out.extend_from_slice(&body);
+        out.push(VERSION);
+        seal::seal_into(&mut out, &aad(session_id), &plain, |salt| {
+            self.value_key(salt)
+        })?;
         Some(out)
     }
 
@@ -192,15 +175,11 @@ impl Keys {
         if sealed.len() < OVERHEAD || sealed[0] != VERSION {
             return Err(Rejected::Malformed);
         }
-        let (header, body) = sealed.split_at(HEADER_LEN);
-        let (salt, nonce) = header[1..].split_at(SALT_LEN);
-        let key = self.value_key(salt).ok_or(Rejected::Authentication)?;
-        let nonce =
-            aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| Rejected::Malformed)?;
-        let mut body = Zeroizing::new(body.to_vec());
-        let plain = key
-            .open_in_place(nonce, aad(session_id), &mut body[..])
-            .map_err(|_| Rejected::Authentication)?;
+        let plain = seal::open(&sealed[1..], &aad(session_id), |salt| self.value_key(salt))
+            .map_err(|why| match why {
+                Unsealed::Short => Rejected::Malformed,
+                Unsealed::NoKey | Unsealed::Authentication => Rejected::Authentication,
+            })?;
         let word = |i: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&plain[i * 8..i * 8 + 8]);
@@ -227,11 +206,11 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Associated data: the format version and the session ID, so that a value
 /// opens only under the ID it was sealed for.
-fn aad(session_id: &[u8]) -> aead::Aad<Vec<u8>> {
+fn aad(session_id: &[u8]) -> Vec<u8> {
     let mut a = Vec::with_capacity(1 + session_id.len());
     a.push(VERSION);
     a.extend_from_slice(session_id);
-    aead::Aad::from(a)
+    a
 }
 
 #[cfg(test)]
