@@ -23,29 +23,32 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rustls::server::UnbufferedServerConnection;
 use tracing::{debug, info, warn};
 
 use crate::hello_gate::WorkerGate;
 use crate::live::Live;
 use crate::metrics::{Stats, WorkerStats};
-use crate::relay::{Connection, End, Event, Failure, HelloGate, Limits, Side};
-use crate::session_cache::remote::{Answer, Fetched};
+use crate::relay::{Connection, End, Event, Failure, Side};
+use crate::session_cache::remote::Answer;
 use crate::upstream_pool::Pool;
-use crate::uring::{Buf, BufPool, Completion, Driver, UringError};
+use crate::uring::{BufPool, Completion, Driver, UringError};
 
+mod accept;
+mod answers;
 mod listeners;
 mod logs;
+mod op_tag;
 mod upstream_connect;
 
 pub(crate) use listeners::{bind_listeners, plan_cpus};
 use logs::FailureLog;
+use op_tag::{tag, untag, Op};
 use upstream_connect::{connect_next, Attempt};
 
 /// Submission queue entries per worker ring (the completion queue is four
@@ -133,57 +136,6 @@ pub fn start(
         }
     }
     Ok(handles)
-}
-
-/// What an operation's completion is for (the low byte of its tag).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum Op {
-    Accept = 1,
-    ClientRecv = 2,
-    ClientSend = 3,
-    UpstreamRecv = 4,
-    UpstreamSend = 5,
-    Connect = 6,
-    /// Cancellations and closes: nothing to do when they complete.
-    Housekeeping = 7,
-    /// The read of the remote tier's eventfd: answers are in the mailbox.
-    Answers = 9,
-    /// Not an io_uring operation: the token of a remote lookup.
-    Lookup = 10,
-    /// The upstream connect of an odd-numbered attempt (a retry after
-    /// an even one timed out: its cancelled completion must not be taken
-    /// for this one's).
-    ConnectRetry = 11,
-}
-
-impl Op {
-    fn from_tag(tag: u64) -> Option<Op> {
-        Some(match tag & 0xff {
-            1 => Op::Accept,
-            2 => Op::ClientRecv,
-            3 => Op::ClientSend,
-            4 => Op::UpstreamRecv,
-            5 => Op::UpstreamSend,
-            6 => Op::Connect,
-            7 => Op::Housekeeping,
-            9 => Op::Answers,
-            10 => Op::Lookup,
-            11 => Op::ConnectRetry,
-            _ => return None,
-        })
-    }
-}
-
-/// A tag: connection slot, the slot's generation (so that completions
-/// arriving after the slot was reused are recognised as stale) and the
-/// operation.
-fn tag(slot: u32, generation: u32, op: Op) -> u64 {
-    (u64::from(slot) << 32) | (u64::from(generation & 0x00ff_ffff) << 8) | op as u64
-}
-
-fn untag(tag: u64) -> (u32, u32) {
-    ((tag >> 32) as u32, ((tag >> 8) & 0x00ff_ffff) as u32)
 }
 
 /// A connection and its sockets, as the driver sees it.
@@ -342,81 +294,6 @@ fn run_worker(
 impl Worker {
     fn counters(&self) -> &WorkerStats {
         &self.stats.workers[self.index].counters
-    }
-
-    /// Arms the read of the remote tier's eventfd (if there is one), with
-    /// the 8-byte buffer of the previous read if it came back.
-    fn arm_answers(&mut self, buf: Option<Buf>) -> Result<(), UringError> {
-        let Some(remote) = self.live.cache().and_then(|c| c.remote()) else {
-            return Ok(());
-        };
-        let fd = remote.mailbox(self.index).fd();
-        let buf = buf.unwrap_or_else(|| self.pool.take());
-        self.driver.read(fd, buf, 8, tag(0, 0, Op::Answers))
-    }
-
-    /// The remote tier answered: each answer goes to its connection.
-    fn answered(&mut self, now: Instant, c: Completion) -> Result<(), UringError> {
-        let Some(cache) = self.live.cache().cloned() else {
-            return Ok(());
-        };
-        let Some(remote) = cache.remote() else {
-            return Ok(());
-        };
-        if c.result < 0 && c.result != -libc::EAGAIN && c.result != -libc::EINTR {
-            // An eventfd read does not fail; if it did, lookups would still
-            // end at their budget.
-            warn!(
-                worker = self.index,
-                "reading the remote tier's eventfd: {}",
-                io::Error::from_raw_os_error(-c.result)
-            );
-        }
-        let mut buf = c.buf;
-        if let Some(b) = buf.as_mut() {
-            b.consume(b.len());
-        }
-        let mut answers = std::mem::take(&mut self.answers);
-        remote.mailbox(self.index).drain(&mut answers);
-        for answer in answers.drain(..) {
-            let (slot, generation) = untag(answer.token);
-            let Worker { slots, pool, .. } = self;
-            let Some(conn) = slots
-                .get_mut(slot as usize)
-                .filter(|s| s.generation & 0x00ff_ffff == generation)
-                .and_then(|s| s.conn.as_mut())
-                .filter(|c| !c.closing)
-            else {
-                continue;
-            };
-            let Some(lookup) = conn.machine.lookup() else {
-                // Its budget ran out first.
-                continue;
-            };
-            let redeemed = match answer.fetched {
-                Fetched::Hit { session, .. } if lookup.take => Some(session),
-                Fetched::Hit { expiry, session } => {
-                    // Where rustls's `get` will find it, and the next
-                    // connection of this session on this box too.
-                    cache.put_local_until(&lookup.key, &session, expiry);
-                    None
-                }
-                Fetched::Miss | Fetched::Unavailable => None,
-            };
-            conn.machine.lookup_done(now, redeemed, pool);
-            self.touch(slot);
-        }
-        self.answers = answers;
-        self.arm_answers(buf)
-    }
-
-    /// Arms the multishot accept of listener `listener`.
-    fn arm_accept(&mut self, listener: usize) -> Result<(), UringError> {
-        let fd = self.listeners[listener].as_raw_fd();
-        self.accepting[listener] = true;
-        // Listener indexes are below the address count of a config line.
-        let slot = u32::try_from(listener).unwrap_or(u32::MAX);
-        self.driver.accept_multi(fd, tag(slot, 0, Op::Accept))
     }
 
     fn run(&mut self) -> Result<(), UringError> {
@@ -688,122 +565,6 @@ impl Worker {
             }
             Op::Housekeeping | Op::Accept | Op::Answers | Op::Lookup => {}
         }
-        self.touch(slot);
-        Ok(())
-    }
-
-    fn accepted(&mut self, now: Instant, c: Completion) -> Result<(), UringError> {
-        let listener = untag(c.tag).0 as usize;
-        if listener >= self.listeners.len() {
-            return Ok(());
-        }
-        if !c.more {
-            self.accepting[listener] = false;
-        }
-        if c.result < 0 {
-            let e = io::Error::from_raw_os_error(-c.result);
-            if self.live.draining() {
-                // SIGTERM shut the listening socket down.
-                return Ok(());
-            }
-            warn!(worker = self.index, "accept failed: {e}");
-            if !self.accepting[listener] {
-                // Out of descriptors or memory: trying again at once would
-                // spin; open connections are served meanwhile.
-                let pause = if matches!(
-                    c.result.abs(),
-                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
-                ) {
-                    Duration::from_millis(100)
-                } else {
-                    Duration::from_millis(10)
-                };
-                self.accept_again_at = Some(now + pause);
-            }
-            return Ok(());
-        }
-        if !self.accepting[listener] && !self.live.draining() {
-            self.arm_accept(listener)?;
-        }
-        let fd = c.result;
-        WorkerStats::inc(&self.counters().accepted);
-        let config = self.live.config();
-        let max = config.max_connections;
-        if max > 0 && self.active >= max as usize {
-            // Over the limit: close at once (the client sees a reset)
-            // rather than let memory grow.
-            WorkerStats::inc(&self.counters().rejected_over_limit);
-            debug!(
-                worker = self.index,
-                "limits.max_connections reached: closed"
-            );
-            return self.driver.close(fd, tag(0, 0, Op::Housekeeping));
-        }
-        let peer = peer_addr(fd).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        if config.proxy_in && !config.proxy_trusted.contains(peer.ip()) {
-            // Only a trusted balancer may say who the client is.
-            WorkerStats::inc(&self.counters().proxy_untrusted);
-            debug!(worker = self.index, %peer, "not in net.proxy_protocol.trusted: closed");
-            return self.driver.close(fd, tag(0, 0, Op::Housekeeping));
-        }
-        let tls = match UnbufferedServerConnection::new(self.live.tls()) {
-            Ok(tls) => tls,
-            Err(e) => {
-                warn!(worker = self.index, %peer, "cannot create TLS session: {e}");
-                return self.driver.close(fd, tag(0, 0, Op::Housekeeping));
-            }
-        };
-
-        let limits = Limits {
-            handshake: config.handshake_timeout.0,
-            idle: config.idle_timeout.0,
-            connect: config.connect_timeout.0,
-            buffer: usize::try_from(config.buffer_size.0).unwrap_or(usize::MAX),
-        };
-        let mut machine = Connection::new(tls, limits, None, now);
-        if config.proxy_protocol.0 > 0 {
-            let local = local_addr(fd).unwrap_or(config.listen.first());
-            machine = machine.with_proxy_out(config.proxy_protocol.0, peer, local);
-        }
-        if config.proxy_in {
-            machine = machine.with_proxy_in();
-        }
-        if let Some(gate) = &self.gate {
-            machine = machine.with_gate(Arc::clone(gate) as Arc<dyn HelloGate>);
-        }
-        let conn = Conn {
-            machine,
-            client: fd,
-            upstream: None,
-            peer,
-            client_recv: false,
-            upstream_recv: false,
-            connecting: false,
-            timer: None,
-            touched: false,
-            log_access: config.log_access,
-            counted: (0, 0),
-            pool: None,
-            server: 0,
-            tried: 0,
-            attempts: 0,
-            abandoned: None,
-            ops: 0,
-            closing: false,
-        };
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    conn: None,
-                });
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.slots[slot as usize].conn = Some(conn);
-        self.active += 1;
-        WorkerStats::inc(&self.counters().active);
         self.touch(slot);
         Ok(())
     }
@@ -1095,14 +856,4 @@ fn sockaddr(addr: nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
     }
     addr.as_sockaddr_in6()
         .map(|v6| SocketAddr::V6((*v6).into()))
-}
-
-/// The client's address.
-fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
-    sockaddr(nix::sys::socket::getpeername(fd).ok()?)
-}
-
-/// The address the client connected to (for the PROXY header).
-fn local_addr(fd: RawFd) -> Option<SocketAddr> {
-    sockaddr(nix::sys::socket::getsockname(fd).ok()?)
 }
