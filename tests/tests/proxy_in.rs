@@ -158,3 +158,31 @@ fn proxy_protocol_on_without_trusted_networks_does_not_start() {
         out.describe()
     );
 }
+
+#[test]
+fn a_trusted_peer_that_resets_at_once_is_not_counted_as_untrusted() {
+    // A balancer aborts its side as soon as its own client does (HAProxy
+    // relays a client's RST): by the time tlsfront looks at the peer the
+    // connection may be gone, which must not read as a stranger.
+    let consumer = Nginx::start().expect("nginx PROXY consumer");
+    let fe = tlsfront_behind_a_balancer(&consumer.addr_string());
+    for _ in 0..300 {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.connect_timeout(&fe.addr().into(), Duration::from_secs(5))
+            .expect("connect");
+        // Close with RST: linger on, zero seconds.
+        sock.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+        drop(sock);
+    }
+    // Then a real balanced client, so the counters are read after all of
+    // the above were accepted.
+    let balancer = nginx_stream(fe.addr());
+    let (me, resp) = request_from_127_0_0_2(balancer.addr_string().parse().unwrap());
+    assert!(
+        resp.contains(&format!("pp={}:{}", me.ip(), me.port())),
+        "{resp:?}"
+    );
+    let t = fe.stats().total;
+    assert_eq!(t.get("proxy_untrusted"), 0, "{t:?}\n{}", fe.output());
+}

@@ -73,7 +73,18 @@ impl Worker {
             );
             return self.driver.close(fd, tag(0, 0, Op::Housekeeping));
         }
-        let peer = peer_addr(fd).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let peer = peer_addr(fd);
+        if config.proxy_in && peer.is_none() {
+            // Reset before it was looked at (getpeername: ENOTCONN), as a
+            // balancer does when its own client aborts: gone, not a
+            // stranger, so not counted as one.
+            debug!(
+                worker = self.index,
+                "reset before its peer was read: closed"
+            );
+            return self.driver.close(fd, tag(0, 0, Op::Housekeeping));
+        }
+        let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         if config.proxy_in && !config.proxy_trusted.contains(peer.ip()) {
             // Only a trusted balancer may say who the client is.
             WorkerStats::inc(&self.counters().proxy_untrusted);
