@@ -289,7 +289,7 @@ config_keys! {
     cache_path: AutoPath = "auto", "cache.path", change = Restart,
         "The shared cache file (mode 0600, space reserved at start, best on tmpfs); auto = `/dev/shm/tlsfront-<uid>/<port>.cache`, in a 0700 directory of the user tlsfront runs as (process.user, else the starting user).";
     cache_size: Size = "64m", "cache.size", change = Restart,
-        "Size of the cache file; fixed, it never grows (512 bytes per session).";
+        "Size of the cache file; fixed, it never grows, rounded down to whole sets of sessions (the start-up summary says how many sessions it holds; README \"Resumption\" gives the bytes per session).";
     cache_timeout: Seconds = "300s", "cache.timeout", change = Live,
         "How long a cached session can be resumed (like nginx's ssl_session_timeout); whole seconds, since expiry is kept in seconds (1500ms is refused, not rounded).";
     cache_remote: RemoteUrl = "", "cache.remote", change = Restart,
@@ -397,7 +397,7 @@ pub(crate) const RANGES: &[Range] = &[
         "cache.size",
         8 << 10,
         64 << 30,
-        "8k (one set of 8 sessions) to 64g",
+        "8k to 64g (a size below one set of the cache's layout is refused at start, naming the smallest)",
     ),
     range("cache.timeout", SECOND, WEEK, "1s to 7d"),
     range("cache.remote.timeout", 1, SECOND, "1ms to 1s"),
