@@ -539,8 +539,11 @@ pub struct Visit {
     /// The response started with an HTTP 200 status line.
     pub http_200: bool,
     pub end: End,
-    /// `SO_INCOMING_CPU` of the client's socket at the end: the CPU of the
-    /// worker that served it, as the kernel saw it ([`TlsClient::incoming_cpu`]).
+    /// `SO_INCOMING_CPU` of the client's socket once the handshake is done:
+    /// the CPU of the worker that served it, as the kernel saw it
+    /// ([`TlsClient::incoming_cpu`]). Read then, not at the end: the FIN of
+    /// a close may leave the server from the softirq of the client's ACK,
+    /// on the client's CPU.
     pub incoming_cpu: Option<u32>,
 }
 
@@ -553,13 +556,14 @@ pub fn visit(
     server_name: &str,
 ) -> io::Result<Visit> {
     let mut c = TlsClient::connect(addr, config, server_name)?;
+    let incoming_cpu = c.incoming_cpu().ok();
     let (resp, end) = c.request(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", IO_TIMEOUT);
     Ok(Visit {
         resumed: c.resumed(),
         version: c.version(),
         http_200: is_http_200(&resp),
         end,
-        incoming_cpu: c.incoming_cpu().ok(),
+        incoming_cpu,
     })
 }
 

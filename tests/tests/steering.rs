@@ -51,13 +51,15 @@ fn run_clients(pair: &NetnsPair, port: u16, count: usize) -> (Vec<Conn>, Vec<Str
                 Ok(mut c) => {
                     let port = c.sock.local_addr().map(|a| a.port()).unwrap_or(0);
                     let resumed = c.resumed();
+                    // After the handshake, not at the end (see `Visit::incoming_cpu`).
+                    let cpu = c.incoming_cpu().ok();
                     let (resp, _end) =
                         c.request(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", IO_TIMEOUT);
                     conns.push(Conn {
                         port,
                         resumed,
                         http_200: is_http_200(&resp),
-                        cpu: c.incoming_cpu().ok(),
+                        cpu,
                     });
                 }
                 Err(e) => failures.push(format!("connection {i}: {e}")),

@@ -25,11 +25,12 @@ fn two_workers_both_handshake_and_stats_add_up() {
         match TlsClient::connect(fe.addr(), cfg.clone(), "localhost") {
             Ok(mut c) => {
                 handshakes += 1;
+                // After the handshake, not at the end (see `Visit::incoming_cpu`).
+                let cpu = c.incoming_cpu().expect("SO_INCOMING_CPU");
                 let (resp, end) = c.request(b"GET / HTTP/1.0\r\n\r\n", IO_TIMEOUT);
                 if !is_http_200(&resp) {
                     not_200.push((i, end, String::from_utf8_lossy(&resp).into_owned()));
                 }
-                let cpu = c.incoming_cpu().expect("SO_INCOMING_CPU");
                 match cpus.iter().position(|w| w[0] == cpu) {
                     Some(w) => seen[w] += 1,
                     None => elsewhere.push((i, cpu)),
