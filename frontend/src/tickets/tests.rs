@@ -455,3 +455,26 @@ fn every_ticket_is_sealed_with_its_own_derived_key() {
     moved[NAME_LEN..NAME_LEN + SALT_LEN].copy_from_slice(&b[NAME_LEN..NAME_LEN + SALT_LEN]);
     assert_eq!(ring.open_at(t0(), &moved), None);
 }
+
+/// A ticket sealed by the build before the sealing moved to `crate::seal`
+/// (revision 3b08b9e), with the secret file of 48 bytes of 7 at unix time
+/// 1,900,000,000: the format is the same, so it still opens.
+const TICKET_OF_3B08B9E: &str = "96ceff4cd78ce1cf9895bbef564bf0953d9592603b55226917863a99b558bfcc45d41a2d65505d02e5046377e814846f7b1731109e78bbe4d4cad9b6df7d2616e4a0e9ade30153c0eb7f6d535a6dff0d47";
+
+#[test]
+fn a_ticket_sealed_by_an_earlier_build_with_the_same_secret_still_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = secret_file(dir.path(), "secret", 7);
+    let ring = ring_at(
+        &dir.path().join("r"),
+        KeySource::from_file(&secret).expect("secret"),
+    );
+    let ticket: Vec<u8> = (0..TICKET_OF_3B08B9E.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&TICKET_OF_3B08B9E[i..i + 2], 16).expect("hex"))
+        .collect();
+    assert_eq!(
+        ring.open_at(1_900_000_000, &ticket).as_deref(),
+        Some(&b"fixture session state"[..])
+    );
+}

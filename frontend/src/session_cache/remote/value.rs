@@ -217,6 +217,27 @@ fn aad(session_id: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// A value sealed by the build before the sealing moved to
+    /// `crate::seal` (revision 3b08b9e): secret 48 bytes of 7, session ID
+    /// `session-id`, issued at 1,900,000,000 by issuer 42, for 300 s.
+    const VALUE_OF_3B08B9E: &str = "024a718e29c5ea669058df8fc4c1859c99ff5b422603db3c2355cf68674eccfc97148fd106e1ada0e27e48454f0ebae04f954505173a6d557a47618ea77fdb43e4202aa7e18a41e8942ecf3305823dcd2c08e635";
+
+    #[test]
+    fn a_value_sealed_by_an_earlier_build_with_the_same_secret_still_opens() {
+        let sealed: Vec<u8> = (0..VALUE_OF_3B08B9E.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&VALUE_OF_3B08B9E[i..i + 2], 16).expect("hex"))
+            .collect();
+        let o = Keys::from_secret(&[7u8; 48])
+            .open(b"session-id", &sealed, 1_900_000_001)
+            .expect("opens");
+        assert_eq!(
+            (o.issued, o.issuer, o.expiry),
+            (1_900_000_000, 42, 1_900_000_300)
+        );
+        assert_eq!(o.session, b"fixture session");
+    }
+
     fn keys() -> Keys {
         Keys::from_secret(&[7u8; 32])
     }
