@@ -200,6 +200,6 @@ pub fn query_stats(path: &Path) -> Result<serde_json::Value, ControlError> {
 }
 
 /// Asks the process behind `path` to set live keys.
-pub fn set_remote(path: &Path, assignments: &[String]) -> Result<String, ControlError> {
+pub fn set_live(path: &Path, assignments: &[String]) -> Result<String, ControlError> {
     query(path, &format!("set {}", assignments.join(" ")))
 }

@@ -310,7 +310,7 @@ fn sysctl(config: &Config, args: &Args) -> Result<(), String> {
         }
     }
     if args.write {
-        let reply = control::set_remote(&socket, &args.keys).map_err(|e| e.to_string())?;
+        let reply = control::set_live(&socket, &args.keys).map_err(|e| e.to_string())?;
         print!("{reply}");
         return Ok(());
     }

@@ -32,7 +32,7 @@ const LOG_QUEUE_LINES: usize = 16_384;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The session cache file.
-    #[error("session cache {0}")]
+    #[error("session cache (cache.path, cache.size): {0}")]
     Cache(#[source] crate::session_cache::CacheError),
     /// The ticket ring or its key source.
     #[error("{0}")]

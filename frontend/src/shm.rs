@@ -27,8 +27,9 @@ use memmap2::MmapRaw;
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)] // The fields are what the #[error] message names.
 pub enum ShmError {
-    /// `cache.size` leaves no room for one set.
-    #[error("cache file {}: cache.size of {size} bytes is too small: at least {min} bytes", path.display())]
+    /// The size asked for leaves no room for one unit of the file's layout
+    /// (a set of the session cache).
+    #[error("shared file {}: {size} bytes is too small: at least {min} bytes", path.display())]
     TooSmall {
         path: PathBuf,
         size: u64,

@@ -57,7 +57,7 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(50);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 use crate::config::remote_url::{cluster_nodes, connection_info};
-pub use crate::config::remote_url::{redact, CLUSTER_SCHEME};
+use crate::config::remote_url::{redact, CLUSTER_SCHEME};
 
 // ---------------------------------------------------------------------------
 // Counters

@@ -56,7 +56,7 @@ pub enum Rejected {
 
 /// A value that opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Opened {
+pub struct OpenedValue {
     /// Unix seconds after which the session is not resumed.
     pub expiry: u64,
     /// Unix seconds at which it was sealed.
@@ -171,7 +171,12 @@ impl Keys {
 
     /// Opens a value read from Redis under `session_id`, judged at `now`
     /// (unix seconds).
-    pub fn open(&self, session_id: &[u8], sealed: &[u8], now: u64) -> Result<Opened, Rejected> {
+    pub fn open(
+        &self,
+        session_id: &[u8],
+        sealed: &[u8],
+        now: u64,
+    ) -> Result<OpenedValue, Rejected> {
         if sealed.len() < OVERHEAD || sealed[0] != VERSION {
             return Err(Rejected::Malformed);
         }
@@ -193,7 +198,7 @@ impl Keys {
         if !fresh {
             return Err(Rejected::Stale);
         }
-        Ok(Opened {
+        Ok(OpenedValue {
             expiry,
             issued,
             issuer,
@@ -253,7 +258,7 @@ mod tests {
         let opened = k.open(&id, &sealed, NOW).unwrap();
         assert_eq!(
             opened,
-            Opened {
+            OpenedValue {
                 expiry: NOW + 60,
                 issued: NOW,
                 issuer: 42,
