@@ -149,12 +149,14 @@ fn cache_ops(cache: &SessionCache, data: &[u8], file: &[u8], hostile: bool) {
             break;
         };
         pos += 6;
-        // Up to 70 bytes: keys longer than MAX_KEY (64) are refused.
+        // Keys a little past the cache's limit, values a little past what an
+        // entry holds: both sides of each bound, whatever the layout.
         let key = slice(
             usize::from(u16::from_le_bytes([op[1], op[2]])),
-            usize::from(op[3] % 71),
+            usize::from(op[3]) % (session_cache::MAX_KEY_BYTES + 7),
         );
-        let value_len = usize::from(u16::from_le_bytes([op[4], op[5]]) % 480);
+        let value_len =
+            usize::from(u16::from_le_bytes([op[4], op[5]])) % (session_cache::ENTRY_BYTES + 16);
         let value = slice(
             usize::from(op[5]).wrapping_mul(31) + usize::from(op[0]),
             value_len,

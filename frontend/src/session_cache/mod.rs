@@ -62,6 +62,10 @@ crate::metrics::named_counters! {
 /// Bytes of key plus value one entry holds; a session that does not fit
 /// is not cached (counted `cache_oversize`).
 pub const ENTRY_BYTES: usize = DATA_BYTES;
+/// The longest key an entry takes (for the fuzz target, which aims its
+/// keys at both sides of the limit).
+#[cfg(feature = "fuzzing")]
+pub(crate) const MAX_KEY_BYTES: usize = MAX_KEY;
 /// Entries per set: the keys that hash to one set compete for these.
 pub const SET_ENTRIES: usize = WAYS;
 
